@@ -1,0 +1,169 @@
+/**
+ * Picks and starts the tfjs backend. `auto` tries, in order of speed: tfjs-node-gpu / tfjs-node (TensorFlow C
+ * library, CUDA), WebGPU on an adapter that is a real GPU (Dawn), then wasm (SIMD). It reports which one it chose
+ * and why each faster one was skipped, because a silent fall-back to a 30x slower backend is a lost day.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+// tfjs-core's Node bundle registers no gradient functions; the union package registers all of them into the same
+// engine (its ESM sources cannot be imported by Node directly).
+import '@tensorflow/tfjs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { BackendError } from '../errors.ts';
+import { registerEmbeddingKernels } from './embeddingKernels.ts';
+
+export type BackendName = 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
+export type BackendChoice = BackendName | 'auto';
+export const BACKEND_CHOICES: BackendChoice[] = ['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu'];
+
+export interface BackendReport {
+  chosen: BackendName;
+  /** One line per faster backend that was skipped, with the reason. */
+  skipped: { backend: BackendName; reason: string }[];
+  /** Adapter description for webgpu, library for tensorflow, SIMD state for wasm. */
+  detail: string;
+}
+
+export interface BackendOptions {
+  /** WebGPU adapter index, so that a worker can be pinned to its own GPU. */
+  adapterIndex?: number;
+  /** Accept a software (CPU) WebGPU adapter such as Mesa's lavapipe: correct but slow, for tests. */
+  allowSoftwareAdapter?: boolean;
+  /** Where to print the report; defaults to stderr. Pass null for silence. */
+  log?: ((line: string) => void) | null;
+}
+
+const require = createRequire(import.meta.url);
+
+type Attempt = { ok: true; detail: string } | { ok: false; reason: string };
+
+async function tryTensorflow(): Promise<Attempt> {
+  for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
+    try {
+      require.resolve(pkg);
+    } catch {
+      continue;
+    }
+    try {
+      // tfjs-node registers the 'tensorflow' backend on import; a missing libtensorflow or CUDA throws here.
+      await import(pkg);
+      await tf.setBackend('tensorflow');
+      return { ok: true, detail: pkg };
+    } catch (e) {
+      const msg = (e as Error).message.split('\n')[0];
+      return { ok: false, reason: `${pkg} is installed but failed to load (${msg}); on a GPU machine it needs CUDA 11.2 and cuDNN 8.1 libraries on LD_LIBRARY_PATH` };
+    }
+  }
+  return { ok: false, reason: 'neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is installed (npm skips the optional tfjs-node-gpu when its libtensorflow download fails)' };
+}
+
+interface GpuAdapterLike {
+  info?: { vendor?: string; architecture?: string; device?: string; description?: string };
+  requestAdapterInfo?: () => Promise<{ vendor?: string; architecture?: string; device?: string; description?: string }>;
+}
+interface GpuLike {
+  requestAdapter(opts?: { powerPreference?: string }): Promise<GpuAdapterLike | null>;
+}
+
+/** The Dawn instance, created once per process: Dawn keeps the process alive until it is released. */
+let dawnGpu: GpuLike | null = null;
+
+async function tryWebgpu(opts: BackendOptions): Promise<Attempt> {
+  let webgpu: { create: (flags: string[]) => GpuLike; globals: Record<string, unknown> };
+  try {
+    webgpu = (await import('webgpu')) as unknown as typeof webgpu;
+  } catch (e) {
+    return { ok: false, reason: `the webgpu (Dawn) package did not load: ${(e as Error).message.split('\n')[0]}` };
+  }
+  if (!dawnGpu) {
+    Object.assign(globalThis, webgpu.globals);
+    // These flags expose shader-f16 and subgroup matrices on NVIDIA's Vulkan driver; harmless elsewhere.
+    dawnGpu = webgpu.create(['enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia']);
+    Object.defineProperty(globalThis, 'navigator', { value: { gpu: dawnGpu }, configurable: true, writable: true });
+  }
+  const adapter = await dawnGpu.requestAdapter({ powerPreference: 'high-performance' });
+  if (!adapter) return { ok: false, reason: 'no WebGPU adapter (no Vulkan driver found; on a CPU machine install Mesa 25 mesa-vulkan-drivers from bookworm-backports)' };
+  const info = adapter.info ?? (adapter.requestAdapterInfo ? await adapter.requestAdapterInfo() : {});
+  const name = [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(' ');
+  const software = /llvmpipe|lavapipe|swiftshader|software|cpu/i.test(name);
+  if (software && !opts.allowSoftwareAdapter) {
+    return { ok: false, reason: `the only WebGPU adapter is a software one (${name}), slower than wasm` };
+  }
+  try {
+    await import('@tensorflow/tfjs-backend-webgpu');
+    const okSet = await tf.setBackend('webgpu');
+    if (!okSet) return { ok: false, reason: `tfjs-backend-webgpu failed to initialise on ${name}` };
+  } catch (e) {
+    return { ok: false, reason: `tfjs-backend-webgpu failed: ${(e as Error).message.split('\n')[0]}` };
+  }
+  return { ok: true, detail: name || 'WebGPU adapter' };
+}
+
+async function tryWasm(): Promise<Attempt> {
+  try {
+    const wasm = await import('@tensorflow/tfjs-backend-wasm');
+    // In Node the backend reads its .wasm binaries from its own dist folder.
+    const dist = join(dirname(require.resolve('@tensorflow/tfjs-backend-wasm')), '/');
+    wasm.setWasmPaths(dist);
+    const okSet = await tf.setBackend('wasm');
+    if (!okSet) return { ok: false, reason: 'tfjs-backend-wasm failed to initialise' };
+    return { ok: true, detail: `SIMD ${tf.env().getBool('WASM_HAS_SIMD_SUPPORT') ? 'on' : 'off'}, 1 thread` };
+  } catch (e) {
+    return { ok: false, reason: `tfjs-backend-wasm failed: ${(e as Error).message.split('\n')[0]}` };
+  }
+}
+
+async function tryCpu(): Promise<Attempt> {
+  await import('@tensorflow/tfjs-backend-cpu');
+  await tf.setBackend('cpu');
+  // The cpu backend prints an advertisement for tfjs-node on first use; the selector has already said why.
+  (tf.backend() as unknown as { firstUse: boolean }).firstUse = false;
+  return { ok: true, detail: 'plain JavaScript (reference; about 30x slower than wasm)' };
+}
+
+function attempt(name: BackendName, opts: BackendOptions): Promise<Attempt> {
+  switch (name) {
+    case 'tensorflow': return tryTensorflow();
+    case 'webgpu': return tryWebgpu(opts);
+    case 'wasm': return tryWasm();
+    case 'cpu': return tryCpu();
+  }
+}
+
+/**
+ * Starts the requested backend and makes it tfjs's current one. An explicit choice that cannot start throws a
+ * BackendError with the reason; `auto` falls back and reports.
+ */
+export async function selectBackend(choice: BackendChoice = 'auto', opts: BackendOptions = {}): Promise<BackendReport> {
+  const log = opts.log === undefined ? (l: string) => process.stderr.write(l + '\n') : opts.log;
+  if (!BACKEND_CHOICES.includes(choice)) {
+    throw new BackendError(`--backend ${choice}: unknown; use one of ${BACKEND_CHOICES.join(', ')}`);
+  }
+  const order: BackendName[] = choice === 'auto' ? ['tensorflow', 'webgpu', 'wasm', 'cpu'] : [choice];
+  const skipped: BackendReport['skipped'] = [];
+  for (const name of order) {
+    const a = await attempt(name, opts);
+    if (a.ok) {
+      registerEmbeddingKernels(name);
+      const report: BackendReport = { chosen: name, skipped, detail: a.detail };
+      if (log) {
+        log(`backend: ${name} (${a.detail})`);
+        for (const s of skipped) log(`  skipped ${s.backend}: ${s.reason}`);
+      }
+      return report;
+    }
+    if (choice !== 'auto') throw new BackendError(`--backend ${name} cannot start here: ${a.reason}`);
+    skipped.push({ backend: name, reason: a.reason });
+  }
+  throw new BackendError(`no backend could start: ${skipped.map((s) => `${s.backend}: ${s.reason}`).join('; ')}`);
+}
+
+/** The backends that can start on this machine, for tests that run on each backend present. */
+export async function availableBackends(opts: BackendOptions = {}): Promise<BackendName[]> {
+  const out: BackendName[] = [];
+  for (const name of ['cpu', 'wasm', 'webgpu'] as BackendName[]) {
+    const a = await attempt(name, { ...opts, allowSoftwareAdapter: true });
+    if (a.ok) out.push(name);
+  }
+  return out;
+}

@@ -1,0 +1,105 @@
+/**
+ * A small, typed flag parser for the CLI. Flags keep NeMo's names (`--seq_length 128`, `--tp_size=2`), values are
+ * checked against their kind, and an unknown flag is an error that lists the known ones: a typo must not be
+ * silently ignored in a run that takes days.
+ */
+import { ConfigError } from '../errors.ts';
+
+export type FlagKind = 'string' | 'int' | 'number' | 'boolean';
+
+export interface FlagSpec {
+  kind: FlagKind;
+  help: string;
+  default?: string | number | boolean;
+  /** Lower bound for int/number flags (inclusive). */
+  min?: number;
+  /** Allowed values for string flags. */
+  choices?: readonly string[];
+}
+
+export type FlagSpecs = Record<string, FlagSpec>;
+
+export type FlagValues<S extends FlagSpecs> = {
+  [K in keyof S]: S[K]['kind'] extends 'boolean' ? boolean : S[K]['kind'] extends 'string' ? string | undefined : number | undefined;
+};
+
+export interface Parsed<S extends FlagSpecs> {
+  flags: FlagValues<S>;
+  /** Arguments that are not flags, in order. */
+  positional: string[];
+  /** Arguments after a bare `--`, untouched. */
+  rest: string[];
+}
+
+export function parseFlags<S extends FlagSpecs>(argv: string[], specs: S, command = 'distill'): Parsed<S> {
+  const out: Record<string, string | number | boolean | undefined> = {};
+  for (const [name, s] of Object.entries(specs)) out[name] = s.default ?? (s.kind === 'boolean' ? false : undefined);
+  const positional: string[] = [];
+  let rest: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--') {
+      rest = argv.slice(i + 1);
+      break;
+    }
+    if (!a.startsWith('--')) {
+      positional.push(a);
+      continue;
+    }
+    let name = a.slice(2);
+    let value: string | undefined;
+    const eq = name.indexOf('=');
+    if (eq >= 0) {
+      value = name.slice(eq + 1);
+      name = name.slice(0, eq);
+    }
+    // Accept the dashed spelling too (`--seq-length`), but report under NeMo's underscore name.
+    const key = name.replace(/-/g, '_');
+    const spec = specs[key];
+    if (!spec) {
+      throw new ConfigError(`${command}: unknown flag --${name}. Known flags: ${Object.keys(specs).map((k) => '--' + k).join(' ')}`);
+    }
+    if (spec.kind === 'boolean') {
+      if (value === undefined && i + 1 < argv.length && /^(true|false)$/.test(argv[i + 1])) value = argv[++i];
+      out[key] = value === undefined ? true : value === 'true';
+      continue;
+    }
+    if (value === undefined) {
+      if (i + 1 >= argv.length) throw new ConfigError(`${command}: --${key} needs a value (${spec.help})`);
+      value = argv[++i];
+    }
+    out[key] = convert(command, key, spec, value);
+  }
+  return { flags: out as FlagValues<S>, positional, rest };
+}
+
+function convert(command: string, key: string, spec: FlagSpec, value: string): string | number {
+  if (spec.kind === 'string') {
+    if (spec.choices && !spec.choices.includes(value)) {
+      throw new ConfigError(`${command}: --${key} ${value} is not one of ${spec.choices.join(', ')}`);
+    }
+    return value;
+  }
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n)) throw new ConfigError(`${command}: --${key} ${value} is not a number`);
+  if (spec.kind === 'int' && !Number.isInteger(n)) throw new ConfigError(`${command}: --${key} ${value} is not an integer`);
+  if (spec.min !== undefined && n < spec.min) throw new ConfigError(`${command}: --${key} ${value} is below its minimum ${spec.min}`);
+  return n;
+}
+
+/** The usage text for a command, one line per flag with its default. */
+export function usage(command: string, summary: string, specs: FlagSpecs): string {
+  const lines = [`usage: ${command} [flags]`, '', summary, ''];
+  const width = Math.max(...Object.keys(specs).map((k) => k.length)) + 4;
+  for (const [k, s] of Object.entries(specs)) {
+    const def = s.default === undefined ? '' : ` (default ${s.default})`;
+    lines.push(`  --${k.padEnd(width)}${s.help}${def}`);
+  }
+  return lines.join('\n');
+}
+
+/** Throws when a flag that has no default was not given. */
+export function required<T>(command: string, name: string, v: T | undefined): T {
+  if (v === undefined || v === '') throw new ConfigError(`${command}: --${name} is required`);
+  return v;
+}
