@@ -1,0 +1,122 @@
+/**
+ * Back-propagation through the student only, gradient accumulation over micro-batches, and the optimizer step at
+ * the end of each global batch (global-norm clipping, then AdamW at the scheduled learning rate).
+ *
+ * Each micro-batch's loss arrives already weighted by its share of the global batch's loss tokens, so summing the
+ * micro-batch gradients gives the gradient of the token-weighted mean over the whole global batch.
+ */
+import { concatMap, EMPTY, type OperatorFunction } from 'rxjs';
+import * as tf from '@tensorflow/tfjs-core';
+import type { AdamW } from '../src/optim/adamw.ts';
+import { clipGradNorm } from '../src/optim/clipGrad.ts';
+import type { CausalLM } from '../src/model/causalLM.ts';
+import { disposeBatch, type LossBatch, type StepResult } from '../src/train/batch.ts';
+import type { Credits } from '../src/train/credits.ts';
+import { DistillError } from '../src/errors.ts';
+
+export type NanPolicy = 'skip' | 'stop';
+
+export interface BackwardOptions {
+  optimizer: AdamW;
+  /** Learning rate for a 0-based step. */
+  lrAt: (step: number) => number;
+  clipGrad: number;
+  nanPolicy: NanPolicy;
+  /** Consecutive non-finite steps after which even `skip` stops. */
+  maxConsecutiveNanSteps?: number;
+  credits?: Credits;
+  /** Samples per global batch, to report the data position. */
+  globalBatchSize: number;
+  /** Called after each step's gradients are final and before the optimizer uses them (data parallelism all-reduces here). */
+  reduceGradients?: (grads: Map<string, tf.Tensor>) => Promise<void>;
+}
+
+export class NonFiniteLossError extends DistillError {}
+
+export function backward(student: CausalLM, o: BackwardOptions): OperatorFunction<LossBatch, StepResult> {
+  const names = new Map<string, string>();
+  for (const [name, v] of student.params) names.set(v.name, name);
+  const vars = student.trainableVariables();
+  let acc: Map<string, tf.Tensor> | null = null;
+  let lossSum = 0;
+  let kdSum = 0;
+  let ceSum = 0;
+  let hasKd = false;
+  let hasCe = false;
+  let tokens = 0;
+  let started = 0;
+  let consecutiveNan = 0;
+  const maxNan = o.maxConsecutiveNanSteps ?? 10;
+
+  return concatMap((batch) => {
+    const { step, micro, numMicro } = batch.position;
+    if (micro === 0) {
+      started = performance.now();
+      acc = new Map();
+      lossSum = kdSum = ceSum = tokens = 0;
+    }
+    let kd: tf.Scalar | undefined;
+    let ce: tf.Scalar | undefined;
+    const { value, grads } = tf.variableGrads(() => {
+      const parts = batch.loss();
+      kd = parts.kd ? tf.keep(parts.kd) : undefined;
+      ce = parts.ce ? tf.keep(parts.ce) : undefined;
+      return parts.total;
+    }, vars);
+    for (const [varName, g] of Object.entries(grads)) {
+      const name = names.get(varName) ?? varName;
+      const prev = acc!.get(name);
+      if (prev) {
+        acc!.set(name, tf.add(prev, g));
+        prev.dispose();
+        g.dispose();
+      } else {
+        acc!.set(name, g);
+      }
+    }
+    // Readbacks of three scalars per micro-batch; the gradients stay on the device.
+    lossSum += value.dataSync()[0];
+    value.dispose();
+    const w = batch.tokens;
+    if (kd) { kdSum += (kd as tf.Scalar).dataSync()[0] * w; hasKd = true; (kd as tf.Scalar).dispose(); }
+    if (ce) { ceSum += (ce as tf.Scalar).dataSync()[0] * w; hasCe = true; (ce as tf.Scalar).dispose(); }
+    tokens += w;
+    disposeBatch(batch);
+    o.credits?.release();
+    if (micro < numMicro - 1) return EMPTY;
+    return (async (): Promise<StepResult> => {
+      const grads = acc!;
+      acc = null;
+      try {
+        if (o.reduceGradients) await o.reduceGradients(grads);
+        const gradNorm = await clipGradNorm(grads, o.clipGrad);
+        const lr = o.lrAt(step);
+        const finite = Number.isFinite(lossSum) && Number.isFinite(gradNorm);
+        if (finite) {
+          o.optimizer.apply(grads, lr);
+          consecutiveNan = 0;
+        } else {
+          consecutiveNan++;
+          const what = `step ${step}: loss ${lossSum}, grad_norm ${gradNorm}`;
+          if (o.nanPolicy === 'stop') throw new NonFiniteLossError(`${what} is not finite; stopping (--nan_policy stop). Check the data batch at sample ${batch.position.firstSample} and the teacher's weights.`);
+          if (consecutiveNan >= maxNan) throw new NonFiniteLossError(`${what}: ${consecutiveNan} non-finite steps in a row; stopping. The weights are unchanged since the last finite step.`);
+        }
+        return {
+          step,
+          loss: lossSum,
+          kdLoss: hasKd ? kdSum / tokens : undefined,
+          ceLoss: hasCe ? ceSum / tokens : undefined,
+          gradNorm,
+          lr,
+          tokens,
+          samplesSeen: (step + 1) * o.globalBatchSize,
+          skipped: !finite,
+          elapsedMs: performance.now() - started,
+        };
+      } finally {
+        for (const g of grads.values()) g.dispose();
+      }
+    })();
+  });
+}
+

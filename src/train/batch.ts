@@ -1,0 +1,109 @@
+/**
+ * The values that flow between the pipeline's operators, named for what they carry.
+ *
+ * tfjs differentiates a function, not tensors computed earlier, so the student's stages hand on closures:
+ * `studentForward` adds the forward function, `klLoss` wraps it in the loss, and `backward` runs the whole
+ * composition under one gradient tape. Tensors on a batch belong to the batch; the stage that drops a batch
+ * disposes them (see `disposeBatch`).
+ */
+import type * as tf from '@tensorflow/tfjs-core';
+import type { RecordBatch } from 'apache-arrow';
+
+/** Where a micro-batch sits in the run; errors and checkpoints name it. */
+export interface BatchPosition {
+  /** Optimizer step this micro-batch contributes to (0-based). */
+  step: number;
+  /** Index of the micro-batch within its global batch, and how many there are. */
+  micro: number;
+  numMicro: number;
+  /** Index of the first sample in the data stream (global sample index). */
+  firstSample: number;
+}
+
+/** A micro-batch of token windows, as read from the data. */
+export interface TokenBatch {
+  position: BatchPosition;
+  /** The same rows as an Arrow record batch (`tokens`: FixedSizeList<Int32>[seq + 1]), as they came off the shards. */
+  records: RecordBatch;
+  /** [mbs, seq] input ids and next-token labels. */
+  inputIds: tf.Tensor2D;
+  labels: tf.Tensor2D;
+  /** [mbs, seq] float32: 1 where the position counts in the loss. */
+  lossMask: tf.Tensor2D;
+  /** Loss-counted positions in this micro-batch and in its whole global batch (for token-weighted means). */
+  tokens: number;
+  globalBatchTokens: number;
+}
+
+/** What the teacher contributes: its final hidden states (the head is applied chunk by chunk in the loss). */
+export interface TeacherTargets {
+  kind: 'hidden';
+  /** [mbs·seq, teacher hidden] */
+  hidden: tf.Tensor2D;
+  /** [teacher vocab, teacher hidden]; owned by the teacher model, never disposed with the batch. */
+  head: tf.Tensor2D;
+}
+
+/** Sparse teacher targets read from a cache: per position, K ids and their log-probabilities (or counts). */
+export interface SparseTeacherTargets {
+  kind: 'sparse';
+  method: 'topk' | 'sample' | 'full';
+  /** [mbs·seq, K] int32 */
+  ids: tf.Tensor2D;
+  /** [mbs·seq, K] float32: log p_t for topk/full, counts for sample */
+  values: tf.Tensor2D;
+  /** Number of draws per position, for `sample`. */
+  samples?: number;
+}
+
+export interface TeacherBatch extends TokenBatch {
+  teacher?: TeacherTargets | SparseTeacherTargets;
+}
+
+/** The student's forward pass, to be run under the tape by `backward`. */
+export interface ForwardBatch extends TeacherBatch {
+  /** Returns the student's final hidden states [mbs·seq, hidden]. */
+  studentForward: () => tf.Tensor2D;
+  /** The student's output projection [vocab, hidden] (a variable; differentiated, never disposed here). */
+  studentHead: () => tf.Tensor2D;
+}
+
+/** The loss of one micro-batch, already weighted by its share of the global batch's tokens. */
+export interface LossParts {
+  /** What is differentiated: this micro-batch's share of the global batch loss. */
+  total: tf.Scalar;
+  /** Unweighted masked means over this micro-batch, for logging. */
+  kd?: tf.Scalar;
+  ce?: tf.Scalar;
+}
+
+export interface LossBatch extends ForwardBatch {
+  loss: () => LossParts;
+}
+
+/** One optimizer step's outcome, emitted by `backward` once per global batch. */
+export interface StepResult {
+  step: number;
+  loss: number;
+  kdLoss?: number;
+  ceLoss?: number;
+  gradNorm: number;
+  lr: number;
+  tokens: number;
+  /** Samples consumed so far (the data position to resume from). */
+  samplesSeen: number;
+  /** True when the step was skipped because the loss or gradients were not finite. */
+  skipped: boolean;
+  elapsedMs: number;
+}
+
+export function disposeBatch(b: TeacherBatch): void {
+  b.inputIds.dispose();
+  b.labels.dispose();
+  b.lossMask.dispose();
+  if (b.teacher?.kind === 'hidden') b.teacher.hidden.dispose();
+  if (b.teacher?.kind === 'sparse') {
+    b.teacher.ids.dispose();
+    b.teacher.values.dispose();
+  }
+}
