@@ -1,0 +1,155 @@
+/**
+ * `run(recipe)`: executes a distillation (or pretraining) recipe end to end: picks the backend, loads the models,
+ * resumes from the run's last checkpoint when there is one, streams the pipeline, and saves only the student.
+ */
+import { join } from 'node:path';
+import { mkdirSync } from 'node:fs';
+import { selectBackend, type BackendReport } from '../src/backend/select.ts';
+import { loadModel } from '../src/checkpoint/load.ts';
+import { hashModelFiles, saveModel } from '../src/checkpoint/save.ts';
+import type { CausalLM } from '../src/model/causalLM.ts';
+import { AdamW } from '../src/optim/adamw.ts';
+import { cosineAnnealingLr } from '../src/optim/schedule.ts';
+import { Credits } from '../src/train/credits.ts';
+import type { StepResult } from '../src/train/batch.ts';
+import {
+  checkFingerprint, latestCheckpoint, loadOptimizerState, readTrainingState, saveTrainingCheckpoint,
+  type RunFingerprint, type TrainingState,
+} from '../src/train/trainingCheckpoint.ts';
+import { validateRecipe } from '../src/recipe/validate.ts';
+import type { DistillationRecipe } from '../src/recipe/config.ts';
+import { alignVocabularies } from '../src/train/vocabularyCheck.ts';
+import { openDataSources } from '../src/train/dataSources.ts';
+import { RunLogs } from '../src/train/runLogs.ts';
+import { evaluateOn } from './evaluate.ts';
+import { distillPipeline } from './distill.ts';
+import { pretrainPipeline } from './pretrain.ts';
+import type { TrainingContext } from './context.ts';
+import type { ValidationResult } from '../operators/validationTap.ts';
+
+export interface RunResult {
+  runDir: string;
+  studentDir: string;
+  steps: StepResult[];
+  validations: ValidationResult[];
+  resumedFromStep: number;
+  backend: BackendReport;
+  stoppedEarly: boolean;
+}
+
+export interface RunHooks {
+  /** Say where progress goes; defaults to stderr. null silences the run. */
+  log?: ((line: string) => void) | null;
+  /** Stop after this many steps of this invocation (tests of resume); the checkpoint is written first. */
+  stopAfterSteps?: number;
+  /** An abort signal: the run stops after the current step, writes a checkpoint, and returns. */
+  signal?: AbortSignal;
+  /** Show a progress bar (default: when stderr is a TTY or not in a test). */
+  progress?: boolean;
+}
+
+export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Promise<RunResult> {
+  const log = hooks.log === undefined ? (l: string) => process.stderr.write(l + '\n') : hooks.log ?? (() => {});
+  validateRecipe(recipe);
+  const backend = await selectBackend(recipe.backend, { log });
+  const runDir = join(recipe.logDir, recipe.name);
+  mkdirSync(runDir, { recursive: true });
+  const t = recipe.trainer;
+  const data = recipe.data;
+
+  // 1. Load the student and (for distillation) the frozen teacher.
+  const resume = latestCheckpoint(runDir);
+  const studentDir = resume ? join(resume.dir, 'student') : recipe.studentPath;
+  const student = await loadModel(studentDir, { trainable: true });
+  const teacher: CausalLM | null = recipe.kind === 'distill' && recipe.teacherPath ? await loadModel(recipe.teacherPath, { trainable: false }) : null;
+  if (teacher) log(alignVocabularies(teacher.config, student.config, recipe));
+
+  const sources = openDataSources(recipe, student.config.vocabSize);
+  const fingerprint = runFingerprint(recipe, sources.fingerprint);
+  const optimizer = new AdamW(student.params, {
+    beta1: recipe.optim.adamBeta1, beta2: recipe.optim.adamBeta2, eps: recipe.optim.adamEps,
+    weightDecay: recipe.optim.weightDecay, weightDecayAll: recipe.optim.weightDecayAll,
+  });
+  let startStep = 0;
+  let skippedSteps = 0;
+  if (resume) {
+    const state = readTrainingState(resume);
+    checkFingerprint(resume, state, fingerprint);
+    loadOptimizerState(resume, optimizer, student.params.keys());
+    startStep = state.step;
+    skippedSteps = state.skippedSteps;
+    log(`resuming ${runDir} from step ${startStep} (${resume.dir})`);
+  }
+
+  const logs = new RunLogs(runDir, { resumeAfterStep: startStep - 1, maxSteps: t.maxSteps, startStep, log, progress: hooks.progress });
+  const credits = new Credits(t.inFlight);
+  const pending: Promise<void>[] = [];
+  const steps: StepResult[] = [];
+  const validations: ValidationResult[] = [];
+  const lastStep = t.maxSteps - 1;
+  const stopAt = hooks.stopAfterSteps !== undefined ? Math.min(lastStep, startStep + hooks.stopAfterSteps - 1) : lastStep;
+
+  const saveCheckpoint = async (r: StepResult): Promise<void> => {
+    const state: TrainingState = {
+      format: 1, step: r.step + 1, samplesSeen: r.samplesSeen, seed: data.seed, skippedSteps, fingerprint,
+    };
+    await saveTrainingCheckpoint(runDir, student, optimizer, state);
+  };
+  const ctx: TrainingContext = {
+    read: {
+      seqLength: data.seqLength, globalBatchSize: t.globalBatchSize, microBatchSize: t.microBatchSize,
+      startStep, maxSteps: stopAt + 1, credits,
+    },
+    loss: { ...recipe.loss, kdRatio: teacher ? recipe.loss.kdRatio : 0 },
+    backward: {
+      optimizer, clipGrad: recipe.optim.clipGrad, nanPolicy: t.nanPolicy, credits, globalBatchSize: t.globalBatchSize,
+      lrAt: (s) => cosineAnnealingLr(s, { lr: recipe.optim.lr, minLr: recipe.optim.minLr, warmupSteps: recipe.optim.warmupSteps, maxSteps: t.maxSteps }),
+    },
+    validation: {
+      interval: sources.valid ? t.valCheckInterval : 0,
+      lastStep: stopAt,
+      validate: async (step) => ({ step, ...(await evaluateOn(student, teacher, sources.valid!, { ...recipe.loss, seqLength: data.seqLength, microBatchSize: t.microBatchSize, limitBatches: t.limitValBatches })) }),
+      onValidation: (v) => { validations.push(v); logs.onValidation(v); },
+    },
+    sinks: [logs, { onStep: (r) => { steps.push(r); if (r.skipped) skippedSteps++; } }],
+    checkpoint: { saveInterval: recipe.trainer.saveInterval, lastStep: stopAt, save: saveCheckpoint, pending },
+  };
+
+  // 2–3. The loss, both forward passes and the student's backward pass are the pipeline's stages.
+  const pipeline = teacher ? distillPipeline(student, teacher, sources.train, ctx) : pretrainPipeline(student, sources.train, ctx);
+  let stoppedEarly = false;
+  await new Promise<void>((resolve, reject) => {
+    const sub = pipeline.subscribe({ error: reject, complete: resolve });
+    const onStop = (): void => {
+      stoppedEarly = true;
+      log('stopping: writing a checkpoint of the last completed step');
+      credits.close();
+      sub.unsubscribe();
+      resolve();
+    };
+    hooks.signal?.addEventListener('abort', onStop, { once: true });
+    process.once('SIGINT', onStop);
+    sub.add(() => process.off('SIGINT', onStop));
+  }).finally(() => credits.close());
+  await Promise.all(pending);
+
+  // 4. Save only the student, in the Hugging Face layout.
+  const finalDir = join(runDir, 'student');
+  const finished = !stoppedEarly && stopAt === lastStep;
+  if (finished) await saveModel(student, finalDir, { dtype: 'float32' });
+  logs.close(finished ? { studentDir: finalDir } : undefined);
+  optimizer.dispose();
+  student.dispose();
+  teacher?.dispose();
+  return { runDir, studentDir: finalDir, steps, validations, resumedFromStep: startStep, backend, stoppedEarly: !finished };
+}
+
+function runFingerprint(recipe: DistillationRecipe, data: string): RunFingerprint {
+  return {
+    student: hashModelFiles(recipe.studentPath),
+    teacher: recipe.teacherPath ? hashModelFiles(recipe.teacherPath) : 'none',
+    data,
+    seqLength: recipe.data.seqLength,
+    globalBatchSize: recipe.trainer.globalBatchSize,
+  };
+}
