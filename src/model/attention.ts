@@ -1,0 +1,84 @@
+/**
+ * Causal multi-head self-attention on 4-D tensors [batch, heads, seq, headDim], shared by GPT-2 and Llama.
+ *
+ * Everything stays 4-D: tfjs backends (webgpu above all) implement transposes of rank ≤ 4 well and rank 5 poorly
+ * or not at all, so grouped-query attention repeats the KV heads with a reshape and a tile rather than a 5-D
+ * broadcast.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+
+/** Added to masked scores: exp(−1e9 − max) is exactly 0 in float32, and unlike −Infinity it never makes NaN. */
+const MASKED = -1e9;
+
+/**
+ * Additive causal masks [seq, seq] (0 where j ≤ i, and within the sliding window if any; −1e9 elsewhere), one per
+ * sequence length and backend, built once and kept. The owning model disposes them.
+ */
+export class CausalMaskCache {
+  private readonly masks = new Map<string, tf.Tensor2D>();
+
+  constructor(readonly slidingWindow: number | null = null) {}
+
+  get(seqLen: number): tf.Tensor2D {
+    const key = `${tf.getBackend()}:${seqLen}`;
+    let m = this.masks.get(key);
+    if (!m) {
+      const data = new Float32Array(seqLen * seqLen);
+      const w = this.slidingWindow;
+      for (let i = 0; i < seqLen; i++) {
+        for (let j = 0; j < seqLen; j++) {
+          const visible = j <= i && (w === null || i - j < w);
+          data[i * seqLen + j] = visible ? 0 : MASKED;
+        }
+      }
+      m = tf.keep(tf.tensor2d(data, [seqLen, seqLen]));
+      this.masks.set(key, m);
+    }
+    return m;
+  }
+
+  dispose(): void {
+    for (const m of this.masks.values()) m.dispose();
+    this.masks.clear();
+  }
+}
+
+/** [batch·seq, heads·headDim] → [batch, heads, seq, headDim]. */
+export function splitHeads(x: tf.Tensor2D, batch: number, seq: number, heads: number, headDim: number): tf.Tensor4D {
+  return tf.tidy(() => tf.transpose(tf.reshape(x, [batch, seq, heads, headDim]), [0, 2, 1, 3]));
+}
+
+/** [batch, heads, seq, headDim] → [batch·seq, heads·headDim]. */
+export function mergeHeads(x: tf.Tensor4D): tf.Tensor2D {
+  return tf.tidy(() => {
+    const [b, h, t, d] = x.shape;
+    return tf.reshape(tf.transpose(x, [0, 2, 1, 3]), [b * t, h * d]);
+  });
+}
+
+/**
+ * Repeats each KV head `groups` times along the head axis (query head h reads KV head ⌊h / groups⌋, as
+ * transformers' `repeat_kv`), through [b, kv, 1, t·d] → tile → [b, kv·groups, t, d] so no tensor exceeds rank 4.
+ */
+export function repeatKvHeads(x: tf.Tensor4D, groups: number): tf.Tensor4D {
+  if (groups === 1) return x;
+  return tf.tidy(() => {
+    const [b, kv, t, d] = x.shape;
+    const tiled = tf.tile(tf.reshape(x, [b, kv, 1, t * d]), [1, 1, groups, 1]);
+    return tf.reshape(tiled, [b, kv * groups, t, d]);
+  });
+}
+
+/**
+ * softmax(q·kᵀ · scale + mask) · v. q [b, heads, t, d]; k, v [b, kvHeads, t, d] with kvHeads dividing heads.
+ * @returns [b, heads, t, d]
+ */
+export function causalAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, mask: tf.Tensor2D, scale: number): tf.Tensor4D {
+  return tf.tidy(() => {
+    const groups = q.shape[1] / k.shape[1];
+    const kr = repeatKvHeads(k, groups);
+    const vr = repeatKvHeads(v, groups);
+    const scores = tf.add(tf.mul(tf.matMul(q, kr, false, true), scale), mask);
+    return tf.matMul(tf.softmax(scores), vr) as tf.Tensor4D;
+  });
+}

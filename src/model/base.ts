@@ -1,0 +1,62 @@
+/**
+ * What GPT-2 and Llama share as CausalLM implementations: the parameter map, the head, the caches they own and
+ * their disposal. Each architecture writes only its trunk (`hidden`).
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { CheckpointError } from '../errors.ts';
+import type { CausalLM } from './causalLM.ts';
+import type { ModelConfig } from './config.ts';
+import { checkIdsTensor, TokenIdError } from './embedding.ts';
+
+export interface ModelOptions {
+  /** false for a teacher: its variables are created non-trainable and never receive gradients. */
+  trainable: boolean;
+}
+
+export abstract class TransformerLM implements CausalLM {
+  constructor(
+    readonly config: ModelConfig,
+    readonly params: Map<string, tf.Variable>,
+  ) {}
+
+  /** The parameter `name`, typed by rank; a missing one is a loader bug or a hand-built map, so it says which. */
+  protected p<R extends tf.Rank>(name: string): tf.Variable<R> {
+    const v = this.params.get(name);
+    if (!v) throw new CheckpointError(`model parameter "${name}" is missing (${this.config.sourceModelType} with ${this.config.numLayers} layers)`);
+    return v as tf.Variable<R>;
+  }
+
+  /** Optional parameters (biases that some variants carry). */
+  protected maybe<R extends tf.Rank>(name: string): tf.Variable<R> | undefined {
+    return this.params.get(name) as tf.Variable<R> | undefined;
+  }
+
+  /** Checks the ids on the host and the sequence length against the model, before any device work. */
+  protected checkInput(inputIds: tf.Tensor2D): void {
+    if (inputIds.rank !== 2) throw new TokenIdError(`input_ids must be [batch, seq], got shape [${inputIds.shape}]`);
+    checkIdsTensor(inputIds, this.config.vocabSize);
+  }
+
+  abstract hidden(inputIds: tf.Tensor2D): tf.Tensor3D;
+  abstract headWeight(): tf.Tensor2D;
+  /** Releases the caches (masks, RoPE tables) beside the variables. */
+  protected abstract disposeCaches(): void;
+
+  logits(inputIds: tf.Tensor2D): tf.Tensor3D {
+    return tf.tidy(() => {
+      const h = this.hidden(inputIds);
+      const [b, t, d] = h.shape;
+      const w = this.headWeight();
+      return tf.reshape(tf.matMul(tf.reshape(h, [b * t, d]), w, false, true), [b, t, w.shape[0]]);
+    });
+  }
+
+  trainableVariables(): tf.Variable[] {
+    return [...this.params.values()].filter((v) => v.trainable);
+  }
+
+  dispose(): void {
+    for (const v of this.params.values()) v.dispose();
+    this.disposeCaches();
+  }
+}
