@@ -31,7 +31,7 @@ export abstract class TransformerLM implements CausalLM {
     return this.params.get(name) as tf.Variable<R> | undefined;
   }
 
-  /** Checks the ids on the host and the sequence length against the model, before any device work. */
+  /** Checks the ids' rank, dtype and range on the host, before any device work: tfjs would not fail on a bad id. */
   protected checkInput(inputIds: tf.Tensor2D): void {
     if (inputIds.rank !== 2) throw new TokenIdError(`input_ids must be [batch, seq], got shape [${inputIds.shape}]`);
     checkIdsTensor(inputIds, this.config.vocabSize);

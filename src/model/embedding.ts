@@ -23,16 +23,17 @@ export function checkTokenIds(ids: ArrayLike<number>, seqLen: number, vocabSize:
 }
 
 /**
- * Tensors already checked: the teacher and the student see the same ids tensor, and on webgpu a second host
- * read could be a GPU read-back.
+ * The largest id of each tensor already checked: the teacher and the student see the same ids tensor (with
+ * possibly different vocabularies), and on webgpu a second host read could be a GPU read-back.
  */
-const checked = new WeakSet<tf.Tensor>();
+const maxIdOf = new WeakMap<tf.Tensor, number>();
 
-/** Checks an ids tensor, once per tensor. A GPU-resident tensor that cannot be read synchronously is not checked. */
+/** Checks an ids tensor, reading it once. A GPU-resident tensor that cannot be read synchronously is not checked. */
 export function checkIdsTensor(ids: tf.Tensor2D, vocabSize: number): void {
-  if (checked.has(ids)) return;
   if (ids.dtype !== 'int32') throw new TokenIdError(`input_ids must be int32, got ${ids.dtype}; cast on the host before the model`);
-  let data: ArrayLike<number>;
+  const known = maxIdOf.get(ids);
+  if (known !== undefined && known < vocabSize) return;
+  let data: Int32Array;
   try {
     data = ids.dataSync() as Int32Array;
   } catch {
@@ -40,7 +41,9 @@ export function checkIdsTensor(ids: tf.Tensor2D, vocabSize: number): void {
     return;
   }
   checkTokenIds(data, ids.shape[1], vocabSize);
-  checked.add(ids);
+  let max = -1;
+  for (let i = 0; i < data.length; i++) if (data[i] > max) max = data[i];
+  maxIdOf.set(ids, max);
 }
 
 /** Embeds [batch, seq] int32 ids into [batch, seq, hidden]. */

@@ -41,3 +41,17 @@ test('GPT-2 refuses sequences longer than its learned position table', async () 
     model.dispose();
   });
 });
+
+test('an ids tensor checked against a large vocabulary is checked again against a smaller one', async () => {
+  await onEachBackend(async () => {
+    const big = await loadModel(fixture('llama-student'), { trainable: false });
+    const small = await loadModel(fixture('llama-student'), { trainable: false });
+    (small.config as { vocabSize: number }).vocabSize = 500;
+    const ids = tf.tensor2d([[1, 2, 700]], [1, 3], 'int32');
+    tf.dispose(big.hidden(ids));
+    assert.throws(() => small.hidden(ids), /input_ids\[0, 2\] = 700 is outside the vocabulary \[0, 500\)/);
+    ids.dispose();
+    big.dispose();
+    small.dispose();
+  });
+});
