@@ -15,6 +15,11 @@ export interface KdLossOptions {
   jsdBeta: number;
   /** λ of the skew KL (DistiLLM). */
   skewLambda: number;
+  /**
+   * Weight of the KD term against the student's own next-token cross-entropy: (1 − α)·CE + α·KD. Optional so
+   * that existing option literals stay valid; absent means 1 (pure distillation, as NeMo/Megatron train).
+   */
+  alpha?: number;
 }
 
 export const DEFAULT_KD_LOSS: KdLossOptions = {
@@ -23,4 +28,5 @@ export const DEFAULT_KD_LOSS: KdLossOptions = {
   scaleByTemperatureSquared: true,
   jsdBeta: 0.5,
   skewLambda: 0.1,
+  alpha: 1,
 };

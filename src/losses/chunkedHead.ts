@@ -1,0 +1,137 @@
+/**
+ * The memory-bounded core of every loss on hidden states. The student's logits z = hidden · headᵀ are [N, V]:
+ * at N = 2048 tokens and V = 151,936 that is 1.2 GB in float32, and tfjs's gradient tape would keep several such
+ * tensors alive (the logits, the log-softmax, the softmax, ...) until the backward pass. Here the forward computes
+ * the loss `chunkSize` rows at a time and drops each chunk's logits at once; a tf.customGrad gradient recomputes
+ * each chunk's logits in the backward pass and applies the terms' analytic gradients, so neither pass holds more
+ * than a few [chunkSize, V] tensors, plus d/d head [V, h]. The price is one extra hidden · headᵀ per chunk.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { ConfigError } from '../errors.ts';
+import { maskedMeanWeights } from './maskedMean.ts';
+
+/**
+ * One per-position loss term, evaluated on a chunk of rows [start, end) from the student's logits there.
+ * The tensors it reads (teacher states, labels, targets) are listed in `tensors` and handed back as `data`, in that
+ * order: in the backward pass `data` holds copies saved with the forward, because the caller's originals are often
+ * made inside the closure given to tf.grads / optimizer.minimize and are disposed before the backward runs.
+ */
+export interface ChunkTerm {
+  readonly tensors: tf.Tensor[];
+  /** The per-position values [end − start] from the student's logits z [end − start, V]. */
+  value(z: tf.Tensor2D, start: number, end: number, data: tf.Tensor[]): tf.Tensor1D;
+  /**
+   * d value_n / d z_n for each row, multiplied by `rowScale` [end − start, 1] (taking the scale here lets a term
+   * fold it into its last op rather than hold one more [chunk, V] tensor).
+   */
+  gradient(z: tf.Tensor2D, start: number, end: number, rowScale: tf.Tensor2D, data: tf.Tensor[]): tf.Tensor2D;
+}
+
+function checkShapes(hidden: tf.Tensor2D, head: tf.Tensor2D, mask: tf.Tensor1D, chunkSize: number): void {
+  if (hidden.rank !== 2 || head.rank !== 2 || hidden.shape[1] !== head.shape[1]) {
+    throw new ConfigError(`chunked loss: hidden ${hidden.shape} and head ${head.shape} must be [N, h] and [V, h]`);
+  }
+  if (mask.rank !== 1 || mask.shape[0] !== hidden.shape[0]) {
+    throw new ConfigError(`chunked loss: mask ${mask.shape} must be [${hidden.shape[0]}]`);
+  }
+  if (!Number.isInteger(chunkSize) || chunkSize < 1) {
+    throw new ConfigError(`chunked loss: chunkSize ${chunkSize} must be a positive integer`);
+  }
+}
+
+function rows<T extends tf.Tensor>(x: T, start: number, end: number): T {
+  const begin = x.shape.map((_, i) => (i === 0 ? start : 0));
+  const size = x.shape.map((d, i) => (i === 0 ? end - start : d));
+  return tf.slice(x, begin, size) as T;
+}
+
+/** Replaces `acc` by acc + x, disposing the old sum and x (kept out of any enclosing tidy's growth). */
+function accumulate<T extends tf.Tensor>(acc: T, x: T): T {
+  const next = tf.add(acc, x) as T;
+  acc.dispose();
+  x.dispose();
+  return next;
+}
+
+/**
+ * [terms.length + 1]: the masked mean over the N positions of each term (Σ mask·value / max(Σ mask, 1)), then
+ * Σ mask. Differentiable w.r.t. `hidden` [N, h] and `head` [V, h] (the student's); the count is not. The mask and
+ * the terms' tensors are saved for the backward pass (clones share the data: no copy).
+ */
+export function chunkedHeadMeans(
+  hidden: tf.Tensor2D,
+  head: tf.Tensor2D,
+  mask: tf.Tensor1D,
+  terms: ChunkTerm[],
+  chunkSize: number,
+): tf.Tensor1D {
+  checkShapes(hidden, head, mask, chunkSize);
+  const n = hidden.shape[0];
+  const k = terms.length;
+  const chunks: [number, number][] = [];
+  for (let s = 0; s < n; s += chunkSize) chunks.push([s, Math.min(n, s + chunkSize)]);
+
+  // Saved for the backward pass: hidden and head (the student's hidden states are usually an intermediate of the
+  // model's forward, disposed when the loss closure returns), the mask, then each term's tensors.
+  const offsets: number[] = [];
+  const aux: tf.Tensor[] = [mask];
+  for (const t of terms) {
+    offsets.push(aux.length);
+    aux.push(...t.tensors);
+  }
+  const dataOf = (all: tf.Tensor[], i: number): tf.Tensor[] => all.slice(offsets[i], offsets[i] + terms[i].tensors.length);
+
+  type Result = { value: tf.Tensor1D; gradFunc: (dy: tf.Tensor1D, saved: tf.Tensor[]) => tf.Tensor[] };
+  const run = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]): Result => {
+    const [hid, wt, save] = args as [tf.Tensor2D, tf.Tensor2D, tf.GradSaveFunc];
+    save([hid, wt, ...aux]);
+    const weights = maskedMeanWeights(mask);
+    let sums = tf.zeros([k]) as tf.Tensor1D;
+    for (const [s, e] of chunks) {
+      const part = tf.tidy(() => {
+        const z = tf.matMul(rows(hid, s, e), wt, false, true) as tf.Tensor2D;
+        const wC = rows(weights, s, e);
+        const keep = tf.greater(wC, 0);
+        // Each term in its own tidy, so that its [chunk, V] intermediates are gone before the next starts.
+        const perTerm = terms.map((t, i) =>
+          tf.tidy(() => tf.sum(tf.where(keep, tf.mul(t.value(z, s, e, dataOf(aux, i)), wC), tf.zerosLike(wC)))),
+        );
+        return tf.stack(perTerm) as tf.Tensor1D;
+      });
+      sums = accumulate(sums, part);
+    }
+    const value = tf.concat([sums, tf.sum(mask).reshape([1])]) as tf.Tensor1D;
+
+    const gradFunc = (dy: tf.Tensor1D, savedAll: tf.Tensor[]): tf.Tensor[] => {
+      const [hid, wt] = savedAll as tf.Tensor2D[];
+      const saved = savedAll.slice(2);
+      const weightsB = maskedMeanWeights(saved[0] as tf.Tensor1D);
+      // The upstream gradient of each mean; that of the count is dropped (the count is not differentiable).
+      const coeffs = tf.slice(dy, [0], [k]).arraySync() as number[];
+      let dHead = tf.zerosLike(wt) as tf.Tensor2D;
+      const dHidden: tf.Tensor2D[] = [];
+      for (const [s, e] of chunks) {
+        const [dh, dw] = tf.tidy(() => {
+          const hC = rows(hid, s, e);
+          const z = tf.matMul(hC, wt, false, true) as tf.Tensor2D;
+          const wC = rows(weightsB, s, e).reshape([e - s, 1]) as tf.Tensor2D;
+          const parts: tf.Tensor2D[] = [];
+          for (let i = 0; i < k; i++) {
+            // A term whose mean does not reach the loss (CE logged with α = 1) costs nothing here.
+            if (coeffs[i] === 0) continue;
+            const t = terms[i];
+            const g = tf.tidy(() => t.gradient(z, s, e, tf.mul(wC, coeffs[i]) as tf.Tensor2D, dataOf(saved, i)));
+            parts.push(parts.length === 0 ? g : accumulate(parts.pop() as tf.Tensor2D, g));
+          }
+          const dzC: tf.Tensor2D = parts[0] ?? tf.zerosLike(z);
+          return [tf.matMul(dzC, wt), tf.matMul(dzC, hC, true, false)] as [tf.Tensor2D, tf.Tensor2D];
+        });
+        dHidden.push(dh);
+        dHead = accumulate(dHead, dw);
+      }
+      return [tf.concat(dHidden, 0), dHead];
+    };
+    return { value, gradFunc };
+  });
+  return run(hidden, head) as tf.Tensor1D;
+}
