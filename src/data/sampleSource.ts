@@ -75,7 +75,9 @@ export function createSampleSource(opts: SampleSourceOptions): SampleSource {
     return { numSamples: parts[0].samplesPerEpoch, seqLength: opts.seqLength, components, sample: (i) => parts[0].sample(i), close };
   }
   const empty = components.filter((c) => c.samplesPerEpoch === 0);
-  if (empty.length > 0 && empty.length < components.length) {
+  // A blend whose train split lacks a component is a mistake; a small dataset with no valid/test documents is common,
+  // and that split of the blend is then simply empty (numSamples 0), as a single empty dataset is.
+  if (empty.length > 0 && empty.length < components.length && splitName === 'train') {
     close();
     throw new ConfigError(`--data_paths: ${empty.map((c) => c.path).join(', ')} ha${empty.length > 1 ? 've' : 's'} no ${splitName} samples (split ${opts.split ?? '100,0,0'}, seq_length ${opts.seqLength}) while weighted in the blend. Give more data, change --split, or drop it from the blend.`);
   }
@@ -85,6 +87,9 @@ export function createSampleSource(opts: SampleSourceOptions): SampleSource {
     numSamples, seqLength: opts.seqLength, components, close,
     sample: (i) => {
       if (!Number.isInteger(i) || i < 0) throw new RangeError(`sample index ${i} must be a non-negative integer`);
+      if (numSamples === 0) {
+        throw new ConfigError(`--data_paths: the ${splitName} split of the blend is empty (${empty.map((c) => c.path).join(', ')} ha${empty.length > 1 ? 've' : 's'} no ${splitName} samples with --split ${opts.split ?? '100,0,0'}). Change --split or give more data.`);
+      }
       const { dataset, sample } = blend.at(i);
       return parts[dataset].sample(sample);
     },

@@ -121,3 +121,16 @@ test('too little data for one sample is a ConfigError; a missing path too', () =
   assert.throws(() => createSampleSource({ dataPaths: join(dir, 'nope'), seqLength: 8 }), ConfigError);
   rmSync(dir, { recursive: true });
 });
+
+test('a blend: a component without train samples is an error; an empty valid split is numSamples 0', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'samples-'));
+  arrow(join(dir, 'big'), docs(40, 0));
+  arrow(join(dir, 'tiny'), docs(2, 0));
+  const paths = `1 ${join(dir, 'big')} 1 ${join(dir, 'tiny')}`;
+  const valid = createSampleSource({ dataPaths: paths, seqLength: 4, split: '90,10,0', splitName: 'valid' });
+  assert.equal(valid.numSamples, 0);
+  assert.throws(() => valid.sample(0), ConfigError);
+  valid.close();
+  assert.throws(() => createSampleSource({ dataPaths: paths, seqLength: 400 }), (e: unknown) => e instanceof ConfigError && e.message.includes('tiny'));
+  rmSync(dir, { recursive: true });
+});
