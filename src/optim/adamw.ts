@@ -38,8 +38,9 @@ export class AdamW {
     readonly options: AdamWOptions,
   ) {
     for (const [name, p] of params) {
-      this.m.set(name, tf.variable(tf.zerosLike(p), false, `adamw.m.${name}`));
-      this.v.set(name, tf.variable(tf.zerosLike(p), false, `adamw.v.${name}`));
+      // Variables are unnamed: tfjs names are global and two optimizers (or runs) may hold the same parameter names.
+      this.m.set(name, tf.tidy(() => tf.variable(tf.zerosLike(p), false)));
+      this.v.set(name, tf.tidy(() => tf.variable(tf.zerosLike(p), false)));
     }
   }
 
@@ -84,8 +85,10 @@ export class AdamW {
     for (const [name, p] of this.params) {
       const mv = s.moments.get(name);
       if (!mv) throw new Error(`optimizer state has no moments for parameter "${name}"`);
-      this.m.get(name)!.assign(tf.tensor(mv.m, p.shape, 'float32'));
-      this.v.get(name)!.assign(tf.tensor(mv.v, p.shape, 'float32'));
+      tf.tidy(() => {
+        this.m.get(name)!.assign(tf.tensor(mv.m, p.shape, 'float32'));
+        this.v.get(name)!.assign(tf.tensor(mv.v, p.shape, 'float32'));
+      });
     }
   }
 

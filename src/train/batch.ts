@@ -8,6 +8,7 @@
  */
 import type * as tf from '@tensorflow/tfjs-core';
 import type { RecordBatch } from 'apache-arrow';
+import type { SparseTargets } from '../losses/sparseTargets.ts';
 
 /** Where a micro-batch sits in the run; errors and checkpoints name it. */
 export interface BatchPosition {
@@ -44,16 +45,10 @@ export interface TeacherTargets {
   head: tf.Tensor2D;
 }
 
-/** Sparse teacher targets read from a cache: per position, K ids and their log-probabilities (or counts). */
+/** Sparse teacher targets read from a cache: per position, K ids with log-probabilities (top-K) or counts (sampled). */
 export interface SparseTeacherTargets {
   kind: 'sparse';
-  method: 'topk' | 'sample' | 'full';
-  /** [mbs·seq, K] int32 */
-  ids: tf.Tensor2D;
-  /** [mbs·seq, K] float32: log p_t for topk/full, counts for sample */
-  values: tf.Tensor2D;
-  /** Number of draws per position, for `sample`. */
-  samples?: number;
+  targets: SparseTargets;
 }
 
 export interface TeacherBatch extends TokenBatch {
@@ -103,7 +98,13 @@ export function disposeBatch(b: TeacherBatch): void {
   b.lossMask.dispose();
   if (b.teacher?.kind === 'hidden') b.teacher.hidden.dispose();
   if (b.teacher?.kind === 'sparse') {
-    b.teacher.ids.dispose();
-    b.teacher.values.dispose();
+    const t = b.teacher.targets;
+    t.ids.dispose();
+    if (t.kind === 'sampled') {
+      t.counts.dispose();
+      t.logProbs?.dispose();
+    } else {
+      t.logProbs.dispose();
+    }
   }
 }
