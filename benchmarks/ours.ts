@@ -1,0 +1,138 @@
+/**
+ * Our side of the benchmark: end-to-end online distillation throughput of the project's own pipeline, with the
+ * operators composed exactly as pipelines/distill.ts composes them (readBatches → teacherLogits → studentForward →
+ * klLoss → backward), on random-init Llama teacher and student built from benchmarks/configs.json and a synthetic
+ * source of random token windows. Only the taps of the StageClock are added between the stages.
+ */
+import { lastValueFrom, toArray } from 'rxjs';
+import type { BackendReport } from '../src/backend/select.ts';
+import { createModel } from '../src/model/create.ts';
+import { parseModelConfig } from '../src/model/config.ts';
+import type { CausalLM } from '../src/model/causalLM.ts';
+import { mixSeed, mulberry32 } from '../src/data/prng.ts';
+import { AdamW, NEMO_ADAMW_DEFAULTS } from '../src/optim/adamw.ts';
+import { DEFAULT_KD_LOSS } from '../src/losses/types.ts';
+import { DEFAULT_CHUNK_SIZE } from '../src/losses/chunkedKd.ts';
+import { readBatches, type SampleSource } from '../operators/readBatches.ts';
+import { teacherLogits } from '../operators/teacherLogits.ts';
+import { studentForward } from '../operators/studentForward.ts';
+import { klLoss } from '../operators/klLoss.ts';
+import { backward } from '../operators/backward.ts';
+import { llamaConfigJson, tokensPerStep, type BenchShape } from './configs.ts';
+import { StageClock, STAGES, TimedCredits, type MemoryPeak, type Stage } from './stageClock.ts';
+
+export interface OursOptions {
+  /** The backend already selected (selectBackend), once per invocation. */
+  backend: BackendReport;
+  steps: number;
+  warmup: number;
+  seed?: number;
+  log?: (line: string) => void;
+}
+
+export interface OursResult {
+  backend: BackendReport;
+  tokensPerS: number;
+  steps: number;
+  warmup: number;
+  tokensPerStep: number;
+  /** Wall time of the measured steps, and each stage's busy time per step (ms). */
+  wallMsPerStep: number;
+  stagesMsPerStep: Record<Stage, number>;
+  memory: MemoryPeak;
+  /** Last measured step's loss: a sanity check that the pipeline did real work (forward KL ≥ 0, finite). */
+  lastLoss: number;
+  buildMs: number;
+}
+
+/**
+ * Random weights with std 0.02 (uniform, ±0.02·√3: cheaper than Gaussian for 10^8 values and the same scale
+ * transformers initialises with), norm weights 1. Throughput does not depend on the values.
+ */
+function randomWeights(seed: number): (name: string, shape: number[]) => Float32Array {
+  return (name, shape) => {
+    const n = shape.reduce((a, d) => a * d, 1);
+    const out = new Float32Array(n);
+    if (shape.length === 1) return out.fill(1);
+    const rand = mulberry32(mixSeed(seed, ...Array.from(name, (ch) => ch.charCodeAt(0))));
+    const a = 0.02 * Math.sqrt(3);
+    for (let i = 0; i < n; i++) out[i] = (rand() * 2 - 1) * a;
+    return out;
+  };
+}
+
+export function buildModel(shape: BenchShape, role: 'student' | 'teacher', seed: number): CausalLM {
+  const config = parseModelConfig(llamaConfigJson(shape, role), `<bench ${role}>`);
+  return createModel(config, randomWeights(mixSeed(seed, role === 'student' ? 1 : 2)), { trainable: role === 'student' });
+}
+
+/** Uniformly random token windows of seq + 1 ids, a pure function of (seed, index) like a real dataset. */
+export function randomTokenSource(vocab: number, seq: number, seed: number, numSamples = 1 << 20): SampleSource {
+  return {
+    numSamples,
+    sample(index: number): Int32Array {
+      const rand = mulberry32(mixSeed(seed, index));
+      const out = new Int32Array(seq + 1);
+      for (let i = 0; i < out.length; i++) out[i] = Math.floor(rand() * vocab);
+      return out;
+    },
+  };
+}
+
+export async function runOurs(shape: BenchShape, o: OursOptions): Promise<OursResult> {
+  const log = o.log ?? (() => {});
+  const seed = o.seed ?? 1234;
+  const backend = o.backend;
+  const t0 = performance.now();
+  const teacher = buildModel(shape, 'teacher', seed);
+  const student = buildModel(shape, 'student', seed);
+  const optimizer = new AdamW(student.params, NEMO_ADAMW_DEFAULTS);
+  const buildMs = performance.now() - t0;
+  log(`ours: built teacher and student in ${(buildMs / 1000).toFixed(1)} s on ${backend.chosen}; ${o.warmup} warm-up + ${o.steps} measured steps`);
+
+  const clock = new StageClock(o.warmup);
+  const credits = new TimedCredits(clock);
+  const total = o.warmup + o.steps;
+  const started = performance.now();
+  try {
+    const results = await lastValueFrom(
+      readBatches(randomTokenSource(shape.vocab, shape.seq, seed), {
+        seqLength: shape.seq, globalBatchSize: shape.batch, microBatchSize: shape.batch, startStep: 0, maxSteps: total, credits,
+      }).pipe(
+        clock.afterRead(),
+        teacherLogits(teacher),
+        clock.afterTeacher(),
+        studentForward(student),
+        // Forward KL at τ = 1 without a τ² factor, as NeMo/Megatron train and as the peer computes it.
+        klLoss({ ...DEFAULT_KD_LOSS, scaleByTemperatureSquared: false, kdRatio: 1, chunkSize: DEFAULT_CHUNK_SIZE }),
+        clock.beforeBackward(),
+        backward(student, { optimizer, lrAt: () => 1e-4, clipGrad: 1.0, nanPolicy: 'stop', credits, globalBatchSize: shape.batch }),
+        clock.afterStep(),
+        toArray(),
+      ),
+    );
+    clock.finish();
+    const measureStart = clock.measureStart ?? started;
+    const wallMs = clock.lastStepEnd - measureStart;
+    const perStep = (ms: number): number => ms / o.steps;
+    const stagesMsPerStep = Object.fromEntries(STAGES.map((s) => [s, perStep(clock.totals[s])])) as Record<Stage, number>;
+    const last = results[results.length - 1];
+    return {
+      backend,
+      tokensPerS: (tokensPerStep(shape) * o.steps) / (wallMs / 1000),
+      steps: o.steps,
+      warmup: o.warmup,
+      tokensPerStep: tokensPerStep(shape),
+      wallMsPerStep: perStep(wallMs),
+      stagesMsPerStep,
+      memory: clock.peak,
+      lastLoss: last.loss,
+      buildMs,
+    };
+  } finally {
+    credits.close();
+    optimizer.dispose();
+    student.dispose();
+    teacher.dispose();
+  }
+}

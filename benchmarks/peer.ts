@@ -1,0 +1,105 @@
+/**
+ * The PyTorch peer, run in the same invocation as ours: benchmarks/peer/kd_step.py in a child process, given the
+ * whole shape as JSON so that a scaling point needs no entry in configs.json. It runs after ours, never beside
+ * it: both would fight over the same cores and each figure would be wrong.
+ *
+ * A peer that cannot start (no python3, no torch) is not an error of the benchmark: the reason is returned and
+ * printed, and ours is reported alone (ratio null).
+ */
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import type { BenchShape } from './configs.ts';
+import type { Stage } from './stageClock.ts';
+
+export const DEFAULT_PYTHON = '/usr/bin/python3';
+export const PEER_SCRIPT = fileURLToPath(new URL('./peer/kd_step.py', import.meta.url));
+
+export interface PeerOptions {
+  python: string;
+  threads: number;
+  steps: number;
+  warmup: number;
+  configName: string;
+  /** Give up after this long (a wedged peer must not hang the benchmark). */
+  timeoutMs: number;
+  log?: (line: string) => void;
+}
+
+export interface PeerResult {
+  tokensPerS: number;
+  wallMsPerStep: number;
+  stagesMsPerStep: Record<Stage, number>;
+  peakRssBytes: number;
+  lastLoss: number;
+  torchVersion: string;
+  threads: number;
+}
+
+export type PeerOutcome = { ok: true; result: PeerResult; command: string } | { ok: false; reason: string; command: string };
+
+function isPeerJson(v: unknown): v is Record<string, unknown> & { tokens_per_s: number } {
+  return typeof v === 'object' && v !== null && typeof (v as { tokens_per_s?: unknown }).tokens_per_s === 'number';
+}
+
+export function peerArgs(shape: BenchShape, o: PeerOptions): string[] {
+  return [PEER_SCRIPT, '--config', o.configName, '--spec', JSON.stringify(shape), '--steps', String(o.steps), '--warmup', String(o.warmup), '--threads', String(o.threads)];
+}
+
+export function runPeer(shape: BenchShape, o: PeerOptions): Promise<PeerOutcome> {
+  const args = peerArgs(shape, o);
+  const command = `${o.python} ${args.map((a) => (/^[\w./:=+-]+$/.test(a) ? a : `'${a}'`)).join(' ')}`;
+  return new Promise((resolve) => {
+    let stdout = '';
+    let stderr = '';
+    let settled = false;
+    const done = (out: PeerOutcome): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      resolve(out);
+    };
+    const child = spawn(o.python, args, {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      // One BLAS pool of the requested size; OpenMP/OpenBLAS otherwise start one thread per core on their own.
+      env: { ...process.env, OMP_NUM_THREADS: String(o.threads), OPENBLAS_NUM_THREADS: String(o.threads), MKL_NUM_THREADS: String(o.threads) },
+    });
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      done({ ok: false, reason: `the peer ran past ${Math.round(o.timeoutMs / 1000)} s and was stopped`, command });
+    }, o.timeoutMs);
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+      for (const line of d.toString().split('\n')) if (line.trim()) o.log?.(`peer: ${line}`);
+    });
+    child.on('error', (e) => done({ ok: false, reason: `cannot start ${o.python}: ${e.message}`, command }));
+    child.on('close', (code, signal) => {
+      const lastLine = stdout.trim().split('\n').pop() ?? '';
+      if (code !== 0) {
+        const why = stderr.trim().split('\n').slice(-3).join(' | ') || `exit ${code ?? signal}`;
+        const hint = /No module named ['"]?torch/.test(stderr) ? ' (install it: apt-get install -y python3-torch libopenblas0-pthread)' : '';
+        return done({ ok: false, reason: `the peer failed: ${why}${hint}`, command });
+      }
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(lastLine);
+      } catch {
+        return done({ ok: false, reason: `the peer printed no JSON line (last line: ${lastLine.slice(0, 200)})`, command });
+      }
+      if (!isPeerJson(parsed)) return done({ ok: false, reason: `the peer's JSON has no tokens_per_s: ${lastLine.slice(0, 200)}`, command });
+      done({
+        ok: true,
+        command,
+        result: {
+          tokensPerS: parsed.tokens_per_s,
+          wallMsPerStep: Number(parsed.wall_ms_per_step),
+          stagesMsPerStep: parsed.stages_ms_per_step as Record<Stage, number>,
+          peakRssBytes: Number(parsed.peak_rss_bytes),
+          lastLoss: Number(parsed.last_loss),
+          torchVersion: String(parsed.torch_version),
+          threads: Number(parsed.threads),
+        },
+      });
+    });
+  });
+}

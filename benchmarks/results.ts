@@ -1,0 +1,77 @@
+/**
+ * One benchmark measurement as it is printed (--json), appended to results.jsonl and tabulated in the README.
+ * Field names are snake_case because the record is read by people and by other tools as JSON.
+ */
+import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { BenchShape } from './configs.ts';
+import type { Stage } from './stageClock.ts';
+
+export interface Machine {
+  cpu: string;
+  cores: number;
+  os: string;
+  node: string;
+  /** torch version of the peer, when it ran. */
+  torch: string | null;
+}
+
+export interface BenchRecord {
+  kind: 'config' | 'scaling';
+  date: string;
+  /** The invocation's start time: the points of one --scaling sweep share it. */
+  run_id: string;
+  /** The configuration name; a scaling point adds its axis and value ("S seq=512"). */
+  config: string;
+  axis?: 'seq' | 'vocab' | 'width';
+  x?: number;
+  backend: string;
+  backend_detail: string;
+  shape: BenchShape;
+  tokens_per_step: number;
+  steps: number;
+  warmup: number;
+  ours_tokens_per_s: number;
+  peer_tokens_per_s: number | null;
+  /** ours / peer; null when the peer did not run. */
+  ratio: number | null;
+  peer: 'torch' | 'none';
+  /** Why the peer has no figure, when it has none. */
+  peer_unavailable: string | null;
+  peer_threads: number | null;
+  machine: Machine;
+  /** Busy milliseconds per step of each stage ("student fwd+bwd" is forward, loss and backward under one tape). */
+  stages: { ours: Record<Stage, number>; peer: Record<Stage, number> | null };
+  wall_ms_per_step: { ours: number; peer: number | null };
+  memory: {
+    ours: { peak_rss_bytes: number; peak_tf_bytes: number; peak_tf_tensors: number };
+    peer: { peak_rss_bytes: number } | null;
+  };
+  last_loss: { ours: number; peer: number | null };
+  command: string;
+}
+
+export const RESULTS_FILE = 'results.jsonl';
+
+export function appendResult(dir: string, r: BenchRecord): string {
+  mkdirSync(dir, { recursive: true });
+  const path = join(dir, RESULTS_FILE);
+  appendFileSync(path, JSON.stringify(r) + '\n');
+  return path;
+}
+
+/** Every record in the file; a torn last line (a run killed mid-write) is skipped rather than failing the README. */
+export function readResults(dir: string): BenchRecord[] {
+  const path = join(dir, RESULTS_FILE);
+  if (!existsSync(path)) return [];
+  const out: BenchRecord[] = [];
+  for (const line of readFileSync(path, 'utf8').split('\n')) {
+    if (!line.trim()) continue;
+    try {
+      out.push(JSON.parse(line) as BenchRecord);
+    } catch {
+      // Keep going: one bad line must not hide the other measurements.
+    }
+  }
+  return out;
+}

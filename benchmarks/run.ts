@@ -1,0 +1,144 @@
+/**
+ * `npm run bench -- [--config S|M|L|tiny] [--backend B] [--json] [--peer torch|none] [--steps N] [--scaling]`
+ *
+ * Streams the project's own online-KD pipeline and then the PyTorch peer on the same shapes, in this one
+ * invocation, and reports tokens/s side by side with the ratio, per-stage busy time and peak memory. Each run is
+ * appended to benchmarks/results/results.jsonl, from which the README table and the charts there are regenerated.
+ * Progress goes to stderr; stdout carries the markdown row and, with --json, one JSON object as its last line.
+ */
+import { cpus, platform, release, arch } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { selectBackend, BACKEND_CHOICES, type BackendChoice, type BackendReport } from '../src/backend/select.ts';
+import { parseFlags, usage } from '../src/cli/flags.ts';
+import { benchShape, CONFIG_NAMES, scalingPoints, tokensPerStep, type BenchShape } from './configs.ts';
+import { runOurs } from './ours.ts';
+import { DEFAULT_PYTHON, runPeer, type PeerOutcome } from './peer.ts';
+import { appendResult, readResults, type BenchRecord, type Machine } from './results.ts';
+import { markdownRow, TABLE_HEADER, writeResultsReadme } from './table.ts';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+
+const FLAGS = {
+  config: { kind: 'string', help: 'model and batch shapes from benchmarks/configs.json', default: 'S', choices: CONFIG_NAMES },
+  backend: { kind: 'string', help: 'tfjs backend for ours', default: 'auto', choices: BACKEND_CHOICES },
+  json: { kind: 'boolean', help: 'print one JSON object as the last line of stdout' },
+  peer: { kind: 'string', help: 'the peer to run beside ours', default: 'torch', choices: ['torch', 'none'] },
+  steps: { kind: 'int', help: 'measured steps (default: the config\'s; 2 per point with --scaling)', min: 1 },
+  warmup: { kind: 'int', help: 'warm-up steps before measuring (default: the config\'s; 1 with --scaling)', min: 0 },
+  scaling: { kind: 'boolean', help: 'sweep seq length, vocabulary and width from --config, ours vs peer' },
+  results: { kind: 'string', help: 'where results.jsonl, README.md and the charts go', default: 'benchmarks/results' },
+  python: { kind: 'string', help: 'python interpreter with torch, for the peer', default: DEFAULT_PYTHON },
+  threads: { kind: 'int', help: 'torch threads of the peer', default: 2, min: 1 },
+  peer_timeout_s: { kind: 'int', help: 'stop a peer run after this many seconds', default: 3600, min: 1 },
+  help: { kind: 'boolean', help: 'print this help' },
+} as const;
+
+function log(line: string): void {
+  process.stderr.write(line + '\n');
+}
+
+function machineInfo(torch: string | null): Machine {
+  const c = cpus();
+  return { cpu: c[0]?.model.trim() ?? 'unknown', cores: c.length, os: `${platform()} ${release()} ${arch()}`, node: process.version, torch };
+}
+
+interface Measure {
+  configName: string;
+  shape: BenchShape;
+  steps: number;
+  warmup: number;
+}
+
+async function measure(m: Measure, backend: BackendReport, flags: { peer: string; python: string; threads: number; timeoutMs: number }): Promise<Omit<BenchRecord, 'kind' | 'date' | 'run_id' | 'config' | 'command' | 'machine'> & { torch: string | null }> {
+  log(`— ${m.configName}: vocab ${m.shape.vocab}, seq ${m.shape.seq}, batch ${m.shape.batch}, student ${JSON.stringify(m.shape.student)}, teacher ${JSON.stringify(m.shape.teacher)}`);
+  const ours = await runOurs(m.shape, { backend, steps: m.steps, warmup: m.warmup, log });
+  log(`ours: ${ours.tokensPerS.toFixed(1)} tokens/s (${ours.wallMsPerStep.toFixed(0)} ms/step, last loss ${ours.lastLoss.toFixed(4)})`);
+  let peer: PeerOutcome | null = null;
+  if (flags.peer === 'torch') {
+    log(`peer: running ${flags.python} benchmarks/peer/kd_step.py on ${flags.threads} threads`);
+    peer = await runPeer(m.shape, { python: flags.python, threads: flags.threads, steps: m.steps, warmup: m.warmup, configName: m.configName, timeoutMs: flags.timeoutMs, log });
+    if (peer.ok) log(`peer: ${peer.result.tokensPerS.toFixed(1)} tokens/s (${peer.result.wallMsPerStep.toFixed(0)} ms/step, last loss ${peer.result.lastLoss.toFixed(4)})`);
+    else log(`peer: not measured: ${peer.reason}; reporting ours alone`);
+  }
+  const p = peer?.ok ? peer.result : null;
+  return {
+    backend: backend.chosen,
+    backend_detail: backend.detail,
+    shape: m.shape,
+    tokens_per_step: tokensPerStep(m.shape),
+    steps: m.steps,
+    warmup: m.warmup,
+    ours_tokens_per_s: ours.tokensPerS,
+    peer_tokens_per_s: p ? p.tokensPerS : null,
+    ratio: p && p.tokensPerS > 0 ? ours.tokensPerS / p.tokensPerS : null,
+    peer: flags.peer === 'torch' ? 'torch' : 'none',
+    peer_unavailable: peer && !peer.ok ? peer.reason : null,
+    peer_threads: p ? p.threads : null,
+    stages: { ours: ours.stagesMsPerStep, peer: p ? p.stagesMsPerStep : null },
+    wall_ms_per_step: { ours: ours.wallMsPerStep, peer: p ? p.wallMsPerStep : null },
+    memory: {
+      ours: { peak_rss_bytes: ours.memory.rssBytes, peak_tf_bytes: ours.memory.tfBytes, peak_tf_tensors: ours.memory.tfTensors },
+      peer: p ? { peak_rss_bytes: p.peakRssBytes } : null,
+    },
+    last_loss: { ours: ours.lastLoss, peer: p ? p.lastLoss : null },
+    torch: p ? p.torchVersion : null,
+  };
+}
+
+async function main(argv: string[]): Promise<void> {
+  const { flags } = parseFlags(argv, FLAGS, 'bench');
+  if (flags.help) {
+    process.stdout.write(usage('npm run bench --', 'Online KD throughput of this pipeline beside PyTorch on the same machine.', FLAGS) + '\n');
+    return;
+  }
+  const configName = flags.config ?? 'S';
+  const base = benchShape(configName);
+  const command = `npm run bench -- ${argv.join(' ')}`.trim();
+  const runId = new Date().toISOString();
+  const resultsDir = resolve(ROOT, flags.results ?? 'benchmarks/results');
+  const backend = await selectBackend((flags.backend ?? 'auto') as BackendChoice, { log });
+  const peerFlags = { peer: flags.peer ?? 'torch', python: flags.python ?? DEFAULT_PYTHON, threads: flags.threads ?? 2, timeoutMs: (flags.peer_timeout_s ?? 3600) * 1000 };
+
+  const points: { name: string; axis?: BenchRecord['axis']; x?: number; m: Measure }[] = flags.scaling
+    ? scalingPoints(base, flags.steps ?? 2, flags.warmup ?? 1).map((p) => ({
+        name: `${configName} ${p.axis}=${p.x}`, axis: p.axis, x: p.x,
+        m: { configName: `${configName} ${p.axis}=${p.x}`, shape: p.shape, steps: p.shape.steps, warmup: p.shape.warmup },
+      }))
+    : [{ name: configName, m: { configName, shape: base, steps: flags.steps ?? base.steps, warmup: flags.warmup ?? base.warmup } }];
+
+  const records: BenchRecord[] = [];
+  for (const pt of points) {
+    const got = await measure(pt.m, backend, peerFlags);
+    const { torch, ...rest } = got;
+    const record: BenchRecord = {
+      kind: flags.scaling ? 'scaling' : 'config',
+      date: new Date().toISOString(),
+      run_id: runId,
+      config: pt.name,
+      ...(pt.axis ? { axis: pt.axis, x: pt.x } : {}),
+      ...rest,
+      machine: machineInfo(torch),
+      command,
+    };
+    appendResult(resultsDir, record);
+    records.push(record);
+  }
+  const written = writeResultsReadme(resultsDir, readResults(resultsDir));
+  log(`wrote ${join(resultsDir, 'results.jsonl')} and ${written.map((w) => w.replace(ROOT + '/', '')).join(', ')}`);
+
+  process.stdout.write([...TABLE_HEADER, ...records.map(markdownRow)].join('\n') + '\n');
+  if (flags.json) {
+    const out = flags.scaling ? { mode: 'scaling', config: configName, backend: backend.chosen, command, points: records } : records[0];
+    process.stdout.write(JSON.stringify(out) + '\n');
+  }
+}
+
+main(process.argv.slice(2)).then(
+  // The webgpu backend's Dawn handle keeps the process alive; the benchmark is done, so leave.
+  () => process.exit(0),
+  (e: unknown) => {
+    log(`bench: ${e instanceof Error ? e.message : String(e)}`);
+    process.exit(1);
+  },
+);
