@@ -11,6 +11,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { BackendError } from '../errors.ts';
 import { registerEmbeddingKernels } from './embeddingKernels.ts';
+import { registerWasmMatMul } from './wasmMatMul.ts';
 
 export type BackendName = 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
 export type BackendChoice = BackendName | 'auto';
@@ -145,6 +146,7 @@ export async function selectBackend(choice: BackendChoice = 'auto', opts: Backen
     const a = await attempt(name, opts);
     if (a.ok) {
       registerEmbeddingKernels(name);
+      if (name === 'wasm') registerWasmMatMul();
       const report: BackendReport = { chosen: name, skipped, detail: a.detail };
       if (log) {
         log(`backend: ${name} (${a.detail})`);
