@@ -71,20 +71,27 @@ export function chunkedHeadMeans(
   const chunks: [number, number][] = [];
   for (let s = 0; s < n; s += chunkSize) chunks.push([s, Math.min(n, s + chunkSize)]);
 
-  // Saved for the backward pass: hidden and head (the student's hidden states are usually an intermediate of the
-  // model's forward, disposed when the loss closure returns), the mask, then each term's tensors.
+  // The backward pass needs hidden and head, the mask and each term's tensors. Those that may be gone by then are
+  // saved with the forward: the student's hidden states are usually an intermediate of the model's forward,
+  // disposed when the loss closure returns. Variables (the heads, in a model) outlive the step and are not saved,
+  // because saving clones, and on wasm a clone is a copy: [V, h] is 2.5 GB at V = 151,936, h = 4096.
   const offsets: number[] = [];
-  const aux: tf.Tensor[] = [mask];
+  const all: tf.Tensor[] = [hidden, head, mask];
   for (const t of terms) {
-    offsets.push(aux.length);
-    aux.push(...t.tensors);
+    offsets.push(all.length);
+    all.push(...t.tensors);
   }
-  const dataOf = (all: tf.Tensor[], i: number): tf.Tensor[] => all.slice(offsets[i], offsets[i] + terms[i].tensors.length);
+  const needsSaving = all.map((t) => !(t instanceof tf.Variable));
+  const restore = (saved: tf.Tensor[]): tf.Tensor[] => {
+    let j = 0;
+    return all.map((t, i) => (needsSaving[i] ? saved[j++] : t));
+  };
+  const dataOf = (list: tf.Tensor[], i: number): tf.Tensor[] => list.slice(offsets[i], offsets[i] + terms[i].tensors.length);
 
   type Result = { value: tf.Tensor1D; gradFunc: (dy: tf.Tensor1D, saved: tf.Tensor[]) => tf.Tensor[] };
   const run = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]): Result => {
     const [hid, wt, save] = args as [tf.Tensor2D, tf.Tensor2D, tf.GradSaveFunc];
-    save([hid, wt, ...aux]);
+    save(all.filter((_, i) => needsSaving[i]));
     const weights = maskedMeanWeights(mask);
     let sums = tf.zeros([k]) as tf.Tensor1D;
     for (const [s, e] of chunks) {
@@ -94,7 +101,7 @@ export function chunkedHeadMeans(
         const keep = tf.greater(wC, 0);
         // Each term in its own tidy, so that its [chunk, V] intermediates are gone before the next starts.
         const perTerm = terms.map((t, i) =>
-          tf.tidy(() => tf.sum(tf.where(keep, tf.mul(t.value(z, s, e, dataOf(aux, i)), wC), tf.zerosLike(wC)))),
+          tf.tidy(() => tf.sum(tf.where(keep, tf.mul(t.value(z, s, e, dataOf(all, i)), wC), tf.zerosLike(wC)))),
         );
         return tf.stack(perTerm) as tf.Tensor1D;
       });
@@ -102,10 +109,10 @@ export function chunkedHeadMeans(
     }
     const value = tf.concat([sums, tf.sum(mask).reshape([1])]) as tf.Tensor1D;
 
-    const gradFunc = (dy: tf.Tensor1D, savedAll: tf.Tensor[]): tf.Tensor[] => {
-      const [hid, wt] = savedAll as tf.Tensor2D[];
-      const saved = savedAll.slice(2);
-      const weightsB = maskedMeanWeights(saved[0] as tf.Tensor1D);
+    const gradFunc = (dy: tf.Tensor1D, savedList: tf.Tensor[]): tf.Tensor[] => {
+      const saved = restore(savedList);
+      const [hid, wt, maskB] = saved as [tf.Tensor2D, tf.Tensor2D, tf.Tensor1D];
+      const weightsB = maskedMeanWeights(maskB);
       // The upstream gradient of each mean; that of the count is dropped (the count is not differentiable).
       const coeffs = tf.slice(dy, [0], [k]).arraySync() as number[];
       let dHead = tf.zerosLike(wt) as tf.Tensor2D;

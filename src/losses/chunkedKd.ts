@@ -88,6 +88,8 @@ export function kdTerm(
     tensors: teacher.tensors,
     value(z, s, e, data) {
       const [lpT, lpS] = logProbs(z, s, e, data);
+      if (options.kind === 'forward_kl') return klConsuming(lpT, lpS);
+      if (options.kind === 'reverse_kl') return klConsuming(lpS, lpT);
       const v = divergenceFromLogProbs(lpT, lpS, options);
       lpT.dispose();
       lpS.dispose();
@@ -95,7 +97,7 @@ export function kdTerm(
     },
     gradient(z, s, e, rowScale, data) {
       const [lpT, lpS, shared] = logProbs(z, s, e, data);
-      const g = divergenceGradient(lpT, lpS, options);
+      const g = options.kind === 'forward_kl' ? forwardKlGradientConsuming(lpT, lpS) : divergenceGradient(lpT, lpS, options);
       lpT.dispose();
       lpS.dispose();
       // d/dz = d/ds / τ, folded into the row scale; ids past the shared range get no KD gradient.
@@ -109,14 +111,42 @@ export function kdTerm(
   };
 }
 
+/** KL(p ‖ q) per row like klFromLogProbs, disposing its inputs as soon as it can (four [chunk, V] alive, not six). */
+function klConsuming(logP: tf.Tensor2D, logQ: tf.Tensor2D): tf.Tensor1D {
+  const d = tf.sub(logP, logQ);
+  logQ.dispose();
+  const p = tf.exp(logP);
+  logP.dispose();
+  const prod = tf.mul(p, d);
+  p.dispose();
+  d.dispose();
+  const v = tf.sum(prod, -1) as tf.Tensor1D;
+  prod.dispose();
+  return v;
+}
+
+/**
+ * p_s − p_t from log-probabilities it disposes as soon as each is used: four [chunk, V] tensors alive at the peak
+ * (z, p_t, p_s, the difference) instead of six, for the most common loss.
+ */
+function forwardKlGradientConsuming(lpT: tf.Tensor2D, lpS: tf.Tensor2D): tf.Tensor2D {
+  const pt = tf.exp(lpT);
+  lpT.dispose();
+  const ps = tf.exp(lpS);
+  lpS.dispose();
+  const g = tf.sub(ps, pt) as tf.Tensor2D;
+  ps.dispose();
+  pt.dispose();
+  return g;
+}
+
 /** The next-token CE term of a chunk (at τ = 1, on the student's full vocabulary). */
 export function ceTerm(labels: tf.Tensor1D): ChunkTerm {
   const rowsOf = (data: tf.Tensor[], s: number, e: number): tf.Tensor1D => tf.slice(data[0] as tf.Tensor1D, [s], [e - s]);
   return {
     tensors: [labels],
     value: (z, s, e, data) => tf.tidy(() => tokenCrossEntropy(z, rowsOf(data, s, e))),
-    gradient: (z, s, e, rowScale, data) =>
-      tf.tidy(() => tf.mul(tokenCrossEntropyGradient(z, rowsOf(data, s, e)), rowScale) as tf.Tensor2D),
+    gradient: (z, s, e, rowScale, data) => tf.tidy(() => tokenCrossEntropyGradient(z, rowsOf(data, s, e), rowScale)),
   };
 }
 

@@ -26,11 +26,26 @@ export function tokenCrossEntropy(logits: tf.Tensor2D, labels: tf.Tensor1D): tf.
   });
 }
 
-/** d CE_n / d z_n = softmax(z_n) − onehot(label_n): [N, V]. */
-export function tokenCrossEntropyGradient(logits: tf.Tensor2D, labels: tf.Tensor1D): tf.Tensor2D {
-  // oneHot as int32 then cast: tfjs-backend-wasm 4.22's OneHot writes integer bits into a float32 output
-  // (1 reads as 1.4e-45), so asking it for float32 directly gives a wrong gradient on wasm.
-  return tf.tidy(() => tf.sub(tf.softmax(logits), tf.cast(tf.oneHot(labels, logits.shape[1]), 'float32')));
+/**
+ * (softmax(z_n) − onehot(label_n))·scale_n: d CE_n / d z_n times a per-row scale [N, 1] (1 when absent), [N, V].
+ * Written so that at most two [N, V] tensors besides z are alive at once (the chunked loss's memory peak): the
+ * scaled softmax, then a copy with the label entries lowered by the scale (tensorScatterUpdate), rather than a dense
+ * one-hot (which on wasm 4.22 is also wrong when asked for float32: its OneHot writes integer bits).
+ */
+export function tokenCrossEntropyGradient(logits: tf.Tensor2D, labels: tf.Tensor1D, scale?: tf.Tensor2D): tf.Tensor2D {
+  return tf.tidy(() => {
+    const n = labels.shape[0];
+    const sm = tf.softmax(logits);
+    const scaled = scale ? tf.mul(sm, scale) : sm;
+    if (scale) sm.dispose();
+    const indices = tf.concat([tf.range(0, n, 1, 'int32').reshape([n, 1]), labels.reshape([n, 1])], 1);
+    // gatherNd reads the [N, V] tensor in place; gatherRows' flattening reshape is a copy on wasm.
+    const atLabel = tf.gatherND(scaled, indices) as tf.Tensor1D;
+    const lowered = tf.sub(atLabel, scale ? scale.reshape([n]) : 1);
+    const out = tf.tensorScatterUpdate(scaled, indices, lowered);
+    scaled.dispose();
+    return out as tf.Tensor2D;
+  });
 }
 
 export interface NextTokenTargets {

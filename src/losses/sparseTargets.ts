@@ -102,7 +102,10 @@ function logRestMass(lpS: tf.Tensor2D, lpSk: tf.Tensor2D, ids: tf.Tensor2D): tf.
   const excluded = scatterRows(ids, tf.fill(ids.shape, -Infinity), lpS.shape[1]);
   const viaLse = tf.logSumExp(tf.add(lpS, excluded), -1);
   const viaLog1p = tf.log1p(tf.neg(tf.minimum(massS, 0.5)));
-  return tf.where(tf.less(massS, 0.5), viaLog1p, viaLse) as tf.Tensor1D;
+  // The condition via step (whose gradient is 0) rather than tf.less, which has no gradient registered and would
+  // stop tfjs's autodiff of this function (the tests differentiate it as the unchunked reference).
+  const useLog1p = tf.cast(tf.step(tf.sub(0.5, massS)), 'bool');
+  return tf.where(useLog1p, viaLog1p, viaLse) as tf.Tensor1D;
 }
 
 /**

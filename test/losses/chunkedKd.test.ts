@@ -196,3 +196,26 @@ test('tensors made inside the loss closure (hidden, mask, labels, teacher) survi
     assert.equal(tf.memory().numTensors, before, `${backend}: tensors leaked`);
   });
 });
+
+test('heads as tf.Variables (not saved for the backward pass) give the same gradients', async () => {
+  await onEachBackend((backend) => {
+    const x = inputs(37, 41, 47);
+    const w = tf.variable(x.w);
+    const tw = tf.variable(x.tw, false);
+    const before = tf.memory().numTensors;
+    const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind: 'forward_kl', alpha: 0.5 };
+    tf.tidy(() => {
+      const ref = tf.valueAndGrads((h: tf.Tensor, ww: tf.Tensor) => reference(x, h as tf.Tensor2D, ww as tf.Tensor2D, opts, true))([x.h, x.w]);
+      const got = tf.variableGrads(() =>
+        kdLossFromHidden({
+          studentHidden: tf.mul(x.h, 1) as tf.Tensor2D, studentHead: w, teacherHidden: x.th, teacherHead: tw,
+          labels: x.labels, mask: x.mask, options: opts, chunkSize: 6,
+        }).loss,
+      [w]);
+      const err = relError(got.grads[w.name].dataSync(), ref.grads[1].dataSync());
+      assert.ok(err <= 1e-5, `${backend}: ${err}`);
+    });
+    assert.equal(tf.memory().numTensors, before, `${backend}: tensors leaked`);
+    tf.dispose([w, tw, ...Object.values(x)]);
+  });
+});
