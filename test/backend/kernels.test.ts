@@ -45,3 +45,18 @@ test('wasm gradient of gather (UnsortedSegmentSum) matches cpu, repeated and out
   const [out, ref] = await onBoth(f);
   assert.ok(relError(out, ref) <= 1e-6, `rel ${relError(out, ref)}`);
 });
+
+test('wasm batched BatchMatMul (split into 2-D products) matches cpu, with transposes and 4-D batches', async () => {
+  for (const [ta, tb] of [[false, false], [false, true], [true, false]] as const) {
+    const f = (): tf.Tensor => {
+      const a = tf.randomNormal(ta ? [2, 3, 16, 12] : [2, 3, 12, 16], 0, 1, 'float32', 21);
+      const b = tf.randomNormal(tb ? [2, 3, 8, 16] : [2, 3, 16, 8], 0, 1, 'float32', 22);
+      return tf.matMul(a, b, ta, tb);
+    };
+    const [out, ref] = await onBoth(f);
+    assert.ok(relError(out, ref) <= 1e-5, `transposeA=${ta} transposeB=${tb}: rel ${relError(out, ref)}`);
+  }
+  // Broadcast batch dims keep the original path.
+  const [out, ref] = await onBoth(() => tf.matMul(tf.randomNormal([3, 5, 4], 0, 1, 'float32', 1), tf.randomNormal([1, 4, 6], 0, 1, 'float32', 2)));
+  assert.ok(relError(out, ref) <= 1e-5);
+});
