@@ -5,7 +5,7 @@
  * Each micro-batch's loss arrives already weighted by its share of the global batch's loss tokens, so summing the
  * micro-batch gradients gives the gradient of the token-weighted mean over the whole global batch.
  */
-import { concatMap, EMPTY, type OperatorFunction } from 'rxjs';
+import { concatMap, EMPTY, finalize, type OperatorFunction } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
 import type { AdamW } from '../src/optim/adamw.ts';
 import { clipGradNorm } from '../src/optim/clipGrad.ts';
@@ -48,7 +48,7 @@ export function backward(student: CausalLM, o: BackwardOptions): OperatorFunctio
   let consecutiveNan = 0;
   const maxNan = o.maxConsecutiveNanSteps ?? 10;
 
-  return concatMap((batch) => {
+  const step$ = concatMap((batch: LossBatch) => {
     const { step, micro, numMicro } = batch.position;
     if (micro === 0) {
       started = performance.now();
@@ -118,5 +118,13 @@ export function backward(student: CausalLM, o: BackwardOptions): OperatorFunctio
       }
     })();
   });
+  // A stream that ends mid-global-batch (a stop) leaves gradients accumulated for a step never taken.
+  return (source) =>
+    source.pipe(
+      step$,
+      finalize(() => {
+        if (acc) for (const g of acc.values()) g.dispose();
+        acc = null;
+      }),
+    );
 }
-

@@ -42,7 +42,11 @@ export function readBatches(source: SampleSource, o: ReadBatchesOptions): Observ
     (async () => {
       for (let step = o.startStep; step < o.maxSteps && !stopped; step++) {
         for (let micro = 0; micro < numMicro && !stopped; micro++) {
-          if (o.credits && !(await o.credits.acquire())) return;
+          // A closed credit pool means "stop reading": complete, so the stages downstream drain and finish.
+          if (o.credits && !(await o.credits.acquire())) {
+            subscriber.complete();
+            return;
+          }
           if (stopped) return;
           const firstSample = step * o.globalBatchSize + dpRank * perRank + micro * o.microBatchSize;
           const flat = new Int32Array(o.microBatchSize * width);

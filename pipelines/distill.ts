@@ -25,8 +25,8 @@ export function distillPipeline(student: CausalLM, teacher: CausalLM, source: Sa
     studentForward(student),
     klLoss(c.loss),
     backward(student, c.backward),
+    checkpointSink(c.checkpoint),
     validationTap(c.validation),
     metricsTap(c.sinks),
-    checkpointSink(c.checkpoint),
   );
 }

@@ -46,6 +46,8 @@ export interface RunHooks {
   signal?: AbortSignal;
   /** Show a progress bar (default: when stderr is a TTY or not in a test). */
   progress?: boolean;
+  /** Called with each step's result, after it is logged. */
+  onStep?: (result: StepResult) => void;
 }
 
 export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Promise<RunResult> {
@@ -111,7 +113,7 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
       validate: async (step) => ({ step, ...(await evaluateOn(student, teacher, sources.valid!, { ...recipe.loss, seqLength: data.seqLength, microBatchSize: t.microBatchSize, limitBatches: t.limitValBatches })) }),
       onValidation: (v) => { validations.push(v); logs.onValidation(v); },
     },
-    sinks: [logs, { onStep: (r) => { steps.push(r); if (r.skipped) skippedSteps++; } }],
+    sinks: [logs, { onStep: (r) => { steps.push(r); if (r.skipped) skippedSteps++; hooks.onStep?.(r); } }],
     checkpoint: { saveInterval: recipe.trainer.saveInterval, lastStep: stopAt, save: saveCheckpoint, pending },
   };
 
@@ -119,14 +121,15 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
   const pipeline = teacher ? distillPipeline(student, teacher, sources.train, ctx) : pretrainPipeline(student, sources.train, ctx);
   let stoppedEarly = false;
   await new Promise<void>((resolve, reject) => {
-    const sub = pipeline.subscribe({ error: reject, complete: resolve });
+    // Stopping closes the source: micro-batches already in flight drain through the stages, the stream completes,
+    // and checkpointSink writes the last completed step. Weights and checkpoint always agree.
     const onStop = (): void => {
+      if (stoppedEarly) return;
       stoppedEarly = true;
-      log('stopping: writing a checkpoint of the last completed step');
+      log('stopping: finishing the batches in flight, then writing a checkpoint');
       credits.close();
-      sub.unsubscribe();
-      resolve();
     };
+    const sub = pipeline.subscribe({ error: reject, complete: resolve });
     hooks.signal?.addEventListener('abort', onStop, { once: true });
     process.once('SIGINT', onStop);
     sub.add(() => process.off('SIGINT', onStop));

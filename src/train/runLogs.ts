@@ -42,7 +42,8 @@ export class RunLogs {
     this.metrics = MetricsLog.open(runDir, { resumeAfterStep: o.resumeAfterStep });
     this.tb = TensorBoardWriter.open(join(runDir, 'tb_logs'));
     this.logInterval = o.logInterval ?? 1;
-    const showBar = o.progress ?? process.env.NODE_TEST_CONTEXT === undefined;
+    // Quiet under the test runner, and in child runs whose parent draws one bar for all (npm start).
+    const showBar = o.progress ?? (process.env.NODE_TEST_CONTEXT === undefined && !process.env.DISTILL_NO_PROGRESS);
     this.bar = showBar ? new ProgressBar({ total: o.maxSteps, label: 'train' }) : null;
   }
 
