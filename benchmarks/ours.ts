@@ -4,7 +4,7 @@
  * klLoss → backward), on random-init Llama teacher and student built from benchmarks/configs.json and a synthetic
  * source of random token windows. Only the taps of the StageClock are added between the stages.
  */
-import { lastValueFrom, toArray } from 'rxjs';
+import { lastValueFrom, tap, toArray } from 'rxjs';
 import type { BackendReport } from '../src/backend/select.ts';
 import { createModel } from '../src/model/create.ts';
 import { parseModelConfig } from '../src/model/config.ts';
@@ -108,6 +108,9 @@ export async function runOurs(shape: BenchShape, o: OursOptions): Promise<OursRe
         clock.beforeBackward(),
         backward(student, { optimizer, lrAt: () => 1e-4, clipGrad: 1.0, nanPolicy: 'stop', credits, globalBatchSize: shape.batch }),
         clock.afterStep(),
+      ).pipe(
+        // One line per step: an S or M run takes minutes, and a silent one looks hung.
+        tap((r) => log(`ours: step ${r.step + 1}/${total}${r.step < o.warmup ? ' (warm-up)' : ''}: ${(r.elapsedMs / 1000).toFixed(2)} s in backward, loss ${r.loss.toFixed(4)}`)),
         toArray(),
       ),
     );

@@ -14,6 +14,11 @@ export interface Machine {
   node: string;
   /** torch version of the peer, when it ran. */
   torch: string | null;
+  /**
+   * 1-minute load average before ours ran and after the peer finished: on a shared machine, a load above the core
+   * count means other work took cycles from the measurement.
+   */
+  load_avg?: { before: number; after: number };
 }
 
 export interface BenchRecord {

@@ -6,7 +6,7 @@
  * appended to benchmarks/results/results.jsonl, from which the README table and the charts there are regenerated.
  * Progress goes to stderr; stdout carries the markdown row and, with --json, one JSON object as its last line.
  */
-import { cpus, platform, release, arch } from 'node:os';
+import { cpus, loadavg, platform, release, arch } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { selectBackend, BACKEND_CHOICES, type BackendChoice, type BackendReport } from '../src/backend/select.ts';
@@ -31,6 +31,7 @@ const FLAGS = {
   python: { kind: 'string', help: 'python interpreter with torch, for the peer', default: DEFAULT_PYTHON },
   threads: { kind: 'int', help: 'torch threads of the peer', default: 2, min: 1 },
   peer_timeout_s: { kind: 'int', help: 'stop a peer run after this many seconds', default: 3600, min: 1 },
+  regenerate: { kind: 'boolean', help: 'only rewrite README.md and the charts from results.jsonl; measure nothing' },
   help: { kind: 'boolean', help: 'print this help' },
 } as const;
 
@@ -38,9 +39,12 @@ function log(line: string): void {
   process.stderr.write(line + '\n');
 }
 
-function machineInfo(torch: string | null): Machine {
+function machineInfo(torch: string | null, loadBefore: number): Machine {
   const c = cpus();
-  return { cpu: c[0]?.model.trim() ?? 'unknown', cores: c.length, os: `${platform()} ${release()} ${arch()}`, node: process.version, torch };
+  return {
+    cpu: c[0]?.model.trim() ?? 'unknown', cores: c.length, os: `${platform()} ${release()} ${arch()}`, node: process.version, torch,
+    load_avg: { before: loadBefore, after: loadavg()[0] },
+  };
 }
 
 interface Measure {
@@ -92,6 +96,11 @@ async function main(argv: string[]): Promise<void> {
     process.stdout.write(usage('npm run bench --', 'Online KD throughput of this pipeline beside PyTorch on the same machine.', FLAGS) + '\n');
     return;
   }
+  if (flags.regenerate) {
+    const dir = resolve(ROOT, flags.results ?? 'benchmarks/results');
+    log(`wrote ${writeResultsReadme(dir, readResults(dir)).join(', ')}`);
+    return;
+  }
   const configName = flags.config ?? 'S';
   const base = benchShape(configName);
   const command = `npm run bench -- ${argv.join(' ')}`.trim();
@@ -109,6 +118,7 @@ async function main(argv: string[]): Promise<void> {
 
   const records: BenchRecord[] = [];
   for (const pt of points) {
+    const loadBefore = loadavg()[0];
     const got = await measure(pt.m, backend, peerFlags);
     const { torch, ...rest } = got;
     const record: BenchRecord = {
@@ -118,7 +128,7 @@ async function main(argv: string[]): Promise<void> {
       config: pt.name,
       ...(pt.axis ? { axis: pt.axis, x: pt.x } : {}),
       ...rest,
-      machine: machineInfo(torch),
+      machine: machineInfo(torch, loadBefore),
       command,
     };
     appendResult(resultsDir, record);

@@ -10,6 +10,8 @@ import { writeChartPngs } from '../src/logging/plot.ts';
 import type { BenchRecord } from './results.ts';
 
 const fmt = (v: number | null, digits = 0): string => (v === null || !Number.isFinite(v) ? '–' : v.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }));
+/** Tokens/s: one decimal below 100, where a rounded integer would hide a 5% difference. */
+const tps = (v: number | null): string => fmt(v, v !== null && v < 100 ? 1 : 0);
 const mib = (b: number | null | undefined): string => (b == null ? '–' : `${Math.round(b / 2 ** 20).toLocaleString('en-US')}`);
 
 export const TABLE_HEADER = [
@@ -20,9 +22,11 @@ export const TABLE_HEADER = [
 export function markdownRow(r: BenchRecord): string {
   const s = r.stages.ours;
   const stages = [s.read, s.teacherLogits, s['student fwd+bwd'], s.optimizer].map((v) => fmt(v)).join(' · ');
-  const peer = r.peer_tokens_per_s === null ? `– (${r.peer === 'none' ? 'not run' : 'unavailable'})` : fmt(r.peer_tokens_per_s);
-  const machine = `${r.machine.cpu}, ${r.machine.cores} cores${r.peer_threads ? `; torch ${r.machine.torch ?? '?'} on ${r.peer_threads} threads` : ''}`;
-  return `| ${r.date.slice(0, 10)} | ${r.config} | ${r.backend} | ${fmt(r.ours_tokens_per_s)} | ${peer} | ${fmt(r.ratio, 3)} | ${stages} | ${mib(r.memory.ours.peak_rss_bytes)} / ${mib(r.memory.peer?.peak_rss_bytes)} | ${machine} | \`${r.command}\` |`;
+  const peer = r.peer_tokens_per_s === null ? `– (${r.peer === 'none' ? 'not run' : 'unavailable'})` : tps(r.peer_tokens_per_s);
+  // Older records have no load average; a load above the core count means the figures were taken on a busy machine.
+  const load = r.machine.load_avg ? `; load ${r.machine.load_avg.before.toFixed(1)}→${r.machine.load_avg.after.toFixed(1)}` : '';
+  const machine = `${r.machine.cpu}, ${r.machine.cores} cores${r.peer_threads ? `; torch ${r.machine.torch ?? '?'} on ${r.peer_threads} threads` : ''}${load}`;
+  return `| ${r.date.slice(0, 10)} | ${r.config} | ${r.backend} | ${tps(r.ours_tokens_per_s)} | ${peer} | ${fmt(r.ratio, 3)} | ${stages} | ${mib(r.memory.ours.peak_rss_bytes)} / ${mib(r.memory.peer?.peak_rss_bytes)} | ${machine} | \`${r.command}\` |`;
 }
 
 /** The newest record per (config, backend, machine): what the chart shows. */
@@ -74,7 +78,7 @@ export function throughputSvg(records: BenchRecord[]): string {
       }
       const top = y(Math.max(v, 10 ** lo));
       parts.push(`<rect x="${x + 2}" y="${top}" width="${bw - 4}" height="${pad.t + plotH - top}" fill="${color}"><title>${fmt(v)} tokens/s</title></rect>`);
-      parts.push(`<text x="${x + bw / 2}" y="${top - 4}" text-anchor="middle" font-size="10">${fmt(v)}</text>`);
+      parts.push(`<text x="${x + bw / 2}" y="${top - 4}" text-anchor="middle" font-size="10">${tps(v)}</text>`);
     });
     parts.push(`<text x="${cx}" y="${pad.t + plotH + 18}" text-anchor="middle">${escapeXml(r.config)} · ${escapeXml(r.backend)}</text>`);
     parts.push(`<text x="${cx}" y="${pad.t + plotH + 34}" text-anchor="middle" fill="#555">ratio ${fmt(r.ratio, 2)}</text>`);
@@ -114,6 +118,22 @@ export function scalingCharts(sweep: BenchRecord[]): ChartSpec[] {
     .filter((c) => c.series[0].points.length > 0);
 }
 
+/** Where each side spends a step, for the newest run of each configuration: the gap is in a stage, not everywhere. */
+function stageComparison(rows: BenchRecord[]): string[] {
+  const withPeer = rows.filter((r) => r.stages.peer !== null);
+  if (withPeer.length === 0) return [];
+  const out = ['## Where a step goes (ms per step, newest run per configuration)', ''];
+  for (const r of withPeer) {
+    out.push(`**${r.config}** on ${r.backend} (${r.date.slice(0, 10)}):`, '', '| stage | ours | PyTorch | ours / PyTorch time |', '|---|---:|---:|---:|');
+    for (const [k, v] of Object.entries(r.stages.ours)) {
+      const p = r.stages.peer?.[k as keyof typeof r.stages.ours] ?? null;
+      out.push(`| ${k} | ${fmt(v, 1)} | ${fmt(p, 1)} | ${p ? fmt(v / p, 2) : '–'} |`);
+    }
+    out.push(`| whole step (wall) | ${fmt(r.wall_ms_per_step.ours, 1)} | ${fmt(r.wall_ms_per_step.peer, 1)} | ${r.wall_ms_per_step.peer ? fmt(r.wall_ms_per_step.ours / r.wall_ms_per_step.peer, 2) : '–'} |`, '');
+  }
+  return out;
+}
+
 /** Rewrites README.md, throughput.svg and (when there is a sweep) the scaling PNGs in `dir` from `records`. */
 export function writeResultsReadme(dir: string, records: BenchRecord[]): string[] {
   const written: string[] = [];
@@ -136,18 +156,20 @@ export function writeResultsReadme(dir: string, records: BenchRecord[]): string[
     '`pipelines/distill.ts`; the **PyTorch peer** (`benchmarks/peer/kd_step.py`) is the same step in plain torch, run',
     'in the same invocation on the same machine, after ours. Figures are over the measured steps, after warm-up.',
     'Stage times are busy milliseconds per step; "student fwd+bwd" is the student\'s forward, the loss and the',
-    'backward pass, which run under one gradient tape.',
+    'backward pass, which run under one gradient tape. Ours on wasm uses one thread (tfjs-wasm in Node has no',
+    'threads); the peer uses `--threads` torch threads (2 by default), both on the same machine.',
     '',
     '![throughput](throughput.svg)',
     '',
     ...TABLE_HEADER,
     ...configs.map(markdownRow),
     '',
+    ...stageComparison(latestPerConfig(records)),
   ];
   if (sweep.length > 0) {
     lines.push('## Scaling (latest sweep)', '', `Command: \`${sweep[0].command}\`; each point starts from S and changes one axis.`, '');
     lines.push('| axis | value | ours tok/s | PyTorch tok/s | ours / PyTorch |', '|---|---:|---:|---:|---:|');
-    for (const r of sweep) lines.push(`| ${r.axis} | ${r.x} | ${fmt(r.ours_tokens_per_s)} | ${fmt(r.peer_tokens_per_s)} | ${fmt(r.ratio, 3)} |`);
+    for (const r of sweep) lines.push(`| ${r.axis} | ${r.x} | ${tps(r.ours_tokens_per_s)} | ${tps(r.peer_tokens_per_s)} | ${fmt(r.ratio, 3)} |`);
     lines.push('', ...pngs.map((p) => `![${p.split('/').pop()}](${p.split('/').pop()})`), '');
   }
   lines.push('Reproduce: `npm run bench -- --config S --json` (add `--scaling` for the sweep, `--peer none` for ours alone).', '');

@@ -174,6 +174,7 @@ def main():
         opt.step()
         t4 = time.perf_counter()
         loss_value = loss.item()
+        print(f"step {step + 1}/{warmup + steps}{' (warm-up)' if step < warmup else ''}: {t4 - t0:.2f} s, loss {loss_value:.4f}", file=sys.stderr, flush=True)
         if step >= warmup:
             for k, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                 stages[k] += dt * 1000
