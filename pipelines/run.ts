@@ -5,7 +5,7 @@
 import { join } from 'node:path';
 import { mkdirSync } from 'node:fs';
 import { selectBackend, type BackendReport } from '../src/backend/select.ts';
-import { loadModel } from '../src/checkpoint/load.ts';
+import { loadModel, readModelConfig } from '../src/checkpoint/load.ts';
 import { hashModelFiles, saveModel } from '../src/checkpoint/save.ts';
 import type { CausalLM } from '../src/model/causalLM.ts';
 import { AdamW } from '../src/optim/adamw.ts';
@@ -26,6 +26,12 @@ import { distillPipeline } from './distill.ts';
 import { pretrainPipeline } from './pretrain.ts';
 import type { TrainingContext } from './context.ts';
 import type { ValidationResult } from '../operators/validationTap.ts';
+import type { Observable } from 'rxjs';
+import { readBatches, studentForward, klLoss, backward, checkpointSink, validationTap, metricsTap, type SampleSource, type MetricsSink } from '../operators/index.ts';
+import { launchWorkers } from '../src/parallel/launcher.ts';
+import { needsWorkers } from '../src/parallel/placement.ts';
+import type { DataParallelRank } from '../src/parallel/dataParallelRank.ts';
+import type { RemoteTeacher } from '../src/parallel/remoteTeacher.ts';
 
 export interface RunResult {
   runDir: string;
@@ -48,12 +54,18 @@ export interface RunHooks {
   progress?: boolean;
   /** Called with each step's result, after it is logged. */
   onStep?: (result: StepResult) => void;
+  /** Set by a worker process (src/parallel/worker.ts): this run is one data-parallel rank of several. */
+  dataParallel?: DataParallelRank;
 }
 
 export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Promise<RunResult> {
   const log = hooks.log === undefined ? (l: string) => process.stderr.write(l + '\n') : hooks.log ?? (() => {});
   validateRecipe(recipe);
-  const backend = await selectBackend(recipe.backend, { log });
+  // Several devices, or a teacher of its own: fork one worker per device, each of which runs this function as a rank.
+  const dp = hooks.dataParallel;
+  if (!dp && needsWorkers(recipe)) return launchWorkers(recipe, hooks);
+  const leader = !dp || dp.leader; // only rank 0 writes checkpoints, logs and the final student
+  const backend = await selectBackend(recipe.backend, { log, adapterIndex: dp?.deviceIndex });
   const runDir = join(recipe.logDir, recipe.name);
   mkdirSync(runDir, { recursive: true });
   const t = recipe.trainer;
@@ -63,8 +75,8 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
   const resume = latestCheckpoint(runDir);
   const studentDir = resume ? join(resume.dir, 'student') : recipe.studentPath;
   const student = await loadModel(studentDir, { trainable: true });
-  const teacher: CausalLM | null = recipe.kind === 'distill' && recipe.teacherPath ? await loadModel(recipe.teacherPath, { trainable: false }) : null;
-  if (teacher) log(alignVocabularies(teacher.config, student.config, recipe));
+  const teacher: CausalLM | null = recipe.kind === 'distill' && recipe.teacherPath && !dp?.remoteTeacher ? await loadModel(recipe.teacherPath, { trainable: false }) : null;
+  if (teacher || dp?.remoteTeacher) log(alignVocabularies(teacher?.config ?? readModelConfig(recipe.teacherPath!), student.config, recipe));
 
   const sources = openDataSources(recipe, student.config.vocabSize);
   const fingerprint = runFingerprint(recipe, sources.fingerprint);
@@ -83,8 +95,8 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
     log(`resuming ${runDir} from step ${startStep} (${resume.dir})`);
   }
 
-  const logs = new RunLogs(runDir, { resumeAfterStep: startStep - 1, maxSteps: t.maxSteps, startStep, log, progress: hooks.progress });
-  const credits = new Credits(t.inFlight);
+  const logs = leader ? new RunLogs(runDir, { resumeAfterStep: startStep - 1, maxSteps: t.maxSteps, startStep, log, progress: hooks.progress }) : null;
+  const credits = dp ? dp.credits(t.inFlight, startStep) : new Credits(t.inFlight);
   const pending: Promise<void>[] = [];
   const steps: StepResult[] = [];
   const validations: ValidationResult[] = [];
@@ -100,25 +112,27 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
   const ctx: TrainingContext = {
     read: {
       seqLength: data.seqLength, globalBatchSize: t.globalBatchSize, microBatchSize: t.microBatchSize,
-      startStep, maxSteps: stopAt + 1, credits,
+      startStep, maxSteps: stopAt + 1, credits, ...dp?.readSlice,
     },
-    loss: { ...recipe.loss, kdRatio: teacher ? recipe.loss.kdRatio : 0 },
+    loss: { ...recipe.loss, kdRatio: teacher || dp?.remoteTeacher ? recipe.loss.kdRatio : 0 },
     backward: {
       optimizer, clipGrad: recipe.optim.clipGrad, nanPolicy: t.nanPolicy, credits, globalBatchSize: t.globalBatchSize,
       lrAt: (s) => cosineAnnealingLr(s, { lr: recipe.optim.lr, minLr: recipe.optim.minLr, warmupSteps: recipe.optim.warmupSteps, maxSteps: t.maxSteps }),
+      reduceGradients: dp?.reduceGradients,
     },
     validation: {
-      interval: sources.valid ? t.valCheckInterval : 0,
+      interval: sources.valid && leader ? t.valCheckInterval : 0,
       lastStep: stopAt,
       validate: async (step) => ({ step, ...(await evaluateOn(student, teacher, sources.valid!, { ...recipe.loss, seqLength: data.seqLength, microBatchSize: t.microBatchSize, limitBatches: t.limitValBatches })) }),
-      onValidation: (v) => { validations.push(v); logs.onValidation(v); },
+      onValidation: (v) => { validations.push(v); logs?.onValidation(v); },
     },
-    sinks: [logs, { onStep: (r) => { steps.push(r); if (r.skipped) skippedSteps++; hooks.onStep?.(r); } }],
-    checkpoint: { saveInterval: recipe.trainer.saveInterval, lastStep: stopAt, save: saveCheckpoint, pending },
+    sinks: stepSinks(dp, [...(logs ? [logs] : []), { onStep: (r) => { steps.push(r); if (r.skipped) skippedSteps++; hooks.onStep?.(r); } }]),
+    checkpoint: { saveInterval: recipe.trainer.saveInterval, lastStep: stopAt, save: leader ? saveCheckpoint : async () => {}, pending },
   };
 
   // 2–3. The loss, both forward passes and the student's backward pass are the pipeline's stages.
-  const pipeline = teacher ? distillPipeline(student, teacher, sources.train, ctx) : pretrainPipeline(student, sources.train, ctx);
+  const pipeline = dp?.remoteTeacher ? remoteTeacherPipeline(student, dp.remoteTeacher, sources.train, ctx)
+    : teacher ? distillPipeline(student, teacher, sources.train, ctx) : pretrainPipeline(student, sources.train, ctx);
   let stoppedEarly = false;
   await new Promise<void>((resolve, reject) => {
     // Stopping closes the source: micro-batches already in flight drain through the stages, the stream completes,
@@ -135,16 +149,30 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
     sub.add(() => process.off('SIGINT', onStop));
   }).finally(() => credits.close());
   await Promise.all(pending);
+  await dp?.flush();
 
   // 4. Save only the student, in the Hugging Face layout.
   const finalDir = join(runDir, 'student');
   const finished = !stoppedEarly && stopAt === lastStep;
-  if (finished) await saveModel(student, finalDir, { dtype: 'float32' });
-  logs.close(finished ? { studentDir: finalDir } : undefined);
+  if (finished && leader) await saveModel(student, finalDir, { dtype: 'float32' });
+  logs?.close(finished ? { studentDir: finalDir } : undefined);
   optimizer.dispose();
   student.dispose();
   teacher?.dispose();
   return { runDir, studentDir: finalDir, steps, validations, resumedFromStep: startStep, backend, stoppedEarly: !finished };
+}
+
+/** A data-parallel rank's sinks see each step once rank 0 has summed the ranks' losses (src/parallel/dataParallelRank.ts). */
+function stepSinks(dp: DataParallelRank | undefined, sinks: MetricsSink[]): MetricsSink[] {
+  return dp ? [dp.gatherSteps(sinks)] : sinks;
+}
+
+/** distillPipeline with the teacherLogits stage replaced by the teacher on its own worker. */
+function remoteTeacherPipeline(student: CausalLM, teacher: RemoteTeacher, source: SampleSource, c: TrainingContext): Observable<StepResult> {
+  return readBatches(source, c.read).pipe(
+    teacher.stage(), studentForward(student), klLoss(c.loss), backward(student, c.backward),
+    checkpointSink(c.checkpoint), validationTap(c.validation), metricsTap(c.sinks),
+  );
 }
 
 function runFingerprint(recipe: DistillationRecipe, data: string): RunFingerprint {

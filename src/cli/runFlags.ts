@@ -48,6 +48,7 @@ export const RUN_FLAGS = {
   cp_size: { kind: 'int', help: 'context parallel size', default: 1, min: 1 },
   devices: { kind: 'int', help: 'workers per node', default: 1, min: 1 },
   num_nodes: { kind: 'int', help: 'nodes', default: 1, min: 1 },
+  teacher_devices: { kind: 'int', help: 'workers of their own for the teacher forward pass, streaming to the students (0: in each student worker)', default: 0, min: 0 },
   backend: { kind: 'string', help: 'compute backend', default: 'auto', choices: BACKEND_CHOICES },
   help: { kind: 'boolean', help: 'print this help' },
 } as const satisfies FlagSpecs;
@@ -74,7 +75,8 @@ export function recipeFromFlags(kind: 'distill' | 'pretrain', argv: string[], de
       kind: f.kd_loss as DistillationRecipe['loss']['kind'], temperature: f.temperature, scaleByTemperatureSquared: f.temperature_scaling,
       kdRatio: f.kd_ratio, jsdBeta: f.jsd_beta, skewLambda: f.skew_lambda, chunkSize: f.loss_chunk,
     },
-    parallel: { numNodes: f.num_nodes, devicesPerNode: f.devices, tpSize: f.tp_size, ppSize: f.pp_size, cpSize: f.cp_size },
+    // teacherDevices is src/parallel/placement.ts's PlacementConfig field (read with teacherDevicesOf).
+    parallel: { numNodes: f.num_nodes, devicesPerNode: f.devices, tpSize: f.tp_size, ppSize: f.pp_size, cpSize: f.cp_size, teacherDevices: f.teacher_devices },
   } as const;
   if (kind === 'pretrain') return pretrainRecipe(common);
   return distillationRecipe({ ...common, teacherPath: f.teacher_path, teacherCache: f.teacher_cache });

@@ -5,6 +5,7 @@
 import { ConfigError } from '../errors.ts';
 import { KD_LOSS_KINDS } from '../losses/types.ts';
 import type { DistillationRecipe } from './config.ts';
+import { teacherDevicesOf } from '../parallel/placement.ts';
 
 export function validateRecipe(r: DistillationRecipe): void {
   const t = r.trainer;
@@ -28,8 +29,13 @@ export function validateRecipe(r: DistillationRecipe): void {
   if (workers % modelParallel !== 0) {
     throw new ConfigError(`--devices ${p.devicesPerNode} × --num_nodes ${p.numNodes} = ${workers} workers is not a multiple of tp × pp × cp = ${p.tpSize} × ${p.ppSize} × ${p.cpSize} = ${modelParallel}`);
   }
-  if (modelParallel > 1 || workers > 1) {
-    throw new ConfigError(`this version runs one worker: --tp_size, --pp_size, --cp_size, --devices and --num_nodes above 1 are not implemented yet (got ${workers} workers, tp ${p.tpSize} pp ${p.ppSize} cp ${p.cpSize})`);
+  if (modelParallel > 1) {
+    throw new ConfigError(`this version runs data parallelism only: --tp_size, --pp_size and --cp_size above 1 are not implemented yet (got tp ${p.tpSize} pp ${p.ppSize} cp ${p.cpSize}); use --devices N for N data-parallel workers`);
+  }
+  const teacherDevices = teacherDevicesOf(r);
+  if (!Number.isInteger(teacherDevices) || teacherDevices < 0) throw new ConfigError(`--teacher_devices must be a non-negative integer, got ${teacherDevices}`);
+  if (teacherDevices > 0 && (r.kind !== 'distill' || !r.teacherPath)) {
+    throw new ConfigError(`--teacher_devices ${teacherDevices} places the teacher's forward pass on its own workers, so it needs --teacher_path (not pretraining, not --teacher_cache)`);
   }
   const dp = workers / modelParallel;
   if (t.globalBatchSize % (t.microBatchSize * dp) !== 0) {

@@ -1,0 +1,148 @@
+/**
+ * What turns run() into one data-parallel rank: its slice of every global batch, the gradient all-reduce before
+ * the optimizer step (with the agreed stop riding along), the step metrics summed on rank 0, and whether this
+ * rank is the one that writes checkpoints, logs and the final student.
+ */
+import type * as tf from '@tensorflow/tfjs-core';
+import type { StepResult } from '../train/batch.ts';
+import { DataParallelCredits } from './dataParallelCredits.ts';
+import { allReduceGradients, DEFAULT_BUCKET_BYTES } from './gradientBuckets.ts';
+import { ringAllReduce } from './ringAllReduce.ts';
+import type { RemoteTeacher } from './remoteTeacher.ts';
+import type { Transport } from './transport.ts';
+
+export interface StepSink {
+  onStep(result: StepResult): void;
+}
+
+export interface DataParallelRankOptions {
+  transport: Transport;
+  dpRank: number;
+  dpSize: number;
+  /** Worker ids of the ranks, in rank order. */
+  group: number[];
+  deviceIndex: number;
+  globalBatchSize: number;
+  microBatchSize: number;
+  bucketBytes?: number;
+  /** The teacher on its own worker, or undefined when this worker runs its own teacher. */
+  remoteTeacher?: RemoteTeacher;
+  /** Called once when the ranks have agreed to stop early (the worker aborts its run, so it reports a stop). */
+  onStopAgreed: () => void;
+}
+
+export class DataParallelRank {
+  readonly rank: number;
+  readonly size: number;
+  readonly leader: boolean;
+  readonly deviceIndex: number;
+  readonly remoteTeacher?: RemoteTeacher;
+  private creditPool: DataParallelCredits | null = null;
+  private startStep = 0;
+  private reductions = 0;
+  private stopAgreed = false;
+  private gathered: Promise<void> = Promise.resolve();
+  private gatherError: Error | null = null;
+  private stopWanted = false;
+
+  constructor(private readonly o: DataParallelRankOptions) {
+    this.rank = o.dpRank;
+    this.size = o.dpSize;
+    this.leader = o.dpRank === 0;
+    this.deviceIndex = o.deviceIndex;
+    this.remoteTeacher = o.remoteTeacher;
+  }
+
+  /** readBatches options: this rank's slice of each global batch. */
+  get readSlice(): { dpRank: number; dpSize: number } {
+    return { dpRank: this.rank, dpSize: this.size };
+  }
+
+  credits(limit: number, startStep: number): DataParallelCredits {
+    this.startStep = startStep;
+    this.creditPool = new DataParallelCredits(limit, startStep, this.o.globalBatchSize / (this.o.microBatchSize * this.size));
+    if (this.stopWanted) this.creditPool.close();
+    return this.creditPool;
+  }
+
+  /** A stop asked for from outside (the launcher): agreed with the other ranks at the next all-reduce. */
+  requestStop(): void {
+    this.stopWanted = true;
+    this.creditPool?.close();
+  }
+
+  /** backward's hook: sums the gradients over the ranks (a SUM: each micro-batch loss is already weighted by its share of the global batch). */
+  readonly reduceGradients = async (grads: Map<string, tf.Tensor>): Promise<void> => {
+    const pool = this.creditPool;
+    if (!pool) throw new Error('DataParallelRank: credits() must be called before the first step (pipelines/run.ts does)');
+    // backward calls this once per step, in order, so the count is the step.
+    const step = this.startStep + this.reductions++;
+    const flag = pool.stopRequested ? 1 : 0;
+    let stop = flag;
+    if (this.size > 1) {
+      const { transport, group } = this.o;
+      const tagBase = step * 4096;
+      [stop] = await allReduceGradients(grads, (bucket, i) => ringAllReduce(transport, group, bucket, tagBase + i), this.o.bucketBytes ?? DEFAULT_BUCKET_BYTES, [flag]);
+    }
+    if (stop > 0 && !this.stopAgreed) {
+      this.stopAgreed = true;
+      pool.stopAfter(step + pool.lookahead);
+      this.o.onStopAgreed();
+    }
+  };
+
+  /**
+   * Wraps the run's step sinks. Rank r > 0 sends its losses to rank 0 and keeps its own result; rank 0 waits for
+   * every rank's share of the step, sums the losses (token-weighted means for KD and CE), and hands the whole step
+   * to the sinks, in order. Sinks are synchronous, so the wait runs beside the pipeline; flush() awaits it.
+   */
+  gatherSteps(sinks: StepSink[]): StepSink {
+    const { transport, group } = this.o;
+    if (this.size === 1) return { onStep: (r) => { for (const s of sinks) s.onStep(r); } };
+    if (!this.leader) {
+      return {
+        onStep: (r) => {
+          transport.send(group[0], {
+            kind: 'stepStats', step: r.step, loss: r.loss, kdLoss: r.kdLoss ?? null, ceLoss: r.ceLoss ?? null,
+            tokens: r.tokens, elapsedMs: r.elapsedMs, skipped: r.skipped,
+          });
+          for (const s of sinks) s.onStep(r);
+        },
+      };
+    }
+    return {
+      onStep: (own) => {
+        this.gathered = this.gathered.then(async () => {
+          if (this.gatherError) return;
+          const all = [{ loss: own.loss, kdLoss: own.kdLoss ?? null, ceLoss: own.ceLoss ?? null, tokens: own.tokens, elapsedMs: own.elapsedMs, skipped: own.skipped }];
+          for (const w of group.slice(1)) {
+            const m = await transport.receive(w, 'stepStats');
+            if (m.step !== own.step) throw new Error(`rank 0 got step ${m.step}'s metrics from worker ${w} while summing step ${own.step}: the ranks are out of step (a bug)`);
+            all.push(m);
+          }
+          const tokens = all.reduce((a, x) => a + x.tokens, 0);
+          const mean = (k: 'kdLoss' | 'ceLoss'): number | undefined =>
+            all.every((x) => x[k] !== null) ? all.reduce((a, x) => a + x[k]! * x.tokens, 0) / tokens : undefined;
+          const result: StepResult = {
+            ...own,
+            loss: all.reduce((a, x) => a + x.loss, 0),
+            kdLoss: mean('kdLoss'),
+            ceLoss: mean('ceLoss'),
+            tokens,
+            elapsedMs: Math.max(...all.map((x) => x.elapsedMs)),
+            skipped: all.some((x) => x.skipped),
+          };
+          for (const s of sinks) s.onStep(result);
+        }).catch((e: unknown) => {
+          this.gatherError ??= e instanceof Error ? e : new Error(String(e));
+        });
+      },
+    };
+  }
+
+  /** Waits until every step has reached the sinks; rethrows a failure of the gathering. */
+  async flush(): Promise<void> {
+    await this.gathered;
+    if (this.gatherError) throw this.gatherError;
+  }
+}

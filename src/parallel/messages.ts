@@ -1,0 +1,141 @@
+/**
+ * Every message that crosses a worker boundary, one type each. Workers and the launcher exchange these as
+ * msgpackr frames (frameCodec.ts); `kind` is the discriminant a receiver waits on.
+ */
+import type { DistillationRecipe } from '../recipe/config.ts';
+import type { StepResult } from '../train/batch.ts';
+import type { RunResult } from '../../pipelines/run.ts';
+import type { TensorFrame } from './tensorFrame.ts';
+
+/** The launcher's address on a transport; workers are 0..n-1 (students first, then teachers). */
+export const LAUNCHER = -1;
+
+// launcher → worker
+
+export interface StudentInit {
+  kind: 'init';
+  role: 'student';
+  recipe: DistillationRecipe;
+  workerId: number;
+  /** Data-parallel rank and size; the ranks' worker ids, in rank order. */
+  dpRank: number;
+  dpSize: number;
+  group: number[];
+  /** Device index on this node (GPU for tensorflow/webgpu; informational for wasm/cpu). */
+  deviceIndex: number;
+  /** Worker id of the teacher serving this rank, or null when the teacher runs in this worker. */
+  teacherWorker: number | null;
+  stopAfterSteps: number | null;
+  bucketBytes: number;
+}
+
+export interface TeacherInit {
+  kind: 'init';
+  role: 'teacher';
+  recipe: DistillationRecipe;
+  workerId: number;
+  deviceIndex: number;
+  /** Worker ids of the students this teacher serves. */
+  students: number[];
+}
+
+/** Stop after the current step (Ctrl-C, an abort signal): the ranks agree on the step in the next all-reduce. */
+export interface StopMessage {
+  kind: 'stop';
+}
+
+/** The students are done: a teacher worker exits. */
+export interface ShutdownMessage {
+  kind: 'shutdown';
+}
+
+// worker → launcher
+
+export interface LogMessage {
+  kind: 'log';
+  line: string;
+}
+
+/** Rank 0's step result, losses already summed over the ranks. */
+export interface StepMessage {
+  kind: 'step';
+  result: StepResult;
+}
+
+export interface DoneMessage {
+  kind: 'done';
+  /** Rank 0's result; null from other workers. */
+  result: RunResult | null;
+}
+
+export interface ErrorMessage {
+  kind: 'error';
+  name: string;
+  message: string;
+  stack: string;
+}
+
+// worker ↔ worker
+
+/** One chunk of a ring all-reduce; `tag` names the reduction, so a desynchronised ring fails loudly. */
+export interface RingChunk {
+  kind: 'ring';
+  tag: number;
+  chunk: number;
+  data: TensorFrame;
+}
+
+/** A rank's share of a step's metrics, sent to rank 0, which sums the losses over the ranks. */
+export interface StepStats {
+  kind: 'stepStats';
+  step: number;
+  loss: number;
+  kdLoss: number | null;
+  ceLoss: number | null;
+  tokens: number;
+  elapsedMs: number;
+  skipped: boolean;
+}
+
+/** The teacher's output projection [vocab, hidden], sent once to each student it serves. */
+export interface TeacherHead {
+  kind: 'teacherHead';
+  head: TensorFrame;
+}
+
+export interface TeacherRequest {
+  kind: 'teacherRequest';
+  id: number;
+  /** [mbs, seq] int32 input ids. */
+  inputIds: TensorFrame;
+}
+
+export interface TeacherHidden {
+  kind: 'teacherHidden';
+  id: number;
+  /** [mbs·seq, teacher hidden] final hidden states. */
+  hidden: TensorFrame;
+}
+
+export type WorkerMessage =
+  | StudentInit | TeacherInit | StopMessage | ShutdownMessage
+  | LogMessage | StepMessage | DoneMessage | ErrorMessage
+  | RingChunk | StepStats | TeacherHead | TeacherRequest | TeacherHidden;
+
+export type MessageKind = WorkerMessage['kind'];
+export type MessageOf<K extends MessageKind> = Extract<WorkerMessage, { kind: K }>;
+
+/** One line about a message, for the error that names a dead worker's last words. */
+export function describe(m: WorkerMessage): string {
+  switch (m.kind) {
+    case 'init': return `init (${m.role})`;
+    case 'log': return `log "${m.line.slice(0, 120)}"`;
+    case 'step': return `step ${m.result.step} done (loss ${m.result.loss.toFixed(4)})`;
+    case 'stepStats': return `stats of step ${m.step} (loss ${m.loss.toFixed(4)})`;
+    case 'ring': return `all-reduce chunk (reduction ${m.tag}, chunk ${m.chunk}, ${m.data.bytes.byteLength} bytes)`;
+    case 'teacherRequest': return `teacher request ${m.id}`;
+    case 'teacherHidden': return `teacher hidden states ${m.id}`;
+    case 'error': return `error: ${m.message.split('\n')[0]}`;
+    default: return m.kind;
+  }
+}

@@ -1,0 +1,55 @@
+/**
+ * The student side of a teacher on its own worker. Each micro-batch's input ids are sent to the teacher as soon
+ * as the batch is read (up to --in_flight micro-batches ahead), and its hidden states are awaited only when the
+ * batch reaches this stage: the teacher's forward pass for later batches runs while the student trains on this one.
+ *
+ * The teacher's head [vocab, hidden] arrives once, at connect(); the loss applies it chunk by chunk, exactly as
+ * with a local teacher, so the full logits never cross the wire.
+ */
+import { concatMap, map, type OperatorFunction } from 'rxjs';
+import type * as tf from '@tensorflow/tfjs-core';
+import type { TeacherBatch, TokenBatch } from '../train/batch.ts';
+import { arrayToFrame, frameToTensor } from './tensorFrame.ts';
+import type { Transport } from './transport.ts';
+
+export class RemoteTeacher {
+  private head: tf.Tensor2D | null = null;
+  private nextId = 0;
+
+  constructor(
+    private readonly transport: Transport,
+    readonly teacherWorker: number,
+  ) {}
+
+  async connect(): Promise<void> {
+    const m = await this.transport.receive(this.teacherWorker, 'teacherHead');
+    this.head = frameToTensor(m.head) as tf.Tensor2D;
+  }
+
+  /** Replaces the teacherLogits stage; call it after the backend is selected (the head becomes a tensor). */
+  stage(): OperatorFunction<TokenBatch, TeacherBatch> {
+    const ready = this.head ? Promise.resolve() : this.connect();
+    // Awaited by the first batch; marked handled here so an early failure is not an unhandled rejection.
+    ready.catch(() => {});
+    return (source) =>
+      source.pipe(
+        map((batch) => {
+          const id = this.nextId++;
+          const ids = batch.inputIds.dataSync() as Int32Array;
+          this.transport.send(this.teacherWorker, { kind: 'teacherRequest', id, inputIds: arrayToFrame(ids, batch.inputIds.shape) });
+          return { batch, id };
+        }),
+        concatMap(async ({ batch, id }): Promise<TeacherBatch> => {
+          await ready;
+          const m = await this.transport.receive(this.teacherWorker, 'teacherHidden');
+          if (m.id !== id) throw new Error(`teacher worker ${this.teacherWorker} answered request ${m.id} while request ${id} was due (step ${batch.position.step}): the teacher stream is out of order (a bug)`);
+          return { ...batch, teacher: { kind: 'hidden', hidden: frameToTensor(m.hidden) as tf.Tensor2D, head: this.head! } };
+        }),
+      );
+  }
+
+  dispose(): void {
+    this.head?.dispose();
+    this.head = null;
+  }
+}

@@ -1,0 +1,74 @@
+/**
+ * Entry of a worker process (forked by launcher.ts with `--import tsx`; argv[2] is the worker id). A student runs
+ * the same run() as a single process, as one data-parallel rank; a teacher serves hidden states to its students.
+ * Any error goes to the launcher with this worker's stack before the process ends.
+ */
+import { run } from '../../pipelines/run.ts';
+import { selectBackend } from '../backend/select.ts';
+import { loadModel } from '../checkpoint/load.ts';
+import { DataParallelRank } from './dataParallelRank.ts';
+import { IpcTransport } from './ipcTransport.ts';
+import { LAUNCHER, type StudentInit, type TeacherInit } from './messages.ts';
+import { RemoteTeacher } from './remoteTeacher.ts';
+import { serveTeacher } from './teacherServer.ts';
+import { TransportClosedError } from './transport.ts';
+
+const workerId = Number(process.argv[2]);
+const transport = new IpcTransport(workerId);
+let finished = false;
+
+// The launcher disconnects a worker after its 'done'; a disconnect before that means the launcher is gone.
+process.on('disconnect', () => process.exit(finished ? 0 : 1));
+
+const log = (line: string): void => transport.send(LAUNCHER, { kind: 'log', line });
+
+function reportError(e: unknown): void {
+  const err = e instanceof Error ? e : new Error(String(e));
+  try {
+    transport.send(LAUNCHER, { kind: 'error', name: err.name, message: err.message, stack: err.stack ?? '(no stack)' });
+  } catch {
+    process.exit(1);
+  }
+  // The launcher stops every worker once it has the error; this is only a fallback if it never comes.
+  setTimeout(() => process.exit(1), 10_000).unref();
+}
+process.on('uncaughtException', reportError);
+process.on('unhandledRejection', reportError);
+
+async function student(init: StudentInit): Promise<void> {
+  const ac = new AbortController();
+  const dp = new DataParallelRank({
+    transport, dpRank: init.dpRank, dpSize: init.dpSize, group: init.group, deviceIndex: init.deviceIndex,
+    globalBatchSize: init.recipe.trainer.globalBatchSize, microBatchSize: init.recipe.trainer.microBatchSize,
+    bucketBytes: init.bucketBytes,
+    remoteTeacher: init.teacherWorker === null ? undefined : new RemoteTeacher(transport, init.teacherWorker),
+    onStopAgreed: () => ac.abort(),
+  });
+  transport.receive(LAUNCHER, 'stop').then(() => dp.requestStop(), () => {});
+  const result = await run(init.recipe, {
+    log, dataParallel: dp, signal: ac.signal, progress: false, stopAfterSteps: init.stopAfterSteps ?? undefined,
+    onStep: dp.leader ? (r) => transport.send(LAUNCHER, { kind: 'step', result: r }) : undefined,
+  });
+  dp.remoteTeacher?.dispose();
+  finished = true;
+  transport.send(LAUNCHER, { kind: 'done', result: dp.leader ? result : null });
+}
+
+async function teacher(init: TeacherInit): Promise<void> {
+  transport.receive(LAUNCHER, 'shutdown').then(() => transport.close(new TransportClosedError('the launcher shut this teacher down')), () => {});
+  if (!init.recipe.teacherPath) throw new Error(`teacher worker ${workerId}: the recipe has no teacherPath`);
+  await selectBackend(init.recipe.backend, { log, adapterIndex: init.deviceIndex });
+  const model = await loadModel(init.recipe.teacherPath, { trainable: false });
+  const served = await serveTeacher(transport, model, init.students);
+  model.dispose();
+  log(`teacher worker ${workerId}: served ${served} micro-batches`);
+  finished = true;
+  transport.send(LAUNCHER, { kind: 'done', result: null });
+}
+
+const init = await transport.receive(LAUNCHER, 'init');
+try {
+  await (init.role === 'student' ? student(init) : teacher(init));
+} catch (e) {
+  reportError(e);
+}
