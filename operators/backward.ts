@@ -44,6 +44,8 @@ export function backward(student: CausalLM, o: BackwardOptions): OperatorFunctio
   let hasKd = false;
   let hasCe = false;
   let tokens = 0;
+  let scalars: tf.Tensor[] = [];
+  let kinds: ('loss' | 'kd' | 'ce')[] = [];
   let started = 0;
   let consecutiveNan = 0;
   const maxNan = o.maxConsecutiveNanSteps ?? 10;
@@ -74,12 +76,13 @@ export function backward(student: CausalLM, o: BackwardOptions): OperatorFunctio
         acc!.set(name, g);
       }
     }
-    // Readbacks of three scalars per micro-batch; the gradients stay on the device.
-    lossSum += value.dataSync()[0];
-    value.dispose();
+    // The step's scalars stay on the device until the step ends: one asynchronous readback per step, none per
+    // micro-batch (webgpu in Node cannot read synchronously at all).
     const w = batch.tokens;
-    if (kd) { kdSum += (kd as tf.Scalar).dataSync()[0] * w; hasKd = true; (kd as tf.Scalar).dispose(); }
-    if (ce) { ceSum += (ce as tf.Scalar).dataSync()[0] * w; hasCe = true; (ce as tf.Scalar).dispose(); }
+    scalars.push(value);
+    if (kd) { scalars.push(tf.mul(kd as tf.Scalar, w)); hasKd = true; (kd as tf.Scalar).dispose(); }
+    if (ce) { scalars.push(tf.mul(ce as tf.Scalar, w)); hasCe = true; (ce as tf.Scalar).dispose(); }
+    kinds.push(...['loss', ...(kd ? ['kd'] : []), ...(ce ? ['ce'] : [])] as ('loss' | 'kd' | 'ce')[]);
     tokens += w;
     disposeBatch(batch);
     o.credits?.release();
@@ -87,6 +90,17 @@ export function backward(student: CausalLM, o: BackwardOptions): OperatorFunctio
     return (async (): Promise<StepResult> => {
       const grads = acc!;
       acc = null;
+      const stacked = tf.stack(scalars);
+      for (const t of scalars) t.dispose();
+      const values = await stacked.data();
+      stacked.dispose();
+      for (const [i, kind] of kinds.entries()) {
+        if (kind === 'loss') lossSum += values[i];
+        else if (kind === 'kd') kdSum += values[i];
+        else ceSum += values[i];
+      }
+      scalars = [];
+      kinds = [];
       try {
         if (o.reduceGradients) await o.reduceGradients(grads);
         const gradNorm = await clipGradNorm(grads, o.clipGrad);
@@ -124,7 +138,9 @@ export function backward(student: CausalLM, o: BackwardOptions): OperatorFunctio
       step$,
       finalize(() => {
         if (acc) for (const g of acc.values()) g.dispose();
+        for (const t of scalars) t.dispose();
         acc = null;
+        scalars = [];
       }),
     );
 }

@@ -3,7 +3,7 @@
  * run's temperature, without the τ² factor), each a token-weighted mean over the data. The same read and forward
  * stages as training; logits are formed chunk by chunk, so memory stays O(chunk × vocab).
  */
-import { lastValueFrom, reduce, map } from 'rxjs';
+import { concatMap, lastValueFrom, reduce } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
 import type { CausalLM } from '../src/model/causalLM.ts';
 import type { KdLossOptions } from '../src/losses/types.ts';
@@ -35,7 +35,7 @@ export async function evaluateOn(student: CausalLM, teacher: CausalLM | null, so
   const stream = readBatches(source, { seqLength: o.seqLength, globalBatchSize: o.microBatchSize, microBatchSize: o.microBatchSize, startStep: 0, maxSteps: batches });
   const sums = await lastValueFrom(
     stream.pipe(
-      map((b) => evaluateBatch(student, teacher, b, o)),
+      concatMap((b) => evaluateBatch(student, teacher, b, o)),
       reduce((a: Sums, s: Sums) => ({ ce: a.ce + s.ce, tce: a.tce + s.tce, kd: a.kd + s.kd, tokens: a.tokens + s.tokens }), { ce: 0, tce: 0, kd: 0, tokens: 0 }),
     ),
   );
@@ -49,7 +49,7 @@ export async function evaluateOn(student: CausalLM, teacher: CausalLM | null, so
 }
 
 /** Sums (not means) over one micro-batch, so that batches combine by token count. */
-function evaluateBatch(student: CausalLM, teacher: CausalLM | null, b: TokenBatch, o: EvaluationOptions): Sums {
+async function evaluateBatch(student: CausalLM, teacher: CausalLM | null, b: TokenBatch, o: EvaluationOptions): Promise<Sums> {
   const out = tf.tidy(() => {
     const flat = (h: tf.Tensor3D): tf.Tensor2D => h.reshape([h.shape[0] * h.shape[1], h.shape[2]]);
     const hs = flat(student.hidden(b.inputIds));
@@ -77,9 +77,9 @@ function evaluateBatch(student: CausalLM, teacher: CausalLM | null, b: TokenBatc
     }
     return tf.stack([ce, tce, kd, tf.sum(mask)]);
   });
-  const [ce, tce, kd, tokens] = out.dataSync();
-  out.dispose();
   disposeBatch(b);
+  const [ce, tce, kd, tokens] = await out.data();
+  out.dispose();
   return { ce, tce, kd, tokens };
 }
 

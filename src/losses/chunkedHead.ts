@@ -113,8 +113,8 @@ export function chunkedHeadMeans(
       const saved = restore(savedList);
       const [hid, wt, maskB] = saved as [tf.Tensor2D, tf.Tensor2D, tf.Tensor1D];
       const weightsB = maskedMeanWeights(maskB);
-      // The upstream gradient of each mean; that of the count is dropped (the count is not differentiable).
-      const coeffs = tf.slice(dy, [0], [k]).arraySync() as number[];
+      // The upstream gradient of each mean stays on the device (no synchronous readback: webgpu in Node has none);
+      // that of the count is dropped (the count is not differentiable).
       let dHead = tf.zerosLike(wt) as tf.Tensor2D;
       const dHidden: tf.Tensor2D[] = [];
       for (const [s, e] of chunks) {
@@ -124,10 +124,8 @@ export function chunkedHeadMeans(
           const wC = rows(weightsB, s, e).reshape([e - s, 1]) as tf.Tensor2D;
           const parts: tf.Tensor2D[] = [];
           for (let i = 0; i < k; i++) {
-            // A term whose mean does not reach the loss (CE logged with α = 1) costs nothing here.
-            if (coeffs[i] === 0) continue;
             const t = terms[i];
-            const g = tf.tidy(() => t.gradient(z, s, e, tf.mul(wC, coeffs[i]) as tf.Tensor2D, dataOf(saved, i)));
+            const g = tf.tidy(() => t.gradient(z, s, e, tf.mul(wC, tf.slice(dy, [i], [1])) as tf.Tensor2D, dataOf(saved, i)));
             parts.push(parts.length === 0 ? g : accumulate(parts.pop() as tf.Tensor2D, g));
           }
           const dzC: tf.Tensor2D = parts[0] ?? tf.zerosLike(z);

@@ -7,8 +7,11 @@ import * as tf from '@tensorflow/tfjs-core';
 
 export function globalNorm(grads: Iterable<tf.Tensor>): tf.Scalar {
   return tf.tidy(() => {
-    const parts = [...grads].map((g) => tf.sum(tf.square(g)));
-    return tf.sqrt(tf.addN(parts)) as tf.Scalar;
+    // A running sum, not tf.addN: webgpu's AddN binds every input to one shader and fails past the adapter's
+    // storage-buffer limit (a model has far more parameters than that).
+    let total = tf.scalar(0);
+    for (const g of grads) total = tf.add(total, tf.sum(tf.square(g)));
+    return tf.sqrt(total) as tf.Scalar;
   });
 }
 

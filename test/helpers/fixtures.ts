@@ -7,7 +7,8 @@ import { dirname, join, resolve } from 'node:path';
 import { readFileSync } from 'node:fs';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-export const FIXTURES = resolve(ROOT, '../shared/fixtures');
+// DISTILL_FIXTURES points elsewhere only on the device machine, where ../shared does not travel.
+export const FIXTURES = resolve(process.env.DISTILL_FIXTURES ?? resolve(ROOT, '../shared/fixtures'));
 export const fixture = (...p: string[]): string => join(FIXTURES, ...p);
 
 export interface ExpectedJson {
