@@ -1,0 +1,82 @@
+/**
+ * Tokens/s of the parallel layouts on this machine, wasm backend: DP 1 vs DP 2 (teacher in each student worker),
+ * and the teacher on a worker of its own vs shared. Models are built here (random Llama weights, larger than the
+ * test fixtures so that compute, not IPC, dominates) and trained on the fixture Megatron dataset.
+ *
+ *   node --import tsx benchmarks/parallel/run.ts [--steps 12] [--warmup 2]
+ *
+ * Throughput counts the training tokens of the steps after the warm-up, over the wall time between the end of the
+ * warm-up and the end of the last step (as seen by the launcher), so worker start-up is excluded.
+ */
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { selectBackend } from '../../src/backend/select.ts';
+import { initModelDir } from '../../src/cli/initCommand.ts';
+import { distillationRecipe, type DistillationRecipe } from '../../src/recipe/config.ts';
+import { withTeacherDevices } from '../../src/parallel/placement.ts';
+import { run } from '../../pipelines/run.ts';
+import { FIXTURES } from '../../test/helpers/fixtures.ts';
+
+const arg = (name: string, dflt: number): number => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? Number(process.argv[i + 1]) : dflt;
+};
+const STEPS = arg('steps', 12);
+const WARMUP = arg('warmup', 2);
+
+async function makeModel(dir: string, over: Record<string, number>): Promise<string> {
+  const base = JSON.parse(readFileSync(join(FIXTURES, 'llama-teacher', 'config.json'), 'utf8')) as Record<string, unknown>;
+  const cfgPath = join(dir, 'config.in.json');
+  writeFileSync(cfgPath, JSON.stringify({ ...base, ...over, tie_word_embeddings: false }));
+  const out = join(dir, 'model');
+  await initModelDir(cfgPath, out, 1);
+  return out;
+}
+
+interface Row {
+  layout: string;
+  processes: number;
+  tokensPerS: number;
+  lossLast: number;
+}
+
+async function measure(layout: string, processes: number, recipe: DistillationRecipe): Promise<Row> {
+  const ends: { at: number; tokens: number; loss: number }[] = [];
+  await run(recipe, { log: null, progress: false, onStep: (r) => ends.push({ at: performance.now(), tokens: r.tokens, loss: r.loss }) });
+  const timed = ends.slice(WARMUP);
+  const tokens = timed.slice(1).reduce((a, e) => a + e.tokens, 0);
+  const seconds = (timed[timed.length - 1].at - timed[0].at) / 1000;
+  return { layout, processes, tokensPerS: tokens / seconds, lossLast: ends[ends.length - 1].loss };
+}
+
+async function main(): Promise<void> {
+  await selectBackend('cpu', { log: null });
+  const dir = mkdtempSync(join(tmpdir(), 'bench-parallel-'));
+  try {
+    const student = await makeModel(mkdtempSync(join(dir, 's-')), { hidden_size: 128, intermediate_size: 344, num_hidden_layers: 2, num_attention_heads: 8, num_key_value_heads: 4 });
+    const teacher = await makeModel(mkdtempSync(join(dir, 't-')), { hidden_size: 256, intermediate_size: 688, num_hidden_layers: 4, num_attention_heads: 16, num_key_value_heads: 8 });
+    const recipe = (name: string, devices: number): DistillationRecipe => distillationRecipe({
+      name, dir, studentPath: student, teacherPath: teacher, backend: 'wasm',
+      data: { dataPaths: join(FIXTURES, 'megatron', 'small_text_document'), seqLength: 32, split: '1,0,0', seed: 7 },
+      trainer: { maxSteps: STEPS, globalBatchSize: 4, microBatchSize: 1, saveInterval: 1000, valCheckInterval: 0, logInterval: 1 },
+      optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
+      parallel: { devicesPerNode: devices },
+    });
+    const rows: Row[] = [];
+    rows.push(await measure('DP 1, teacher shared (one process)', 1, recipe('dp1', 1)));
+    rows.push(await measure('DP 2, teacher shared (in each student)', 2, recipe('dp2', 2)));
+    rows.push(await measure('DP 1, teacher on its own worker', 2, withTeacherDevices(recipe('dp1t', 1), 1)));
+    rows.push(await measure('DP 2, teacher on its own worker', 3, withTeacherDevices(recipe('dp2t', 2), 1)));
+    const base = rows[0].tokensPerS;
+    console.log(`\nmachine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')} (shared)`);
+    console.log(`wasm backend; student 128 hidden × 2 layers, teacher 256 × 4, vocab 1000, seq 32, gbs 4, mbs 1; ${STEPS} steps, first ${WARMUP} not timed\n`);
+    console.log('| layout | processes | tokens/s | vs DP 1 shared | last loss |');
+    console.log('|---|---:|---:|---:|---:|');
+    for (const r of rows) console.log(`| ${r.layout} | ${r.processes} | ${r.tokensPerS.toFixed(0)} | ${(r.tokensPerS / base).toFixed(2)}× | ${r.lossLast.toFixed(4)} |`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
