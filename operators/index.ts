@@ -4,6 +4,7 @@
  */
 export { readBatches, tokenBatchFromRecords, type SampleSource, type ReadBatchesOptions } from './readBatches.ts';
 export { teacherLogits } from './teacherLogits.ts';
+export { cachedTeacherTargets, type CachedTeacherTargetsOptions, type CachedTeacherTargetsOperator } from './cachedTeacherTargets.ts';
 export { studentForward } from './studentForward.ts';
 export { klLoss, type KlLossOptions } from './klLoss.ts';
 export { backward, NonFiniteLossError, type BackwardOptions, type NanPolicy } from './backward.ts';

@@ -24,6 +24,9 @@ import { RunLogs } from '../src/train/runLogs.ts';
 import { evaluateOn } from './evaluate.ts';
 import { distillPipeline } from './distill.ts';
 import { pretrainPipeline } from './pretrain.ts';
+import { distillFromCachePipeline } from './distillFromCache.ts';
+import { TeacherCache } from '../src/io/teacherCache.ts';
+import { checkCacheForRun } from '../src/cache/compatibility.ts';
 import type { TrainingContext } from './context.ts';
 import type { ValidationResult } from '../operators/validationTap.ts';
 import type { Observable } from 'rxjs';
@@ -75,11 +78,20 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
   const resume = latestCheckpoint(runDir);
   const studentDir = resume ? join(resume.dir, 'student') : recipe.studentPath;
   const student = await loadModel(studentDir, { trainable: true });
-  const teacher: CausalLM | null = recipe.kind === 'distill' && recipe.teacherPath && !dp?.remoteTeacher ? await loadModel(recipe.teacherPath, { trainable: false }) : null;
+  // --teacher_cache replaces the teacher: its cached outputs are read, its weights never loaded.
+  const cache = recipe.kind === 'distill' && recipe.teacherCache ? TeacherCache.open(recipe.teacherCache) : null;
+  const teacher: CausalLM | null = recipe.kind === 'distill' && recipe.teacherPath && !cache && !dp?.remoteTeacher ? await loadModel(recipe.teacherPath, { trainable: false }) : null;
   if (teacher || dp?.remoteTeacher) log(alignVocabularies(teacher?.config ?? readModelConfig(recipe.teacherPath!), student.config, recipe));
 
   const sources = openDataSources(recipe, student.config.vocabSize);
-  const fingerprint = runFingerprint(recipe, sources.fingerprint);
+  if (cache) {
+    log(checkCacheForRun(cache.fingerprint, {
+      cacheDir: cache.dir, dataFingerprint: sources.fingerprint, seqLength: data.seqLength, studentVocab: student.config.vocabSize,
+      samplesNeeded: Math.min(t.maxSteps * t.globalBatchSize, sources.train.numSamples), loss: recipe.loss,
+      teacherPath: recipe.teacherPath, teacherSha256: recipe.teacherPath ? hashModelFiles(recipe.teacherPath) : undefined,
+    }));
+  }
+  const fingerprint = { ...runFingerprint(recipe, sources.fingerprint), ...(cache ? { teacher: `teacher cache ${cache.id}` } : {}) };
   const optimizer = new AdamW(student.params, {
     beta1: recipe.optim.adamBeta1, beta2: recipe.optim.adamBeta2, eps: recipe.optim.adamEps,
     weightDecay: recipe.optim.weightDecay, weightDecayAll: recipe.optim.weightDecayAll,
@@ -114,7 +126,7 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
       seqLength: data.seqLength, globalBatchSize: t.globalBatchSize, microBatchSize: t.microBatchSize,
       startStep, maxSteps: stopAt + 1, credits, ...dp?.readSlice,
     },
-    loss: { ...recipe.loss, kdRatio: teacher || dp?.remoteTeacher ? recipe.loss.kdRatio : 0 },
+    loss: { ...recipe.loss, kdRatio: teacher || cache || dp?.remoteTeacher ? recipe.loss.kdRatio : 0 },
     backward: {
       optimizer, clipGrad: recipe.optim.clipGrad, nanPolicy: t.nanPolicy, credits, globalBatchSize: t.globalBatchSize,
       lrAt: (s) => cosineAnnealingLr(s, { lr: recipe.optim.lr, minLr: recipe.optim.minLr, warmupSteps: recipe.optim.warmupSteps, maxSteps: t.maxSteps }),
@@ -132,6 +144,7 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
 
   // 2–3. The loss, both forward passes and the student's backward pass are the pipeline's stages.
   const pipeline = dp?.remoteTeacher ? remoteTeacherPipeline(student, dp.remoteTeacher, sources.train, ctx)
+    : cache ? distillFromCachePipeline(student, cache, sources.train, ctx)
     : teacher ? distillPipeline(student, teacher, sources.train, ctx) : pretrainPipeline(student, sources.train, ctx);
   let stoppedEarly = false;
   await new Promise<void>((resolve, reject) => {
@@ -159,6 +172,7 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
   optimizer.dispose();
   student.dispose();
   teacher?.dispose();
+  cache?.close();
   return { runDir, studentDir: finalDir, steps, validations, resumedFromStep: startStep, backend, stoppedEarly: !finished };
 }
 

@@ -15,6 +15,7 @@ const COMMANDS: Record<string, { help: string; load: () => Promise<Main> }> = {
   init: { help: 'a freshly initialised checkpoint from a config.json (for pretraining or a student from scratch)', load: async () => (await import('./initCommand.ts')).initMain },
   infer: { help: 'logits of a model for the input_ids in a safetensors file', load: async () => (await import('./infer.ts')).inferMain },
   prepare: { help: 'tokenize text/JSONL into Arrow shards', load: async () => (await import('./prepare.ts')).prepareMain },
+  'cache-teacher': { help: 'run a teacher once over the training samples and cache its top-K / sampled / full targets (Arrow)', load: async () => (await import('./cacheTeacherCommand.ts')).cacheTeacherMain },
   data: { help: '`distill data dump --data_paths PREFIX`: print a dataset one JSON line per document', load: async () => (await import('./dataDump.ts')).dataMain },
 };
 
