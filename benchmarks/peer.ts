@@ -17,6 +17,8 @@ export const PEER_SCRIPT = fileURLToPath(new URL('./peer/kd_step.py', import.met
 export interface PeerOptions {
   python: string;
   threads: number;
+  /** More arguments for kd_step.py, e.g. --device cuda --precision bf16 on the device machine. */
+  extraArgs?: string[];
   steps: number;
   warmup: number;
   configName: string;
@@ -42,7 +44,7 @@ function isPeerJson(v: unknown): v is Record<string, unknown> & { tokens_per_s: 
 }
 
 export function peerArgs(shape: BenchShape, o: PeerOptions): string[] {
-  return [PEER_SCRIPT, '--config', o.configName, '--spec', JSON.stringify(shape), '--steps', String(o.steps), '--warmup', String(o.warmup), '--threads', String(o.threads)];
+  return [PEER_SCRIPT, '--config', o.configName, '--spec', JSON.stringify(shape), '--steps', String(o.steps), '--warmup', String(o.warmup), '--threads', String(o.threads), ...(o.extraArgs ?? [])];
 }
 
 export function runPeer(shape: BenchShape, o: PeerOptions): Promise<PeerOutcome> {

@@ -30,6 +30,7 @@ const FLAGS = {
   results: { kind: 'string', help: 'where results.jsonl, README.md and the charts go', default: 'benchmarks/results' },
   python: { kind: 'string', help: 'python interpreter with torch, for the peer', default: DEFAULT_PYTHON },
   threads: { kind: 'int', help: 'torch threads of the peer', default: 2, min: 1 },
+  peer_args: { kind: 'string', help: 'more arguments for the peer, e.g. "--device cuda --precision bf16"' },
   peer_timeout_s: { kind: 'int', help: 'stop a peer run after this many seconds', default: 3600, min: 1 },
   regenerate: { kind: 'boolean', help: 'only rewrite README.md and the charts from results.jsonl; measure nothing' },
   help: { kind: 'boolean', help: 'print this help' },
@@ -54,14 +55,14 @@ interface Measure {
   warmup: number;
 }
 
-async function measure(m: Measure, backend: BackendReport, flags: { peer: string; python: string; threads: number; timeoutMs: number }): Promise<Omit<BenchRecord, 'kind' | 'date' | 'run_id' | 'config' | 'command' | 'machine'> & { torch: string | null }> {
+async function measure(m: Measure, backend: BackendReport, flags: { peer: string; python: string; threads: number; timeoutMs: number; extraArgs: string[] }): Promise<Omit<BenchRecord, 'kind' | 'date' | 'run_id' | 'config' | 'command' | 'machine'> & { torch: string | null }> {
   log(`— ${m.configName}: vocab ${m.shape.vocab}, seq ${m.shape.seq}, batch ${m.shape.batch}, student ${JSON.stringify(m.shape.student)}, teacher ${JSON.stringify(m.shape.teacher)}`);
   const ours = await runOurs(m.shape, { backend, steps: m.steps, warmup: m.warmup, log });
   log(`ours: ${ours.tokensPerS.toFixed(1)} tokens/s (${ours.wallMsPerStep.toFixed(0)} ms/step, last loss ${ours.lastLoss.toFixed(4)})`);
   let peer: PeerOutcome | null = null;
   if (flags.peer === 'torch') {
     log(`peer: running ${flags.python} benchmarks/peer/kd_step.py on ${flags.threads} threads`);
-    peer = await runPeer(m.shape, { python: flags.python, threads: flags.threads, steps: m.steps, warmup: m.warmup, configName: m.configName, timeoutMs: flags.timeoutMs, log });
+    peer = await runPeer(m.shape, { python: flags.python, threads: flags.threads, steps: m.steps, warmup: m.warmup, configName: m.configName, timeoutMs: flags.timeoutMs, log, extraArgs: flags.extraArgs });
     if (peer.ok) log(`peer: ${peer.result.tokensPerS.toFixed(1)} tokens/s (${peer.result.wallMsPerStep.toFixed(0)} ms/step, last loss ${peer.result.lastLoss.toFixed(4)})`);
     else log(`peer: not measured: ${peer.reason}; reporting ours alone`);
   }
@@ -107,7 +108,7 @@ async function main(argv: string[]): Promise<void> {
   const runId = new Date().toISOString();
   const resultsDir = resolve(ROOT, flags.results ?? 'benchmarks/results');
   const backend = await selectBackend((flags.backend ?? 'auto') as BackendChoice, { log });
-  const peerFlags = { peer: flags.peer ?? 'torch', python: flags.python ?? DEFAULT_PYTHON, threads: flags.threads ?? 2, timeoutMs: (flags.peer_timeout_s ?? 3600) * 1000 };
+  const peerFlags = { peer: flags.peer ?? 'torch', python: flags.python ?? DEFAULT_PYTHON, threads: flags.threads ?? 2, timeoutMs: (flags.peer_timeout_s ?? 3600) * 1000, extraArgs: flags.peer_args ? flags.peer_args.split(/\s+/).filter(Boolean) : [] };
 
   const points: { name: string; axis?: BenchRecord['axis']; x?: number; m: Measure }[] = flags.scaling
     ? scalingPoints(base, flags.steps ?? 2, flags.warmup ?? 1).map((p) => ({

@@ -11,6 +11,7 @@ it (scaled_dot_product_attention, full [tokens, vocab] logits), not as a copy of
 Prints one JSON line: tokens_per_s, per-stage milliseconds per step, peak RSS, torch version and threads.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -29,6 +30,8 @@ def parse_args():
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: the config's)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--device", default="cpu", help="cpu, or cuda on the device machine")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast matmuls to bfloat16 (loss and master weights stay fp32)")
     return p.parse_args()
 
 
@@ -139,10 +142,13 @@ def main():
     steps = args.steps if args.steps is not None else shape["steps"]
     warmup = args.warmup if args.warmup is not None else shape["warmup"]
     st, te = shape["student"], shape["teacher"]
-    teacher = Llama(vocab, te["hidden"], te["layers"], te["heads"], tied=False, seq=seq).eval()
+    dev = torch.device(args.device)
+    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
+    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if args.precision == "bf16" else (lambda: contextlib.nullcontext())
+    teacher = Llama(vocab, te["hidden"], te["layers"], te["heads"], tied=False, seq=seq).to(dev).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    student = Llama(vocab, st["hidden"], st["layers"], st["heads"], tied=True, seq=seq).train()
+    student = Llama(vocab, st["hidden"], st["layers"], st["heads"], tied=True, seq=seq).to(dev).train()
     decay = [p for p in student.parameters() if p.dim() >= 2]
     no_decay = [p for p in student.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -159,19 +165,24 @@ def main():
             start = time.perf_counter()
         t0 = time.perf_counter()
         windows = torch.randint(0, vocab, (batch, seq + 1), generator=gen)
-        ids = windows[:, :-1]
+        ids = windows[:, :-1].to(dev)
+        sync()
         t1 = time.perf_counter()
-        with torch.no_grad():
-            t_logits = teacher(ids).reshape(-1, vocab)
+        with torch.no_grad(), autocast():
+            t_logits = teacher(ids).reshape(-1, vocab).float()
+        sync()
         t2 = time.perf_counter()
-        s_logits = student(ids).reshape(-1, vocab)
+        with autocast():
+            s_logits = student(ids).reshape(-1, vocab).float()
         # Forward KL(p_t || p_s) at tau = 1, mean over tokens: sum_v p_t (log p_t - log p_s).
         loss = F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1), log_target=True, reduction="batchmean")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        sync()
         t3 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
+        sync()
         t4 = time.perf_counter()
         loss_value = loss.item()
         print(f"step {step + 1}/{warmup + steps}{' (warm-up)' if step < warmup else ''}: {t4 - t0:.2f} s, loss {loss_value:.4f}", file=sys.stderr, flush=True)
@@ -191,6 +202,8 @@ def main():
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
         "attention": "sdpa" if sdpa is not None else "explicit causal softmax",
+        "device": str(dev) + (" " + torch.cuda.get_device_name(0) if dev.type == "cuda" else ""),
+        "precision": args.precision,
     }))
 
 
