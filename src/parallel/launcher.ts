@@ -40,7 +40,7 @@ export class WorkerDiedError extends DistillError {}
 /** A worker reported an error (its stack is in the message). */
 export class WorkerFailedError extends DistillError {}
 
-const WORKER_ENTRY = fileURLToPath(new URL('./worker.ts', import.meta.url));
+const WORKER_ENTRY = fileURLToPath(new URL('../../pipelines/worker.ts', import.meta.url));
 
 interface Slot {
   info: WorkerInfo;
@@ -112,7 +112,7 @@ export async function launchWorkers(recipe: DistillationRecipe, hooks: LaunchHoo
       if (removed.length) log(`removed half-written checkpoint files: ${removed.join(', ')}`);
       if (failure) reject(failure);
       else if (result) resolve(result);
-      else reject(new WorkerDiedError('every worker finished but rank 0 sent no result (a bug in src/parallel/worker.ts)'));
+      else reject(new WorkerDiedError('every worker finished but rank 0 sent no result (a bug in pipelines/worker.ts)'));
     };
     const fail = (e: Error): void => {
       if (failure) return;

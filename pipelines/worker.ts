@@ -3,15 +3,15 @@
  * the same run() as a single process, as one data-parallel rank; a teacher serves hidden states to its students.
  * Any error goes to the launcher with this worker's stack before the process ends.
  */
-import { run } from '../../pipelines/run.ts';
-import { selectBackend } from '../backend/select.ts';
-import { loadModel } from '../checkpoint/load.ts';
-import { DataParallelRank } from './dataParallelRank.ts';
-import { IpcTransport } from './ipcTransport.ts';
-import { LAUNCHER, type StudentInit, type TeacherInit } from './messages.ts';
-import { RemoteTeacher } from './remoteTeacher.ts';
-import { serveTeacher } from './teacherServer.ts';
-import { TransportClosedError } from './transport.ts';
+import { run } from './run.ts';
+import { selectBackend } from '../src/backend/select.ts';
+import { loadModel } from '../src/checkpoint/load.ts';
+import { DataParallelRank } from '../src/parallel/dataParallelRank.ts';
+import { IpcTransport } from '../src/parallel/ipcTransport.ts';
+import { LAUNCHER, type StudentInit, type TeacherInit } from '../src/parallel/messages.ts';
+import { RemoteTeacher } from '../src/parallel/remoteTeacher.ts';
+import { serveTeacher } from '../src/parallel/teacherServer.ts';
+import { TransportClosedError } from '../src/parallel/transport.ts';
 
 const workerId = Number(process.argv[2]);
 const transport = new IpcTransport(workerId);
