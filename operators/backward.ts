@@ -5,13 +5,14 @@
  * Each micro-batch's loss arrives already weighted by its share of the global batch's loss tokens, so summing the
  * micro-batch gradients gives the gradient of the token-weighted mean over the whole global batch.
  */
-import { concatMap, EMPTY, finalize, type OperatorFunction } from 'rxjs';
+import { concatMap, EMPTY, finalize, from, Observable, type OperatorFunction } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
 import type { AdamW } from '../src/optim/adamw.ts';
 import { clipGradNorm } from '../src/optim/clipGrad.ts';
 import type { CausalLM } from '../src/model/causalLM.ts';
 import { disposeBatch, type LossBatch, type StepResult } from '../src/train/batch.ts';
 import type { Credits } from '../src/train/credits.ts';
+import type { StepBarrier } from '../src/train/stepBarrier.ts';
 import { DistillError } from '../src/errors.ts';
 
 export type NanPolicy = 'skip' | 'stop';
@@ -29,6 +30,11 @@ export interface BackwardOptions {
   globalBatchSize: number;
   /** Called after each step's gradients are final and before the optimizer uses them (data parallelism all-reduces here). */
   reduceGradients?: (grads: Map<string, tf.Tensor>) => Promise<void>;
+  /**
+   * When given, each step result is emitted and then the next micro-batch waits until `barrier.release(step)`:
+   * the runner releases it at the end of the pipeline, so checkpoints and validations see that step's weights.
+   */
+  barrier?: StepBarrier;
 }
 
 export class NonFiniteLossError extends DistillError {}
@@ -87,7 +93,7 @@ export function backward(student: CausalLM, o: BackwardOptions): OperatorFunctio
     disposeBatch(batch);
     o.credits?.release();
     if (micro < numMicro - 1) return EMPTY;
-    return (async (): Promise<StepResult> => {
+    const result = (async (): Promise<StepResult> => {
       const grads = acc!;
       acc = null;
       const stacked = tf.stack(scalars);
@@ -131,6 +137,14 @@ export function backward(student: CausalLM, o: BackwardOptions): OperatorFunctio
         for (const g of grads.values()) g.dispose();
       }
     })();
+    const barrier = o.barrier;
+    if (!barrier) return from(result);
+    return new Observable<StepResult>((subscriber) => {
+      result.then((r) => {
+        subscriber.next(r);
+        return barrier.wait(r.step).then(() => subscriber.complete());
+      }).catch((e: unknown) => subscriber.error(e));
+    });
   });
   // A stream that ends mid-global-batch (a stop) leaves gradients accumulated for a step never taken.
   return (source) =>

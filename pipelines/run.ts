@@ -29,7 +29,8 @@ import { TeacherCache } from '../src/io/teacherCache.ts';
 import { checkCacheForRun } from '../src/cache/compatibility.ts';
 import type { TrainingContext } from './context.ts';
 import type { ValidationResult } from '../operators/validationTap.ts';
-import type { Observable } from 'rxjs';
+import { tap, type Observable } from 'rxjs';
+import { StepBarrier } from '../src/train/stepBarrier.ts';
 import { readBatches, studentForward, klLoss, backward, checkpointSink, validationTap, metricsTap, type SampleSource, type MetricsSink } from '../operators/index.ts';
 import { launchWorkers } from '../src/parallel/launcher.ts';
 import { needsWorkers } from '../src/parallel/placement.ts';
@@ -109,6 +110,7 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
 
   const logs = leader ? new RunLogs(runDir, { resumeAfterStep: startStep - 1, maxSteps: t.maxSteps, startStep, log, progress: hooks.progress }) : null;
   const credits = dp ? dp.credits(t.inFlight, startStep) : new Credits(t.inFlight);
+  const barrier = new StepBarrier();
   const pending: Promise<void>[] = [];
   const steps: StepResult[] = [];
   const validations: ValidationResult[] = [];
@@ -131,6 +133,7 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
       optimizer, clipGrad: recipe.optim.clipGrad, nanPolicy: t.nanPolicy, credits, globalBatchSize: t.globalBatchSize,
       lrAt: (s) => cosineAnnealingLr(s, { lr: recipe.optim.lr, minLr: recipe.optim.minLr, warmupSteps: recipe.optim.warmupSteps, maxSteps: t.maxSteps }),
       reduceGradients: dp?.reduceGradients,
+      barrier,
     },
     validation: {
       interval: sources.valid && leader ? t.valCheckInterval : 0,
@@ -156,11 +159,15 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
       log('stopping: finishing the batches in flight, then writing a checkpoint');
       credits.close();
     };
-    const sub = pipeline.subscribe({ error: reject, complete: resolve });
+    // The end of the pipeline lets backward go on to the next step (see StepBarrier).
+    const sub = pipeline.pipe(tap((r) => barrier.release(r.step))).subscribe({ error: reject, complete: resolve });
     hooks.signal?.addEventListener('abort', onStop, { once: true });
     process.once('SIGINT', onStop);
     sub.add(() => process.off('SIGINT', onStop));
-  }).finally(() => credits.close());
+  }).finally(() => {
+    credits.close();
+    barrier.releaseAll();
+  });
   await Promise.all(pending);
   await dp?.flush();
 

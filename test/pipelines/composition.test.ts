@@ -12,6 +12,7 @@ import { selectBackend } from '../../src/backend/select.ts';
 import { loadModel } from '../../src/checkpoint/load.ts';
 import { AdamW } from '../../src/optim/adamw.ts';
 import { Credits } from '../../src/train/credits.ts';
+import { StepBarrier } from '../../src/train/stepBarrier.ts';
 import { DEFAULT_KD_LOSS } from '../../src/losses/types.ts';
 import { createSampleSource } from '../../src/data/sampleSource.ts';
 import { fixture } from '../helpers/fixtures.ts';
@@ -77,5 +78,35 @@ test('a slow stage slows the source: in-flight micro-batches never exceed the cr
   assert.ok(worst <= 3, `micro-batches read but not yet through the loss: ${worst}`);
   // Flat while the pipeline is full; the last step has no next micro-batches in flight.
   assert.equal(new Set(counts.slice(1, -1)).size, 1, `tensor count per step: ${counts.join(' ')}`);
+  dispose();
+});
+
+test('with a StepBarrier, a slow stage after backward reads exactly the weights of the step it was given', async () => {
+  const { student, teacher, optimizer, dispose } = await models();
+  const barrier = new StepBarrier();
+  const credits = new Credits(4);
+  const name = [...student.params.keys()][0];
+  const atStep = new Map<number, Float32Array>();
+  const seenLater = new Map<number, Float32Array>();
+  await lastValueFrom(
+    readBatches(data(), { seqLength: 16, globalBatchSize: 2, microBatchSize: 1, startStep: 0, maxSteps: 5, credits }).pipe(
+      teacherLogits(teacher),
+      studentForward(student),
+      klLoss({ ...DEFAULT_KD_LOSS, kdRatio: 1, chunkSize: 16 }),
+      backward(student, { optimizer, lrAt: () => 1e-2, clipGrad: 1, nanPolicy: 'stop', globalBatchSize: 2, barrier, credits }),
+      tap((r) => atStep.set(r.step, student.params.get(name)!.dataSync().slice())),
+      // A slow checkpoint-like stage: it reads the weights only after 30 ms.
+      concatMap(async (r) => {
+        await new Promise((res) => setTimeout(res, 30));
+        seenLater.set(r.step, (await student.params.get(name)!.data()).slice() as Float32Array);
+        return r;
+      }),
+      tap((r) => barrier.release(r.step)),
+      toArray(),
+    ),
+  );
+  assert.equal(atStep.size, 5);
+  for (const [step, w] of atStep) assert.deepEqual(seenLater.get(step), w, `step ${step}: weights moved under the slow stage`);
+  assert.notDeepEqual(atStep.get(0), atStep.get(4), 'the weights did change between steps');
   dispose();
 });
