@@ -43,7 +43,7 @@ async function lossThroughCache(dir: string): Promise<number> {
   return value;
 }
 
-test('top-8 + ghost from cached fixture logits reproduces topk8_ghost_kl (≤1e-5 rel)', async () => {
+test('top-8 + ghost from cached fixture logits reproduces topk8_ghost_kl (≤1e-5 rel)', async (t) => {
   await selectBackend('cpu', { log: null });
   const want = expectedJson().losses.topk8_ghost_kl;
   const f = fixtureTensors();
@@ -58,6 +58,7 @@ test('top-8 + ghost from cached fixture logits reproduces topk8_ghost_kl (≤1e-
     w.finish();
     const got = await lossThroughCache(tmp.dir);
     const rel = Math.abs(got - want) / want;
+    t.diagnostic(`topk8_ghost_kl ${got} vs ${want}: rel ${rel.toExponential(2)}`);
     assert.ok(rel <= 1e-5, `topk8_ghost_kl ${got} vs ${want} (rel ${rel.toExponential(2)})`);
     assert.equal(tf.memory().numTensors, before, 'tensors leaked');
   } finally {
@@ -65,7 +66,7 @@ test('top-8 + ghost from cached fixture logits reproduces topk8_ghost_kl (≤1e-
   }
 });
 
-test('cache-teacher running the fixture teacher on the fixture ids gives the same top-8 + ghost loss', async () => {
+test('cache-teacher running the fixture teacher on the fixture ids gives the same top-8 + ghost loss', async (t) => {
   await selectBackend('cpu', { log: null });
   const want = expectedJson().losses.topk8_ghost_kl;
   const f = fixtureTensors();
@@ -81,6 +82,7 @@ test('cache-teacher running the fixture teacher on the fixture ids gives the sam
     assert.ok(r.complete);
     const got = await lossThroughCache(tmp.dir);
     const rel = Math.abs(got - want) / want;
+    t.diagnostic(`topk8_ghost_kl ${got} vs ${want}: rel ${rel.toExponential(2)}`);
     assert.ok(rel <= 1e-5, `topk8_ghost_kl ${got} vs ${want} (rel ${rel.toExponential(2)})`);
   } finally {
     teacher.dispose();
