@@ -13,6 +13,7 @@ import type { CausalLM } from '../src/model/causalLM.ts';
 import { disposeBatch, type LossBatch, type StepResult } from '../src/train/batch.ts';
 import type { Credits } from '../src/train/credits.ts';
 import type { StepBarrier } from '../src/train/stepBarrier.ts';
+import { inStage } from './stageErrors.ts';
 import { DistillError } from '../src/errors.ts';
 
 export type NanPolicy = 'skip' | 'stop';
@@ -65,12 +66,14 @@ export function backward(student: CausalLM, o: BackwardOptions): OperatorFunctio
     }
     let kd: tf.Scalar | undefined;
     let ce: tf.Scalar | undefined;
-    const { value, grads } = tf.variableGrads(() => {
-      const parts = batch.loss();
-      kd = parts.kd ? tf.keep(parts.kd) : undefined;
-      ce = parts.ce ? tf.keep(parts.ce) : undefined;
-      return parts.total;
-    }, vars);
+    const { value, grads } = inStage('backward', batch.position, () =>
+      tf.variableGrads(() => {
+        const parts = batch.loss();
+        kd = parts.kd ? tf.keep(parts.kd) : undefined;
+        ce = parts.ce ? tf.keep(parts.ce) : undefined;
+        return parts.total;
+      }, vars),
+    );
     for (const [varName, g] of Object.entries(grads)) {
       const name = names.get(varName) ?? varName;
       const prev = acc!.get(name);

@@ -5,6 +5,7 @@
  */
 import { concatMap, finalize, type OperatorFunction } from 'rxjs';
 import type { StepResult } from '../src/train/batch.ts';
+import { StageError } from '../src/errors.ts';
 
 export interface CheckpointSinkOptions {
   saveInterval: number;
@@ -24,7 +25,9 @@ export function checkpointSink(o: CheckpointSinkOptions): OperatorFunction<StepR
       concatMap(async (r) => {
         lastDone = r;
         if ((r.step + 1) % o.saveInterval === 0 || r.step === o.lastStep) {
-          saving = o.save(r);
+          saving = o.save(r).catch((e: unknown) => {
+            throw e instanceof StageError ? e : new StageError('checkpointSink', `step ${r.step} (the previous checkpoint is intact)`, e);
+          });
           await saving;
           lastSaved = r.step;
         }

@@ -12,6 +12,7 @@ import type { KdLossOptions } from '../src/losses/types.ts';
 import { kdLossFromHidden, ceTerm } from '../src/losses/chunkedKd.ts';
 import { sparseKdLossFromHidden } from '../src/losses/chunkedSparseKd.ts';
 import { chunkedHeadMeans } from '../src/losses/chunkedHead.ts';
+import { inStage } from './stageErrors.ts';
 
 export interface KlLossOptions extends KdLossOptions {
   /** α: the weight of the KD term; 0 trains on CE alone. */
@@ -31,7 +32,7 @@ export function klLoss(o: KlLossOptions): OperatorFunction<ForwardBatch, LossBat
   };
   return map((batch) => ({
     ...batch,
-    loss: (): LossParts => {
+    loss: (): LossParts => inStage('klLoss', batch.position, () => {
       const share = batch.globalBatchTokens > 0 ? batch.tokens / batch.globalBatchTokens : 0;
       const studentHidden = batch.studentForward();
       const studentHead = batch.studentHead();
@@ -48,6 +49,6 @@ export function klLoss(o: KlLossOptions): OperatorFunction<ForwardBatch, LossBat
         ? kdLossFromHidden({ studentHidden, studentHead, teacherHidden: t.hidden, teacherHead: t.head, labels, mask, options, chunkSize: o.chunkSize, log })
         : sparseKdLossFromHidden({ studentHidden, studentHead, targets: t.targets, labels, mask, options, chunkSize: o.chunkSize });
       return { total: tf.mul(r.loss, share) as tf.Scalar, kd: r.kd, ce: r.ce ?? undefined };
-    },
+    }),
   }));
 }

@@ -10,6 +10,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { TokenBatch } from '../src/train/batch.ts';
 import type { Credits } from '../src/train/credits.ts';
 import { tokenRecordBatch, tokenRecordIds } from '../src/train/tokenRecords.ts';
+import { inStage } from './stageErrors.ts';
 
 /** Random access to training samples, each seq_length + 1 token ids long. */
 export interface SampleSource {
@@ -49,16 +50,18 @@ export function readBatches(source: SampleSource, o: ReadBatchesOptions): Observ
           }
           if (stopped) return;
           const firstSample = step * o.globalBatchSize + dpRank * perRank + micro * o.microBatchSize;
-          const flat = new Int32Array(o.microBatchSize * width);
-          for (let r = 0; r < o.microBatchSize; r++) {
-            const s = source.sample((firstSample + r) % source.numSamples);
-            if (s.length !== width) {
-              throw new RangeError(`sample ${firstSample + r} has ${s.length} tokens, expected seq_length + 1 = ${width}`);
-            }
-            flat.set(s, r * width);
-          }
-          const records = tokenRecordBatch(flat, o.microBatchSize, width);
           const position = { step, micro, numMicro, firstSample };
+          const flat = new Int32Array(o.microBatchSize * width);
+          inStage('readBatches', position, () => {
+            for (let r = 0; r < o.microBatchSize; r++) {
+              const s = source.sample((firstSample + r) % source.numSamples);
+              if (s.length !== width) {
+                throw new RangeError(`sample ${firstSample + r} has ${s.length} tokens, expected seq_length + 1 = ${width}`);
+              }
+              flat.set(s, r * width);
+            }
+          });
+          const records = tokenRecordBatch(flat, o.microBatchSize, width);
           const tokens = o.microBatchSize * o.seqLength;
           subscriber.next(tokenBatchFromRecords(records, position, tokens * numMicro * dpSize));
         }

@@ -9,14 +9,17 @@ import { map, type OperatorFunction } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
 import type { CausalLM } from '../src/model/causalLM.ts';
 import type { TeacherBatch, TokenBatch } from '../src/train/batch.ts';
+import { inStage } from './stageErrors.ts';
 
 export function teacherLogits(teacher: CausalLM): OperatorFunction<TokenBatch, TeacherBatch> {
   return map((batch) => {
-    const hidden = tf.tidy(() => {
-      const h = teacher.hidden(batch.inputIds);
-      const [b, s, d] = h.shape;
-      return tf.reshape(h, [b * s, d]) as tf.Tensor2D;
-    });
+    const hidden = inStage('teacherLogits', batch.position, () =>
+      tf.tidy(() => {
+        const h = teacher.hidden(batch.inputIds);
+        const [b, s, d] = h.shape;
+        return tf.reshape(h, [b * s, d]) as tf.Tensor2D;
+      }),
+    );
     return { ...batch, teacher: { kind: 'hidden', hidden, head: teacher.headWeight() } };
   });
 }

@@ -5,9 +5,10 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { concatMap, filter, lastValueFrom, tap, toArray } from 'rxjs';
+import { concatMap, filter, lastValueFrom, map, tap, toArray } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
-import { readBatches, teacherLogits, studentForward, klLoss, backward, type SampleSource } from '../../operators/index.ts';
+import { readBatches, teacherLogits, studentForward, klLoss, backward, NonFiniteLossError, type SampleSource } from '../../operators/index.ts';
+import type { LossBatch } from '../../src/train/batch.ts';
 import { selectBackend } from '../../src/backend/select.ts';
 import { loadModel } from '../../src/checkpoint/load.ts';
 import { AdamW } from '../../src/optim/adamw.ts';
@@ -94,7 +95,7 @@ test('with a StepBarrier, a slow stage after backward reads exactly the weights 
       studentForward(student),
       klLoss({ ...DEFAULT_KD_LOSS, kdRatio: 1, chunkSize: 16 }),
       backward(student, { optimizer, lrAt: () => 1e-2, clipGrad: 1, nanPolicy: 'stop', globalBatchSize: 2, barrier, credits }),
-      tap((r) => atStep.set(r.step, student.params.get(name)!.dataSync().slice())),
+      tap((r) => atStep.set(r.step, student.params.get(name)!.dataSync().slice() as Float32Array)),
       // A slow checkpoint-like stage: it reads the weights only after 30 ms.
       concatMap(async (r) => {
         await new Promise((res) => setTimeout(res, 30));
@@ -108,5 +109,37 @@ test('with a StepBarrier, a slow stage after backward reads exactly the weights 
   assert.equal(atStep.size, 5);
   for (const [step, w] of atStep) assert.deepEqual(seenLater.get(step), w, `step ${step}: weights moved under the slow stage`);
   assert.notDeepEqual(atStep.get(0), atStep.get(4), 'the weights did change between steps');
+  dispose();
+});
+
+test('an error in a stage ends the pipeline with the stage name and the batch position', async () => {
+  const { student, teacher, optimizer, dispose } = await models();
+  const broken = { ...teacher, hidden: (ids: tf.Tensor2D): tf.Tensor3D => { if (ids.shape[0] > 0) throw new Error('teacher exploded'); return teacher.hidden(ids); } };
+  await assert.rejects(
+    lastValueFrom(readBatches(data(), { seqLength: 16, globalBatchSize: 2, microBatchSize: 1, startStep: 3, maxSteps: 5 }).pipe(
+      teacherLogits(broken), studentForward(student), klLoss({ ...DEFAULT_KD_LOSS, kdRatio: 1, chunkSize: 16 }),
+      backward(student, { optimizer, lrAt: () => 1e-3, clipGrad: 1, nanPolicy: 'stop', globalBatchSize: 2 }),
+    )),
+    /teacherLogits failed at step 3, micro-batch 1 of 2, first sample 6: teacher exploded/,
+  );
+  dispose();
+});
+
+test('a non-finite loss skips the step (weights unchanged) under --nan_policy skip, and stops under stop', async () => {
+  const { student, teacher, optimizer, dispose } = await models();
+  const poison = (b: LossBatch): LossBatch => (b.position.step === 1 ? { ...b, loss: () => { const p = b.loss(); return { ...p, total: tf.mul(p.total, NaN) as tf.Scalar }; } } : b);
+  const name = [...student.params.keys()][1];
+  const before = new Map<number, Float32Array>();
+  const pipeline = (policy: 'skip' | 'stop') => readBatches(data(), { seqLength: 16, globalBatchSize: 2, microBatchSize: 2, startStep: 0, maxSteps: 3 }).pipe(
+    teacherLogits(teacher), studentForward(student), klLoss({ ...DEFAULT_KD_LOSS, kdRatio: 1, chunkSize: 16 }),
+    map(poison),
+    tap((b) => before.set(b.position.step, student.params.get(name)!.dataSync().slice() as Float32Array)),
+    backward(student, { optimizer, lrAt: () => 1e-2, clipGrad: 1, nanPolicy: policy, globalBatchSize: 2 }),
+    toArray(),
+  );
+  const steps = await lastValueFrom(pipeline('skip'));
+  assert.deepEqual(steps.map((s) => s.skipped), [false, true, false]);
+  assert.deepEqual(before.get(2), before.get(1), 'the skipped step left the weights as they were');
+  await assert.rejects(lastValueFrom(pipeline('stop')), NonFiniteLossError);
   dispose();
 });
