@@ -74,7 +74,7 @@ test('5 KD steps on the fixture pair match the PyTorch trajectory and final weig
     for (const [name, v] of student.params) {
       const ref = after.get(name);
       assert.ok(ref, `reference has no ${name}`);
-      worst = Math.max(worst, maxAbsDiff(v.dataSync(), ref.data));
+      worst = Math.max(worst, maxAbsDiff(await v.data(), ref.data));
     }
     assert.ok(worst <= 1e-4, `${backend}: final weights differ by ${worst} (abs)`);
     optimizer.dispose();
