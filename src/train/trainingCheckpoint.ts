@@ -9,7 +9,7 @@
  */
 import { existsSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeDirAtomic, writeFileAtomic } from '../io/atomicWrite.ts';
+import { tempSibling, writeDirAtomic, writeFileAtomic } from '../io/atomicWrite.ts';
 import { SafetensorsReader, writeSafetensors, type TensorToWrite } from '../io/safetensors.ts';
 import type { CausalLM } from '../model/causalLM.ts';
 import { saveModel } from '../checkpoint/save.ts';
@@ -70,7 +70,13 @@ export async function saveTrainingCheckpoint(
     writeFileAtomic(join(tmp, 'state.json'), JSON.stringify(state, null, 2) + '\n');
     renameSync(studentTmp, join(tmp, 'student'));
   });
-  for (const old of listCheckpoints(runDir).slice(0, -keep)) rmSync(old.dir, { recursive: true, force: true });
+  // Rename before deleting: a recursive delete killed half-way would leave a step-* directory missing files (or
+  // missing state.json but holding the rest), and a step-* name must always mean a complete checkpoint.
+  for (const old of listCheckpoints(runDir).slice(0, -keep)) {
+    const gone = tempSibling(old.dir);
+    renameSync(old.dir, gone);
+    rmSync(gone, { recursive: true, force: true });
+  }
   return dir;
 }
 
