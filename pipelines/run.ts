@@ -34,6 +34,7 @@ import { StepBarrier } from '../src/train/stepBarrier.ts';
 import { readBatches, studentForward, klLoss, backward, checkpointSink, validationTap, metricsTap, type SampleSource, type MetricsSink } from '../operators/index.ts';
 import { launchWorkers } from '../src/parallel/launcher.ts';
 import { needsWorkers } from '../src/parallel/placement.ts';
+import { checkOneNode } from '../src/parallel/launchEnv.ts';
 import type { DataParallelRank } from '../src/parallel/dataParallelRank.ts';
 import type { RemoteTeacher } from '../src/parallel/remoteTeacher.ts';
 
@@ -67,6 +68,7 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
   validateRecipe(recipe);
   // Several devices, or a teacher of its own: fork one worker per device, each of which runs this function as a rank.
   const dp = hooks.dataParallel;
+  if (!dp) checkOneNode(recipe.parallel.numNodes);
   if (!dp && needsWorkers(recipe)) return launchWorkers(recipe, hooks);
   const leader = !dp || dp.leader; // only rank 0 writes checkpoints, logs and the final student
   const backend = await selectBackend(recipe.backend, { log, adapterIndex: dp?.deviceIndex });

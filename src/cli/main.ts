@@ -16,6 +16,7 @@ const COMMANDS: Record<string, { help: string; load: () => Promise<Main> }> = {
   infer: { help: 'logits of a model for the input_ids in a safetensors file', load: async () => (await import('./infer.ts')).inferMain },
   prepare: { help: 'tokenize text/JSONL into Arrow shards', load: async () => (await import('./prepare.ts')).prepareMain },
   'cache-teacher': { help: 'run a teacher once over the training samples and cache its top-K / sampled / full targets (Arrow)', load: async () => (await import('./cacheTeacherCommand.ts')).cacheTeacherMain },
+  slurm: { help: 'write (--submit: submit) an sbatch script running `distill run` on several nodes: --nodes N --gpus_per_node G -- <run flags>', load: async () => (await import('./slurmCommand.ts')).slurmMain },
   data: { help: '`distill data dump --data_paths PREFIX`: print a dataset one JSON line per document', load: async () => (await import('./dataDump.ts')).dataMain },
 };
 

@@ -10,13 +10,15 @@ import { fileURLToPath } from 'node:url';
 import type { StepResult } from '../train/batch.ts';
 import type { DistillationRecipe } from '../recipe/config.ts';
 import type { RunResult } from '../../pipelines/run.ts';
-import { ConfigError, DistillError } from '../errors.ts';
+import { DistillError } from '../errors.ts';
 import { decodeMessage, encodeMessage } from './frameCodec.ts';
 import { isOutgoingEnvelope, type IncomingEnvelope } from './ipcTransport.ts';
 import { LAUNCHER, type WorkerMessage } from './messages.ts';
 import { deviceEnv, placementOf, teacherWorkerFor } from './placement.ts';
 import { removeIncompleteCheckpoints } from './checkpointHygiene.ts';
 import { DEFAULT_BUCKET_BYTES } from './gradientBuckets.ts';
+import { nodeLaunchFromEnv, type NodeLaunch } from './launchEnv.ts';
+import { joinNodes, nodeLayout } from './rendezvous.ts';
 
 export interface WorkerInfo {
   id: number;
@@ -33,6 +35,8 @@ export interface LaunchHooks {
   onWorkers?: (workers: WorkerInfo[]) => void;
   /** Bytes per all-reduce bucket (default 4 MiB). */
   bucketBytes?: number;
+  /** With --num_nodes > 1: this node's rank and the master (default: from the torchrun / Slurm environment). */
+  node?: NodeLaunch;
 }
 
 /** A worker process ended without finishing: killed, crashed, or out of memory. */
@@ -53,41 +57,49 @@ interface Slot {
 
 export async function launchWorkers(recipe: DistillationRecipe, hooks: LaunchHooks = {}): Promise<RunResult> {
   const log = hooks.log === undefined ? (l: string) => process.stderr.write(l + '\n') : hooks.log ?? (() => {});
-  if (recipe.parallel.numNodes > 1) {
-    throw new ConfigError(`--num_nodes ${recipe.parallel.numNodes}: workers on several nodes need the TCP transport, which is not implemented yet; run one node with --devices N (the Transport interface in src/parallel/transport.ts is where it plugs in)`);
-  }
   const p = placementOf(recipe);
   const runDir = join(recipe.logDir, recipe.name);
-  removeIncompleteCheckpoints(runDir);
+  // Several nodes: this launcher forks only its node's workers; frames for the others go over TCP (tcpTransport.ts).
+  const { numNodes, devicesPerNode } = recipe.parallel;
+  const layout = nodeLayout(p, devicesPerNode, numNodes);
+  const nodes = numNodes > 1 ? await joinNodes(recipe, hooks.node ?? nodeLaunchFromEnv({ numNodes, devicesPerNode }), layout.nodeOf, log) : null;
+  const here = (id: number): boolean => !nodes || layout.nodeOf(id) === nodes.nodeRank;
+  const device = (id: number): number => (nodes ? layout.deviceIndex(id) : id);
+  // Only node 0 (rank 0, the one writer of checkpoints) tidies them: another node could race its writes.
+  const tidy = (): string[] => (!nodes || nodes.nodeRank === 0 ? removeIncompleteCheckpoints(runDir) : []);
+  tidy();
   const group = Array.from({ length: p.studentWorkers }, (_, i) => i);
   const tsx = import.meta.resolve('tsx');
   const slots: Slot[] = [];
   const total = p.studentWorkers + p.teacherWorkers;
   for (let id = 0; id < total; id++) {
+    if (!here(id)) continue;
     const role = id < p.studentWorkers ? 'student' : 'teacher';
     const child = fork(WORKER_ENTRY, [String(id)], {
       execArgv: ['--import', tsx],
       serialization: 'advanced',
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-      env: { ...process.env, ...deviceEnv(recipe.backend, id), DISTILL_NO_PROGRESS: '1' },
+      env: { ...process.env, ...deviceEnv(recipe.backend, device(id)), DISTILL_NO_PROGRESS: '1' },
     });
-    const what = role === 'student' ? `worker ${id} (student, data-parallel rank ${id} of ${p.dpSize}, pid ${child.pid})` : `worker ${id} (teacher, pid ${child.pid})`;
+    const on = nodes ? `, node ${nodes.nodeRank}` : '';
+    const what = role === 'student' ? `worker ${id} (student, data-parallel rank ${id} of ${p.dpSize}, pid ${child.pid}${on})` : `worker ${id} (teacher, pid ${child.pid}${on})`;
     slots.push({ info: { id, role, pid: child.pid ?? -1 }, what, child, last: null, finished: false, exited: false });
   }
+  const slotOf = (id: number): Slot | undefined => slots.find((s) => s.info.id === id);
   const send = (to: number, m: WorkerMessage): void => {
-    const s = slots[to];
+    const s = slotOf(to);
     if (s && s.child.connected) s.child.send({ from: LAUNCHER, frame: encodeMessage(m) } satisfies IncomingEnvelope);
   };
   for (const s of slots) {
     const id = s.info.id;
     if (s.info.role === 'student') {
       send(id, {
-        kind: 'init', role: 'student', recipe, workerId: id, dpRank: id, dpSize: p.dpSize, group, deviceIndex: id,
+        kind: 'init', role: 'student', recipe, workerId: id, dpRank: id, dpSize: p.dpSize, group, deviceIndex: device(id),
         teacherWorker: teacherWorkerFor(id, p), stopAfterSteps: hooks.stopAfterSteps ?? null, bucketBytes: hooks.bucketBytes ?? DEFAULT_BUCKET_BYTES,
       });
     } else {
       const students = group.filter((r) => teacherWorkerFor(r, p) === id);
-      send(id, { kind: 'init', role: 'teacher', recipe, workerId: id, deviceIndex: id, students });
+      send(id, { kind: 'init', role: 'teacher', recipe, workerId: id, deviceIndex: device(id), students });
     }
   }
   hooks.onWorkers?.(slots.map((s) => s.info));
@@ -104,11 +116,15 @@ export async function launchWorkers(recipe: DistillationRecipe, hooks: LaunchHoo
     hooks.signal?.addEventListener('abort', stop, { once: true });
     if (hooks.signal?.aborted) stop();
 
+    let settled = false;
     const settle = (): void => {
-      if (slots.some((s) => !s.exited)) return;
+      // A node other than 0 also waits for node 0's 'finish', which brings rank 0's result.
+      if (settled || slots.some((s) => !s.exited) || (nodes && !nodes.finished && !failure)) return;
+      settled = true;
       process.off('SIGINT', onSigint);
       hooks.signal?.removeEventListener('abort', stop);
-      const removed = removeIncompleteCheckpoints(runDir);
+      nodes?.close();
+      const removed = tidy();
       if (removed.length) log(`removed half-written checkpoint files: ${removed.join(', ')}`);
       if (failure) reject(failure);
       else if (result) resolve(result);
@@ -117,8 +133,26 @@ export async function launchWorkers(recipe: DistillationRecipe, hooks: LaunchHoo
     const fail = (e: Error): void => {
       if (failure) return;
       failure = e;
+      nodes?.abort(e);
       for (const s of slots) if (!s.exited) s.child.kill('SIGTERM');
+      // A link failure can come after this node's workers have all exited (waiting for node 0's 'finish').
+      if (nodes) settle();
     };
+    const shutdownTeachers = (): void => {
+      for (const t of slots) if (t.info.role === 'teacher') send(t.info.id, { kind: 'shutdown' });
+    };
+    nodes?.attach({
+      relay: (from, to, frame) => {
+        const target = slotOf(to);
+        if (target?.child.connected) target.child.send({ from, frame } satisfies IncomingEnvelope);
+      },
+      failed: fail,
+      finished: (r) => {
+        result ??= r;
+        shutdownTeachers();
+        settle();
+      },
+    });
     const lastWords = (s: Slot): string =>
       s.last ? `its last message was ${s.last.note}, ${((Date.now() - s.last.at) / 1000).toFixed(1)} s before` : 'it sent no message';
 
@@ -128,8 +162,9 @@ export async function launchWorkers(recipe: DistillationRecipe, hooks: LaunchHoo
         if (!isOutgoingEnvelope(v)) return;
         s.last = { note: v.to === LAUNCHER ? v.note : `${v.note} to worker ${v.to}`, at: Date.now() };
         if (v.to !== LAUNCHER) {
-          const target = slots[v.to];
+          const target = slotOf(v.to);
           if (target?.child.connected) target.child.send({ from: id, frame: v.frame } satisfies IncomingEnvelope);
+          else if (!target && nodes) nodes.relay(id, v.to, v.frame);
           return;
         }
         const m = decodeMessage(v.frame);
@@ -144,7 +179,9 @@ export async function launchWorkers(recipe: DistillationRecipe, hooks: LaunchHoo
             if (m.result) result = m.result;
             s.child.disconnect();
             if (slots.filter((x) => x.info.role === 'student').every((x) => x.finished)) {
-              for (const t of slots) if (t.info.role === 'teacher') send(t.info.id, { kind: 'shutdown' });
+              // Several nodes: teachers may serve students elsewhere, so they stop when node 0 says every node is done.
+              if (nodes) nodes.localDone(result);
+              else shutdownTeachers();
             }
             break;
           default:
