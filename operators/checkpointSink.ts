@@ -37,6 +37,10 @@ export function checkpointSink(o: CheckpointSinkOptions): OperatorFunction<StepR
         const r = lastDone;
         if (r && lastSaved !== r.step) {
           const p = saving.then(() => o.save(r));
+          // The runner awaits `pending` only after a pipeline that succeeded; when a save failed (disk full) the
+          // error already ended the pipeline, and this retry's rejection must not also escape as an unhandled
+          // rejection, which kills a library caller's process even though it caught run()'s error.
+          p.catch(() => {});
           o.pending?.push(p);
         }
       }),

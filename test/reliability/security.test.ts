@@ -121,7 +121,7 @@ test('a cache manifest naming files outside the cache is refused', async () => {
   }
 });
 
-test('nothing in the engine listens on a network address: workers use the IPC channel', () => {
+test('nothing listens on a wildcard address: every listen() names its host; single-node workers use the IPC channel', () => {
   const sources: string[] = [];
   const walk = (d: string): void => {
     for (const n of readdirSync(d)) {
@@ -135,13 +135,16 @@ test('nothing in the engine listens on a network address: workers use the IPC ch
   const offenders: string[] = [];
   for (const p of sources) {
     const text = readFileSync(p, 'utf8');
-    // Any server or socket API would show up here; a loopback-only listen would be allowed but there is none.
-    for (const m of text.matchAll(/\.listen\(([^)]*)\)|createServer\(|createSocket\(|from 'node:(net|dgram|http|https|http2)'|0\.0\.0\.0|'::'/g)) {
-      if (/\.listen\(/.test(m[0]) && /127\.0\.0\.1|localhost|'::1'/.test(m[1] ?? '')) continue;
-      offenders.push(`${p.slice(ROOT.length + 1)}: ${m[0]}`);
+    const file = p.slice(ROOT.length + 1);
+    // listen() without a host binds every interface (0.0.0.0 / ::): each call must name one (multi-node rendezvous
+    // binds MASTER_ADDR only), and no wildcard literal may be passed to it.
+    for (const m of text.matchAll(/\.listen\(([^;]*?)\)\s*[;,]/g)) {
+      if (!/host\s*:|127\.0\.0\.1|localhost|'::1'/.test(m[1]) || /0\.0\.0\.0|'::'/.test(m[1])) offenders.push(`${file}: ${m[0].slice(0, 80)}`);
     }
+    if (/\b(createSocket|bind)\(\s*\{?\s*(port|\d)/.test(text)) offenders.push(`${file}: a UDP/bound socket`);
   }
   assert.deepEqual(offenders, []);
   const ipc = readFileSync(join(ROOT, 'src/parallel/ipcTransport.ts'), 'utf8');
-  assert.match(ipc, /process\.send|\.send\(/, 'the worker transport sends over the IPC channel');
+  assert.match(ipc, /process\.send|\.send\(/, 'the single-node worker transport sends over the IPC channel');
+  assert.doesNotMatch(ipc, /node:net|createServer|\.listen\(/);
 });
