@@ -93,13 +93,13 @@ export class FrameSocket {
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 5000);
     socket.on('data', (b: Buffer) => this.onData(b));
-    socket.on('error', (e) => this.fail(new NodeLinkError(`connection to ${this.peer}: ${e.message}`)));
+    socket.on('error', (e) => this.fail(new NodeLinkError(`connection error: ${e.message}`)));
     socket.on('end', () => this.finish(null));
     socket.on('close', () => this.finish(null));
     const beat = Math.min(5000, Math.max(50, o.peerTimeoutMs / 6));
     this.timer = setInterval(() => {
       if (Date.now() - this.lastHeard > o.peerTimeoutMs) {
-        this.fail(new NodeLinkError(`${this.peer} sent nothing for ${(o.peerTimeoutMs / 1000).toFixed(1)} s (not even a heartbeat): the node or the network link to it is down (bound: DISTILL_NODE_TIMEOUT_S)`));
+        this.fail(new NodeLinkError(`it sent nothing for ${(o.peerTimeoutMs / 1000).toFixed(1)} s (not even a heartbeat): the node or the network link to it is down (bound: DISTILL_NODE_TIMEOUT_S)`));
       } else this.send({ kind: 'heartbeat' });
     }, beat);
     this.timer.unref();
@@ -153,7 +153,7 @@ export class FrameSocket {
       if (this.chunks[0].byteLength < 4) this.chunks = [Buffer.concat(this.chunks)];
       const length = this.chunks[0].readUInt32BE(0);
       if (length > this.maxFrameBytes) {
-        return this.fail(new NodeLinkError(`${this.peer} sent a frame of ${length} bytes, over the ${this.maxFrameBytes}-byte limit${this.maxFrameBytes === HANDSHAKE_MAX_FRAME_BYTES ? ' before joining (not a distill node?)' : ' (raise DISTILL_MAX_FRAME_MB if a tensor really is that large)'}: dropped`));
+        return this.fail(new NodeLinkError(`it sent a frame of ${length} bytes, over the ${this.maxFrameBytes}-byte limit${this.maxFrameBytes === HANDSHAKE_MAX_FRAME_BYTES ? ' before joining (not a distill node?)' : ' (raise DISTILL_MAX_FRAME_MB if a tensor really is that large)'}: dropped`));
       }
       if (this.buffered < 4 + length) return;
       const all = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
@@ -167,7 +167,7 @@ export class FrameSocket {
       } catch (e) {
         m = `undecodable (${e instanceof Error ? e.message : String(e)})`;
       }
-      if (typeof m === 'string') return this.fail(new NodeLinkError(`${this.peer} sent a ${length}-byte frame that is ${m}: dropped (is it a distill node of the same version?)`));
+      if (typeof m === 'string') return this.fail(new NodeLinkError(`it sent a ${length}-byte frame that is ${m}: dropped (is it a distill node of the same version?)`));
       if (m.kind !== 'heartbeat') this.onMessage(m);
     }
   }
@@ -203,7 +203,7 @@ export class NodeStar {
       s.onMessage = (m) => this.onMessage(k, m);
       s.onClose = (e) => {
         if (this.isFinished || this.failure) return;
-        const what = nodeRank === 0 ? `lost contact with node ${k} (${s.peer})` : `lost contact with node 0, the master (${s.peer})`;
+        const what = `lost contact with ${s.peer}`;
         this.fail(new NodeLinkError(`${what}: ${e ? e.message : 'it closed the connection before the run finished'}. The run stopped on every node; the last complete checkpoint is intact, and running the same command on every node again resumes from it.`));
       };
     }
