@@ -128,7 +128,7 @@ test(`DP 2 across two nodes (${netns ? 'network namespaces over a veth pair' : '
 });
 
 test('cutting the link mid-run ends both nodes with the clear error within the bound; rerunning resumes', async () => {
-  const args = runArgs('cut', 24, 1);
+  const args = runArgs('cut', 16, 1);
   const runDir = join(dir, 'cut');
   const port = randomPort();
   const nodes = [0, 1].map((r) => startNode(r, args, port));
@@ -152,7 +152,7 @@ test('cutting the link mid-run ends both nodes with the clear error within the b
   assert.ok(n0.endedAt - cutAt < bound, `node 0 ended ${n0.endedAt - cutAt} ms after the cut (bound ${bound})`);
   if (netns) assert.ok(n1.endedAt - cutAt < bound, `node 1 ended ${n1.endedAt - cutAt} ms after the cut (bound ${bound})`);
   const before = latestCheckpoint(runDir)!.step;
-  assert.ok(before >= 2 && before < 24, `last checkpoint at step ${before}`);
+  assert.ok(before >= 2 && before < 16, `last checkpoint at step ${before}`);
 
   if (netns) sh('ip', '-n', NS[0], 'link', 'set', VETH[0], 'up');
   const again = [0, 1].map((r) => startNode(r, args, port + 1));
@@ -160,6 +160,6 @@ test('cutting the link mid-run ends both nodes with the clear error within the b
   assert.equal(a0.code, 0, `node 0 failed on the rerun:\n${a0.stderr}`);
   assert.equal(a1.code, 0, `node 1 failed on the rerun:\n${a1.stderr}`);
   const result = JSON.parse(a0.stdout) as { steps: number; resumed_from_step: number };
-  assert.equal(result.steps, 24);
+  assert.equal(result.steps, 16);
   assert.equal(result.resumed_from_step, before);
 });
