@@ -46,7 +46,7 @@ export function klLoss(o: KlLossOptions): OperatorFunction<ForwardBatch, LossBat
         return { total: tf.mul(ce, share) as tf.Scalar, ce };
       }
       const r = t.kind === 'hidden'
-        ? kdLossFromHidden({ studentHidden, studentHead, teacherHidden: t.hidden, teacherHead: t.head, labels, mask, options, chunkSize: o.chunkSize, log })
+        ? kdLossFromHidden({ studentHidden, studentHead, teacherHidden: t.hidden, teacherHead: t.head, teacherHeadTransposed: t.headTransposed, labels, mask, options, chunkSize: o.chunkSize, log })
         : sparseKdLossFromHidden({ studentHidden, studentHead, targets: t.targets, labels, mask, options, chunkSize: o.chunkSize });
       return { total: tf.mul(r.loss, share) as tf.Scalar, kd: r.kd, ce: r.ce ?? undefined };
     }),

@@ -20,6 +20,6 @@ export function teacherLogits(teacher: CausalLM): OperatorFunction<TokenBatch, T
         return tf.reshape(h, [b * s, d]) as tf.Tensor2D;
       }),
     );
-    return { ...batch, teacher: { kind: 'hidden', hidden, head: teacher.headWeight() } };
+    return { ...batch, teacher: { kind: 'hidden', hidden, head: teacher.headWeight(), headTransposed: teacher.frozenHeadTransposed() ?? undefined } };
   });
 }

@@ -93,10 +93,12 @@ export function chunkedHeadMeans(
     const [hid, wt, save] = args as [tf.Tensor2D, tf.Tensor2D, tf.GradSaveFunc];
     save(all.filter((_, i) => needsSaving[i]));
     const weights = maskedMeanWeights(mask);
+    // Transposed once per pass, not once per chunk (see wasmMatMul.ts: a transposed operand costs a copy per call).
+    const wtT = tf.transpose(wt) as tf.Tensor2D;
     let sums = tf.zeros([k]) as tf.Tensor1D;
     for (const [s, e] of chunks) {
       const part = tf.tidy(() => {
-        const z = tf.matMul(rows(hid, s, e), wt, false, true) as tf.Tensor2D;
+        const z = tf.matMul(rows(hid, s, e), wtT) as tf.Tensor2D;
         const wC = rows(weights, s, e);
         const keep = tf.greater(wC, 0);
         // Each term in its own tidy, so that its [chunk, V] intermediates are gone before the next starts.
@@ -107,6 +109,7 @@ export function chunkedHeadMeans(
       });
       sums = accumulate(sums, part);
     }
+    wtT.dispose();
     const value = tf.concat([sums, tf.sum(mask).reshape([1])]) as tf.Tensor1D;
 
     const gradFunc = (dy: tf.Tensor1D, savedList: tf.Tensor[]): tf.Tensor[] => {
@@ -117,10 +120,11 @@ export function chunkedHeadMeans(
       // that of the count is dropped (the count is not differentiable).
       let dHead = tf.zerosLike(wt) as tf.Tensor2D;
       const dHidden: tf.Tensor2D[] = [];
+      const wtT = tf.transpose(wt) as tf.Tensor2D;
       for (const [s, e] of chunks) {
         const [dh, dw] = tf.tidy(() => {
           const hC = rows(hid, s, e);
-          const z = tf.matMul(hC, wt, false, true) as tf.Tensor2D;
+          const z = tf.matMul(hC, wtT) as tf.Tensor2D;
           const wC = rows(weightsB, s, e).reshape([e - s, 1]) as tf.Tensor2D;
           const parts: tf.Tensor2D[] = [];
           for (let i = 0; i < k; i++) {
@@ -134,6 +138,7 @@ export function chunkedHeadMeans(
         dHidden.push(dh);
         dHead = accumulate(dHead, dw);
       }
+      wtT.dispose();
       return [tf.concat(dHidden, 0), dHead];
     };
     return { value, gradFunc };

@@ -27,6 +27,8 @@ export interface KdFromHiddenArgs {
   /** [N, h_t] and [V_t, h_t]: the teacher's hidden states and head, used when teacherLogitsFn is absent. */
   teacherHidden?: tf.Tensor2D;
   teacherHead?: tf.Tensor2D;
+  /** Optional [h_t, V_t]: teacherHead transposed, kept by a frozen teacher, so no chunk transposes it again. */
+  teacherHeadTransposed?: tf.Tensor2D;
   /** [N] int32: the next-token labels for the CE term (see nextTokenTargets); required when α < 1. */
   labels?: tf.Tensor1D;
   /** [N] float32: 1 where a position counts (for the CE that is the mask of the predicted token). */
@@ -164,6 +166,16 @@ function teacherSource(args: KdFromHiddenArgs): TeacherSource {
       `kdLossFromHidden: teacherHidden ${teacherHidden.shape} and teacherHead ${teacherHead.shape} must be ` +
         `[${args.studentHidden.shape[0]}, h_t] and [V_t, h_t]`,
     );
+  }
+  const headT = args.teacherHeadTransposed;
+  if (headT) {
+    return {
+      tensors: [teacherHidden, headT],
+      logits: (s, e, data) => {
+        const [th, twT] = data as [tf.Tensor2D, tf.Tensor2D];
+        return tf.tidy(() => tf.matMul(tf.slice(th, [s, 0], [e - s, th.shape[1]]), twT) as tf.Tensor2D);
+      },
+    };
   }
   return {
     tensors: [teacherHidden, teacherHead],

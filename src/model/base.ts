@@ -55,8 +55,23 @@ export abstract class TransformerLM implements CausalLM {
     return [...this.params.values()].filter((v) => v.trainable);
   }
 
+  private headT: tf.Tensor2D | null = null;
+
+  /**
+   * The head transposed, [hidden, vocab], made once and kept, for a frozen model (null for a trainable one, whose
+   * head changes every step). Multiplying by it needs no transpose per call, and wasm's matmul caches the packed
+   * operand of a tensor it has seen before.
+   */
+  frozenHeadTransposed(): tf.Tensor2D | null {
+    if (this.trainableVariables().length > 0) return null;
+    if (!this.headT) this.headT = tf.tidy(() => tf.transpose(this.headWeight()) as tf.Tensor2D);
+    return this.headT;
+  }
+
   dispose(): void {
     for (const v of this.params.values()) v.dispose();
+    this.headT?.dispose();
+    this.headT = null;
     this.disposeCaches();
   }
 }

@@ -21,6 +21,8 @@ export interface CausalLM {
   headWeight(): tf.Tensor2D;
   /** Full logits, [batch, seq, vocab]: hidden · headWeightᵀ. For inference and small vocabularies. */
   logits(inputIds: tf.Tensor2D): tf.Tensor3D;
+  /** [hidden, vocab]: the head transposed, cached, for a frozen model; null for a trainable one. Do not dispose. */
+  frozenHeadTransposed(): tf.Tensor2D | null;
   /** Trainable parameters (all of them for a student; none for a frozen teacher). */
   trainableVariables(): tf.Variable[];
   dispose(): void;

@@ -43,6 +43,8 @@ export interface TeacherTargets {
   hidden: tf.Tensor2D;
   /** [teacher vocab, teacher hidden]; owned by the teacher model, never disposed with the batch. */
   head: tf.Tensor2D;
+  /** The same head transposed, [teacher hidden, teacher vocab], when the teacher caches it (frozen); owned by the teacher. */
+  headTransposed?: tf.Tensor2D;
 }
 
 /** Sparse teacher targets read from a cache: per position, K ids with log-probabilities (top-K) or counts (sampled). */
