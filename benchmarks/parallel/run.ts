@@ -17,12 +17,16 @@ import { distillationRecipe, type DistillationRecipe } from '../../src/recipe/co
 import { withTeacherDevices } from '../../src/parallel/placement.ts';
 import { run } from '../../pipelines/run.ts';
 import { FIXTURES } from '../../test/helpers/fixtures.ts';
+import { defaultDataPaths } from '../../src/data/defaults.ts';
 
 const arg = (name: string, dflt: number): number => {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? Number(process.argv[i + 1]) : dflt;
 };
 const STEPS = arg('steps', 12);
+// --shape S: the streaming benchmark's configuration S (vocab 8192, student 256 × 4, teacher 512 × 8, seq 256,
+// batch 8) on the bundled Brown data, DP 1 and DP 2 only: big enough that compute, not messaging, dominates.
+const SHAPE_S = process.argv.includes('--shape') && process.argv[process.argv.indexOf('--shape') + 1] === 'S';
 const WARMUP = arg('warmup', 2);
 
 async function makeModel(dir: string, over: Record<string, number>): Promise<string> {
@@ -54,23 +58,32 @@ async function main(): Promise<void> {
   await selectBackend('cpu', { log: null });
   const dir = mkdtempSync(join(tmpdir(), 'bench-parallel-'));
   try {
-    const student = await makeModel(mkdtempSync(join(dir, 's-')), { hidden_size: 128, intermediate_size: 344, num_hidden_layers: 2, num_attention_heads: 8, num_key_value_heads: 4 });
-    const teacher = await makeModel(mkdtempSync(join(dir, 't-')), { hidden_size: 256, intermediate_size: 688, num_hidden_layers: 4, num_attention_heads: 16, num_key_value_heads: 8 });
+    const s: { student: Record<string, number>; teacher: Record<string, number>; data: string; seq: number; gbs: number; mbs: number; label: string } = SHAPE_S
+      ? { student: { hidden_size: 256, intermediate_size: 704, num_hidden_layers: 4, num_attention_heads: 4, num_key_value_heads: 4, head_dim: 64, vocab_size: 8192, max_position_embeddings: 512 },
+          teacher: { hidden_size: 512, intermediate_size: 1408, num_hidden_layers: 8, num_attention_heads: 8, num_key_value_heads: 8, head_dim: 64, vocab_size: 8192, max_position_embeddings: 512 },
+          data: defaultDataPaths(), seq: 256, gbs: 8, mbs: 4, label: 'S: student 256 × 4, teacher 512 × 8, vocab 8192, seq 256, gbs 8, mbs 4, Brown data' }
+      : { student: { hidden_size: 128, intermediate_size: 344, num_hidden_layers: 2, num_attention_heads: 8, num_key_value_heads: 4 },
+          teacher: { hidden_size: 256, intermediate_size: 688, num_hidden_layers: 4, num_attention_heads: 16, num_key_value_heads: 8 },
+          data: join(FIXTURES, 'megatron', 'small_text_document'), seq: 32, gbs: 4, mbs: 1, label: 'student 128 hidden × 2 layers, teacher 256 × 4, vocab 1000, seq 32, gbs 4, mbs 1' };
+    const student = await makeModel(mkdtempSync(join(dir, 's-')), s.student);
+    const teacher = await makeModel(mkdtempSync(join(dir, 't-')), s.teacher);
     const recipe = (name: string, devices: number): DistillationRecipe => distillationRecipe({
       name, dir, studentPath: student, teacherPath: teacher, backend: 'wasm',
-      data: { dataPaths: join(FIXTURES, 'megatron', 'small_text_document'), seqLength: 32, split: '1,0,0', seed: 7 },
-      trainer: { maxSteps: STEPS, globalBatchSize: 4, microBatchSize: 1, saveInterval: 1000, valCheckInterval: 0, logInterval: 1 },
+      data: { dataPaths: s.data, seqLength: s.seq, split: '1,0,0', seed: 7 },
+      trainer: { maxSteps: STEPS, globalBatchSize: s.gbs, microBatchSize: s.mbs, saveInterval: 1000, valCheckInterval: 0, logInterval: 1 },
       optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
       parallel: { devicesPerNode: devices },
     });
     const rows: Row[] = [];
     rows.push(await measure('DP 1, teacher shared (one process)', 1, recipe('dp1', 1)));
     rows.push(await measure('DP 2, teacher shared (in each student)', 2, recipe('dp2', 2)));
-    rows.push(await measure('DP 1, teacher on its own worker', 2, withTeacherDevices(recipe('dp1t', 1), 1)));
-    rows.push(await measure('DP 2, teacher on its own worker', 3, withTeacherDevices(recipe('dp2t', 2), 1)));
+    if (!SHAPE_S) {
+      rows.push(await measure('DP 1, teacher on its own worker', 2, withTeacherDevices(recipe('dp1t', 1), 1)));
+      rows.push(await measure('DP 2, teacher on its own worker', 3, withTeacherDevices(recipe('dp2t', 2), 1)));
+    }
     const base = rows[0].tokensPerS;
     console.log(`\nmachine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')} (shared)`);
-    console.log(`wasm backend; student 128 hidden × 2 layers, teacher 256 × 4, vocab 1000, seq 32, gbs 4, mbs 1; ${STEPS} steps, first ${WARMUP} not timed\n`);
+    console.log(`wasm backend; ${s.label}; ${STEPS} steps, first ${WARMUP} not timed\n`);
     console.log('| layout | processes | tokens/s | vs DP 1 shared | last loss |');
     console.log('|---|---:|---:|---:|---:|');
     for (const r of rows) console.log(`| ${r.layout} | ${r.processes} | ${r.tokensPerS.toFixed(0)} | ${(r.tokensPerS / base).toFixed(2)}× | ${r.lossLast.toFixed(4)} |`);
