@@ -128,6 +128,9 @@ export function decodeRecordBatch(file: string, at: number, batch: RecordBatch, 
     offsets = uniformOffsets(n, width);
   }
   const total = offsets[n];
+  // Corrupt offsets (a flipped byte in the list column) that decrease or go negative would make the per-row decode
+  // loop over billions of positions; non-decreasing from 0 to `total` keeps every row inside the values checked below.
+  for (let r = 0; r < n; r++) if (!(offsets[r] >= 0 && offsets[r] <= offsets[r + 1])) fail(`logprobs offsets go from ${offsets[r]} to ${offsets[r + 1]} at row ${r}; they must not decrease`);
   const rawValues = childValues(lp);
   if (rawValues.length !== total) fail(`logprobs hold ${rawValues.length} values, expected ${total}`);
   const enc: EncodedValues = { dtype: fp.valueDtype, data: rawValues as EncodedValues['data'] };

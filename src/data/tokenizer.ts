@@ -55,7 +55,8 @@ export function loadTokenizer(path: string): TextTokenizer {
     // No special tokens are added around a document: EOD is appended explicitly by --append_eod, as Megatron does.
     encode: (text) => tok.encode(text, { add_special_tokens: false }).ids,
     // clean_up_tokenization_spaces would turn " ." into "." and break the text round trip.
-    decode: (ids) => tok.decode(Array.from(ids), { skip_special_tokens: false, clean_up_tokenization_spaces: false }),
+    // @huggingface/tokenizers throws a plain Error on an empty id list; an empty document decodes to ''.
+    decode: (ids) => (ids.length === 0 ? '' : tok.decode(Array.from(ids), { skip_special_tokens: false, clean_up_tokenization_spaces: false })),
   };
 }
 
