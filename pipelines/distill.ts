@@ -4,7 +4,9 @@
  *   2. replace the loss with the KL divergence of their logits  (klLoss)
  *   3. run both forward, back-propagate through the student only (teacherLogits, studentForward, backward)
  *   4. save only the student                                    (checkpointSink, and the runner's final save)
- * Each stage is an RxJS operator from `operators/`; a user composes their own pipeline the same way.
+ * Each stage is an RxJS operator from `operators/`; a user composes their own pipeline the same way. The metrics
+ * are logged before the checkpoint is written, so a crash between the two only repeats a step's record on resume
+ * (the log is truncated to the checkpoint), never loses it; the runner's StepBarrier holds backward meanwhile.
  */
 import type { Observable } from 'rxjs';
 import type { CausalLM } from '../src/model/causalLM.ts';
@@ -25,8 +27,8 @@ export function distillPipeline(student: CausalLM, teacher: CausalLM, source: Sa
     studentForward(student),
     klLoss(c.loss),
     backward(student, c.backward),
-    checkpointSink(c.checkpoint),
     validationTap(c.validation),
     metricsTap(c.sinks),
+    checkpointSink(c.checkpoint),
   );
 }

@@ -25,9 +25,9 @@ export function distillFromCachePipeline(student: CausalLM, cache: TeacherCache,
     studentForward(student),
     klLoss(c.loss),
     backward(student, c.backward),
-    checkpointSink(c.checkpoint),
     validationTap(c.validation),
     metricsTap(c.sinks),
+    checkpointSink(c.checkpoint),
     finalize(() => teacher.release()),
   );
 }

@@ -19,8 +19,8 @@ export function pretrainPipeline(model: CausalLM, source: SampleSource, c: Train
     studentForward(model),
     klLoss({ ...c.loss, kdRatio: 0 }),
     backward(model, c.backward),
-    checkpointSink(c.checkpoint),
     validationTap(c.validation),
     metricsTap(c.sinks),
+    checkpointSink(c.checkpoint),
   );
 }

@@ -31,6 +31,7 @@ import type { TrainingContext } from './context.ts';
 import type { ValidationResult } from '../operators/validationTap.ts';
 import { tap, type Observable } from 'rxjs';
 import { StepBarrier } from '../src/train/stepBarrier.ts';
+import { removeIncompleteCheckpoints } from '../src/parallel/checkpointHygiene.ts';
 import { readBatches, studentForward, klLoss, backward, checkpointSink, validationTap, metricsTap, type SampleSource, type MetricsSink } from '../operators/index.ts';
 import { launchWorkers } from '../src/parallel/launcher.ts';
 import { needsWorkers } from '../src/parallel/placement.ts';
@@ -78,6 +79,8 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
   const data = recipe.data;
 
   // 1. Load the student and (for distillation) the frozen teacher.
+  // A killed run may have left hidden temporaries (and, before this version, a half-deleted old checkpoint).
+  if (leader) removeIncompleteCheckpoints(runDir);
   const resume = latestCheckpoint(runDir);
   const studentDir = resume ? join(resume.dir, 'student') : recipe.studentPath;
   const student = await loadModel(studentDir, { trainable: true });
@@ -194,7 +197,7 @@ function stepSinks(dp: DataParallelRank | undefined, sinks: MetricsSink[]): Metr
 function remoteTeacherPipeline(student: CausalLM, teacher: RemoteTeacher, source: SampleSource, c: TrainingContext): Observable<StepResult> {
   return readBatches(source, c.read).pipe(
     teacher.stage(), studentForward(student), klLoss(c.loss), backward(student, c.backward),
-    checkpointSink(c.checkpoint), validationTap(c.validation), metricsTap(c.sinks),
+    validationTap(c.validation), metricsTap(c.sinks), checkpointSink(c.checkpoint),
   );
 }
 

@@ -61,8 +61,8 @@ test('ENOSPC while writing a checkpoint: clear error, previous checkpoint intact
     const reference = await run(recipe(dir, 'reference'), { log: null });
     const seam = failWritesUnder(`${join(dir, 'full', 'checkpoints')}`);
     try {
-      // onStep runs after the step's checkpoint: arming after step 1 makes the write of step-000003 fail.
-      await assert.rejects(run(recipe(dir, 'full'), { log: null, onStep: (r) => { if (r.step === 1) seam.arm(); } }), (e: unknown) => {
+      // onStep runs before the step's checkpoint (metrics first): arming at step 2 makes the write of step-000003 fail.
+      await assert.rejects(run(recipe(dir, 'full'), { log: null, onStep: (r) => { if (r.step === 2) seam.arm(); } }), (e: unknown) => {
         assert.ok(e instanceof StageError, String(e));
         assert.match((e as Error).message, /checkpointSink failed at step 2 \(the previous checkpoint is intact\): ENOSPC/);
         return true;

@@ -80,7 +80,7 @@ test('--nan_policy skip: non-finite steps are skipped and counted, weights uncha
   }
 });
 
-test('a checkpoint written after a skipped step counts that step in skippedSteps', { todo: 'pipelines/run.ts counts skips in the metrics sink, which runs after checkpointSink: the checkpoint of a skipped step misses it (state.json says 2 after 3 skips)' }, async () => {
+test('a checkpoint written after a skipped step counts that step in skippedSteps', async () => {
   const root = mkdtempSync(join(tmpdir(), 'nan-count-'));
   try {
     const r = await run(recipe(join(root, 'a'), nanTeacher(root), 3), { log: null });
