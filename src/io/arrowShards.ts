@@ -20,6 +20,7 @@ import {
   AsyncByteQueue, Field, List, makeData, RecordBatch, RecordBatchFileWriter, RecordBatchReader, RecordBatchStreamWriter, Schema, Struct,
   Uint16, Uint32, Uint8, type Data,
 } from 'apache-arrow';
+import { checkArrowIpc } from './arrowGuard.ts';
 import { FormatError } from '../errors.ts';
 import { tempSibling, writeFileAtomic } from './atomicWrite.ts';
 
@@ -292,6 +293,8 @@ export class ArrowShardDataset {
     }
     let tokens = 0;
     let meta: ShardMetadata;
+    // apache-arrow trusts the metadata's lengths; bound them first (a flipped length ran it out of memory).
+    checkArrowIpc(file, buf);
     try {
       const reader = RecordBatchReader.from(buf);
       reader.open();
@@ -344,6 +347,7 @@ export class ArrowShardDataset {
       got += n;
     }
     let loaded: LoadedBatch;
+    checkArrowIpc(file, bytes);
     try {
       const reader = RecordBatchReader.from(bytes);
       reader.open();

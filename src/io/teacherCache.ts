@@ -11,6 +11,7 @@
  */
 import { closeSync, fsyncSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync, writeSync, existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { checkArrowFooter, checkArrowIpc } from './arrowGuard.ts';
 import { AsyncByteQueue, RecordBatchFileWriter, RecordBatchReader, RecordBatchStreamWriter, Schema, type RecordBatch } from 'apache-arrow';
 import { FormatError } from '../errors.ts';
 import { tempSibling } from './atomicWrite.ts';
@@ -138,6 +139,7 @@ export function indexPart(dir: string, file: string): PartIndex {
     if (footerLength <= 0 || footerLength > size - 18) fail(`footer length ${footerLength} does not fit the file's ${size} bytes`);
     // The footer alone, framed as a tiny Arrow file, gives the schema and the record-batch blocks without the data.
     const footer = readAt(fd, path, size - 10 - footerLength, footerLength + 10);
+    checkArrowFooter(path, footer.subarray(0, footerLength), size - 10 - footerLength, size - 10 - footerLength);
     const fake = new Uint8Array(8 + footer.length);
     fake.set(Buffer.from(MAGIC, 'latin1'), 0);
     fake.set(footer, 8);
@@ -283,6 +285,7 @@ export class TeacherCache {
     bytes.set(part.schemaBytes, 0);
     bytes.set(readAt(fd, part.path, block.offset, block.length), part.schemaBytes.length);
     let batch: RecordBatch | undefined;
+    checkArrowIpc(part.path, bytes);
     try {
       const reader = RecordBatchReader.from(bytes);
       reader.open();

@@ -139,14 +139,11 @@ test('fuzz: teacher-cache parts and manifest', async () => {
 });
 
 /**
- * Found by this fuzzer, not fixed: four flipped bytes inside the schema flatbuffer of a token shard (a vector
- * length) make apache-arrow allocate until the heap is exhausted while ArrowShardDataset opens it; the same holds
- * for a teacher-cache part's footer. Run in a child with a 256 MB heap and a 30 s limit so that it cannot take the
- * suite down; it should end with a FormatError (exit 2 from the child) once lengths are bounded before decoding.
+ * Found by this fuzzer: four flipped bytes inside the schema flatbuffer of a token shard (a vector length) made
+ * apache-arrow allocate until the heap was exhausted. src/io/arrowGuard.ts now bounds every metadata length first.
+ * Run in a child with a 256 MB heap and a 30 s limit so that a regression cannot take the suite down.
  */
-test('a shard whose schema flatbuffer claims a huge vector is refused, not decoded until out of memory', {
-  todo: 'apache-arrow trusts flatbuffer vector lengths; bound them (e.g. via its fb/ accessors) before RecordBatchReader',
-}, async () => {
+test('a shard whose schema flatbuffer claims a huge vector is refused, not decoded until out of memory', async () => {
   const src = join(root, 'oom-src');
   const w = new ArrowShardWriter({ outDir: src, tokenizerSha256: 'a'.repeat(64), vocabSize: 1000, sourceFiles: ['x.txt'], batchTokens: 40 });
   for (let d = 0; d < 12; d++) w.addDocument(Array.from({ length: 5 + d * 3 }, (_, i) => (d * 37 + i * 11) % 1000));
