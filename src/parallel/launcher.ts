@@ -15,6 +15,7 @@ import { decodeMessage, encodeMessage } from './frameCodec.ts';
 import { isOutgoingEnvelope, type IncomingEnvelope } from './ipcTransport.ts';
 import { LAUNCHER, type WorkerMessage } from './messages.ts';
 import { deviceEnv, placementOf, teacherWorkerFor } from './placement.ts';
+import { gpuIsolation } from './gpuIsolation.ts';
 import { removeIncompleteCheckpoints } from './checkpointHygiene.ts';
 import { DEFAULT_BUCKET_BYTES } from './gradientBuckets.ts';
 import { nodeLaunchFromEnv, type NodeLaunch } from './launchEnv.ts';
@@ -75,11 +76,14 @@ export async function launchWorkers(recipe: DistillationRecipe, hooks: LaunchHoo
   for (let id = 0; id < total; id++) {
     if (!here(id)) continue;
     const role = id < p.studentWorkers ? 'student' : 'teacher';
+    const iso = gpuIsolation(recipe.backend, device(id));
+    if ('none' in iso && recipe.backend === 'webgpu' && total > 1) log(`worker ${id}: not pinned to GPU ${device(id)} (${iso.none})`);
     const child = fork(WORKER_ENTRY, [String(id)], {
+      ...('none' in iso ? {} : { execPath: iso.execPath }),
       execArgv: ['--import', tsx],
       serialization: 'advanced',
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-      env: { ...process.env, ...deviceEnv(recipe.backend, device(id)), DISTILL_NO_PROGRESS: '1' },
+      env: { ...process.env, ...deviceEnv(recipe.backend, device(id)), ...('none' in iso ? {} : iso.env), DISTILL_NO_PROGRESS: '1' },
     });
     const on = nodes ? `, node ${nodes.nodeRank}` : '';
     const what = role === 'student' ? `worker ${id} (student, data-parallel rank ${id} of ${p.dpSize}, pid ${child.pid}${on})` : `worker ${id} (teacher, pid ${child.pid}${on})`;

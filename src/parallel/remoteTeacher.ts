@@ -8,6 +8,7 @@
  */
 import { concatMap, map, type OperatorFunction } from 'rxjs';
 import type * as tf from '@tensorflow/tfjs-core';
+import { tokenRecordIds } from '../train/tokenRecords.ts';
 import type { TeacherBatch, TokenBatch } from '../train/batch.ts';
 import { arrayToFrame, frameToTensor } from './tensorFrame.ts';
 import type { Transport } from './transport.ts';
@@ -35,7 +36,8 @@ export class RemoteTeacher {
       source.pipe(
         map((batch) => {
           const id = this.nextId++;
-          const ids = batch.inputIds.dataSync() as Int32Array;
+          // From the host copy the batch came with, not the tensor: webgpu cannot read a tensor synchronously in Node.
+          const ids = hostInputIds(batch);
           this.transport.send(this.teacherWorker, { kind: 'teacherRequest', id, inputIds: arrayToFrame(ids, batch.inputIds.shape) });
           return { batch, id };
         }),
@@ -52,4 +54,14 @@ export class RemoteTeacher {
     this.head?.dispose();
     this.head = null;
   }
+}
+
+/** The batch's input ids [rows × seq] from its Arrow record batch (windows of seq + 1 tokens, or of seq). */
+function hostInputIds(batch: TokenBatch): Int32Array {
+  const { ids, rows, width } = tokenRecordIds(batch.records);
+  const seq = batch.inputIds.shape[1];
+  if (width === seq) return ids;
+  const out = new Int32Array(rows * seq);
+  for (let r = 0; r < rows; r++) out.set(ids.subarray(r * width, r * width + seq), r * seq);
+  return out;
 }
