@@ -29,13 +29,13 @@ function reference(p0: number[], grads: number[][], lr: number, wd: number, deca
   return p;
 }
 
-test('AdamW matches the float64 reference; decay skips 1-D parameters unless weightDecayAll', async () => {
+test('AdamW (flat and per-parameter) matches the float64 reference; decay skips 1-D parameters unless weightDecayAll', async () => {
   await selectBackend('cpu', { log: null });
-  for (const decayAll of [false, true]) {
+  for (const [decayAll, flat] of [[false, false], [true, false], [false, true], [true, true]]) {
     const init = { 'layer.weight': [0.5, -0.25, 1, 2, -1, 0.125], 'layer.bias': [0.3, -0.7], 'norm.weight': [1, 1] };
     const shapes: Record<string, number[]> = { 'layer.weight': [2, 3], 'layer.bias': [2], 'norm.weight': [2] };
     const params = new Map(Object.entries(init).map(([k, v]) => [k, tf.variable(tf.tensor(v, shapes[k]))] as const));
-    const opt = new AdamW(params, { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, weightDecayAll: decayAll });
+    const opt = new AdamW(params, { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, weightDecayAll: decayAll, flat });
     const steps = [0, 1, 2].map((s) => Object.fromEntries(Object.entries(init).map(([k, v]) => [k, v.map((_, i) => Math.sin(1 + i + 3 * s + k.length))])));
     for (const g of steps) {
       const grads = new Map(Object.entries(g).map(([k, v]) => [k, tf.tensor(v, shapes[k])] as [string, tf.Tensor]));
@@ -44,7 +44,7 @@ test('AdamW matches the float64 reference; decay skips 1-D parameters unless wei
     }
     for (const [k, v] of params) {
       const want = reference(init[k as keyof typeof init], steps.map((s) => s[k]), 0.01, 0.1, decayAll || shapes[k].length >= 2);
-      assert.ok(maxAbsDiff(v.dataSync(), want) < 1e-6, `${k} (decayAll ${decayAll}): ${Array.from(v.dataSync())} vs ${want}`);
+      assert.ok(maxAbsDiff(v.dataSync(), want) < 1e-6, `${k} (decayAll ${decayAll}, flat ${flat}): ${Array.from(v.dataSync())} vs ${want}`);
     }
     // The state a checkpoint holds restores the same next step.
     const state = await opt.state();
