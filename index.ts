@@ -14,5 +14,5 @@ export { AdamW } from './src/optim/adamw.ts';
 export { cosineAnnealingLr } from './src/optim/schedule.ts';
 export { Credits } from './src/train/credits.ts';
 export { kdLossFromHidden } from './src/losses/chunkedKd.ts';
-export type { KdLossOptions, KdLossKind } from './src/losses/types.ts';
+export { DEFAULT_KD_LOSS, KD_LOSS_KINDS, type KdLossOptions, type KdLossKind } from './src/losses/types.ts';
 export * from './src/errors.ts';
