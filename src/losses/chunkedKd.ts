@@ -204,13 +204,30 @@ export function kdLossFromHidden(args: KdFromHiddenArgs): KdLossResult {
     notes.push(line);
     args.log?.(line);
   };
-  const terms = [kdTerm(teacherSource(args), args.studentHead.shape[0], options, note)];
+  const kd = kdTerm(teacherSource(args), args.studentHead.shape[0], options, note);
+  return { ...kdWithCe(args.studentHidden, args.studentHead, mask, kd, labels, options, args.chunkSize), notes };
+}
+
+/**
+ * The shared tail of the dense and sparse losses: the KD term (and the CE term when labels are given) as chunked
+ * means over the student's logits, mixed as (1 − α)·CE + α·kdScale·KD.
+ */
+export function kdWithCe(
+  hidden: tf.Tensor2D,
+  head: tf.Tensor2D,
+  mask: tf.Tensor1D,
+  kdChunkTerm: ChunkTerm,
+  labels: tf.Tensor1D | undefined,
+  options: KdLossOptions,
+  chunkSize = DEFAULT_CHUNK_SIZE,
+): Omit<KdLossResult, 'notes'> {
+  const terms = [kdChunkTerm];
   if (labels) terms.push(ceTerm(labels));
-  const means = chunkedHeadMeans(args.studentHidden, args.studentHead, mask, terms, args.chunkSize ?? DEFAULT_CHUNK_SIZE);
+  const means = chunkedHeadMeans(hidden, head, mask, terms, chunkSize);
   const pick = (i: number): tf.Scalar => tf.slice(means, [i], [1]).reshape([]) as tf.Scalar;
   const kd = pick(0);
   const ce = labels ? pick(1) : null;
   const count = pick(terms.length);
   means.dispose();
-  return { loss: mixLosses(ce, kd, options), kd, ce, count, notes };
+  return { loss: mixLosses(ce, kd, options), kd, ce, count };
 }

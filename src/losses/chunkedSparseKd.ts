@@ -5,9 +5,9 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { ConfigError } from '../errors.ts';
-import { type ChunkTerm, chunkedHeadMeans } from './chunkedHead.ts';
-import { ceTerm, DEFAULT_CHUNK_SIZE, type KdLossResult } from './chunkedKd.ts';
-import { mixLosses, validateKdOptions } from './mixing.ts';
+import type { ChunkTerm } from './chunkedHead.ts';
+import { kdWithCe, type KdLossResult } from './chunkedKd.ts';
+import { validateKdOptions } from './mixing.ts';
 import { type SparseTargets, sliceTargets, sparseGradient, sparsePerPosition, validateSparseTargets } from './sparseTargets.ts';
 import type { KdLossOptions } from './types.ts';
 
@@ -55,13 +55,6 @@ export function sparseKdLossFromHidden(args: SparseKdFromHiddenArgs): KdLossResu
   validateSparseTargets(targets, args.studentHidden.shape[0], options.temperature);
   const alpha = options.alpha ?? 1;
   if (alpha < 1 && !labels) throw new ConfigError(`KD alpha ${alpha} < 1 needs labels for the cross-entropy term`);
-  const terms = [sparseTerm(targets, options.temperature)];
-  if (labels) terms.push(ceTerm(labels));
-  const means = chunkedHeadMeans(args.studentHidden, args.studentHead, mask, terms, args.chunkSize ?? DEFAULT_CHUNK_SIZE);
-  const pick = (i: number): tf.Scalar => tf.slice(means, [i], [1]).reshape([]) as tf.Scalar;
-  const kd = pick(0);
-  const ce = labels ? pick(1) : null;
-  const count = pick(terms.length);
-  means.dispose();
-  return { loss: mixLosses(ce, kd, options), kd, ce, count, notes: [] };
+  const kd = sparseTerm(targets, options.temperature);
+  return { ...kdWithCe(args.studentHidden, args.studentHead, mask, kd, labels, options, args.chunkSize), notes: [] };
 }
