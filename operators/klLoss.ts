@@ -7,7 +7,7 @@
  */
 import { map, type OperatorFunction } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
-import type { ForwardBatch, LossBatch, LossParts } from '../src/train/batch.ts';
+import type { ForwardBatch, LossBatch, LossParts, SparseTeacherTargets, TeacherTargets } from '../src/train/batch.ts';
 import type { KdLossOptions } from '../src/losses/types.ts';
 import { kdLossFromHidden, ceTerm } from '../src/losses/chunkedKd.ts';
 import { sparseKdLossFromHidden } from '../src/losses/chunkedSparseKd.ts';
@@ -24,7 +24,6 @@ export interface KlLossOptions extends KdLossOptions {
 }
 
 export function klLoss(o: KlLossOptions): OperatorFunction<ForwardBatch, LossBatch> {
-  const options: KdLossOptions = { ...o, alpha: o.kdRatio };
   let noted = false;
   const log = (line: string): void => {
     if (!noted) o.log?.(line);
@@ -34,21 +33,42 @@ export function klLoss(o: KlLossOptions): OperatorFunction<ForwardBatch, LossBat
     ...batch,
     loss: (): LossParts => inStage('klLoss', batch.position, () => {
       const share = batch.globalBatchTokens > 0 ? batch.tokens / batch.globalBatchTokens : 0;
-      const studentHidden = batch.studentForward();
-      const studentHead = batch.studentHead();
-      const mask = tf.reshape(batch.lossMask, [-1]) as tf.Tensor1D;
-      const labels = o.kdRatio < 1 ? (tf.reshape(batch.labels, [-1]) as tf.Tensor1D) : undefined;
-      const t = batch.teacher;
-      if (!t || o.kdRatio === 0) {
-        if (!labels) throw new Error(`klLoss: batch at step ${batch.position.step} has no teacher and α = ${o.kdRatio} leaves no loss`);
-        const means = chunkedHeadMeans(studentHidden, studentHead, mask, [ceTerm(labels)], o.chunkSize);
-        const ce = tf.reshape(tf.slice(means, [0], [1]), []) as tf.Scalar;
-        return { total: tf.mul(ce, share) as tf.Scalar, ce };
-      }
-      const r = t.kind === 'hidden'
-        ? kdLossFromHidden({ studentHidden, studentHead, teacherHidden: t.hidden, teacherHead: t.head, teacherHeadTransposed: t.headTransposed, labels, mask, options, chunkSize: o.chunkSize, log })
-        : sparseKdLossFromHidden({ studentHidden, studentHead, targets: t.targets, labels, mask, options, chunkSize: o.chunkSize });
-      return { total: tf.mul(r.loss, share) as tf.Scalar, kd: r.kd, ce: r.ce ?? undefined };
+      const r = meanLoss(o, {
+        studentHidden: batch.studentForward(), studentHead: batch.studentHead(), teacher: batch.teacher,
+        mask: tf.reshape(batch.lossMask, [-1]) as tf.Tensor1D, labels: tf.reshape(batch.labels, [-1]) as tf.Tensor1D,
+        what: `batch at step ${batch.position.step}`, log,
+      });
+      return { total: tf.mul(r.loss, share) as tf.Scalar, kd: r.kd, ce: r.ce };
     }),
   }));
+}
+
+export interface MeanLossInputs {
+  /** [N, h] and [V, h]. */
+  studentHidden: tf.Tensor2D;
+  studentHead: tf.Tensor2D;
+  teacher?: TeacherTargets | SparseTeacherTargets;
+  /** [N] float32 and [N] int32 (labels are read only when α < 1). */
+  mask: tf.Tensor1D;
+  labels: tf.Tensor1D;
+  /** Names the batch in an error. */
+  what: string;
+  log?: (line: string) => void;
+}
+
+/** The masked-mean loss of one micro-batch, unweighted: the KD mix with a teacher, the CE alone without one. */
+export function meanLoss(o: KlLossOptions, a: MeanLossInputs): { loss: tf.Scalar; kd?: tf.Scalar; ce?: tf.Scalar } {
+  const options: KdLossOptions = { ...o, alpha: o.kdRatio };
+  const labels = o.kdRatio < 1 ? a.labels : undefined;
+  const t = a.teacher;
+  if (!t || o.kdRatio === 0) {
+    if (!labels) throw new Error(`klLoss: ${a.what} has no teacher and α = ${o.kdRatio} leaves no loss`);
+    const means = chunkedHeadMeans(a.studentHidden, a.studentHead, a.mask, [ceTerm(labels)], o.chunkSize);
+    const ce = tf.reshape(tf.slice(means, [0], [1]), []) as tf.Scalar;
+    return { loss: ce, ce };
+  }
+  const r = t.kind === 'hidden'
+    ? kdLossFromHidden({ studentHidden: a.studentHidden, studentHead: a.studentHead, teacherHidden: t.hidden, teacherHead: t.head, teacherHeadTransposed: t.headTransposed, labels, mask: a.mask, options, chunkSize: o.chunkSize, log: a.log })
+    : sparseKdLossFromHidden({ studentHidden: a.studentHidden, studentHead: a.studentHead, targets: t.targets, labels, mask: a.mask, options, chunkSize: o.chunkSize });
+  return { loss: r.loss, kd: r.kd, ce: r.ce ?? undefined };
 }

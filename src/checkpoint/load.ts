@@ -150,14 +150,24 @@ function matchNames(dir: string, config: ModelConfig, located: Map<string, Locat
  *   ConfigError (unsupported or impossible config)
  */
 export async function loadModel(dir: string, opts: LoadOptions): Promise<CausalLM> {
+  return withHostWeights(dir, (config, read) => createModel(config, read, { trainable: opts.trainable }));
+}
+
+/**
+ * Opens `dir`'s weights on the host, checked against its config as loadModel checks them, and hands `use` the
+ * config and a reader of float32 data by model parameter name; the files are closed when `use` returns. Model-
+ * parallel ranks read only their slices through it, so no rank ever puts the whole model on its device.
+ */
+export function withHostWeights<T>(dir: string, use: (config: ModelConfig, read: (name: string) => Float32Array) => T): T {
   const config = readModelConfig(dir);
   const readers: SafetensorsReader[] = [];
   try {
     const tensors = matchNames(dir, config, openWeights(dir, readers));
-    return createModel(config, (name) => {
-      const { reader, entry } = tensors.get(name)!;
-      return reader.read(entry.name).data as Float32Array;
-    }, { trainable: opts.trainable });
+    return use(config, (name) => {
+      const t = tensors.get(name);
+      if (!t) throw new CheckpointError(`${dir}: the model has no parameter "${name}"`);
+      return t.reader.read(t.entry.name).data as Float32Array;
+    });
   } finally {
     for (const r of readers) r.close();
   }

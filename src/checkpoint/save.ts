@@ -26,8 +26,17 @@ export function configForSave(raw: Record<string, unknown>, dtype: SaveOptions['
   return out;
 }
 
+/**
+ * What saving needs of a model: its config and named tensors that can be read back. A CausalLM is one; so are the
+ * full tensors that model-parallel ranks gather on rank 0 (src/parallel/modelParallel/shardedWeights.ts).
+ */
+export interface SavableModel {
+  config: Pick<CausalLM['config'], 'raw'>;
+  params: Map<string, { shape: number[]; data(): Promise<ArrayLike<number>> }>;
+}
+
 /** Saves `model` under `dir`, replacing what was there. */
-export async function saveModel(model: CausalLM, dir: string, opts: SaveOptions): Promise<void> {
+export async function saveModel(model: SavableModel, dir: string, opts: SaveOptions): Promise<void> {
   const tensors: TensorToWrite[] = [];
   for (const [name, v] of model.params) {
     // Async read: a webgpu variable cannot be read synchronously in Node.

@@ -6,6 +6,7 @@ import type { DistillationRecipe } from '../recipe/config.ts';
 import type { StepResult } from '../train/batch.ts';
 import type { RunResult } from '../../pipelines/run.ts';
 import type { TensorFrame } from './tensorFrame.ts';
+import type { ParallelLayout } from './layout.ts';
 
 /** The launcher's address on a transport; workers are 0..n-1 (students first, then teachers). */
 export const LAUNCHER = -1;
@@ -37,6 +38,17 @@ export interface TeacherInit {
   deviceIndex: number;
   /** Worker ids of the students this teacher serves. */
   students: number[];
+}
+
+/** One worker of a tensor/pipeline/context-parallel layout (src/parallel/layout.ts); it runs the teacher's matching part too. */
+export interface ModelParallelInit {
+  kind: 'init';
+  role: 'modelParallel';
+  recipe: DistillationRecipe;
+  workerId: number;
+  layout: ParallelLayout;
+  deviceIndex: number;
+  stopAfterSteps: number | null;
 }
 
 /** Stop after the current step (Ctrl-C, an abort signal): the ranks agree on the step in the next all-reduce. */
@@ -117,10 +129,25 @@ export interface TeacherHidden {
   hidden: TensorFrame;
 }
 
+/** Activations (forward) or their gradients (backward) passed between pipeline stages; `tag` names the micro-batch and direction. */
+export interface StageTensors {
+  kind: 'stageTensors';
+  tag: string;
+  tensors: TensorFrame[];
+}
+
+/** A model-parallel rank's parameters (or optimizer moments), sent to rank 0 to be written as full tensors. */
+export interface ParamShards {
+  kind: 'paramShards';
+  tag: string;
+  names: string[];
+  tensors: TensorFrame[];
+}
+
 export type WorkerMessage =
-  | StudentInit | TeacherInit | StopMessage | ShutdownMessage
+  | StudentInit | TeacherInit | ModelParallelInit | StopMessage | ShutdownMessage
   | LogMessage | StepMessage | DoneMessage | ErrorMessage
-  | RingChunk | StepStats | TeacherHead | TeacherRequest | TeacherHidden;
+  | RingChunk | StepStats | TeacherHead | TeacherRequest | TeacherHidden | StageTensors | ParamShards;
 
 export type MessageKind = WorkerMessage['kind'];
 export type MessageOf<K extends MessageKind> = Extract<WorkerMessage, { kind: K }>;
@@ -135,6 +162,8 @@ export function describe(m: WorkerMessage): string {
     case 'ring': return `all-reduce chunk (reduction ${m.tag}, chunk ${m.chunk}, ${m.data.bytes.byteLength} bytes)`;
     case 'teacherRequest': return `teacher request ${m.id}`;
     case 'teacherHidden': return `teacher hidden states ${m.id}`;
+    case 'stageTensors': return `stage tensors ${m.tag}`;
+    case 'paramShards': return `parameter shards ${m.tag}`;
     case 'error': return `error: ${m.message.split('\n')[0]}`;
     default: return m.kind;
   }

@@ -11,8 +11,7 @@ import { existsSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:
 import { join } from 'node:path';
 import { tempSibling, writeDirAtomic, writeFileAtomic } from '../io/atomicWrite.ts';
 import { SafetensorsReader, writeSafetensors, type TensorToWrite } from '../io/safetensors.ts';
-import type { CausalLM } from '../model/causalLM.ts';
-import { saveModel } from '../checkpoint/save.ts';
+import { saveModel, type SavableModel } from '../checkpoint/save.ts';
 import type { AdamW, AdamWState } from '../optim/adamw.ts';
 import { DistillError } from '../errors.ts';
 
@@ -48,8 +47,8 @@ export function checkpointsDir(runDir: string): string {
 /** Writes a checkpoint atomically and keeps the newest `keep` ones. */
 export async function saveTrainingCheckpoint(
   runDir: string,
-  student: CausalLM,
-  optimizer: AdamW,
+  student: SavableModel,
+  optimizer: Pick<AdamW, 'state'>,
   state: TrainingState,
   keep = 2,
 ): Promise<string> {

@@ -1,0 +1,264 @@
+/**
+ * One rank's optimizer step under a TP × CP × DP × PP layout: the micro-batches of its data-parallel slice run
+ * through its pipeline stage in 1F1B order (teacher forward, student forward, and on the last stage the loss;
+ * then the student's backward), the gradients are summed where Megatron sums them (over DP × CP, over the ranks
+ * sharing a replicated KV head, between the two copies of tied embeddings), clipped by the global norm over the
+ * whole model, and the rank's AdamW updates its own slices.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { ModelConfig } from '../../model/config.ts';
+import type { AdamW } from '../../optim/adamw.ts';
+import type { StepResult, TokenBatch } from '../../train/batch.ts';
+import { meanLoss, type KlLossOptions } from '../../../operators/klLoss.ts';
+import { NonFiniteLossError, type NanPolicy } from '../../../operators/backward.ts';
+import { allReduceGradients, DEFAULT_BUCKET_BYTES } from '../gradientBuckets.ts';
+import { coordsOf, groupOf, rankOf, worldSize, type ParallelLayout, type RankCoords } from '../layout.ts';
+import type { Collectives } from './collectives.ts';
+import { oneForwardOneBackward } from './pipelineSchedule.ts';
+import { computeOp, Tape, type Op } from './segmentTape.ts';
+import { ShardedStage } from './shardedTransformer.ts';
+import { embeddingName, type LocalParam } from './shardSpec.ts';
+import { takePositions } from './sequenceSplit.ts';
+import { vocabParallelLossOp } from './vocabParallelLoss.ts';
+
+export interface ShardedModel {
+  config: ModelConfig;
+  /** This rank's slices, by Hugging Face name. */
+  params: Map<string, tf.Variable>;
+  /** How each slice relates to the full tensor (shardSpec.ts). */
+  spec: Map<string, LocalParam>;
+}
+
+export interface TrainerOptions {
+  layout: ParallelLayout;
+  rank: number;
+  coll: Collectives;
+  student: ShardedModel;
+  /** null when pretraining. */
+  teacher: ShardedModel | null;
+  loss: KlLossOptions;
+  optimizer: AdamW;
+  clipGrad: number;
+  lrAt: (step: number) => number;
+  nanPolicy: NanPolicy;
+  globalBatchSize: number;
+  bucketBytes?: number;
+}
+
+const LOSS_OUTPUTS: [string, string, string] = ['loss', 'kdSum', 'ceSum'];
+
+export class ModelParallelTrainer {
+  readonly coords: RankCoords;
+  private readonly studentStage: ShardedStage;
+  private readonly teacherStage: ShardedStage | null;
+  private readonly lossOps = new Map<string, Op>();
+  private globalTokens = 0;
+
+  constructor(private readonly o: TrainerOptions) {
+    this.coords = coordsOf(o.layout, o.rank);
+    const stage = (m: ShardedModel, prefix: string): ShardedStage => {
+      const s = new ShardedStage({ config: m.config, layout: o.layout, rank: o.rank, coords: this.coords, coll: o.coll, prefix });
+      s.paramNames = new Set(m.params.keys());
+      return s;
+    };
+    this.studentStage = stage(o.student, 's.');
+    this.teacherStage = o.teacher ? stage(o.teacher, 't.') : null;
+  }
+
+  private get isLast(): boolean {
+    return this.coords.pp === this.o.layout.pp - 1;
+  }
+
+  private stageRank(pp: number): number {
+    return rankOf(this.o.layout, { ...this.coords, pp });
+  }
+
+  private lossOp(): Op {
+    const key = 'loss';
+    let op = this.lossOps.get(key);
+    if (op) return op;
+    const c = this.o.student.config;
+    const head = c.tieWordEmbeddings ? embeddingName(c) : 'lm_head.weight';
+    const tHeadName = this.o.teacher ? (this.o.teacher.config.tieWordEmbeddings ? embeddingName(this.o.teacher.config) : 'lm_head.weight') : null;
+    const teacherHead = tHeadName ? (this.o.teacher!.params.get(tHeadName) as tf.Tensor2D) : null;
+    const inputs = { hidden: this.studentStage.lossInputName, teacherHidden: 't.hidden', labels: 'labels', mask: 'mask' };
+    const alpha = teacherHead ? this.o.loss.kdRatio : 0;
+    if (this.o.layout.tp > 1) {
+      op = vocabParallelLossOp({ ...inputs, head, outputs: LOSS_OUTPUTS }, {
+        options: this.o.loss, alpha, coll: this.o.coll, tpGroup: groupOf(this.o.layout, this.o.rank, ['tp']),
+        vocabStart: this.coords.tp * (c.vocabSize / this.o.layout.tp), teacherHead, globalTokens: () => this.globalTokens,
+      });
+    } else {
+      const loss = { ...this.o.loss, kdRatio: alpha };
+      op = computeOp('loss', { inputs: Object.values(inputs), outputs: LOSS_OUTPUTS, params: [head], differentiable: [true, false, false, false] }, ([h, ht, labels, mask], [w]) => {
+        const r = meanLoss(loss, {
+          studentHidden: h as tf.Tensor2D, studentHead: w as tf.Tensor2D, mask: mask as tf.Tensor1D, labels: labels as tf.Tensor1D,
+          teacher: teacherHead ? { kind: 'hidden', hidden: ht as tf.Tensor2D, head: teacherHead } : undefined, what: `rank ${this.o.rank}'s micro-batch`,
+        });
+        const count = tf.sum(mask);
+        const G = this.globalTokens;
+        return [G > 0 ? tf.div(tf.mul(r.loss, count), G) : tf.scalar(0), r.kd ? tf.mul(r.kd, count) : tf.scalar(0), r.ce ? tf.mul(r.ce, count) : tf.scalar(0)];
+      });
+    }
+    this.lossOps.set(key, op);
+    return op;
+  }
+
+  /** This rank's positions of a micro-batch: ids for the first stage, labels and mask for the last. */
+  private async localBatch(mb: TokenBatch): Promise<{ ids: tf.Tensor; labels: tf.Tensor; mask: tf.Tensor; count: number; batch: number; seq: number }> {
+    const [b, t] = mb.inputIds.shape;
+    const { local } = this.studentStage.split(t);
+    const ids = takePositions(Int32Array.from(await mb.inputIds.data()), b, t, local);
+    const labels = takePositions(Int32Array.from(await mb.labels.data()), b, t, local);
+    const mask = takePositions(Float32Array.from(await mb.lossMask.data()), b, t, local);
+    return {
+      ids: tf.tensor2d(ids, [b, local.length], 'int32'),
+      labels: tf.tensor1d(labels, 'int32'),
+      mask: tf.tensor1d(mask),
+      count: mask.reduce((a, x) => a + x, 0),
+      batch: b,
+      seq: t,
+    };
+  }
+
+  async step(micros: TokenBatch[]): Promise<StepResult> {
+    const started = performance.now();
+    const { layout, coll } = this.o;
+    const step = micros[0].position.step;
+    this.globalTokens = micros[0].globalBatchTokens;
+    const S = this.studentStage;
+    const T = this.teacherStage;
+    const first = this.coords.pp === 0;
+    const tapes = new Map<number, Tape>();
+    const grads = new Map<string, tf.Tensor>();
+    const stats: tf.Tensor[] = [];
+    let count = 0;
+    for (const a of oneForwardOneBackward(this.coords.pp, layout.pp, micros.length)) {
+      const tag = `step ${step} micro ${a.micro} ${a.kind}`;
+      if (a.kind === 'forward') {
+        const mb = await this.localBatch(micros[a.micro]);
+        const given: Record<string, tf.Tensor> = {};
+        let teacherIn: tf.Tensor | null = null;
+        if (first) {
+          given.ids = mb.ids;
+        } else {
+          mb.ids.dispose();
+          const got = await coll.receive(this.stageRank(this.coords.pp - 1), tag);
+          given[S.inputName] = got[0];
+          teacherIn = got[1] ?? null;
+        }
+        let teacherOut: tf.Tensor | null = null;
+        if (T) {
+          const tt = new Tape(T.ops(mb.batch, mb.seq), this.o.teacher!.params);
+          await tt.forward(first ? { ids: tf.clone(mb.ids) } : { [T.inputName]: teacherIn! });
+          teacherOut = tf.clone(tt.acts.get(T.outputName)!);
+          tt.dispose();
+        }
+        const ops = this.isLast ? [...S.ops(mb.batch, mb.seq), this.lossOp()] : S.ops(mb.batch, mb.seq);
+        const tape = new Tape(ops, this.o.student.params);
+        if (this.isLast) {
+          count += mb.count;
+          await tape.forward({ ...given, 't.hidden': teacherOut ?? tf.zeros([1, 1]), labels: mb.labels, mask: mb.mask });
+          stats.push(...LOSS_OUTPUTS.map((n) => tf.clone(tape.acts.get(n)!)));
+        } else {
+          mb.labels.dispose();
+          mb.mask.dispose();
+          await tape.forward(given);
+          await coll.send(this.stageRank(this.coords.pp + 1), tag, [tape.acts.get(S.outputName)!, ...(teacherOut ? [teacherOut] : [])]);
+          teacherOut?.dispose();
+        }
+        tapes.set(a.micro, tape);
+      } else {
+        const tape = tapes.get(a.micro)!;
+        tapes.delete(a.micro);
+        const seeds = this.isLast
+          ? { loss: tf.scalar(1) }
+          : { [S.outputName]: (await coll.receive(this.stageRank(this.coords.pp + 1), tag))[0] };
+        const dIn = await tape.backward(seeds, grads, first ? [] : [S.inputName]);
+        if (!first) {
+          const d = dIn.get(S.inputName) ?? tf.zerosLike(tape.acts.get(S.inputName)!);
+          await coll.send(this.stageRank(this.coords.pp - 1), tag, [d]);
+          d.dispose();
+        }
+        tape.dispose();
+      }
+    }
+    return this.finishStep(step, grads, stats, count, started);
+  }
+
+  private async finishStep(step: number, grads: Map<string, tf.Tensor>, stats: tf.Tensor[], count: number, started: number): Promise<StepResult> {
+    const { layout, coll, rank } = this.o;
+    const spec = this.o.student.spec;
+    try {
+      for (const name of this.o.student.params.keys()) if (!grads.has(name)) grads.set(name, tf.zerosLike(this.o.student.params.get(name)!));
+      // 1. Sum over the ranks that saw other data (DP) or other positions (CP) of the same slices.
+      const dpcp = groupOf(layout, rank, ['dp', 'cp']);
+      if (dpcp.length > 1) await allReduceGradients(grads, (bucket) => coll.allReduceSum(dpcp, bucket), this.o.bucketBytes ?? DEFAULT_BUCKET_BYTES);
+      // 2. A KV head replicated over several TP ranks: each rank's query heads contributed part of its gradient.
+      const tpGroup = groupOf(layout, rank, ['tp']);
+      for (const [name, p] of spec) {
+        if (!p.gradientSum) continue;
+        const peers = tpGroup.filter((r) => Math.floor(coordsOf(layout, r).tp / p.replicas) === Math.floor(this.coords.tp / p.replicas));
+        await this.sumInto(grads, name, peers);
+      }
+      // 3. Tied embeddings on two stages: the embedding's and the head's gradients are one parameter's.
+      const emb = embeddingName(this.o.student.config);
+      if (layout.pp > 1 && this.o.student.config.tieWordEmbeddings && (this.coords.pp === 0 || this.isLast)) {
+        await this.sumInto(grads, emb, [this.stageRank(0), this.stageRank(layout.pp - 1)]);
+      }
+      // 4. One all-reduce over every rank: the squared norm (each value once) and the step's loss sums.
+      const normT = tf.tidy(() => {
+        let total = tf.scalar(0);
+        for (const [name, g] of grads) if (spec.get(name)!.inNorm) total = tf.add(total, tf.sum(tf.square(g)));
+        return total;
+      });
+      const sums = new Float32Array(5);
+      if (this.coords.cp === 0 && this.coords.dp === 0) sums[0] = (await normT.data())[0];
+      normT.dispose();
+      if (this.isLast && this.coords.tp === 0) {
+        const stacked = stats.length ? tf.stack(stats) : null;
+        const values = stacked ? await stacked.data() : new Float32Array(0);
+        stacked?.dispose();
+        for (let i = 0; i < values.length; i++) sums[1 + (i % 3)] += values[i];
+        sums[4] = count;
+      }
+      await coll.allReduceSum(Array.from({ length: worldSize(layout) }, (_, r) => r), sums);
+      const gradNorm = Math.sqrt(sums[0]);
+      const loss = sums[1];
+      const tokens = sums[4];
+      const lr = this.o.lrAt(step);
+      const finite = Number.isFinite(loss) && Number.isFinite(gradNorm);
+      if (finite) {
+        const coef = this.o.clipGrad > 0 ? Math.min(1, this.o.clipGrad / (gradNorm + 1e-6)) : 1;
+        if (coef < 1) for (const [k, g] of grads) { grads.set(k, tf.mul(g, coef)); g.dispose(); }
+        this.o.optimizer.apply(grads, lr);
+      } else if (this.o.nanPolicy === 'stop') {
+        throw new NonFiniteLossError(`step ${step}: loss ${loss}, grad_norm ${gradNorm} is not finite; stopping (--nan_policy stop)`);
+      }
+      const teacher = this.o.teacher !== null && this.o.loss.kdRatio > 0;
+      return {
+        step, loss, gradNorm, lr, tokens,
+        kdLoss: teacher && tokens > 0 ? sums[2] / tokens : undefined,
+        ceLoss: this.o.loss.kdRatio < 1 || !teacher ? (tokens > 0 ? sums[3] / tokens : 0) : undefined,
+        samplesSeen: (step + 1) * this.o.globalBatchSize,
+        skipped: !finite,
+        elapsedMs: performance.now() - started,
+      };
+    } finally {
+      for (const g of grads.values()) g.dispose();
+      for (const s of stats) s.dispose();
+    }
+  }
+
+  private async sumInto(grads: Map<string, tf.Tensor>, name: string, group: number[]): Promise<void> {
+    if (group.length < 2) return;
+    const g = grads.get(name)!;
+    grads.set(name, await this.o.coll.allReduceTensor(group, g));
+    g.dispose();
+  }
+
+  dispose(): void {
+    this.studentStage.dispose();
+    this.teacherStage?.dispose();
+  }
+}

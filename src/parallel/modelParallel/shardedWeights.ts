@@ -1,0 +1,109 @@
+/**
+ * A model-parallel rank's weights: sliced from a plain Hugging Face checkpoint on load (only the rank's slices
+ * reach its device), and gathered back into full tensors on rank 0 to be written, so that every checkpoint, whatever
+ * the layout, is the plain Hugging Face layout that one worker and `transformers` load, and resuming with another
+ * layout slices it differently.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { join } from 'node:path';
+import { withHostWeights } from '../../checkpoint/load.ts';
+import type { SavableModel } from '../../checkpoint/save.ts';
+import { SafetensorsReader } from '../../io/safetensors.ts';
+import type { ModelConfig } from '../../model/config.ts';
+import type { AdamW, AdamWState } from '../../optim/adamw.ts';
+import { coordsOf, rankOf, worldSize, type ParallelLayout } from '../layout.ts';
+import { arrayToFrame, frameToArray } from '../tensorFrame.ts';
+import type { Collectives } from './collectives.ts';
+import type { ShardedModel } from './modelParallelTrainer.ts';
+import { localParams, placeSlice, sliceTensor } from './shardSpec.ts';
+
+/** Loads rank `rank`'s slices of the checkpoint in `dir` as variables on the current backend. */
+export function loadShardedModel(dir: string, layout: ParallelLayout, rank: number, trainable: boolean): ShardedModel {
+  return withHostWeights(dir, (config, read) => {
+    const spec = localParams(config, layout, coordsOf(layout, rank));
+    const params = new Map<string, tf.Variable>();
+    for (const [name, p] of spec) {
+      const local = sliceTensor(read(name), p.fullShape, p.slice);
+      params.set(name, tf.tidy(() => tf.variable(tf.tensor(local, p.localShape, 'float32'), trainable)));
+    }
+    return { config, params, spec };
+  });
+}
+
+/** This rank's slices of the AdamW moments saved (as full tensors) in a checkpoint's optimizer.safetensors. */
+export function loadShardedOptimizerState(checkpointDir: string, model: ShardedModel): AdamWState {
+  const r = SafetensorsReader.open(join(checkpointDir, 'optimizer.safetensors'));
+  try {
+    const moments: AdamWState['moments'] = new Map();
+    for (const [name, p] of model.spec) {
+      moments.set(name, {
+        m: sliceTensor(r.read(`exp_avg.${name}`).data as Float32Array, p.fullShape, p.slice),
+        v: sliceTensor(r.read(`exp_avg_sq.${name}`).data as Float32Array, p.fullShape, p.slice),
+      });
+    }
+    return { step: Number(r.metadata.step), moments };
+  } finally {
+    r.close();
+  }
+}
+
+/** The full student and optimizer state, assembled on rank 0 from every rank's slices. */
+export interface GatheredState {
+  model: SavableModel;
+  optimizer: Pick<AdamW, 'state'>;
+}
+
+/**
+ * Collective: every rank of the first DP and CP replica sends its parameters and moments to rank 0, which places
+ * them into full tensors. Returns the full state on rank 0, null elsewhere.
+ */
+export async function gatherFullState(coll: Collectives, layout: ParallelLayout, rank: number, model: ShardedModel, optimizer: AdamW, tag: string): Promise<GatheredState | null> {
+  const me = coordsOf(layout, rank);
+  const senders: number[] = [];
+  for (let r = 0; r < worldSize(layout); r++) {
+    const c = coordsOf(layout, r);
+    if (c.dp === 0 && c.cp === 0) senders.push(r);
+  }
+  if (!senders.includes(rank)) return null;
+  const state = await optimizer.state();
+  const names = [...model.params.keys()];
+  const mine = await Promise.all(names.map(async (n) => (await model.params.get(n)!.data()) as Float32Array));
+  if (rank !== 0) {
+    const tensors = names.flatMap((n, i) => {
+      const mv = state.moments.get(n)!;
+      return [arrayToFrame(mine[i], [mine[i].length]), arrayToFrame(mv.m, [mv.m.length]), arrayToFrame(mv.v, [mv.v.length])];
+    });
+    coll.transport.send(rankOf(layout, { ...me, pp: 0, tp: 0, dp: 0, cp: 0 }), { kind: 'paramShards', tag, names, tensors });
+    return null;
+  }
+  const config: ModelConfig = model.config;
+  const full = new Map<string, { shape: number[]; w: Float32Array; m: Float32Array; v: Float32Array }>();
+  const place = (r: number, name: string, w: Float32Array, m: Float32Array, v: Float32Array): void => {
+    const p = localParams(config, layout, coordsOf(layout, r)).get(name);
+    if (!p) throw new Error(`gather: worker ${r} sent ${name}, which its layout position does not hold`);
+    let f = full.get(name);
+    if (!f) {
+      const n = p.fullShape.reduce((a, b) => a * b, 1);
+      f = { shape: p.fullShape, w: new Float32Array(n), m: new Float32Array(n), v: new Float32Array(n) };
+      full.set(name, f);
+    }
+    placeSlice(f.w, p.fullShape, p.slice, w);
+    placeSlice(f.m, p.fullShape, p.slice, m);
+    placeSlice(f.v, p.fullShape, p.slice, v);
+  };
+  // Rank 0 holds the first stage, and with tied embeddings the last stage's copy is the same values: rank 0's
+  // slices go in last so they win.
+  for (const r of senders.filter((x) => x !== 0)) {
+    const msg = await coll.transport.receive(r, 'paramShards');
+    if (msg.tag !== tag) throw new Error(`gather out of step: expected ${tag} from worker ${r}, got ${msg.tag}`);
+    msg.names.forEach((n, i) => place(r, n, frameToArray(msg.tensors[3 * i]) as Float32Array, frameToArray(msg.tensors[3 * i + 1]) as Float32Array, frameToArray(msg.tensors[3 * i + 2]) as Float32Array));
+  }
+  names.forEach((n, i) => { const mv = state.moments.get(n)!; place(0, n, mine[i], mv.m, mv.v); });
+  // Model order, as the file of a single worker lists them.
+  const ordered = [...localParams(config, { tp: 1, cp: 1, dp: 1, pp: 1 }, { tp: 0, cp: 0, dp: 0, pp: 0 }).keys()];
+  const missing = ordered.filter((n) => !full.has(n));
+  if (missing.length) throw new Error(`gather: no rank sent ${missing.slice(0, 3).join(', ')}`);
+  const params = new Map(ordered.map((n) => [n, { shape: full.get(n)!.shape, data: async () => full.get(n)!.w }] as const));
+  const moments = new Map(ordered.map((n) => [n, { m: full.get(n)!.m, v: full.get(n)!.v }] as const));
+  return { model: { config, params }, optimizer: { state: async () => ({ step: state.step, moments }) } };
+}
