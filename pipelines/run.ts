@@ -17,6 +17,7 @@ import {
   type RunFingerprint, type TrainingState,
 } from '../src/train/trainingCheckpoint.ts';
 import { validateRecipe } from '../src/recipe/validate.ts';
+import { checkModelParallelRecipe, layoutOf } from '../src/recipe/validateLayout.ts';
 import type { DistillationRecipe } from '../src/recipe/config.ts';
 import { alignVocabularies } from '../src/train/vocabularyCheck.ts';
 import { openDataSources } from '../src/train/dataSources.ts';
@@ -67,6 +68,8 @@ export interface RunHooks {
 export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Promise<RunResult> {
   const log = hooks.log === undefined ? (l: string) => process.stderr.write(l + '\n') : hooks.log ?? (() => {});
   validateRecipe(recipe);
+  const layout = layoutOf(recipe);
+  if (layout.tp * layout.pp * layout.cp > 1) checkModelParallelRecipe(recipe, layout);
   // Several devices, or a teacher of its own: fork one worker per device, each of which runs this function as a rank.
   const dp = hooks.dataParallel;
   if (!dp) checkOneNode(recipe.parallel.numNodes);
@@ -201,7 +204,7 @@ function remoteTeacherPipeline(student: CausalLM, teacher: RemoteTeacher, source
   );
 }
 
-function runFingerprint(recipe: DistillationRecipe, data: string): RunFingerprint {
+export function runFingerprint(recipe: DistillationRecipe, data: string): RunFingerprint {
   return {
     student: hashModelFiles(recipe.studentPath),
     teacher: recipe.teacherPath ? hashModelFiles(recipe.teacherPath) : 'none',

@@ -8,7 +8,8 @@ import { selectBackend } from '../src/backend/select.ts';
 import { loadModel } from '../src/checkpoint/load.ts';
 import { DataParallelRank } from '../src/parallel/dataParallelRank.ts';
 import { IpcTransport } from '../src/parallel/ipcTransport.ts';
-import { LAUNCHER, type StudentInit, type TeacherInit } from '../src/parallel/messages.ts';
+import { LAUNCHER, type ModelParallelInit, type StudentInit, type TeacherInit } from '../src/parallel/messages.ts';
+import { runModelParallelRank } from './modelParallelRun.ts';
 import { RemoteTeacher } from '../src/parallel/remoteTeacher.ts';
 import { serveTeacher } from '../src/parallel/teacherServer.ts';
 import { TransportClosedError } from '../src/parallel/transport.ts';
@@ -66,9 +67,20 @@ async function teacher(init: TeacherInit): Promise<void> {
   transport.send(LAUNCHER, { kind: 'done', result: null });
 }
 
+async function modelParallel(init: ModelParallelInit): Promise<void> {
+  let stop = false;
+  transport.receive(LAUNCHER, 'stop').then(() => { stop = true; }, () => {});
+  const result = await runModelParallelRank(init.recipe, {
+    transport, layout: init.layout, rank: workerId, deviceIndex: init.deviceIndex, log, stopAfterSteps: init.stopAfterSteps ?? undefined,
+    onStep: (r) => transport.send(LAUNCHER, { kind: 'step', result: r }), stopRequested: () => stop,
+  });
+  finished = true;
+  transport.send(LAUNCHER, { kind: 'done', result });
+}
+
 const init = await transport.receive(LAUNCHER, 'init');
 try {
-  await (init.role === 'student' ? student(init) : teacher(init));
+  await (init.role === 'student' ? student(init) : init.role === 'teacher' ? teacher(init) : modelParallel(init));
 } catch (e) {
   reportError(e);
 }

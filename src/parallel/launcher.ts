@@ -19,6 +19,7 @@ import { gpuIsolation } from './gpuIsolation.ts';
 import { removeIncompleteCheckpoints } from './checkpointHygiene.ts';
 import { DEFAULT_BUCKET_BYTES } from './gradientBuckets.ts';
 import { nodeLaunchFromEnv, type NodeLaunch } from './launchEnv.ts';
+import { coordsOf, type ParallelLayout } from './layout.ts';
 import { joinNodes, nodeLayout } from './rendezvous.ts';
 
 export interface WorkerInfo {
@@ -70,6 +71,9 @@ export async function launchWorkers(recipe: DistillationRecipe, hooks: LaunchHoo
   const tidy = (): string[] => (!nodes || nodes.nodeRank === 0 ? removeIncompleteCheckpoints(runDir) : []);
   tidy();
   const group = Array.from({ length: p.studentWorkers }, (_, i) => i);
+  const { tpSize, ppSize, cpSize } = recipe.parallel;
+  // TP/PP/CP: every student worker is one rank of the layout (src/parallel/layout.ts), Megatron's rank order.
+  const mpLayout: ParallelLayout | null = tpSize * ppSize * cpSize > 1 ? { tp: tpSize, cp: cpSize, dp: p.dpSize, pp: ppSize } : null;
   const tsx = import.meta.resolve('tsx');
   const slots: Slot[] = [];
   const total = p.studentWorkers + p.teacherWorkers;
@@ -86,7 +90,9 @@ export async function launchWorkers(recipe: DistillationRecipe, hooks: LaunchHoo
       env: { ...process.env, ...deviceEnv(recipe.backend, device(id)), ...('none' in iso ? {} : iso.env), DISTILL_NO_PROGRESS: '1' },
     });
     const on = nodes ? `, node ${nodes.nodeRank}` : '';
-    const what = role === 'student' ? `worker ${id} (student, data-parallel rank ${id} of ${p.dpSize}, pid ${child.pid}${on})` : `worker ${id} (teacher, pid ${child.pid}${on})`;
+    const c = mpLayout ? coordsOf(mpLayout, id) : null;
+    const what = c ? `worker ${id} (tp ${c.tp}, cp ${c.cp}, dp ${c.dp}, pp stage ${c.pp}, pid ${child.pid}${on})`
+      : role === 'student' ? `worker ${id} (student, data-parallel rank ${id} of ${p.dpSize}, pid ${child.pid}${on})` : `worker ${id} (teacher, pid ${child.pid}${on})`;
     slots.push({ info: { id, role, pid: child.pid ?? -1 }, what, child, last: null, finished: false, exited: false });
   }
   const slotOf = (id: number): Slot | undefined => slots.find((s) => s.info.id === id);
@@ -96,7 +102,9 @@ export async function launchWorkers(recipe: DistillationRecipe, hooks: LaunchHoo
   };
   for (const s of slots) {
     const id = s.info.id;
-    if (s.info.role === 'student') {
+    if (s.info.role === 'student' && mpLayout) {
+      send(id, { kind: 'init', role: 'modelParallel', recipe, workerId: id, layout: mpLayout, deviceIndex: device(id), stopAfterSteps: hooks.stopAfterSteps ?? null });
+    } else if (s.info.role === 'student') {
       send(id, {
         kind: 'init', role: 'student', recipe, workerId: id, dpRank: id, dpSize: p.dpSize, group, deviceIndex: device(id),
         teacherWorker: teacherWorkerFor(id, p), stopAfterSteps: hooks.stopAfterSteps ?? null, bucketBytes: hooks.bucketBytes ?? DEFAULT_BUCKET_BYTES,

@@ -29,10 +29,10 @@ export function validateRecipe(r: DistillationRecipe): void {
   if (workers % modelParallel !== 0) {
     throw new ConfigError(`--devices ${p.devicesPerNode} × --num_nodes ${p.numNodes} = ${workers} workers is not a multiple of tp × pp × cp = ${p.tpSize} × ${p.ppSize} × ${p.cpSize} = ${modelParallel}`);
   }
-  if (modelParallel > 1) {
-    throw new ConfigError(`this version runs data parallelism only: --tp_size, --pp_size and --cp_size above 1 are not implemented yet (got tp ${p.tpSize} pp ${p.ppSize} cp ${p.cpSize}); use --devices N for N data-parallel workers`);
-  }
   const teacherDevices = teacherDevicesOf(r);
+  if (modelParallel > 1 && teacherDevices > 0) {
+    throw new ConfigError(`--teacher_devices ${teacherDevices} with tp × pp × cp = ${modelParallel}: under model parallelism the teacher is split the same way as the student and runs on the same workers; drop --teacher_devices`);
+  }
   if (!Number.isInteger(teacherDevices) || teacherDevices < 0) throw new ConfigError(`--teacher_devices must be a non-negative integer, got ${teacherDevices}`);
   if (teacherDevices > 0 && (r.kind !== 'distill' || !r.teacherPath)) {
     throw new ConfigError(`--teacher_devices ${teacherDevices} places the teacher's forward pass on its own workers, so it needs --teacher_path (not pretraining, not --teacher_cache)`);

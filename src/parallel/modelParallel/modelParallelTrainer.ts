@@ -43,6 +43,8 @@ export interface TrainerOptions {
   nanPolicy: NanPolicy;
   globalBatchSize: number;
   bucketBytes?: number;
+  /** Asked to stop (Ctrl-C, the launcher): agreed with every rank in the step's all-reduce. */
+  stopRequested?: () => boolean;
 }
 
 const LOSS_OUTPUTS: [string, string, string] = ['loss', 'kdSum', 'ceSum'];
@@ -53,6 +55,8 @@ export class ModelParallelTrainer {
   private readonly teacherStage: ShardedStage | null;
   private readonly lossOps = new Map<string, Op>();
   private globalTokens = 0;
+  /** Some rank asked to stop during the last step: every rank stops after it. */
+  stopAgreed = false;
 
   constructor(private readonly o: TrainerOptions) {
     this.coords = coordsOf(o.layout, o.rank);
@@ -206,13 +210,14 @@ export class ModelParallelTrainer {
       if (layout.pp > 1 && this.o.student.config.tieWordEmbeddings && (this.coords.pp === 0 || this.isLast)) {
         await this.sumInto(grads, emb, [this.stageRank(0), this.stageRank(layout.pp - 1)]);
       }
-      // 4. One all-reduce over every rank: the squared norm (each value once) and the step's loss sums.
+      // 4. One all-reduce over every rank: the squared norm (each value once), the step's loss sums, the stop flag.
       const normT = tf.tidy(() => {
         let total = tf.scalar(0);
         for (const [name, g] of grads) if (spec.get(name)!.inNorm) total = tf.add(total, tf.sum(tf.square(g)));
         return total;
       });
-      const sums = new Float32Array(5);
+      const sums = new Float32Array(6);
+      sums[5] = this.o.stopRequested?.() ? 1 : 0;
       if (this.coords.cp === 0 && this.coords.dp === 0) sums[0] = (await normT.data())[0];
       normT.dispose();
       if (this.isLast && this.coords.tp === 0) {
@@ -223,6 +228,7 @@ export class ModelParallelTrainer {
         sums[4] = count;
       }
       await coll.allReduceSum(Array.from({ length: worldSize(layout) }, (_, r) => r), sums);
+      this.stopAgreed ||= sums[5] > 0;
       const gradNorm = Math.sqrt(sums[0]);
       const loss = sums[1];
       const tokens = sums[4];

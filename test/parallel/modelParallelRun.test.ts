@@ -1,0 +1,83 @@
+/**
+ * `distill run` with --tp_size/--pp_size through real worker processes: the same losses and student as one
+ * worker, a checkpoint written under one layout resumed under another, and impossible layouts refused with the
+ * arithmetic before any worker starts.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { distillationRecipe, type DistillationRecipe } from '../../src/recipe/config.ts';
+import { run } from '../../pipelines/run.ts';
+import { ConfigError } from '../../src/errors.ts';
+import { readAllSafetensors } from '../../src/io/safetensors.ts';
+import { loadModel } from '../../src/checkpoint/load.ts';
+import { selectBackend } from '../../src/backend/select.ts';
+import { fixture, maxAbsDiff } from '../helpers/fixtures.ts';
+
+function recipe(dir: string, name: string, parallel: Partial<DistillationRecipe['parallel']>): DistillationRecipe {
+  return distillationRecipe({
+    name, dir, studentPath: fixture('llama-student'), teacherPath: fixture('llama-teacher'), backend: 'cpu',
+    data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
+    trainer: { maxSteps: 4, globalBatchSize: 4, microBatchSize: 1, saveInterval: 2, valCheckInterval: 0, logInterval: 1 },
+    optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
+    parallel: { devicesPerNode: 1, numNodes: 1, tpSize: 1, ppSize: 1, cpSize: 1, ...parallel },
+  });
+}
+
+const weights = (dir: string): Map<string, Float32Array> =>
+  new Map([...readAllSafetensors(join(dir, 'model.safetensors'))].map(([k, v]) => [k, v.data as Float32Array]));
+
+function assertSameRun(got: { steps: { loss: number }[]; studentDir: string }, want: { steps: { loss: number }[]; studentDir: string }, what: string): void {
+  assert.equal(got.steps.length, want.steps.length, `${what}: step count`);
+  got.steps.forEach((s, i) => {
+    const rel = Math.abs(s.loss - want.steps[i].loss) / want.steps[i].loss;
+    assert.ok(rel <= 1e-5, `${what} step ${i}: loss ${s.loss} vs one worker ${want.steps[i].loss} (rel ${rel.toExponential(2)})`);
+  });
+  const a = weights(got.studentDir);
+  const b = weights(want.studentDir);
+  assert.deepEqual([...a.keys()].sort(), [...b.keys()].sort(), `${what}: the saved student has the single worker's tensors`);
+  for (const [name, w] of b) {
+    const d = maxAbsDiff(a.get(name)!, w);
+    assert.ok(d <= 1e-4, `${what}: ${name} differs by ${d}`);
+  }
+}
+
+test('distill run under TP 2 and under PP 2 (worker processes) matches one worker; a PP 2 checkpoint resumes under TP 2', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mp-run-'));
+  try {
+    const one = await run(recipe(dir, 'one', {}), { log: null, progress: false });
+    const tp = await run(recipe(dir, 'tp2', { devicesPerNode: 2, tpSize: 2 }), { log: null, progress: false });
+    assertSameRun(tp, one, 'TP 2');
+    // Two steps under PP 2, then the rest under TP 2 from PP 2's checkpoint (full Hugging Face tensors).
+    const first = await run(recipe(dir, 'switch', { devicesPerNode: 2, ppSize: 2 }), { log: null, progress: false, stopAfterSteps: 2 });
+    assert.equal(first.steps.length, 2);
+    const second = await run(recipe(dir, 'switch', { devicesPerNode: 2, tpSize: 2 }), { log: null, progress: false });
+    assert.equal(second.resumedFromStep, 2);
+    assertSameRun({ steps: [...first.steps, ...second.steps], studentDir: second.studentDir }, one, 'PP 2 then TP 2');
+    // The student loads on one worker as an ordinary checkpoint.
+    await selectBackend('cpu', { log: null });
+    const loaded = await loadModel(second.studentDir, { trainable: false });
+    assert.equal(loaded.config.numLayers, 1);
+    loaded.dispose();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('layouts the models cannot take are refused before any worker starts, with the arithmetic', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mp-refuse-'));
+  try {
+    // The student has 2 heads and 1 KV head: 2 heads do not split over 4 ranks.
+    await assert.rejects(run(recipe(dir, 'tp4', { devicesPerNode: 4, tpSize: 4 }), { log: null }), (e: Error) =>
+      e instanceof ConfigError && /2 attention heads do not split over --tp_size 4 \(2 mod 4 = 2\)/.test(e.message));
+    // One layer: at most two stages.
+    await assert.rejects(run(recipe(dir, 'pp3', { devicesPerNode: 3, ppSize: 3 }), { log: null }), (e: Error) =>
+      e instanceof ConfigError && /--pp_size 3 stages need at least 2 transformer layers .* it has 1/.test(e.message));
+    await assert.rejects(run(recipe(dir, 'odd', { devicesPerNode: 3, tpSize: 2 }), { log: null }), (e: Error) =>
+      e instanceof ConfigError && /3 workers is not a multiple of tp × pp × cp = 2 × 1 × 1 = 2/.test(e.message));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
