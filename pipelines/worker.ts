@@ -52,6 +52,7 @@ async function student(init: StudentInit): Promise<void> {
   });
   dp.remoteTeacher?.dispose();
   finished = true;
+  logPeakMemory();
   transport.send(LAUNCHER, { kind: 'done', result: dp.leader ? result : null });
 }
 
@@ -75,7 +76,13 @@ async function modelParallel(init: ModelParallelInit): Promise<void> {
     onStep: (r) => transport.send(LAUNCHER, { kind: 'step', result: r }), stopRequested: () => stop,
   });
   finished = true;
+  logPeakMemory();
   transport.send(LAUNCHER, { kind: 'done', result });
+}
+
+/** Each worker's peak resident memory, logged at its end (benchmarks/parallel reads it per layout). */
+function logPeakMemory(): void {
+  log(`worker ${workerId}: peak RSS ${Math.round(process.resourceUsage().maxRSS / 1024)} MiB`);
 }
 
 const init = await transport.receive(LAUNCHER, 'init');
