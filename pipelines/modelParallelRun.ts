@@ -25,6 +25,7 @@ import { openDataSources } from '../src/train/dataSources.ts';
 import { RunLogs } from '../src/train/runLogs.ts';
 import { checkFingerprint, latestCheckpoint, readTrainingState, saveTrainingCheckpoint, type TrainingState } from '../src/train/trainingCheckpoint.ts';
 import { readBatches } from '../operators/readBatches.ts';
+import type { ValidationResult } from '../operators/validationTap.ts';
 import { runFingerprint, type RunResult } from './run.ts';
 
 export interface ModelParallelRankOptions {
@@ -66,7 +67,6 @@ export async function runModelParallelRank(recipe: DistillationRecipe, o: ModelP
     skippedSteps = state.skippedSteps;
     if (leader) log(`resuming ${runDir} from step ${startStep} (${resume.dir}), now as tp ${layout.tp} × pp ${layout.pp} × cp ${layout.cp} × dp ${layout.dp}`);
   }
-  if (leader && sources.valid && t.valCheckInterval > 0) log('note: validation is not run under model parallelism; evaluate the saved student with `distill evaluate`');
   const coll = new Collectives(o.transport);
   const trainer = new ModelParallelTrainer({
     layout, rank, coll, student, teacher, optimizer,
@@ -83,6 +83,23 @@ export async function runModelParallelRank(recipe: DistillationRecipe, o: ModelP
   const { dp } = coordsOf(layout, rank);
   let stoppedEarly = false;
   let tag = 0;
+  let validations = 0;
+  const validationsDone: ValidationResult[] = [];
+  const validate = async (step: number): Promise<void> => {
+    const valid = sources.valid!;
+    const available = Math.floor(valid.numSamples / t.microBatchSize);
+    const count = Math.max(1, Math.min(t.limitValBatches ?? available, available));
+    const micros = await lastValueFrom(readBatches(valid, { seqLength: recipe.data.seqLength, globalBatchSize: t.microBatchSize, microBatchSize: t.microBatchSize, startStep: 0, maxSteps: count }).pipe(toArray()));
+    try {
+      const v = { step, ...(await trainer.evaluate(micros, validations++)) };
+      if (leader) {
+        validationsDone.push(v);
+        logs?.onValidation(v);
+      }
+    } finally {
+      for (const b of micros) disposeBatch(b);
+    }
+  };
   const checkpoint = async (r: StepResult): Promise<void> => {
     const full = await gatherFullState(coll, layout, rank, student, optimizer, `checkpoint ${tag++}`);
     if (!full) return;
@@ -104,6 +121,7 @@ export async function runModelParallelRank(recipe: DistillationRecipe, o: ModelP
       for (const b of micros) disposeBatch(b);
       credits.release(micros.length);
       if (r.skipped) skippedSteps++;
+      if (sources.valid && t.valCheckInterval > 0 && ((r.step + 1) % t.valCheckInterval === 0 || r.step === stopAt)) await validate(r.step);
       logs?.onStep(r);
       if (leader) o.onStep?.(r);
       const stop = trainer.stopAgreed;
@@ -128,5 +146,5 @@ export async function runModelParallelRank(recipe: DistillationRecipe, o: ModelP
   optimizer.dispose();
   for (const v of student.params.values()) v.dispose();
   for (const v of teacher?.params.values() ?? []) v.dispose();
-  return leader ? { runDir, studentDir: finalDir, steps, validations: [], resumedFromStep: startStep, backend, stoppedEarly: !finished } : null;
+  return leader ? { runDir, studentDir: finalDir, steps, validations: validationsDone, resumedFromStep: startStep, backend, stoppedEarly: !finished } : null;
 }

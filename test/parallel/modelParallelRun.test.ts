@@ -20,7 +20,7 @@ function recipe(dir: string, name: string, parallel: Partial<DistillationRecipe[
   return distillationRecipe({
     name, dir, studentPath: fixture('llama-student'), teacherPath: fixture('llama-teacher'), backend: 'cpu',
     data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
-    trainer: { maxSteps: 4, globalBatchSize: 4, microBatchSize: 1, saveInterval: 2, valCheckInterval: 0, logInterval: 1 },
+    trainer: { maxSteps: 4, globalBatchSize: 4, microBatchSize: 1, saveInterval: 2, valCheckInterval: 2, limitValBatches: 2, logInterval: 1 },
     optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
     parallel: { devicesPerNode: 1, numNodes: 1, tpSize: 1, ppSize: 1, cpSize: 1, ...parallel },
   });
@@ -29,8 +29,23 @@ function recipe(dir: string, name: string, parallel: Partial<DistillationRecipe[
 const weights = (dir: string): Map<string, Float32Array> =>
   new Map([...readAllSafetensors(join(dir, 'model.safetensors'))].map(([k, v]) => [k, v.data as Float32Array]));
 
-function assertSameRun(got: { steps: { loss: number }[]; studentDir: string }, want: { steps: { loss: number }[]; studentDir: string }, what: string): void {
+interface RunLike {
+  steps: { loss: number }[];
+  validations: { step: number; studentCe: number; kdLoss?: number }[];
+  studentDir: string;
+}
+
+function assertSameRun(got: RunLike, want: RunLike, what: string): void {
   assert.equal(got.steps.length, want.steps.length, `${what}: step count`);
+  assert.equal(got.validations.length, want.validations.length, `${what}: validations`);
+  got.validations.forEach((v, i) => {
+    const w = want.validations[i];
+    assert.equal(v.step, w.step);
+    for (const k of ['studentCe', 'kdLoss'] as const) {
+      const rel = Math.abs(v[k]! - w[k]!) / w[k]!;
+      assert.ok(rel <= 1e-5, `${what} validation at step ${v.step}: ${k} ${v[k]} vs one worker ${w[k]} (rel ${rel.toExponential(2)})`);
+    }
+  });
   got.steps.forEach((s, i) => {
     const rel = Math.abs(s.loss - want.steps[i].loss) / want.steps[i].loss;
     assert.ok(rel <= 1e-5, `${what} step ${i}: loss ${s.loss} vs one worker ${want.steps[i].loss} (rel ${rel.toExponential(2)})`);
@@ -55,7 +70,7 @@ test('distill run under TP 2 and under PP 2 (worker processes) matches one worke
     assert.equal(first.steps.length, 2);
     const second = await run(recipe(dir, 'switch', { devicesPerNode: 2, tpSize: 2 }), { log: null, progress: false });
     assert.equal(second.resumedFromStep, 2);
-    assertSameRun({ steps: [...first.steps, ...second.steps], studentDir: second.studentDir }, one, 'PP 2 then TP 2');
+    assertSameRun({ steps: [...first.steps, ...second.steps], validations: [...first.validations, ...second.validations], studentDir: second.studentDir }, one, 'PP 2 then TP 2');
     // The student loads on one worker as an ordinary checkpoint.
     await selectBackend('cpu', { log: null });
     const loaded = await loadModel(second.studentDir, { trainable: false });

@@ -77,8 +77,9 @@ export class ModelParallelTrainer {
     return rankOf(this.o.layout, { ...this.coords, pp });
   }
 
-  private lossOp(): Op {
-    const key = 'loss';
+  /** The last stage's loss; for validation (`evaluation`) both the KD and the CE sums are computed whatever α is. */
+  private lossOp(evaluation = false): Op {
+    const key = evaluation ? 'evaluation' : 'loss';
     let op = this.lossOps.get(key);
     if (op) return op;
     const c = this.o.student.config;
@@ -86,7 +87,7 @@ export class ModelParallelTrainer {
     const tHeadName = this.o.teacher ? (this.o.teacher.config.tieWordEmbeddings ? embeddingName(this.o.teacher.config) : 'lm_head.weight') : null;
     const teacherHead = tHeadName ? (this.o.teacher!.params.get(tHeadName) as tf.Tensor2D) : null;
     const inputs = { hidden: this.studentStage.lossInputName, teacherHidden: 't.hidden', labels: 'labels', mask: 'mask' };
-    const alpha = teacherHead ? this.o.loss.kdRatio : 0;
+    const alpha = !teacherHead ? 0 : evaluation ? 0.5 : this.o.loss.kdRatio;
     if (this.o.layout.tp > 1) {
       op = vocabParallelLossOp({ ...inputs, head, outputs: LOSS_OUTPUTS }, {
         options: this.o.loss, alpha, coll: this.o.coll, tpGroup: groupOf(this.o.layout, this.o.rank, ['tp']),
@@ -125,13 +126,53 @@ export class ModelParallelTrainer {
     };
   }
 
+  /**
+   * One micro-batch's forward through this stage: the teacher's part (kept only as the activation handed on),
+   * then the student's, with the loss on the last stage. Returns the student's tape for the backward.
+   */
+  private async forwardMicro(batch: TokenBatch, tag: string, lossOp: Op, stats: tf.Tensor[]): Promise<{ tape: Tape; count: number }> {
+    const S = this.studentStage;
+    const T = this.teacherStage;
+    const first = this.coords.pp === 0;
+    const mb = await this.localBatch(batch);
+    const given: Record<string, tf.Tensor> = {};
+    let teacherIn: tf.Tensor | null = null;
+    if (first) {
+      given.ids = mb.ids;
+    } else {
+      mb.ids.dispose();
+      const got = await this.o.coll.receive(this.stageRank(this.coords.pp - 1), tag);
+      given[S.inputName] = got[0];
+      teacherIn = got[1] ?? null;
+    }
+    let teacherOut: tf.Tensor | null = null;
+    if (T) {
+      const tt = new Tape(T.ops(mb.batch, mb.seq), this.o.teacher!.params);
+      await tt.forward(first ? { ids: tf.clone(mb.ids) } : { [T.inputName]: teacherIn! });
+      teacherOut = tf.clone(tt.acts.get(T.outputName)!);
+      tt.dispose();
+    }
+    const ops = this.isLast ? [...S.ops(mb.batch, mb.seq), lossOp] : S.ops(mb.batch, mb.seq);
+    const tape = new Tape(ops, this.o.student.params);
+    if (this.isLast) {
+      await tape.forward({ ...given, 't.hidden': teacherOut ?? tf.zeros([1, 1]), labels: mb.labels, mask: mb.mask });
+      stats.push(...LOSS_OUTPUTS.map((n) => tf.clone(tape.acts.get(n)!)));
+      return { tape, count: mb.count };
+    }
+    mb.labels.dispose();
+    mb.mask.dispose();
+    await tape.forward(given);
+    await this.o.coll.send(this.stageRank(this.coords.pp + 1), tag, [tape.acts.get(S.outputName)!, ...(teacherOut ? [teacherOut] : [])]);
+    teacherOut?.dispose();
+    return { tape, count: 0 };
+  }
+
   async step(micros: TokenBatch[]): Promise<StepResult> {
     const started = performance.now();
     const { layout, coll } = this.o;
     const step = micros[0].position.step;
     this.globalTokens = micros[0].globalBatchTokens;
     const S = this.studentStage;
-    const T = this.teacherStage;
     const first = this.coords.pp === 0;
     const tapes = new Map<number, Tape>();
     const grads = new Map<string, tf.Tensor>();
@@ -140,38 +181,9 @@ export class ModelParallelTrainer {
     for (const a of oneForwardOneBackward(this.coords.pp, layout.pp, micros.length)) {
       const tag = `step ${step} micro ${a.micro} ${a.kind}`;
       if (a.kind === 'forward') {
-        const mb = await this.localBatch(micros[a.micro]);
-        const given: Record<string, tf.Tensor> = {};
-        let teacherIn: tf.Tensor | null = null;
-        if (first) {
-          given.ids = mb.ids;
-        } else {
-          mb.ids.dispose();
-          const got = await coll.receive(this.stageRank(this.coords.pp - 1), tag);
-          given[S.inputName] = got[0];
-          teacherIn = got[1] ?? null;
-        }
-        let teacherOut: tf.Tensor | null = null;
-        if (T) {
-          const tt = new Tape(T.ops(mb.batch, mb.seq), this.o.teacher!.params);
-          await tt.forward(first ? { ids: tf.clone(mb.ids) } : { [T.inputName]: teacherIn! });
-          teacherOut = tf.clone(tt.acts.get(T.outputName)!);
-          tt.dispose();
-        }
-        const ops = this.isLast ? [...S.ops(mb.batch, mb.seq), this.lossOp()] : S.ops(mb.batch, mb.seq);
-        const tape = new Tape(ops, this.o.student.params);
-        if (this.isLast) {
-          count += mb.count;
-          await tape.forward({ ...given, 't.hidden': teacherOut ?? tf.zeros([1, 1]), labels: mb.labels, mask: mb.mask });
-          stats.push(...LOSS_OUTPUTS.map((n) => tf.clone(tape.acts.get(n)!)));
-        } else {
-          mb.labels.dispose();
-          mb.mask.dispose();
-          await tape.forward(given);
-          await coll.send(this.stageRank(this.coords.pp + 1), tag, [tape.acts.get(S.outputName)!, ...(teacherOut ? [teacherOut] : [])]);
-          teacherOut?.dispose();
-        }
-        tapes.set(a.micro, tape);
+        const f = await this.forwardMicro(micros[a.micro], tag, this.lossOp(), stats);
+        count += f.count;
+        tapes.set(a.micro, f.tape);
       } else {
         const tape = tapes.get(a.micro)!;
         tapes.delete(a.micro);
@@ -188,6 +200,34 @@ export class ModelParallelTrainer {
       }
     }
     return this.finishStep(step, grads, stats, count, started);
+  }
+
+  /**
+   * Validation: forward only over `micros` (the same on every DP rank; the first DP replica computes, the others
+   * only join the final sum), the student's CE and the KD divergence (at τ, without τ²) as token-weighted means.
+   */
+  async evaluate(micros: TokenBatch[], round: number): Promise<{ studentCe: number; kdLoss?: number; tokens: number }> {
+    const stats: tf.Tensor[] = [];
+    let count = 0;
+    if (this.coords.dp === 0) {
+      for (const [i, b] of micros.entries()) {
+        const f = await this.forwardMicro(b, `validation ${round} micro ${i}`, this.lossOp(true), stats);
+        count += f.count;
+        f.tape.dispose();
+      }
+    }
+    const sums = new Float32Array(3);
+    if (this.isLast && this.coords.tp === 0 && this.coords.dp === 0) {
+      const stacked = stats.length ? tf.stack(stats) : null;
+      const values = stacked ? await stacked.data() : new Float32Array(0);
+      stacked?.dispose();
+      for (let i = 0; i < values.length; i += 3) { sums[0] += values[i + 1]; sums[1] += values[i + 2]; }
+      sums[2] = count;
+    }
+    for (const s of stats) s.dispose();
+    await this.o.coll.allReduceSum(Array.from({ length: worldSize(this.o.layout) }, (_, r) => r), sums);
+    const n = Math.max(1, sums[2]);
+    return { studentCe: sums[1] / n, kdLoss: this.o.teacher ? sums[0] / n : undefined, tokens: sums[2] };
   }
 
   private async finishStep(step: number, grads: Map<string, tf.Tensor>, stats: tf.Tensor[], count: number, started: number): Promise<StepResult> {
