@@ -32,6 +32,11 @@ export interface BenchRecord {
   x?: number;
   backend: string;
   backend_detail: string;
+  /**
+   * Processes that ran ours: 1 in the bench's own process (with per-stage times), N > 1 as N data-parallel
+   * workers through the launcher of `distill run --devices N`. Absent in records from before the flag: 1.
+   */
+  devices?: number;
   shape: BenchShape;
   tokens_per_step: number;
   steps: number;
@@ -45,11 +50,15 @@ export interface BenchRecord {
   peer_unavailable: string | null;
   peer_threads: number | null;
   machine: Machine;
-  /** Busy milliseconds per step of each stage ("student fwd+bwd" is forward, loss and backward under one tape). */
-  stages: { ours: Record<Stage, number>; peer: Record<Stage, number> | null };
+  /**
+   * Busy milliseconds per step of each stage ("student fwd+bwd" is forward, loss and backward under one tape);
+   * null for ours with devices > 1 (the stages run in the workers, unseen by the bench).
+   */
+  stages: { ours: Record<Stage, number> | null; peer: Record<Stage, number> | null };
   wall_ms_per_step: { ours: number; peer: number | null };
   memory: {
-    ours: { peak_rss_bytes: number; peak_tf_bytes: number; peak_tf_tensors: number };
+    /** With devices > 1: the sum of the workers' peak RSS (null where /proc is unreadable), no tf figures. */
+    ours: { peak_rss_bytes: number | null; peak_tf_bytes: number | null; peak_tf_tensors: number | null };
     peer: { peak_rss_bytes: number } | null;
   };
   last_loss: { ours: number; peer: number | null };

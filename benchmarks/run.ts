@@ -1,9 +1,11 @@
 /**
- * `npm run bench -- [--config S|M|L|tiny] [--backend B] [--json] [--peer torch|none] [--steps N] [--scaling]`
+ * `npm run bench -- [--config S|M|L|tiny] [--backend B] [--devices N] [--json] [--peer torch|none] [--steps N] [--scaling]`
  *
  * Streams the project's own online-KD pipeline and then the PyTorch peer on the same shapes, in this one
  * invocation, and reports tokens/s side by side with the ratio, per-stage busy time and peak memory. Each run is
  * appended to benchmarks/results/results.jsonl, from which the README table and the charts there are regenerated.
+ * With --devices N > 1, ours runs as N data-parallel worker processes through run() and the launcher, as
+ * `distill run --devices N` does (benchmarks/oursParallel.ts); the peer gets the same global batch either way.
  * Progress goes to stderr; stdout carries the markdown row and, with --json, one JSON object as its last line.
  */
 import { cpus, loadavg, platform, release, arch } from 'node:os';
@@ -13,6 +15,7 @@ import { selectBackend, BACKEND_CHOICES, type BackendChoice, type BackendReport 
 import { parseFlags, usage } from '../src/cli/flags.ts';
 import { benchShape, CONFIG_NAMES, scalingPoints, tokensPerStep, type BenchShape } from './configs.ts';
 import { runOurs } from './ours.ts';
+import { runOursParallel } from './oursParallel.ts';
 import { DEFAULT_PYTHON, runPeer, type PeerOutcome } from './peer.ts';
 import { appendResult, readResults, type BenchRecord, type Machine } from './results.ts';
 import { markdownRow, TABLE_HEADER, writeResultsReadme } from './table.ts';
@@ -22,6 +25,7 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const FLAGS = {
   config: { kind: 'string', help: 'model and batch shapes from benchmarks/configs.json', default: 'S', choices: CONFIG_NAMES },
   backend: { kind: 'string', help: 'tfjs backend for ours', default: 'auto', choices: BACKEND_CHOICES },
+  devices: { kind: 'int', help: 'run ours as N data-parallel worker processes, as `distill run --devices N` (1: in this process, with per-stage times)', default: 1, min: 1 },
   json: { kind: 'boolean', help: 'print one JSON object as the last line of stdout' },
   peer: { kind: 'string', help: 'the peer to run beside ours', default: 'torch', choices: ['torch', 'none'] },
   steps: { kind: 'int', help: 'measured steps (default: the config\'s; 2 per point with --scaling)', min: 1 },
@@ -53,12 +57,39 @@ interface Measure {
   shape: BenchShape;
   steps: number;
   warmup: number;
+  devices: number;
+}
+
+interface OursFigures {
+  tokensPerS: number;
+  wallMsPerStep: number;
+  lastLoss: number;
+  stages: BenchRecord['stages']['ours'];
+  memory: BenchRecord['memory']['ours'];
+}
+
+/** Ours, in this process (per-stage times, tf memory) or as N data-parallel workers (wall time and RSS only). */
+async function measureOurs(m: Measure, backend: BackendReport): Promise<OursFigures> {
+  if (m.devices === 1) {
+    const ours = await runOurs(m.shape, { backend, steps: m.steps, warmup: m.warmup, log });
+    log(`ours: ${ours.tokensPerS.toFixed(1)} tokens/s (${ours.wallMsPerStep.toFixed(0)} ms/step, last loss ${ours.lastLoss.toFixed(4)})`);
+    return {
+      tokensPerS: ours.tokensPerS, wallMsPerStep: ours.wallMsPerStep, lastLoss: ours.lastLoss, stages: ours.stagesMsPerStep,
+      memory: { peak_rss_bytes: ours.memory.rssBytes, peak_tf_bytes: ours.memory.tfBytes, peak_tf_tensors: ours.memory.tfTensors },
+    };
+  }
+  const dp = await runOursParallel(m.shape, { backend, devices: m.devices, steps: m.steps, warmup: m.warmup, log });
+  const expected = tokensPerStep(m.shape) * m.steps;
+  log(`ours: ${dp.tokensPerS.toFixed(1)} tokens/s on ${dp.workers} worker processes (${dp.wallMsPerStep.toFixed(0)} ms/step, last loss ${dp.lastLoss.toFixed(4)}; the ranks reported ${dp.reportedTokens} tokens for the measured steps, the global batch holds ${expected})`);
+  return {
+    tokensPerS: dp.tokensPerS, wallMsPerStep: dp.wallMsPerStep, lastLoss: dp.lastLoss, stages: null,
+    memory: { peak_rss_bytes: dp.peakRssBytes, peak_tf_bytes: null, peak_tf_tensors: null },
+  };
 }
 
 async function measure(m: Measure, backend: BackendReport, flags: { peer: string; python: string; threads: number; timeoutMs: number; extraArgs: string[] }): Promise<Omit<BenchRecord, 'kind' | 'date' | 'run_id' | 'config' | 'command' | 'machine'> & { torch: string | null }> {
-  log(`— ${m.configName}: vocab ${m.shape.vocab}, seq ${m.shape.seq}, batch ${m.shape.batch}, student ${JSON.stringify(m.shape.student)}, teacher ${JSON.stringify(m.shape.teacher)}`);
-  const ours = await runOurs(m.shape, { backend, steps: m.steps, warmup: m.warmup, log });
-  log(`ours: ${ours.tokensPerS.toFixed(1)} tokens/s (${ours.wallMsPerStep.toFixed(0)} ms/step, last loss ${ours.lastLoss.toFixed(4)})`);
+  log(`— ${m.configName}${m.devices > 1 ? ` (ours on ${m.devices} data-parallel worker processes)` : ''}: vocab ${m.shape.vocab}, seq ${m.shape.seq}, batch ${m.shape.batch}, student ${JSON.stringify(m.shape.student)}, teacher ${JSON.stringify(m.shape.teacher)}`);
+  const ours = await measureOurs(m, backend);
   let peer: PeerOutcome | null = null;
   if (flags.peer === 'torch') {
     log(`peer: running ${flags.python} benchmarks/peer/kd_step.py on ${flags.threads} threads`);
@@ -69,7 +100,8 @@ async function measure(m: Measure, backend: BackendReport, flags: { peer: string
   const p = peer?.ok ? peer.result : null;
   return {
     backend: backend.chosen,
-    backend_detail: backend.detail,
+    backend_detail: m.devices > 1 ? `${backend.detail}; ${m.devices} data-parallel worker processes` : backend.detail,
+    devices: m.devices,
     shape: m.shape,
     tokens_per_step: tokensPerStep(m.shape),
     steps: m.steps,
@@ -80,12 +112,9 @@ async function measure(m: Measure, backend: BackendReport, flags: { peer: string
     peer: flags.peer === 'torch' ? 'torch' : 'none',
     peer_unavailable: peer && !peer.ok ? peer.reason : null,
     peer_threads: p ? p.threads : null,
-    stages: { ours: ours.stagesMsPerStep, peer: p ? p.stagesMsPerStep : null },
+    stages: { ours: ours.stages, peer: p ? p.stagesMsPerStep : null },
     wall_ms_per_step: { ours: ours.wallMsPerStep, peer: p ? p.wallMsPerStep : null },
-    memory: {
-      ours: { peak_rss_bytes: ours.memory.rssBytes, peak_tf_bytes: ours.memory.tfBytes, peak_tf_tensors: ours.memory.tfTensors },
-      peer: p ? { peak_rss_bytes: p.peakRssBytes } : null,
-    },
+    memory: { ours: ours.memory, peer: p ? { peak_rss_bytes: p.peakRssBytes } : null },
     last_loss: { ours: ours.lastLoss, peer: p ? p.lastLoss : null },
     torch: p ? p.torchVersion : null,
   };
@@ -103,6 +132,7 @@ async function main(argv: string[]): Promise<void> {
     return;
   }
   const configName = flags.config ?? 'S';
+  const devices = flags.devices ?? 1;
   const base = benchShape(configName);
   const command = `npm run bench -- ${argv.join(' ')}`.trim();
   const runId = new Date().toISOString();
@@ -113,9 +143,9 @@ async function main(argv: string[]): Promise<void> {
   const points: { name: string; axis?: BenchRecord['axis']; x?: number; m: Measure }[] = flags.scaling
     ? scalingPoints(base, flags.steps ?? 2, flags.warmup ?? 1).map((p) => ({
         name: `${configName} ${p.axis}=${p.x}`, axis: p.axis, x: p.x,
-        m: { configName: `${configName} ${p.axis}=${p.x}`, shape: p.shape, steps: p.shape.steps, warmup: p.shape.warmup },
+        m: { configName: `${configName} ${p.axis}=${p.x}`, shape: p.shape, steps: p.shape.steps, warmup: p.shape.warmup, devices },
       }))
-    : [{ name: configName, m: { configName, shape: base, steps: flags.steps ?? base.steps, warmup: flags.warmup ?? base.warmup } }];
+    : [{ name: configName, m: { configName, shape: base, steps: flags.steps ?? base.steps, warmup: flags.warmup ?? base.warmup, devices } }];
 
   const records: BenchRecord[] = [];
   for (const pt of points) {

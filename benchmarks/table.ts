@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { PALETTE, type ChartSpec } from '../src/logging/chart.ts';
 import { writeChartPngs } from '../src/logging/plot.ts';
 import type { BenchRecord } from './results.ts';
+import type { Stage } from './stageClock.ts';
 
 const fmt = (v: number | null, digits = 0): string => (v === null || !Number.isFinite(v) ? '–' : v.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }));
 /** Tokens/s: one decimal below 100, where a rounded integer would hide a 5% difference. */
@@ -15,24 +16,28 @@ const tps = (v: number | null): string => fmt(v, v !== null && v < 100 ? 1 : 0);
 const mib = (b: number | null | undefined): string => (b == null ? '–' : `${Math.round(b / 2 ** 20).toLocaleString('en-US')}`);
 
 export const TABLE_HEADER = [
-  '| date | config | backend | ours tok/s | PyTorch tok/s | ours / PyTorch | ours ms/step: read · teacher · student fwd+bwd · optimizer | peak RSS MiB ours / PyTorch | machine | command |',
-  '|---|---|---|---:|---:|---:|---|---:|---|---|',
+  '| date | config | backend | devices | ours tok/s | PyTorch tok/s | ours / PyTorch | ours ms/step: read · teacher · student fwd+bwd · optimizer | peak RSS MiB ours / PyTorch | machine | command |',
+  '|---|---|---|---:|---:|---:|---:|---|---:|---|---|',
 ];
 
 export function markdownRow(r: BenchRecord): string {
   const s = r.stages.ours;
-  const stages = [s.read, s.teacherLogits, s['student fwd+bwd'], s.optimizer].map((v) => fmt(v)).join(' · ');
+  // With devices > 1 the stages run in the workers; the wall time per step is all the bench sees.
+  const stages = s ? [s.read, s.teacherLogits, s['student fwd+bwd'], s.optimizer].map((v) => fmt(v)).join(' · ') : `– (${fmt(r.wall_ms_per_step.ours)} wall, ${devicesOf(r)} processes)`;
   const peer = r.peer_tokens_per_s === null ? `– (${r.peer === 'none' ? 'not run' : 'unavailable'})` : tps(r.peer_tokens_per_s);
   // Older records have no load average; a load above the core count means the figures were taken on a busy machine.
   const load = r.machine.load_avg ? `; load ${r.machine.load_avg.before.toFixed(1)}→${r.machine.load_avg.after.toFixed(1)}` : '';
   const machine = `${r.machine.cpu}, ${r.machine.cores} cores${r.peer_threads ? `; torch ${r.machine.torch ?? '?'} on ${r.peer_threads} threads` : ''}${load}`;
-  return `| ${r.date.slice(0, 10)} | ${r.config} | ${r.backend} | ${tps(r.ours_tokens_per_s)} | ${peer} | ${fmt(r.ratio, 3)} | ${stages} | ${mib(r.memory.ours.peak_rss_bytes)} / ${mib(r.memory.peer?.peak_rss_bytes)} | ${machine} | \`${r.command}\` |`;
+  return `| ${r.date.slice(0, 10)} | ${r.config} | ${r.backend} | ${devicesOf(r)} | ${tps(r.ours_tokens_per_s)} | ${peer} | ${fmt(r.ratio, 3)} | ${stages} | ${mib(r.memory.ours.peak_rss_bytes)} / ${mib(r.memory.peer?.peak_rss_bytes)} | ${machine} | \`${r.command}\` |`;
 }
 
-/** The newest record per (config, backend, machine): what the chart shows. */
+/** Processes that ran ours (records from before --devices ran in one). */
+export const devicesOf = (r: BenchRecord): number => r.devices ?? 1;
+
+/** The newest record per (config, backend, devices, machine): what the chart shows. */
 function latestPerConfig(records: BenchRecord[]): BenchRecord[] {
   const m = new Map<string, BenchRecord>();
-  for (const r of records) if (r.kind === 'config') m.set(`${r.config}|${r.backend}|${r.machine.cpu}`, r);
+  for (const r of records) if (r.kind === 'config') m.set(`${r.config}|${r.backend}|${devicesOf(r)}|${r.machine.cpu}`, r);
   return [...m.values()];
 }
 
@@ -80,7 +85,7 @@ export function throughputSvg(records: BenchRecord[]): string {
       parts.push(`<rect x="${x + 2}" y="${top}" width="${bw - 4}" height="${pad.t + plotH - top}" fill="${color}"><title>${fmt(v)} tokens/s</title></rect>`);
       parts.push(`<text x="${x + bw / 2}" y="${top - 4}" text-anchor="middle" font-size="10">${tps(v)}</text>`);
     });
-    parts.push(`<text x="${cx}" y="${pad.t + plotH + 18}" text-anchor="middle">${escapeXml(r.config)} · ${escapeXml(r.backend)}</text>`);
+    parts.push(`<text x="${cx}" y="${pad.t + plotH + 18}" text-anchor="middle">${escapeXml(r.config)} · ${escapeXml(r.backend)}${devicesOf(r) > 1 ? ` · DP ${devicesOf(r)}` : ''}</text>`);
     parts.push(`<text x="${cx}" y="${pad.t + plotH + 34}" text-anchor="middle" fill="#555">ratio ${fmt(r.ratio, 2)}</text>`);
   });
   parts.push(`<line x1="${pad.l}" x2="${pad.l}" y1="${pad.t}" y2="${pad.t + plotH}" stroke="#999"/>`);
@@ -120,13 +125,13 @@ export function scalingCharts(sweep: BenchRecord[]): ChartSpec[] {
 
 /** Where each side spends a step, for the newest run of each configuration: the gap is in a stage, not everywhere. */
 function stageComparison(rows: BenchRecord[]): string[] {
-  const withPeer = rows.filter((r) => r.stages.peer !== null);
+  const withPeer = rows.filter((r) => r.stages.peer !== null && r.stages.ours !== null);
   if (withPeer.length === 0) return [];
   const out = ['## Where a step goes (ms per step, newest run per configuration)', ''];
   for (const r of withPeer) {
     out.push(`**${r.config}** on ${r.backend} (${r.date.slice(0, 10)}):`, '', '| stage | ours | PyTorch | ours / PyTorch time |', '|---|---:|---:|---:|');
-    for (const [k, v] of Object.entries(r.stages.ours)) {
-      const p = r.stages.peer?.[k as keyof typeof r.stages.ours] ?? null;
+    for (const [k, v] of Object.entries(r.stages.ours ?? {})) {
+      const p = r.stages.peer?.[k as Stage] ?? null;
       out.push(`| ${k} | ${fmt(v, 1)} | ${fmt(p, 1)} | ${p ? fmt(v / p, 2) : '–'} |`);
     }
     out.push(`| whole step (wall) | ${fmt(r.wall_ms_per_step.ours, 1)} | ${fmt(r.wall_ms_per_step.peer, 1)} | ${r.wall_ms_per_step.peer ? fmt(r.wall_ms_per_step.ours / r.wall_ms_per_step.peer, 2) : '–'} |`, '');
@@ -157,7 +162,9 @@ export function writeResultsReadme(dir: string, records: BenchRecord[]): string[
     'in the same invocation on the same machine, after ours. Figures are over the measured steps, after warm-up.',
     'Stage times are busy milliseconds per step; "student fwd+bwd" is the student\'s forward, the loss and the',
     'backward pass, which run under one gradient tape. Ours on wasm uses one thread (tfjs-wasm in Node has no',
-    'threads); the peer uses `--threads` torch threads (2 by default), both on the same machine.',
+    'threads); the peer uses `--threads` torch threads (2 by default), both on the same machine. With `--devices N`',
+    '(column "devices") ours runs as N data-parallel worker processes through the launcher of `distill run --devices N`,',
+    'on the same global batch and shapes; tokens/s counts the whole global batch, and the per-stage split is not measured.',
     '',
     '![throughput](throughput.svg)',
     '',

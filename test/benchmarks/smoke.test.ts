@@ -26,6 +26,7 @@ test('bench --config tiny --peer none --steps 2 --json prints positive figures a
     const out = JSON.parse(lines[lines.length - 1]) as Record<string, unknown>;
     assert.equal(out.config, 'tiny');
     assert.equal(out.backend, 'wasm');
+    assert.equal(out.devices, 1, 'ours ran in the bench process (the default)');
     assert.equal(out.peer_tokens_per_s, null);
     assert.equal(out.ratio, null);
     assert.ok(typeof out.command === 'string' && out.command.includes('--config tiny'));
@@ -49,6 +50,30 @@ test('bench --config tiny --peer none --steps 2 --json prints positive figures a
     assert.equal((JSON.parse(jsonl[0]) as { config: string }).config, 'tiny');
     assert.match(readFileSync(join(dir, 'README.md'), 'utf8'), /\| tiny \| wasm \|/);
     assert.ok(existsSync(join(dir, 'throughput.svg')));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('bench --devices 2 runs ours as two data-parallel workers and records devices 2', { timeout: 60_000 }, () => {
+  const dir = mkdtempSync(join(tmpdir(), 'bench-smoke-dp-'));
+  try {
+    const args = ['--import', 'tsx', 'benchmarks/run.ts', '--config', 'tiny', '--backend', 'wasm', '--peer', 'none', '--devices', '2', '--steps', '2', '--warmup', '1', '--json', '--results', dir];
+    const r = spawnSync(process.execPath, args, { cwd: ROOT, encoding: 'utf8', timeout: 55_000 });
+    assert.equal(r.status, 0, `bench exited ${r.status}:\n${r.stderr}`);
+    const lines = r.stdout.trim().split('\n');
+    const out = JSON.parse(lines[lines.length - 1]) as Record<string, unknown>;
+    assert.equal(out.devices, 2);
+    assert.ok((out.ours_tokens_per_s as number) > 0, `ours_tokens_per_s ${out.ours_tokens_per_s}`);
+    assert.equal((out.stages as { ours: unknown }).ours, null, 'no per-stage split across processes');
+    const loss = (out.last_loss as { ours: number }).ours;
+    assert.ok(Number.isFinite(loss) && loss >= 0, `forward KL is finite and non-negative, got ${loss}`);
+    // Both ranks' halves of the global batch were trained on: the launcher forked two workers and they reported every token.
+    assert.match(r.stderr, /\[worker 1\]/, 'a second worker process ran');
+    assert.match(r.stderr, /the ranks reported 128 tokens for the measured steps, the global batch holds 128/);
+    assert.ok(lines.some((l) => /^\| \S+ \| tiny \| wasm \| 2 \|/.test(l)), 'the markdown row shows devices 2');
+    const rec = JSON.parse(readFileSync(join(dir, 'results.jsonl'), 'utf8').trim()) as { devices: number };
+    assert.equal(rec.devices, 2);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
