@@ -1,15 +1,22 @@
 /**
- * Runs the fixture pair's 5 KD steps under a model-parallel layout with every rank in this process (in-process
+ * Runs KD steps on the fixture batch under a model-parallel layout with every rank in this process (in-process
  * transports: each message still crosses as an encoded frame), and the same steps on one worker through the
- * ordinary operators, so tests can compare the two.
+ * ordinary operators, so tests can compare the two. By default the pair is the fixtures' llama-student and
+ * llama-teacher; `ModelPair` points either at another checkpoint directory (a temporary GPT-2, say).
  */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { from, lastValueFrom, toArray } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
 import { backward, klLoss, studentForward, teacherLogits } from '../../operators/index.ts';
 import type { KlLossOptions } from '../../operators/klLoss.ts';
 import { loadModel } from '../../src/checkpoint/load.ts';
+import { mulberry32 } from '../../src/data/prng.ts';
+import { encodeSafetensors } from '../../src/io/safetensors.ts';
 import { DEFAULT_KD_LOSS } from '../../src/losses/types.ts';
-import { AdamW } from '../../src/optim/adamw.ts';
+import { parseModelConfig } from '../../src/model/config.ts';
+import { expectedParamShapes } from '../../src/model/params.ts';
+import { AdamW, type AdamWState } from '../../src/optim/adamw.ts';
 import { coordsOf, worldSize, type ParallelLayout } from '../../src/parallel/layout.ts';
 import { localTransports } from '../../src/parallel/localTransport.ts';
 import { Collectives } from '../../src/parallel/modelParallel/collectives.ts';
@@ -18,10 +25,32 @@ import { gatherFullState, loadShardedModel } from '../../src/parallel/modelParal
 import type { StepResult, TokenBatch } from '../../src/train/batch.ts';
 import { expectedJson, fixture } from '../helpers/fixtures.ts';
 import { fixtureBatches } from '../helpers/fixtureBatches.ts';
+import { scratchDir } from '../model/checkpointVariant.ts';
 
 export interface LayoutRun {
+  /** Rank 0's step results. */
   steps: StepResult[];
+  /** Every rank's step results, by rank (one worker: just its own). */
+  perRank: StepResult[][];
+  /** The final student weights, full Hugging Face tensors by name. */
   weights: Map<string, Float32Array>;
+  /** The final AdamW state, full tensors (gathered on rank 0 under a layout, as a checkpoint writes it). */
+  optimizer: AdamWState;
+}
+
+/** Which checkpoints to distil between, and what the labels are. */
+export interface ModelPair {
+  /** Student checkpoint directory (default: the fixtures' llama-student). */
+  student?: string;
+  /** Teacher checkpoint directory (default: the fixtures' llama-teacher). */
+  teacher?: string;
+  /**
+   * The fixture batches carry all-zero labels (the trajectory is pure KD). With this set, label i is input id i + 1
+   * (the last position wraps to the row's first id), so a CE term reads labels from the whole vocabulary.
+   */
+  nextTokenLabels?: boolean;
+  /** Global-norm clipping threshold (default: the fixture's 1.0, which its small gradients never reach). */
+  clipGrad?: number;
 }
 
 export function fixtureLoss(over: Partial<KlLossOptions> = {}): KlLossOptions {
@@ -33,38 +62,61 @@ function optimizerFor(params: Map<string, tf.Variable>): AdamW {
   return new AdamW(params, { beta1: tr.betas[0], beta2: tr.betas[1], eps: tr.eps, weightDecay: tr.weight_decay, weightDecayAll: true });
 }
 
-/** The fixture's steps on one worker, through the pipeline's own operators. */
-export async function oneWorker(steps: number, microPerStep: number, loss = fixtureLoss()): Promise<LayoutRun> {
+function dirs(pair: ModelPair): { student: string; teacher: string } {
+  return { student: pair.student ?? fixture('llama-student'), teacher: pair.teacher ?? fixture('llama-teacher') };
+}
+
+/** The fixture's micro-batches, with next-token labels when the pair asks for them. */
+export function pairBatches(steps: number, microPerStep: number, pair: ModelPair = {}): TokenBatch[] {
+  const batches = fixtureBatches(steps, microPerStep);
+  if (!pair.nextTokenLabels) return batches;
+  return batches.map((b) => {
+    const [rows, seq] = b.inputIds.shape;
+    const ids = b.inputIds.dataSync();
+    const labels = new Int32Array(rows * seq);
+    for (let r = 0; r < rows; r++) for (let i = 0; i < seq; i++) labels[r * seq + i] = ids[r * seq + ((i + 1) % seq)];
+    b.labels.dispose();
+    return { ...b, labels: tf.tensor2d(labels, [rows, seq], 'int32') };
+  });
+}
+
+/** The steps on one worker, through the pipeline's own operators. */
+export async function oneWorker(steps: number, microPerStep: number, loss = fixtureLoss(), pair: ModelPair = {}): Promise<LayoutRun> {
   const tr = expectedJson().train;
-  const student = await loadModel(fixture('llama-student'), { trainable: true });
-  const teacher = await loadModel(fixture('llama-teacher'), { trainable: false });
+  const d = dirs(pair);
+  const student = await loadModel(d.student, { trainable: true });
+  const teacher = await loadModel(d.teacher, { trainable: false });
   const optimizer = optimizerFor(student.params);
-  const results = await lastValueFrom(from(fixtureBatches(steps, microPerStep)).pipe(
-    teacherLogits(teacher), studentForward(student), klLoss(loss),
-    backward(student, { optimizer, lrAt: () => tr.lr, clipGrad: tr.clip_grad_norm, nanPolicy: 'stop', globalBatchSize: 2 }),
-    toArray(),
-  ));
-  const weights = new Map<string, Float32Array>();
-  for (const [n, v] of student.params) weights.set(n, (await v.data()) as Float32Array);
-  optimizer.dispose();
-  student.dispose();
-  teacher.dispose();
-  return { steps: results, weights };
+  try {
+    const results = await lastValueFrom(from(pairBatches(steps, microPerStep, pair)).pipe(
+      teacherLogits(teacher), studentForward(student), klLoss(loss),
+      backward(student, { optimizer, lrAt: () => tr.lr, clipGrad: pair.clipGrad ?? tr.clip_grad_norm, nanPolicy: 'stop', globalBatchSize: 2 }),
+      toArray(),
+    ));
+    const weights = new Map<string, Float32Array>();
+    for (const [n, v] of student.params) weights.set(n, (await v.data()) as Float32Array);
+    return { steps: results, perRank: [results], weights, optimizer: await optimizer.state() };
+  } finally {
+    optimizer.dispose();
+    student.dispose();
+    teacher.dispose();
+  }
 }
 
 /** The same steps with every rank of `layout` in this process; micro-batches are dealt to the DP ranks in turn. */
-export async function underLayout(layout: ParallelLayout, steps: number, microPerStep: number, loss = fixtureLoss()): Promise<LayoutRun> {
+export async function underLayout(layout: ParallelLayout, steps: number, microPerStep: number, loss = fixtureLoss(), pair: ModelPair = {}): Promise<LayoutRun> {
   const tr = expectedJson().train;
+  const d = dirs(pair);
   const n = worldSize(layout);
   const transports = localTransports(n);
-  const batches = fixtureBatches(steps, microPerStep);
+  const batches = pairBatches(steps, microPerStep, pair);
   const ranks = transports.map((t, rank) => {
     const coll = new Collectives(t);
-    const student = loadShardedModel(fixture('llama-student'), layout, rank, true);
-    const teacher = loadShardedModel(fixture('llama-teacher'), layout, rank, false);
+    const student = loadShardedModel(d.student, layout, rank, true);
+    const teacher = loadShardedModel(d.teacher, layout, rank, false);
     const optimizer = optimizerFor(student.params);
     const trainer = new ModelParallelTrainer({
-      layout, rank, coll, student, teacher, loss, optimizer, clipGrad: tr.clip_grad_norm, lrAt: () => tr.lr, nanPolicy: 'stop', globalBatchSize: 2,
+      layout, rank, coll, student, teacher, loss, optimizer, clipGrad: pair.clipGrad ?? tr.clip_grad_norm, lrAt: () => tr.lr, nanPolicy: 'stop', globalBatchSize: 2,
     });
     return { rank, coll, student, teacher, optimizer, trainer };
   });
@@ -78,10 +130,12 @@ export async function underLayout(layout: ParallelLayout, steps: number, microPe
       }
       const full = await gatherFullState(r.coll, layout, r.rank, r.student, r.optimizer, 'final');
       const weights = new Map<string, Float32Array>();
-      if (full) for (const [name, t] of full.model.params) weights.set(name, (await t.data()) as Float32Array);
-      return { steps: out, weights };
+      if (full) for (const [name, t] of full.model.params) weights.set(name, Float32Array.from(await t.data()));
+      return { steps: out, weights, optimizer: full ? await full.optimizer.state() : null };
     }));
-    return perRank[0];
+    const optimizer = perRank[0].optimizer;
+    if (!optimizer) throw new Error('gatherFullState returned nothing on rank 0');
+    return { steps: perRank[0].steps, perRank: perRank.map((p) => p.steps), weights: perRank[0].weights, optimizer };
   } finally {
     for (const b of batches) { b.inputIds.dispose(); b.labels.dispose(); b.lossMask.dispose(); }
     for (const r of ranks) {
@@ -91,4 +145,41 @@ export async function underLayout(layout: ParallelLayout, steps: number, microPe
       for (const v of r.teacher.params.values()) v.dispose();
     }
   }
+}
+
+export interface Gpt2Shape {
+  nEmbd: number;
+  nHead: number;
+  nLayer: number;
+  vocab: number;
+  seed: number;
+}
+
+/**
+ * A GPT-2 checkpoint (gpt2-tiny's config with these sizes) with random weights in a temporary directory. Every
+ * tensor is random, biases and LayerNorm weights too (Hugging Face's init zeroes the biases, which would hide a
+ * misplaced bias slice). Matrices are uniform with standard deviation 0.1 / √fan_in (embeddings 0.1): larger
+ * activations make the key bias drift apart between two correct implementations, since its gradient is zero in
+ * exact arithmetic (softmax ignores a per-query constant q·b_k) and AdamW divides float noise by √v + 1e-8;
+ * at 0.3 / √fan_in that noise reaches 4e-5 in five steps, at 0.1 it stays below 3e-6.
+ */
+export function randomGpt2Checkpoint(shape: Gpt2Shape): string {
+  const raw = JSON.parse(readFileSync(fixture('gpt2-tiny', 'config.json'), 'utf8')) as Record<string, unknown>;
+  const json: Record<string, unknown> = { ...raw, n_embd: shape.nEmbd, n_head: shape.nHead, n_layer: shape.nLayer, vocab_size: shape.vocab };
+  const dir = scratchDir('gpt2-mp');
+  const file = join(dir, 'config.json');
+  const config = parseModelConfig(json, file);
+  const uniform = mulberry32(shape.seed);
+  const tensors = [...expectedParamShapes(config)].map(([name, dims]) => {
+    const n = dims.reduce((a, b) => a * b, 1);
+    const data = new Float32Array(n);
+    const isNormWeight = /(ln_\d|ln_f)\.weight$/.test(name);
+    const fanIn = dims.length < 2 || dims[0] === config.vocabSize || name.endsWith('wpe.weight') ? 1 : dims[0];
+    const scale = (dims.length >= 2 ? 0.1 : 0.1 / Math.sqrt(3)) * Math.sqrt(3 / fanIn);
+    for (let i = 0; i < n; i++) data[i] = (isNormWeight ? 1 : 0) + (uniform() * 2 - 1) * scale;
+    return { name, dtype: 'F32' as const, shape: dims, data };
+  });
+  writeFileSync(join(dir, 'model.safetensors'), encodeSafetensors(tensors, { format: 'pt' }));
+  writeFileSync(file, JSON.stringify(json));
+  return dir;
 }
