@@ -12,6 +12,7 @@ import { dirname, join } from 'node:path';
 import { BackendError } from '../errors.ts';
 import { registerEmbeddingKernels } from './embeddingKernels.ts';
 import { registerWasmMatMul } from './wasmMatMul.ts';
+import { registerReductionGradients } from './reductionGradients.ts';
 
 export type BackendName = 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
 export type BackendChoice = BackendName | 'auto';
@@ -146,6 +147,7 @@ export async function selectBackend(choice: BackendChoice = 'auto', opts: Backen
     const a = await attempt(name, opts);
     if (a.ok) {
       registerEmbeddingKernels(name);
+      registerReductionGradients();
       if (name === 'wasm') registerWasmMatMul();
       const report: BackendReport = { chosen: name, skipped, detail: a.detail };
       if (log) {

@@ -64,7 +64,8 @@ export abstract class TransformerLM implements CausalLM {
    */
   frozenHeadTransposed(): tf.Tensor2D | null {
     if (this.trainableVariables().length > 0) return null;
-    if (!this.headT) this.headT = tf.tidy(() => tf.transpose(this.headWeight()) as tf.Tensor2D);
+    // Kept: the first call may come inside a tidy or a gradient tape, whose end would dispose it.
+    if (!this.headT) this.headT = tf.keep(tf.tidy(() => tf.transpose(this.headWeight()) as tf.Tensor2D));
     return this.headT;
   }
 
