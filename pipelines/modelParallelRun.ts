@@ -10,8 +10,6 @@ import { join } from 'node:path';
 import { bufferCount, concatMap, filter, lastValueFrom, toArray } from 'rxjs';
 import { selectBackend } from '../src/backend/select.ts';
 import { saveModel } from '../src/checkpoint/save.ts';
-import { AdamW } from '../src/optim/adamw.ts';
-import { cosineAnnealingLr } from '../src/optim/schedule.ts';
 import { coordsOf, type ParallelLayout } from '../src/parallel/layout.ts';
 import { checkModelParallelRecipe } from '../src/recipe/validateLayout.ts';
 import { Collectives } from '../src/parallel/modelParallel/collectives.ts';
@@ -26,7 +24,7 @@ import { RunLogs } from '../src/train/runLogs.ts';
 import { checkFingerprint, latestCheckpoint, readTrainingState, saveTrainingCheckpoint, type TrainingState } from '../src/train/trainingCheckpoint.ts';
 import { readBatches } from '../operators/readBatches.ts';
 import type { ValidationResult } from '../operators/validationTap.ts';
-import { runFingerprint, type RunResult } from './run.ts';
+import { learningRate, runFingerprint, studentOptimizer, type RunResult } from './run.ts';
 
 export interface ModelParallelRankOptions {
   transport: Transport;
@@ -53,10 +51,7 @@ export async function runModelParallelRank(recipe: DistillationRecipe, o: ModelP
   const teacher = recipe.kind === 'distill' && recipe.teacherPath ? loadShardedModel(recipe.teacherPath, layout, rank, false) : null;
   const sources = openDataSources(recipe, student.config.vocabSize);
   const fingerprint = runFingerprint(recipe, sources.fingerprint);
-  const optimizer = new AdamW(student.params, {
-    beta1: recipe.optim.adamBeta1, beta2: recipe.optim.adamBeta2, eps: recipe.optim.adamEps,
-    weightDecay: recipe.optim.weightDecay, weightDecayAll: recipe.optim.weightDecayAll,
-  });
+  const optimizer = studentOptimizer(recipe, student.params);
   let startStep = 0;
   let skippedSteps = 0;
   if (resume) {
@@ -72,7 +67,7 @@ export async function runModelParallelRank(recipe: DistillationRecipe, o: ModelP
     layout, rank, coll, student, teacher, optimizer,
     loss: { ...recipe.loss, kdRatio: teacher ? recipe.loss.kdRatio : 0 },
     clipGrad: recipe.optim.clipGrad, nanPolicy: t.nanPolicy, globalBatchSize: t.globalBatchSize,
-    lrAt: (s) => cosineAnnealingLr(s, { lr: recipe.optim.lr, minLr: recipe.optim.minLr, warmupSteps: recipe.optim.warmupSteps, maxSteps: t.maxSteps }),
+    lrAt: learningRate(recipe),
     stopRequested: o.stopRequested,
   });
   const logs = leader ? new RunLogs(runDir, { resumeAfterStep: startStep - 1, maxSteps: t.maxSteps, startStep, log, progress: false }) : null;

@@ -3,6 +3,7 @@
  * resumes from the run's last checkpoint when there is one, streams the pipeline, and saves only the student.
  */
 import { join } from 'node:path';
+import type * as tf from '@tensorflow/tfjs-core';
 import { mkdirSync } from 'node:fs';
 import { selectBackend, type BackendReport } from '../src/backend/select.ts';
 import { loadModel, readModelConfig } from '../src/checkpoint/load.ts';
@@ -101,10 +102,7 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
     }));
   }
   const fingerprint = { ...runFingerprint(recipe, sources.fingerprint), ...(cache ? { teacher: `teacher cache ${cache.id}` } : {}) };
-  const optimizer = new AdamW(student.params, {
-    beta1: recipe.optim.adamBeta1, beta2: recipe.optim.adamBeta2, eps: recipe.optim.adamEps,
-    weightDecay: recipe.optim.weightDecay, weightDecayAll: recipe.optim.weightDecayAll,
-  });
+  const optimizer = studentOptimizer(recipe, student.params);
   let startStep = 0;
   let skippedSteps = 0;
   if (resume) {
@@ -139,7 +137,7 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
     loss: { ...recipe.loss, kdRatio: teacher || cache || dp?.remoteTeacher ? recipe.loss.kdRatio : 0 },
     backward: {
       optimizer, clipGrad: recipe.optim.clipGrad, nanPolicy: t.nanPolicy, credits, globalBatchSize: t.globalBatchSize,
-      lrAt: (s) => cosineAnnealingLr(s, { lr: recipe.optim.lr, minLr: recipe.optim.minLr, warmupSteps: recipe.optim.warmupSteps, maxSteps: t.maxSteps }),
+      lrAt: learningRate(recipe),
       reduceGradients: dp?.reduceGradients,
       barrier,
     },
@@ -202,6 +200,18 @@ function remoteTeacherPipeline(student: CausalLM, teacher: RemoteTeacher, source
     teacher.stage(), studentForward(student), klLoss(c.loss), backward(student, c.backward),
     validationTap(c.validation), metricsTap(c.sinks), checkpointSink(c.checkpoint),
   );
+}
+
+/** AdamW with the recipe's settings over the student's (or this rank's) parameters. */
+export function studentOptimizer(recipe: DistillationRecipe, params: Map<string, tf.Variable>): AdamW {
+  const o = recipe.optim;
+  return new AdamW(params, { beta1: o.adamBeta1, beta2: o.adamBeta2, eps: o.adamEps, weightDecay: o.weightDecay, weightDecayAll: o.weightDecayAll });
+}
+
+/** The learning rate at each 0-based step: NeMo's cosine annealing with linear warm-up. */
+export function learningRate(recipe: DistillationRecipe): (step: number) => number {
+  const o = recipe.optim;
+  return (s) => cosineAnnealingLr(s, { lr: o.lr, minLr: o.minLr, warmupSteps: o.warmupSteps, maxSteps: recipe.trainer.maxSteps });
 }
 
 export function runFingerprint(recipe: DistillationRecipe, data: string): RunFingerprint {
