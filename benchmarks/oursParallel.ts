@@ -32,8 +32,10 @@ import { buildModel } from './ours.ts';
 
 export interface OursParallelOptions {
   backend: BackendReport;
-  /** Data-parallel worker processes (> 1). */
+  /** Data-parallel worker processes (1 runs run() in this process, without the launcher). */
   devices: number;
+  /** Sequences per micro-batch on each rank (default batch / devices: one micro-batch per step, as the peer). */
+  microBatchSize?: number;
   steps: number;
   warmup: number;
   seed?: number;
@@ -78,6 +80,7 @@ export async function runOursParallel(shape: BenchShape, o: OursParallelOptions)
   const seed = o.seed ?? 1234;
   if (o.warmup < 1) throw new ConfigError('bench: --devices > 1 needs --warmup >= 1 (worker start-up and model loading are not timed; they end with the first step)');
   if (shape.batch % o.devices !== 0) throw new ConfigError(`bench: batch ${shape.batch} does not split over --devices ${o.devices}`);
+  const microBatchSize = o.microBatchSize ?? shape.batch / o.devices;
   const dir = mkdtempSync(join(tmpdir(), 'bench-dp-'));
   try {
     const t0 = performance.now();
@@ -99,7 +102,7 @@ export async function runOursParallel(shape: BenchShape, o: OursParallelOptions)
     const recipe = distillationRecipe({
       name: 'bench', dir, studentPath: paths.student, teacherPath: paths.teacher, backend: o.backend.chosen,
       data: { dataPaths: paths.data, seqLength: shape.seq, split: '100,0,0', seed },
-      trainer: { maxSteps: total, globalBatchSize: shape.batch, microBatchSize: shape.batch / o.devices, valCheckInterval: 0, saveInterval: total + 1, logInterval: 1 },
+      trainer: { maxSteps: total, globalBatchSize: shape.batch, microBatchSize, valCheckInterval: 0, saveInterval: total + 1, logInterval: 1 },
       optim: { lr: 1e-4, minLr: 1e-4, warmupSteps: 0, clipGrad: 1.0, weightDecay: 0.01 },
       loss: { ...DEFAULT_KD_LOSS, scaleByTemperatureSquared: false, kdRatio: 1, chunkSize: DEFAULT_CHUNK_SIZE },
       parallel: { devicesPerNode: o.devices },
