@@ -96,3 +96,21 @@ test('layouts the models cannot take are refused before any worker starts, with 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('an abort under TP 2 stops both workers after an agreed step, writes a checkpoint, and the run resumes to the same student', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mp-abort-'));
+  try {
+    const one = await run(recipe(dir, 'one', {}), { log: null, progress: false });
+    const ac = new AbortController();
+    const first = await run(recipe(dir, 'abort', { devicesPerNode: 2, tpSize: 2 }), {
+      log: null, progress: false, signal: ac.signal, onStep: (r) => { if (r.step === 0) ac.abort(); },
+    });
+    assert.ok(first.stoppedEarly, 'the run reports that it stopped early');
+    assert.ok(first.steps.length >= 1 && first.steps.length < 4, `stopped after ${first.steps.length} steps`);
+    const second = await run(recipe(dir, 'abort', { devicesPerNode: 2, tpSize: 2 }), { log: null, progress: false });
+    assert.equal(second.resumedFromStep, first.steps.length, 'resumes from the step after the last one taken');
+    assertSameRun({ steps: [...first.steps, ...second.steps], validations: [...first.validations, ...second.validations], studentDir: second.studentDir }, one, 'aborted and resumed');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
