@@ -1,12 +1,14 @@
 /**
  * The kernels the project registers (wasm BatchMatMul with explicit transposes, wasm UnsortedSegmentSum for the
- * embedding gradient) against the cpu backend's reference kernels on random inputs: ≤1e-5 relative.
+ * embedding gradient) against the cpu backend's reference kernels on random inputs: ≤1e-5 relative; and the
+ * gradients it registers (Sum, Mean) against tfjs's own composition, exactly.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend } from '../../src/backend/select.ts';
 import { relError } from '../helpers/fixtures.ts';
+import { onEachBackend } from '../helpers/backends.ts';
 
 async function onBoth<T extends tf.Tensor>(f: () => T): Promise<[Float32Array, Float32Array]> {
   await selectBackend('cpu', { log: null });
@@ -59,4 +61,28 @@ test('wasm batched BatchMatMul (split into 2-D products) matches cpu, with trans
   // Broadcast batch dims keep the original path.
   const [out, ref] = await onBoth(() => tf.matMul(tf.randomNormal([3, 5, 4], 0, 1, 'float32', 1), tf.randomNormal([1, 4, 6], 0, 1, 'float32', 2)));
   assert.ok(relError(out, ref) <= 1e-5);
+});
+
+test('Sum and Mean gradients (broadcast on the device) equal tfjs’s own composition dy × ones, on each backend present', async () => {
+  await onEachBackend(async (backend) => {
+    for (const [shape, axis] of [[[7, 5], 1], [[7, 5], 0], [[3, 4, 6], [0, 2]], [[3, 4, 6], -1], [[9], 0]] as [number[], number | number[]][]) {
+      const x = tf.randomNormal(shape, 0, 1, 'float32', 5);
+      const axes = tf.util.parseAxisParam(axis, shape);
+      const kept = shape.map((d, i) => (axes.includes(i) ? 1 : d));
+      const w = tf.randomNormal(kept, 0, 1, 'float32', 6);
+      for (const op of ['sum', 'mean'] as const) {
+        const reduce = (t: tf.Tensor): tf.Tensor => (op === 'sum' ? tf.sum(t, axis, true) : tf.mean(t, axis, true));
+        const got = tf.grad((t: tf.Tensor) => tf.sum(tf.mul(reduce(t), w)))(x);
+        // tfjs's own gradient: the upstream gradient times ones of x's shape (over the reduced size for a mean).
+        const size = axes.reduce((a, i) => a * shape[i], 1);
+        const want = tf.tidy(() => { const g = tf.mul(w, tf.ones(shape)); return op === 'sum' ? g : tf.div(g, size); });
+        const [a, b] = [await got.data(), await want.data()];
+        for (let i = 0; i < b.length; i++) assert.equal(a[i], b[i], `${backend} ${op} over ${JSON.stringify(axis)} of [${shape}]: element ${i}`);
+        got.dispose();
+        want.dispose();
+      }
+      x.dispose();
+      w.dispose();
+    }
+  });
 });
