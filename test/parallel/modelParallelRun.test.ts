@@ -114,3 +114,19 @@ test('an abort under TP 2 stops both workers after an agreed step, writes a chec
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('pretraining (CE only, no teacher) under TP 2 × PP 2 matches one worker', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mp-pretrain-'));
+  try {
+    const base = (name: string, parallel: Partial<DistillationRecipe['parallel']>): DistillationRecipe =>
+      ({ ...recipe(dir, name, parallel), kind: 'pretrain', teacherPath: undefined, studentPath: fixture('llama-teacher') });
+    const one = await run(base('one', {}), { log: null, progress: false });
+    const mp = await run(base('tp2pp2', { devicesPerNode: 4, tpSize: 2, ppSize: 2 }), { log: null, progress: false });
+    assert.ok(one.validations.length > 0 && one.validations.every((v) => v.kdLoss === undefined));
+    for (const v of mp.validations) assert.equal(v.kdLoss, undefined);
+    mp.validations.forEach((v, i) => assert.ok(Math.abs(v.studentCe - one.validations[i].studentCe) / one.validations[i].studentCe <= 1e-5));
+    assertSameRun({ ...mp, validations: [] }, { ...one, validations: [] }, 'pretraining under TP 2 × PP 2');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
