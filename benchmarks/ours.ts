@@ -12,7 +12,7 @@ import type { CausalLM } from '../src/model/causalLM.ts';
 import { mixSeed, mulberry32 } from '../src/data/prng.ts';
 import { AdamW, NEMO_ADAMW_DEFAULTS } from '../src/optim/adamw.ts';
 import { DEFAULT_KD_LOSS } from '../src/losses/types.ts';
-import { DEFAULT_CHUNK_SIZE } from '../src/losses/chunkedKd.ts';
+import { DEFAULTS } from '../src/recipe/config.ts';
 import { readBatches, type SampleSource } from '../operators/readBatches.ts';
 import { teacherLogits } from '../operators/teacherLogits.ts';
 import { studentForward } from '../operators/studentForward.ts';
@@ -104,7 +104,7 @@ export async function runOurs(shape: BenchShape, o: OursOptions): Promise<OursRe
         clock.afterTeacher(),
         studentForward(student),
         // Forward KL at τ = 1 without a τ² factor, as NeMo/Megatron train and as the peer computes it.
-        klLoss({ ...DEFAULT_KD_LOSS, scaleByTemperatureSquared: false, kdRatio: 1, chunkSize: DEFAULT_CHUNK_SIZE }),
+        klLoss({ ...DEFAULT_KD_LOSS, scaleByTemperatureSquared: false, kdRatio: 1, chunkSize: DEFAULTS.loss.chunkSize }),
         clock.beforeBackward(),
         backward(student, { optimizer, lrAt: () => 1e-4, clipGrad: 1.0, nanPolicy: 'stop', credits, globalBatchSize: shape.batch }),
         clock.afterStep(),

@@ -22,7 +22,7 @@ import { saveModel } from '../src/checkpoint/save.ts';
 import { mixSeed, mulberry32 } from '../src/data/prng.ts';
 import { ConfigError } from '../src/errors.ts';
 import { writeMegatronIndexed } from '../src/io/megatronIndexed.ts';
-import { DEFAULT_CHUNK_SIZE } from '../src/losses/chunkedKd.ts';
+import { DEFAULTS } from '../src/recipe/config.ts';
 import { DEFAULT_KD_LOSS } from '../src/losses/types.ts';
 import type { LaunchHooks } from '../src/parallel/launcher.ts';
 import { distillationRecipe } from '../src/recipe/config.ts';
@@ -104,7 +104,7 @@ export async function runOursParallel(shape: BenchShape, o: OursParallelOptions)
       data: { dataPaths: paths.data, seqLength: shape.seq, split: '100,0,0', seed },
       trainer: { maxSteps: total, globalBatchSize: shape.batch, microBatchSize, valCheckInterval: 0, saveInterval: total + 1, logInterval: 1 },
       optim: { lr: 1e-4, minLr: 1e-4, warmupSteps: 0, clipGrad: 1.0, weightDecay: 0.01 },
-      loss: { ...DEFAULT_KD_LOSS, scaleByTemperatureSquared: false, kdRatio: 1, chunkSize: DEFAULT_CHUNK_SIZE },
+      loss: { ...DEFAULT_KD_LOSS, scaleByTemperatureSquared: false, kdRatio: 1, chunkSize: DEFAULTS.loss.chunkSize },
       parallel: { devicesPerNode: o.devices },
     });
 

@@ -29,6 +29,7 @@ import { CacheIncompleteError, CacheMismatchError, cacheId, type CacheFingerprin
 import { coverage, describeRanges, MANIFEST_FILE, partRanges, shardParts, writeManifest, type PartRange, type Shard } from '../src/cache/layout.ts';
 import { concatRows, sliceRows, sparsifyLogits } from '../src/cache/sparsify.ts';
 import { validateSpec, type CacheRows, type CacheSpec } from '../src/cache/spec.ts';
+import { lossChunkRows } from '../src/losses/chunkedKd.ts';
 
 export interface WriteCacheOptions {
   teacher: CausalLM;
@@ -115,7 +116,7 @@ export async function writeTeacherCache(o: WriteCacheOptions): Promise<CacheTeac
 async function writePart(o: WriteCacheOptions, fp: CacheFingerprint, part: PartRange, b: number): Promise<number> {
   const writer = new TeacherCachePartWriter(o.out, fp, part);
   const seq = fp.seqLength;
-  const chunk = o.chunkSize ?? 256;
+  const chunk = lossChunkRows(o.chunkSize ?? 0, o.teacher.config.vocabSize);
   try {
     // readBatches' step s reads samples [s·b, (s + 1)·b): the run's indexing. The last batch of the range may run
     // past its end (readBatches wraps at the epoch); those rows are dropped.

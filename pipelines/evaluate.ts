@@ -9,6 +9,7 @@ import type { CausalLM } from '../src/model/causalLM.ts';
 import type { KdLossOptions } from '../src/losses/types.ts';
 import { logSoftmax, divergenceFromLogProbs } from '../src/losses/divergences.ts';
 import { tokenCrossEntropy } from '../src/losses/crossEntropy.ts';
+import { lossChunkRows } from '../src/losses/chunkedKd.ts';
 import { readBatches, type SampleSource } from '../operators/readBatches.ts';
 import { disposeBatch, type TokenBatch } from '../src/train/batch.ts';
 
@@ -57,12 +58,13 @@ async function evaluateBatch(student: CausalLM, teacher: CausalLM | null, b: Tok
     const labels = b.labels.reshape([-1]) as tf.Tensor1D;
     const mask = b.lossMask.reshape([-1]) as tf.Tensor1D;
     const n = hs.shape[0];
+    const chunkSize = lossChunkRows(o.chunkSize, student.config.vocabSize);
     const vocab = teacher ? Math.min(teacher.config.vocabSize, student.config.vocabSize) : student.config.vocabSize;
     let ce = tf.scalar(0);
     let tce = tf.scalar(0);
     let kd = tf.scalar(0);
-    for (let start = 0; start < n; start += o.chunkSize) {
-      const size = Math.min(o.chunkSize, n - start);
+    for (let start = 0; start < n; start += chunkSize) {
+      const size = Math.min(chunkSize, n - start);
       const m = tf.slice(mask, [start], [size]);
       const y = tf.slice(labels, [start], [size]) as tf.Tensor1D;
       const zs = tf.matMul(tf.slice(hs, [start, 0], [size, -1]), student.headWeight(), false, true) as tf.Tensor2D;

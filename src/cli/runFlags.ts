@@ -42,7 +42,7 @@ export const RUN_FLAGS = {
   kd_ratio: { kind: 'number', help: 'α in (1 − α)·CE + α·KD', default: D.loss.kdRatio },
   jsd_beta: { kind: 'number', help: 'β of the generalised JSD', default: D.loss.jsdBeta },
   skew_lambda: { kind: 'number', help: 'λ of the skew KL', default: D.loss.skewLambda },
-  loss_chunk: { kind: 'int', help: 'token positions per chunk of the vocabulary-wide loss', default: D.loss.chunkSize, min: 1 },
+  loss_chunk: { kind: 'int', help: 'token positions per chunk of the vocabulary-wide loss (0: as many as fit 64 MiB per [chunk, vocab] tensor)', default: D.loss.chunkSize, min: 0 },
   tp_size: { kind: 'int', help: 'tensor parallel size', default: 1, min: 1 },
   pp_size: { kind: 'int', help: 'pipeline parallel size', default: 1, min: 1 },
   cp_size: { kind: 'int', help: 'context parallel size', default: 1, min: 1 },

@@ -83,7 +83,7 @@ export const DEFAULTS = {
     lr: 3e-5, minLr: 2e-7, warmupSteps: 50, adamBeta1: 0.9, adamBeta2: 0.95, adamEps: 1e-8, weightDecay: 0.01,
     weightDecayAll: false, clipGrad: 1.0,
   },
-  loss: { ...DEFAULT_KD_LOSS, kdRatio: 1.0, chunkSize: 256 },
+  loss: { ...DEFAULT_KD_LOSS, kdRatio: 1.0, chunkSize: 0 },
   parallel: { numNodes: 1, devicesPerNode: 1, tpSize: 1, ppSize: 1, cpSize: 1 },
 } satisfies Omit<DistillationRecipe, 'kind' | 'name' | 'logDir' | 'studentPath' | 'backend'>;
 

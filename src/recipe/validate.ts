@@ -54,7 +54,7 @@ export function validateRecipe(r: DistillationRecipe): void {
   if (!(l.kdRatio >= 0 && l.kdRatio <= 1)) throw new ConfigError(`--kd_ratio must be in [0, 1], got ${l.kdRatio}`);
   if (!(l.jsdBeta > 0 && l.jsdBeta < 1)) throw new ConfigError(`--jsd_beta must be in (0, 1), got ${l.jsdBeta}`);
   if (!(l.skewLambda >= 0 && l.skewLambda < 1)) throw new ConfigError(`--skew_lambda must be in [0, 1), got ${l.skewLambda}`);
-  positiveInt('loss_chunk', l.chunkSize);
+  if (!Number.isInteger(l.chunkSize) || l.chunkSize < 0) throw new ConfigError(`--loss_chunk must be 0 (size chunks by memory) or a positive integer, got ${l.chunkSize}`);
   const split = r.data.split.split(',').map(Number);
   if (split.length !== 3 || split.some((x) => !(x >= 0)) || split.reduce((a, b) => a + b, 0) <= 0) {
     throw new ConfigError(`--split ${r.data.split}: give three non-negative weights for train,valid,test, e.g. 99,1,0`);

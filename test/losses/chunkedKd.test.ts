@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import { onEachBackend } from '../helpers/backends.ts';
 import { relError } from '../helpers/fixtures.ts';
-import { kdLossFromHidden } from '../../src/losses/chunkedKd.ts';
+import { kdLossFromHidden, lossChunkRows, LOSS_CHUNK_BYTES } from '../../src/losses/chunkedKd.ts';
 import { perPositionDivergence } from '../../src/losses/divergences.ts';
 import { tokenCrossEntropy } from '../../src/losses/crossEntropy.ts';
 import { maskedMean } from '../../src/losses/maskedMean.ts';
@@ -218,4 +218,13 @@ test('heads as tf.Variables (not saved for the backward pass) give the same grad
     assert.equal(tf.memory().numTensors, before, `${backend}: tensors leaked`);
     tf.dispose([w, tw, ...Object.values(x)]);
   });
+});
+
+test('--loss_chunk 0 sizes chunks to 64 MiB per [chunk, vocab] tensor; a given size is kept', () => {
+  assert.equal(lossChunkRows(0, 32768), 512);
+  assert.equal(lossChunkRows(0, 151936), 110);
+  assert.equal(lossChunkRows(0, 4096), 4096);
+  assert.equal(lossChunkRows(0, 1e9), 16, 'at least 16 rows, whatever the vocabulary');
+  assert.equal(lossChunkRows(7, 151936), 7);
+  assert.ok(lossChunkRows(0, 151936) * 151936 * 4 <= LOSS_CHUNK_BYTES);
 });
