@@ -57,7 +57,7 @@ export async function runModelParallelRank(recipe: DistillationRecipe, o: ModelP
   if (resume) {
     const state = readTrainingState(resume);
     checkFingerprint(resume, state, fingerprint);
-    optimizer.loadState(loadShardedOptimizerState(resume.dir, student));
+    optimizer.loadState(loadShardedOptimizerState(resume, student));
     startStep = state.step;
     skippedSteps = state.skippedSteps;
     if (leader) log(`resuming ${runDir} from step ${startStep} (${resume.dir}), now as tp ${layout.tp} × pp ${layout.pp} × cp ${layout.cp} × dp ${layout.dp}`);

@@ -117,16 +117,23 @@ export function checkFingerprint(ref: CheckpointRef, state: TrainingState, want:
 }
 
 export function loadOptimizerState(ref: CheckpointRef, optimizer: AdamW, paramNames: Iterable<string>): void {
+  optimizer.loadState(readOptimizerState(ref, paramNames));
+}
+
+/**
+ * The AdamW moments saved in a checkpoint (always full tensors), each passed through `part` when given: a model-
+ * parallel rank takes its slice of each.
+ */
+export function readOptimizerState(ref: CheckpointRef, paramNames: Iterable<string>, part?: (name: string, full: Float32Array) => Float32Array): AdamWState {
   const r = SafetensorsReader.open(join(ref.dir, 'optimizer.safetensors'));
   try {
+    const take = (name: string, key: string): Float32Array => {
+      const full = r.read(key).data as Float32Array;
+      return part ? part(name, full) : full;
+    };
     const moments: AdamWState['moments'] = new Map();
-    for (const name of paramNames) {
-      moments.set(name, {
-        m: r.read(`exp_avg.${name}`).data as Float32Array,
-        v: r.read(`exp_avg_sq.${name}`).data as Float32Array,
-      });
-    }
-    optimizer.loadState({ step: Number(r.metadata.step), moments });
+    for (const name of paramNames) moments.set(name, { m: take(name, `exp_avg.${name}`), v: take(name, `exp_avg_sq.${name}`) });
+    return { step: Number(r.metadata.step), moments };
   } finally {
     r.close();
   }

@@ -60,11 +60,8 @@ export class ModelParallelTrainer {
 
   constructor(private readonly o: TrainerOptions) {
     this.coords = coordsOf(o.layout, o.rank);
-    const stage = (m: ShardedModel, prefix: string): ShardedStage => {
-      const s = new ShardedStage({ config: m.config, layout: o.layout, rank: o.rank, coords: this.coords, coll: o.coll, prefix });
-      s.paramNames = new Set(m.params.keys());
-      return s;
-    };
+    const stage = (m: ShardedModel, prefix: string): ShardedStage =>
+      new ShardedStage({ config: m.config, layout: o.layout, rank: o.rank, coords: this.coords, coll: o.coll, prefix, paramNames: new Set(m.params.keys()) });
     this.studentStage = stage(o.student, 's.');
     this.teacherStage = o.teacher ? stage(o.teacher, 't.') : null;
   }
@@ -218,9 +215,7 @@ export class ModelParallelTrainer {
     }
     const sums = new Float32Array(3);
     if (this.isLast && this.coords.tp === 0 && this.coords.dp === 0) {
-      const stacked = stats.length ? tf.stack(stats) : null;
-      const values = stacked ? await stacked.data() : new Float32Array(0);
-      stacked?.dispose();
+      const values = await readScalars(stats);
       for (let i = 0; i < values.length; i += 3) { sums[0] += values[i + 1]; sums[1] += values[i + 2]; }
       sums[2] = count;
     }
@@ -261,9 +256,7 @@ export class ModelParallelTrainer {
       if (this.coords.cp === 0 && this.coords.dp === 0) sums[0] = (await normT.data())[0];
       normT.dispose();
       if (this.isLast && this.coords.tp === 0) {
-        const stacked = stats.length ? tf.stack(stats) : null;
-        const values = stacked ? await stacked.data() : new Float32Array(0);
-        stacked?.dispose();
+        const values = await readScalars(stats);
         for (let i = 0; i < values.length; i++) sums[1 + (i % 3)] += values[i];
         sums[4] = count;
       }
@@ -307,4 +300,13 @@ export class ModelParallelTrainer {
     this.studentStage.dispose();
     this.teacherStage?.dispose();
   }
+}
+
+/** The loss outputs of a step's micro-batches, in one readback. */
+async function readScalars(stats: tf.Tensor[]): Promise<Float32Array> {
+  if (!stats.length) return new Float32Array(0);
+  const stacked = tf.stack(stats);
+  const values = (await stacked.data()) as Float32Array;
+  stacked.dispose();
+  return values;
 }

@@ -33,6 +33,8 @@ export interface StageOptions {
   coll: Collectives;
   /** Prefix of this model's activation names ('s.' student, 't.' teacher), so two models share a tape's namespace. */
   prefix: string;
+  /** The parameters this rank holds (which optional biases exist). */
+  paramNames: ReadonlySet<string>;
 }
 
 export class ShardedStage {
@@ -262,9 +264,6 @@ export class ShardedStage {
   }
 
   private hasParam(name: string): boolean {
-    return this.paramNames.has(name);
+    return this.o.paramNames.has(name);
   }
-
-  /** The names of the parameters this rank holds (set by the owner before ops are built). */
-  paramNames = new Set<string>();
 }

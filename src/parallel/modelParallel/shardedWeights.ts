@@ -5,10 +5,9 @@
  * layout slices it differently.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { join } from 'node:path';
 import { withHostWeights } from '../../checkpoint/load.ts';
 import type { SavableModel } from '../../checkpoint/save.ts';
-import { SafetensorsReader } from '../../io/safetensors.ts';
+import { readOptimizerState, type CheckpointRef } from '../../train/trainingCheckpoint.ts';
 import type { ModelConfig } from '../../model/config.ts';
 import type { AdamW, AdamWState } from '../../optim/adamw.ts';
 import { coordsOf, rankOf, worldSize, type ParallelLayout } from '../layout.ts';
@@ -30,21 +29,12 @@ export function loadShardedModel(dir: string, layout: ParallelLayout, rank: numb
   });
 }
 
-/** This rank's slices of the AdamW moments saved (as full tensors) in a checkpoint's optimizer.safetensors. */
-export function loadShardedOptimizerState(checkpointDir: string, model: ShardedModel): AdamWState {
-  const r = SafetensorsReader.open(join(checkpointDir, 'optimizer.safetensors'));
-  try {
-    const moments: AdamWState['moments'] = new Map();
-    for (const [name, p] of model.spec) {
-      moments.set(name, {
-        m: sliceTensor(r.read(`exp_avg.${name}`).data as Float32Array, p.fullShape, p.slice),
-        v: sliceTensor(r.read(`exp_avg_sq.${name}`).data as Float32Array, p.fullShape, p.slice),
-      });
-    }
-    return { step: Number(r.metadata.step), moments };
-  } finally {
-    r.close();
-  }
+/** This rank's slices of the AdamW moments saved (as full tensors) in a checkpoint. */
+export function loadShardedOptimizerState(ref: CheckpointRef, model: ShardedModel): AdamWState {
+  return readOptimizerState(ref, model.spec.keys(), (name, full) => {
+    const p = model.spec.get(name)!;
+    return sliceTensor(full, p.fullShape, p.slice);
+  });
 }
 
 /** The full student and optimizer state, assembled on rank 0 from every rank's slices. */
@@ -78,8 +68,10 @@ export async function gatherFullState(coll: Collectives, layout: ParallelLayout,
   }
   const config: ModelConfig = model.config;
   const full = new Map<string, { shape: number[]; w: Float32Array; m: Float32Array; v: Float32Array }>();
+  // Each sender's layout of its slices, worked out once per gather (not once per tensor).
+  const specs = new Map(senders.map((r) => [r, localParams(config, layout, coordsOf(layout, r))]));
   const place = (r: number, name: string, w: Float32Array, m: Float32Array, v: Float32Array): void => {
-    const p = localParams(config, layout, coordsOf(layout, r)).get(name);
+    const p = specs.get(r)!.get(name);
     if (!p) throw new Error(`gather: worker ${r} sent ${name}, which its layout position does not hold`);
     let f = full.get(name);
     if (!f) {
