@@ -3,7 +3,7 @@
  * grouped-query attention, SwiGLU MLP, optional attention/MLP biases, head tied or separate.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { activate } from './activations.ts';
+import { gatedActivation } from './activations.ts';
 import { CausalMaskCache, causalAttention, mergeHeads, splitHeads } from './attention.ts';
 import { TransformerLM } from './base.ts';
 import type { ModelConfig } from './config.ts';
@@ -53,9 +53,9 @@ export class LlamaLM extends TransformerLM {
     const att = mergeHeads(causalAttention(q, k, v, mask, 1 / Math.sqrt(c.headDim)));
     const h1 = tf.add<tf.Tensor2D>(h, linear(att, P('self_attn.o_proj.weight'), B('self_attn.o_proj.bias')));
     const x2 = rmsNorm(h1, P('post_attention_layernorm.weight'), c.normEps);
-    const gate = activate(c.activation, linear(x2, P('mlp.gate_proj.weight'), B('mlp.gate_proj.bias')));
+    const gate = linear(x2, P('mlp.gate_proj.weight'), B('mlp.gate_proj.bias'));
     const up = linear(x2, P('mlp.up_proj.weight'), B('mlp.up_proj.bias'));
-    return tf.add<tf.Tensor2D>(h1, linear(tf.mul<tf.Tensor2D>(gate, up), P('mlp.down_proj.weight'), B('mlp.down_proj.bias')));
+    return tf.add<tf.Tensor2D>(h1, linear(gatedActivation(c.activation, gate, up), P('mlp.down_proj.weight'), B('mlp.down_proj.bias')));
   }
 
   protected disposeCaches(): void {
