@@ -6,9 +6,22 @@
  * broadcast.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { causalSoftmax, causalSoftmaxApplies, type CausalLayout } from '../backend/webgpu/causalSoftmax.ts';
 
 /** Added to masked scores: exp(−1e9 − max) is exactly 0 in float32, and unlike −Infinity it never makes NaN. */
 const MASKED = -1e9;
+
+/**
+ * What each mask tensor we built means, so that attention on webgpu can compute it from positions in its fused
+ * softmax instead of reading it; a mask not described here is always added as a tensor. Weak: a disposed and
+ * dropped mask takes its entry with it.
+ */
+const maskLayouts = new WeakMap<tf.Tensor2D, CausalLayout>();
+
+/** Records that `mask` is the causal mask of `layout` (0 where visible, −1e9 elsewhere), rows × columns. */
+export function describeCausalMask(mask: tf.Tensor2D, layout: CausalLayout): void {
+  maskLayouts.set(mask, layout);
+}
 
 /**
  * Additive causal masks [seq, seq] (0 where j ≤ i, and within the sliding window if any; −1e9 elsewhere), one per
@@ -32,6 +45,7 @@ export class CausalMaskCache {
         }
       }
       m = tf.keep(tf.tensor2d(data, [seqLen, seqLen]));
+      describeCausalMask(m, { slidingWindow: w });
       this.masks.set(key, m);
     }
     return m;
@@ -70,6 +84,17 @@ export function repeatKvHeads(x: tf.Tensor4D, groups: number): tf.Tensor4D {
 }
 
 /**
+ * softmax(scores · scale + mask) over the last axis of [b, heads, queries, keys] scores. On webgpu, for a mask
+ * whose layout is described, one fused kernel forward and one backward computing the mask from positions;
+ * elsewhere tfjs's mul, add, softmax, as the PyTorch fixtures were checked against.
+ */
+export function maskedSoftmax(scores: tf.Tensor4D, mask: tf.Tensor2D, scale: number): tf.Tensor4D {
+  const layout = maskLayouts.get(mask);
+  if (layout && causalSoftmaxApplies(scores, layout)) return causalSoftmax(scores, scale, layout);
+  return tf.tidy(() => tf.softmax(tf.add<tf.Tensor4D>(tf.mul(scores, scale), mask)));
+}
+
+/**
  * softmax(q·kᵀ · scale + mask) · v. q [b, heads, t, d]; k, v [b, kvHeads, t, d] with kvHeads dividing heads.
  * @returns [b, heads, t, d]
  */
@@ -78,7 +103,6 @@ export function causalAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, 
     const groups = q.shape[1] / k.shape[1];
     const kr = repeatKvHeads(k, groups);
     const vr = repeatKvHeads(v, groups);
-    const scores = tf.add(tf.mul(tf.matMul(q, kr, false, true), scale), mask);
-    return tf.matMul(tf.softmax(scores), vr) as tf.Tensor4D;
+    return tf.matMul(maskedSoftmax(tf.matMul(q, kr, false, true), mask, scale), vr) as tf.Tensor4D;
   });
 }

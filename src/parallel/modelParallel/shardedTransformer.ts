@@ -13,7 +13,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../../model/config.ts';
 import { activate } from '../../model/activations.ts';
-import { causalAttention, mergeHeads, splitHeads } from '../../model/attention.ts';
+import { causalAttention, describeCausalMask, mergeHeads, splitHeads } from '../../model/attention.ts';
 import { conv1d, linear } from '../../model/linear.ts';
 import { layerNorm, rmsNorm } from '../../model/norms.ts';
 import { applyRope, RopeCache, ropeInvFreq, type RopeTables } from '../../model/rope.ts';
@@ -115,6 +115,11 @@ export class ShardedStage {
     // Mask [local positions, gathered keys]: visible where the key's position is not after the query's.
     const mask = keep(tf.tensor2d(Float32Array.from(s.local.flatMap((q) => s.keys.map((k) => (k <= q && (c.slidingWindow === null || q - k < c.slidingWindow) ? 0 : MASKED)))), [tl, s.keys.length]));
     const pos = keep(tf.tensor1d(Int32Array.from(s.local), 'int32'));
+    // Webgpu's fused softmax computes this mask from the positions: row and column indices when this rank holds
+    // the whole sequence in order, else the global positions of its queries and of the gathered keys.
+    const inOrder = s.keys.every((p, j) => p === j) && s.local.every((p, j) => p === j) && tl === s.keys.length;
+    const positions = inOrder ? undefined : { query: pos, key: keep(tf.tensor1d(Int32Array.from(s.keys), 'int32')) };
+    describeCausalMask(mask, { slidingWindow: c.slidingWindow, positions });
     let rope: RopeTables | null = null;
     if (this.rope) {
       const full = this.rope.get(s.seqLength);
