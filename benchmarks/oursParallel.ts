@@ -102,7 +102,7 @@ export async function runOursParallel(shape: BenchShape, o: OursParallelOptions)
     const recipe = distillationRecipe({
       name: 'bench', dir, studentPath: paths.student, teacherPath: paths.teacher, backend: o.backend.chosen,
       data: { dataPaths: paths.data, seqLength: shape.seq, split: '100,0,0', seed },
-      trainer: { maxSteps: total, globalBatchSize: shape.batch, microBatchSize, valCheckInterval: 0, saveInterval: total + 1, logInterval: 1 },
+      trainer: { maxSteps: total, globalBatchSize: shape.batch, microBatchSize, valCheckInterval: 0, saveInterval: total + 1, logInterval: 1, precision: o.backend.precision },
       optim: { lr: 1e-4, minLr: 1e-4, warmupSteps: 0, clipGrad: 1.0, weightDecay: 0.01 },
       loss: { ...DEFAULT_KD_LOSS, scaleByTemperatureSquared: false, kdRatio: 1, chunkSize: DEFAULTS.loss.chunkSize },
       parallel: { devicesPerNode: o.devices },

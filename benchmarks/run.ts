@@ -12,6 +12,7 @@ import { cpus, loadavg, platform, release, arch } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { selectBackend, BACKEND_CHOICES, type BackendChoice, type BackendReport } from '../src/backend/select.ts';
+import { PRECISIONS, type Precision } from '../src/backend/webgpu/mixedPrecisionMatMul.ts';
 import { parseFlags, usage } from '../src/cli/flags.ts';
 import { benchShape, CONFIG_NAMES, scalingPoints, tokensPerStep, type BenchShape } from './configs.ts';
 import { runOurs } from './ours.ts';
@@ -25,6 +26,7 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const FLAGS = {
   config: { kind: 'string', help: 'model and batch shapes from benchmarks/configs.json', default: 'S', choices: CONFIG_NAMES },
   backend: { kind: 'string', help: 'tfjs backend for ours', default: 'auto', choices: BACKEND_CHOICES },
+  precision: { kind: 'string', help: 'ours: 32, or bf16-mixed / 16-mixed for f16 tensor-core matmuls on webgpu (pair with --peer_args "--precision bf16" for the peer)', default: '32', choices: PRECISIONS },
   devices: { kind: 'int', help: 'run ours as N data-parallel worker processes, as `distill run --devices N` (1: in this process, with per-stage times)', default: 1, min: 1 },
   json: { kind: 'boolean', help: 'print one JSON object as the last line of stdout' },
   peer: { kind: 'string', help: 'the peer to run beside ours', default: 'torch', choices: ['torch', 'none'] },
@@ -100,7 +102,7 @@ async function measure(m: Measure, backend: BackendReport, flags: { peer: string
   const p = peer?.ok ? peer.result : null;
   return {
     backend: backend.chosen,
-    backend_detail: m.devices > 1 ? `${backend.detail}; ${m.devices} data-parallel worker processes` : backend.detail,
+    backend_detail: [backend.detail, m.devices > 1 ? `${m.devices} data-parallel worker processes` : '', backend.precision !== '32' ? `precision ${backend.precision}` : ''].filter(Boolean).join('; '),
     devices: m.devices,
     shape: m.shape,
     tokens_per_step: tokensPerStep(m.shape),
@@ -137,7 +139,7 @@ async function main(argv: string[]): Promise<void> {
   const command = `npm run bench -- ${argv.join(' ')}`.trim();
   const runId = new Date().toISOString();
   const resultsDir = resolve(ROOT, flags.results ?? 'benchmarks/results');
-  const backend = await selectBackend((flags.backend ?? 'auto') as BackendChoice, { log });
+  const backend = await selectBackend((flags.backend ?? 'auto') as BackendChoice, { log, precision: flags.precision as Precision });
   const peerFlags = { peer: flags.peer ?? 'torch', python: flags.python ?? DEFAULT_PYTHON, threads: flags.threads ?? 2, timeoutMs: (flags.peer_timeout_s ?? 3600) * 1000, extraArgs: flags.peer_args ? flags.peer_args.split(/\s+/).filter(Boolean) : [] };
 
   const points: { name: string; axis?: BenchRecord['axis']; x?: number; m: Measure }[] = flags.scaling

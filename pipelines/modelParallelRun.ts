@@ -42,7 +42,7 @@ export async function runModelParallelRank(recipe: DistillationRecipe, o: ModelP
   const { layout, rank, log } = o;
   const leader = rank === 0;
   checkModelParallelRecipe(recipe, layout);
-  const backend = await selectBackend(recipe.backend, { log: leader ? log : null, adapterIndex: o.deviceIndex });
+  const backend = await selectBackend(recipe.backend, { log: leader ? log : null, adapterIndex: o.deviceIndex, precision: recipe.trainer.precision });
   const runDir = join(recipe.logDir, recipe.name);
   mkdirSync(runDir, { recursive: true });
   const t = recipe.trainer;

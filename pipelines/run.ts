@@ -76,7 +76,7 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
   if (!dp) checkOneNode(recipe.parallel.numNodes);
   if (!dp && needsWorkers(recipe)) return launchWorkers(recipe, hooks);
   const leader = !dp || dp.leader; // only rank 0 writes checkpoints, logs and the final student
-  const backend = await selectBackend(recipe.backend, { log, adapterIndex: dp?.deviceIndex });
+  const backend = await selectBackend(recipe.backend, { log, adapterIndex: dp?.deviceIndex, precision: recipe.trainer.precision });
   const runDir = join(recipe.logDir, recipe.name);
   mkdirSync(runDir, { recursive: true });
   const t = recipe.trainer;

@@ -59,7 +59,7 @@ async function student(init: StudentInit): Promise<void> {
 async function teacher(init: TeacherInit): Promise<void> {
   transport.receive(LAUNCHER, 'shutdown').then(() => transport.close(new TransportClosedError('the launcher shut this teacher down')), () => {});
   if (!init.recipe.teacherPath) throw new Error(`teacher worker ${workerId}: the recipe has no teacherPath`);
-  await selectBackend(init.recipe.backend, { log, adapterIndex: init.deviceIndex });
+  await selectBackend(init.recipe.backend, { log, adapterIndex: init.deviceIndex, precision: init.recipe.trainer.precision });
   const model = await loadModel(init.recipe.teacherPath, { trainable: false });
   const served = await serveTeacher(transport, model, init.students);
   model.dispose();

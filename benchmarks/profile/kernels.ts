@@ -14,6 +14,7 @@ import { Session } from 'node:inspector/promises';
 import * as tf from '@tensorflow/tfjs-core';
 import { parseFlags } from '../../src/cli/flags.ts';
 import { selectBackend, type BackendChoice } from '../../src/backend/select.ts';
+import { PRECISIONS, type Precision } from '../../src/backend/webgpu/mixedPrecisionMatMul.ts';
 import { kdLossFromHidden } from '../../src/losses/chunkedKd.ts';
 import { DEFAULT_KD_LOSS } from '../../src/losses/types.ts';
 import { AdamW, NEMO_ADAMW_DEFAULTS } from '../../src/optim/adamw.ts';
@@ -26,6 +27,7 @@ const FLAGS = {
   batch: { kind: 'int', help: 'rows per micro-batch', default: 4, min: 1 },
   chunk: { kind: 'int', help: 'loss chunk (token positions)', default: 512, min: 1 },
   host_profile: { kind: 'boolean', help: 'also sample the host with V8 profiler' },
+  precision: { kind: 'string', help: 'matmul precision (32, bf16-mixed)', default: '32', choices: PRECISIONS },
 } as const;
 
 interface Agg { ms: number; count: number }
@@ -39,7 +41,7 @@ interface ProfileNode { id: number; callFrame: { functionName: string; url: stri
 
 async function main(): Promise<void> {
   const { flags: f } = parseFlags(process.argv.slice(2), FLAGS, 'benchmarks/profile/kernels.ts');
-  await selectBackend(f.backend as BackendChoice, { log: (l) => console.log(l) });
+  await selectBackend(f.backend as BackendChoice, { log: (l) => console.log(l), precision: f.precision as Precision });
   const shape = benchShape(f.config!);
   const student = buildModel(shape, 'student', 1);
   const teacher = buildModel(shape, 'teacher', 2);

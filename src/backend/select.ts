@@ -13,6 +13,8 @@ import { BackendError } from '../errors.ts';
 import { registerEmbeddingKernels } from './embeddingKernels.ts';
 import { registerWasmMatMul } from './wasmMatMul.ts';
 import { registerReductionGradients } from './reductionGradients.ts';
+import { registerWebgpuDevice } from './webgpu/device.ts';
+import { mixedPrecisionUnavailable, setMatMulPrecision, type Precision } from './webgpu/mixedPrecisionMatMul.ts';
 
 export type BackendName = 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
 export type BackendChoice = BackendName | 'auto';
@@ -24,6 +26,8 @@ export interface BackendReport {
   skipped: { backend: BackendName; reason: string }[];
   /** Adapter description for webgpu, library for tensorflow, SIMD state for wasm. */
   detail: string;
+  /** The matmul precision in effect: the one asked for, or '32' after a fall-back that was reported. */
+  precision: Precision;
 }
 
 export interface BackendOptions {
@@ -33,6 +37,25 @@ export interface BackendOptions {
   allowSoftwareAdapter?: boolean;
   /** Where to print the report; defaults to stderr. Pass null for silence. */
   log?: ((line: string) => void) | null;
+  /** NeMo's trainer.precision: '32' (default) or a mixed one, which puts matmul operands on webgpu tensor cores. */
+  precision?: Precision;
+}
+
+/**
+ * Applies `asked` on the backend just chosen. Mixed precision exists only as webgpu tensor-core matmuls; anywhere
+ * else the run goes on in fp32 with one line saying why, as NeMo does when a device lacks bf16.
+ */
+function applyPrecision(backend: BackendName, asked: Precision, log: ((line: string) => void) | null): Precision {
+  if (backend === 'webgpu') setMatMulPrecision('32');
+  if (asked === '32') return '32';
+  const why = backend !== 'webgpu' ? `the ${backend} backend has no tensor-core path (only webgpu does)` : mixedPrecisionUnavailable();
+  if (why) {
+    log?.(`precision: ${asked} asked for, running fp32 matmuls: ${why}`);
+    return '32';
+  }
+  setMatMulPrecision(asked);
+  log?.(`precision: ${asked} (matmul operands in f16 on tensor cores, f32 accumulation; weights, optimizer state and loss in f32)`);
+  return asked;
 }
 
 const require = createRequire(import.meta.url);
@@ -69,6 +92,8 @@ interface GpuLike {
 
 /** The Dawn instance, created once per process: Dawn keeps the process alive until it is released. */
 let dawnGpu: GpuLike | null = null;
+/** Our device factory replaces tfjs's once, before the webgpu backend is first initialised. */
+let webgpuDeviceRegistered = false;
 
 async function tryWebgpu(opts: BackendOptions): Promise<Attempt> {
   let webgpu: { create: (flags: string[]) => GpuLike; globals: Record<string, unknown> };
@@ -92,7 +117,11 @@ async function tryWebgpu(opts: BackendOptions): Promise<Attempt> {
     return { ok: false, reason: `the only WebGPU adapter is a software one (${name}), slower than wasm` };
   }
   try {
-    await import('@tensorflow/tfjs-backend-webgpu');
+    const { WebGPUBackend } = await import('@tensorflow/tfjs-backend-webgpu');
+    if (!webgpuDeviceRegistered) {
+      registerWebgpuDevice(WebGPUBackend);
+      webgpuDeviceRegistered = true;
+    }
     const okSet = await tf.setBackend('webgpu');
     if (!okSet) return { ok: false, reason: `tfjs-backend-webgpu failed to initialise on ${name}` };
   } catch (e) {
@@ -149,12 +178,11 @@ export async function selectBackend(choice: BackendChoice = 'auto', opts: Backen
       registerEmbeddingKernels(name);
       registerReductionGradients();
       if (name === 'wasm') registerWasmMatMul();
-      const report: BackendReport = { chosen: name, skipped, detail: a.detail };
       if (log) {
         log(`backend: ${name} (${a.detail})`);
         for (const s of skipped) log(`  skipped ${s.backend}: ${s.reason}`);
       }
-      return report;
+      return { chosen: name, skipped, detail: a.detail, precision: applyPrecision(name, opts.precision ?? '32', log) };
     }
     if (choice !== 'auto') throw new BackendError(`--backend ${name} cannot start here: ${a.reason}`);
     skipped.push({ backend: name, reason: a.reason });

@@ -2,6 +2,7 @@
  * `distill run` / `distill pretrain` flags, with NeMo's names and defaults, and their translation into a recipe.
  */
 import { BACKEND_CHOICES } from '../backend/select.ts';
+import { PRECISIONS, type Precision } from '../backend/webgpu/mixedPrecisionMatMul.ts';
 import { KD_LOSS_KINDS } from '../losses/types.ts';
 import { DEFAULTS, distillationRecipe, pretrainRecipe, type DistillationRecipe } from '../recipe/config.ts';
 import { parseFlags, required, type FlagSpecs } from './flags.ts';
@@ -50,6 +51,7 @@ export const RUN_FLAGS = {
   num_nodes: { kind: 'int', help: 'nodes', default: 1, min: 1 },
   teacher_devices: { kind: 'int', help: 'workers of their own for the teacher forward pass, streaming to the students (0: in each student worker)', default: 0, min: 0 },
   backend: { kind: 'string', help: 'compute backend', default: 'auto', choices: BACKEND_CHOICES },
+  precision: { kind: 'string', help: "NeMo's trainer.precision: 32, or bf16-mixed / 16-mixed for f16 tensor-core matmuls on webgpu (f32 weights, optimizer and loss)", default: '32', choices: PRECISIONS },
   help: { kind: 'boolean', help: 'print this help' },
 } as const satisfies FlagSpecs;
 
@@ -65,7 +67,7 @@ export function recipeFromFlags(kind: 'distill' | 'pretrain', argv: string[], de
     trainer: {
       maxSteps: f.max_steps, globalBatchSize: f.gbs, microBatchSize: f.mbs, valCheckInterval: f.val_check_interval,
       limitValBatches: f.limit_val_batches, logInterval: f.log_interval, saveInterval: f.save_interval,
-      inFlight: f.in_flight, nanPolicy: f.nan_policy as 'skip' | 'stop',
+      inFlight: f.in_flight, nanPolicy: f.nan_policy as 'skip' | 'stop', precision: f.precision as Precision,
     },
     optim: {
       lr: f.lr, minLr: f.min_lr, warmupSteps: f.warmup_steps, adamBeta1: f.adam_beta1, adamBeta2: f.adam_beta2,

@@ -4,6 +4,7 @@
  * executes it. The CLI is a thin layer that turns flags into the same object.
  */
 import type { BackendChoice } from '../backend/select.ts';
+import type { Precision } from '../backend/webgpu/mixedPrecisionMatMul.ts';
 import { DEFAULT_KD_LOSS, type KdLossOptions } from '../losses/types.ts';
 import type { NanPolicy } from '../../operators/backward.ts';
 
@@ -26,6 +27,8 @@ export interface TrainerConfig {
   /** Micro-batches allowed between the data source and the optimizer step. */
   inFlight: number;
   nanPolicy: NanPolicy;
+  /** NeMo's trainer.precision: '32', or 'bf16-mixed' / '16-mixed' (f16 tensor-core matmuls on webgpu; see src/backend/webgpu). */
+  precision: Precision;
 }
 
 export interface OptimConfig {
@@ -77,7 +80,7 @@ export const DEFAULTS = {
   data: { dataPaths: '', seqLength: 2048, split: '99,1,0', seed: 1234 },
   trainer: {
     maxSteps: 100, globalBatchSize: 8, microBatchSize: 1, valCheckInterval: 100, limitValBatches: 32, logInterval: 1,
-    saveInterval: 100, inFlight: 4, nanPolicy: 'skip',
+    saveInterval: 100, inFlight: 4, nanPolicy: 'skip', precision: '32',
   },
   optim: {
     lr: 3e-5, minLr: 2e-7, warmupSteps: 50, adamBeta1: 0.9, adamBeta2: 0.95, adamEps: 1e-8, weightDecay: 0.01,
