@@ -18,11 +18,16 @@ import { maskedMeanWeights } from './maskedMean.ts';
  */
 export interface ChunkTerm {
   readonly tensors: tf.Tensor[];
-  /** The per-position values [end − start] from the student's logits z [end − start, V]. */
-  value(z: tf.Tensor2D, start: number, end: number, data: tf.Tensor[]): tf.Tensor1D;
   /**
-   * d value_n / d z_n for each row, multiplied by `rowScale` [end − start, 1] (taking the scale here lets a term
-   * fold it into its last op rather than hold one more [chunk, V] tensor).
+   * How many per-position quantities the term gives, each a mean of its own (1 when absent). A fused pass may give
+   * two from one read of the logits (the webgpu KD kernel gives the divergence and the next-token CE).
+   */
+  readonly width?: number;
+  /** The per-position values [end − start] (or [end − start, width]) from the student's logits z [end − start, V]. */
+  value(z: tf.Tensor2D, start: number, end: number, data: tf.Tensor[]): tf.Tensor1D | tf.Tensor2D;
+  /**
+   * Σ_j d value_nj / d z_n · rowScale_nj for each row, with `rowScale` [end − start, width] (taking the scale here
+   * lets a term fold it into its last op rather than hold one more [chunk, V] tensor).
    */
   gradient(z: tf.Tensor2D, start: number, end: number, rowScale: tf.Tensor2D, data: tf.Tensor[]): tf.Tensor2D;
 }
@@ -54,9 +59,9 @@ function accumulate<T extends tf.Tensor>(acc: T, x: T): T {
 }
 
 /**
- * [terms.length + 1]: the masked mean over the N positions of each term (Σ mask·value / max(Σ mask, 1)), then
- * Σ mask. Differentiable w.r.t. `hidden` [N, h] and `head` [V, h] (the student's); the count is not. The mask and
- * the terms' tensors are saved for the backward pass (clones share the data: no copy).
+ * [Σ widths + 1]: the masked mean over the N positions of each of the terms' values (Σ mask·value / max(Σ mask, 1)),
+ * in the terms' order, then Σ mask. Differentiable w.r.t. `hidden` [N, h] and `head` [V, h] (the student's); the
+ * count is not. The mask and the terms' tensors are saved for the backward pass (clones share the data: no copy).
  */
 export function chunkedHeadMeans(
   hidden: tf.Tensor2D,
@@ -67,7 +72,9 @@ export function chunkedHeadMeans(
 ): tf.Tensor1D {
   checkShapes(hidden, head, mask, chunkSize);
   const n = hidden.shape[0];
-  const k = terms.length;
+  const widths = terms.map((t) => t.width ?? 1);
+  const firsts = widths.map((_, i) => widths.slice(0, i).reduce((a, b) => a + b, 0));
+  const k = widths.reduce((a, b) => a + b, 0);
   const chunks: [number, number][] = [];
   for (let s = 0; s < n; s += chunkSize) chunks.push([s, Math.min(n, s + chunkSize)]);
 
@@ -103,9 +110,15 @@ export function chunkedHeadMeans(
         const keep = tf.greater(wC, 0);
         // Each term in its own tidy, so that its [chunk, V] intermediates are gone before the next starts.
         const perTerm = terms.map((t, i) =>
-          tf.tidy(() => tf.sum(tf.where(keep, tf.mul(t.value(z, s, e, dataOf(all, i)), wC), tf.zerosLike(wC)))),
+          tf.tidy(() => {
+            const v = t.value(z, s, e, dataOf(all, i));
+            if (v.rank === 1) return tf.sum(tf.where(keep, tf.mul(v, wC), tf.zerosLike(wC)));
+            const keepCol = keep.reshape([e - s, 1]);
+            const weighted = tf.mul(v, wC.reshape([e - s, 1]));
+            return tf.sum(tf.where(keepCol, weighted, tf.zerosLike(weighted)), 0);
+          }),
         );
-        return tf.stack(perTerm) as tf.Tensor1D;
+        return (widths.every((w) => w === 1) ? tf.stack(perTerm) : tf.concat(perTerm.map((p) => p.reshape([-1])))) as tf.Tensor1D;
       });
       sums = accumulate(sums, part);
     }
@@ -127,9 +140,11 @@ export function chunkedHeadMeans(
           const z = tf.matMul(hC, wtT) as tf.Tensor2D;
           const wC = rows(weightsB, s, e).reshape([e - s, 1]) as tf.Tensor2D;
           const parts: tf.Tensor2D[] = [];
-          for (let i = 0; i < k; i++) {
+          for (let i = 0; i < terms.length; i++) {
             const t = terms[i];
-            const g = tf.tidy(() => t.gradient(z, s, e, tf.mul(wC, tf.slice(dy, [i], [1])) as tf.Tensor2D, dataOf(saved, i)));
+            const g = tf.tidy(() =>
+              t.gradient(z, s, e, tf.mul(wC, tf.slice(dy, [firsts[i]], [widths[i]])) as tf.Tensor2D, dataOf(saved, i)),
+            );
             parts.push(parts.length === 0 ? g : accumulate(parts.pop() as tf.Tensor2D, g));
           }
           const dzC: tf.Tensor2D = parts[0] ?? tf.zerosLike(z);

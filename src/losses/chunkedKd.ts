@@ -6,10 +6,12 @@
  * while the CE keeps the student's full vocabulary.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { onWebgpu } from '../backend/webgpu/program.ts';
 import { ConfigError } from '../errors.ts';
 import { type ChunkTerm, chunkedHeadMeans } from './chunkedHead.ts';
 import { tokenCrossEntropy, tokenCrossEntropyGradient } from './crossEntropy.ts';
 import { divergenceFromLogProbs, divergenceGradient, logSoftmax } from './divergences.ts';
+import { fusedKdTerm } from './fusedKdTerm.ts';
 import { mixLosses, validateKdOptions } from './mixing.ts';
 import type { KdLossOptions } from './types.ts';
 import { sharedVocab } from './vocabAlignment.ts';
@@ -72,7 +74,10 @@ export interface TeacherSource {
   logits(start: number, end: number, data: tf.Tensor[]): tf.Tensor2D;
 }
 
-/** The KD term of a chunk: aligned teacher and student log-probabilities at τ, and the divergence between them. */
+/**
+ * The KD term of a chunk: aligned teacher and student log-probabilities at τ, and the divergence between them (the
+ * composition, on every backend but webgpu, where kdLossFromHidden takes fusedKdTerm instead).
+ */
 export function kdTerm(
   teacher: TeacherSource,
   studentVocab: number,
@@ -218,13 +223,21 @@ export function kdLossFromHidden(args: KdFromHiddenArgs): KdLossResult {
     notes.push(line);
     args.log?.(line);
   };
-  const kd = kdTerm(teacherSource(args), args.studentHead.shape[0], options, note);
+  const source = teacherSource(args);
+  const studentVocab = args.studentHead.shape[0];
+  if (onWebgpu()) {
+    // One fused kernel per chunk forward and two backward in place of the composition, the CE in the same passes.
+    const fused = fusedKdTerm(source, studentVocab, options, note, labels);
+    return { ...kdWithCe(args.studentHidden, args.studentHead, mask, fused, undefined, options, args.chunkSize), notes };
+  }
+  const kd = kdTerm(source, studentVocab, options, note);
   return { ...kdWithCe(args.studentHidden, args.studentHead, mask, kd, labels, options, args.chunkSize), notes };
 }
 
 /**
  * The shared tail of the dense and sparse losses: the KD term (and the CE term when labels are given) as chunked
- * means over the student's logits, mixed as (1 − α)·CE + α·kdScale·KD.
+ * means over the student's logits, mixed as (1 − α)·CE + α·kdScale·KD. A KD term of width 2 (the fused webgpu
+ * one given labels) carries the CE as its second value, and `labels` is then left out.
  */
 export function kdWithCe(
   hidden: tf.Tensor2D,
@@ -235,13 +248,17 @@ export function kdWithCe(
   options: KdLossOptions,
   chunkSize = DEFAULT_CHUNK_SIZE,
 ): Omit<KdLossResult, 'notes'> {
+  const ceInKd = (kdChunkTerm.width ?? 1) === 2;
+  if (ceInKd && labels) throw new ConfigError('kdWithCe: the KD term already gives the CE; pass no labels');
   const terms = [kdChunkTerm];
   if (labels) terms.push(ceTerm(labels));
   const means = chunkedHeadMeans(hidden, head, mask, terms, chunkSize);
-  const pick = (i: number): tf.Scalar => tf.slice(means, [i], [1]).reshape([]) as tf.Scalar;
+  // In a tidy: the slice under the reshape would otherwise outlive a call made outside one.
+  const pick = (i: number): tf.Scalar => tf.tidy(() => tf.slice(means, [i], [1]).reshape([]) as tf.Scalar);
   const kd = pick(0);
-  const ce = labels ? pick(1) : null;
-  const count = pick(terms.length);
+  const hasCe = ceInKd || labels !== undefined;
+  const ce = hasCe ? pick(1) : null;
+  const count = pick(hasCe ? 2 : 1);
   means.dispose();
   return { loss: mixLosses(ce, kd, options), kd, ce, count };
 }
