@@ -12,7 +12,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../../model/config.ts';
-import { activate } from '../../model/activations.ts';
+import { activate, gatedActivation } from '../../model/activations.ts';
 import { causalAttention, describeCausalMask, mergeHeads, splitHeads } from '../../model/attention.ts';
 import { conv1d, linear } from '../../model/linear.ts';
 import { layerNorm, rmsNorm } from '../../model/norms.ts';
@@ -228,9 +228,9 @@ export class ShardedStage {
         const bias = has(`${P}mlp.${name}_proj.bias`) ? (ps[k++] as tf.Tensor1D) : undefined;
         return linear(xx as tf.Tensor2D, w, bias);
       };
-      const gate = activate(c.activation, proj('gate'));
+      const gate = proj('gate'); // before up: proj advances k
       const up = proj('up');
-      return [tf.matMul(tf.mul(gate, up), ps[k] as tf.Tensor2D, false, true)];
+      return [tf.matMul(gatedActivation(c.activation, gate, up), ps[k] as tf.Tensor2D, false, true)];
     }));
     if (tp > 1) this.g(ops, mOut, a('m'));
     const downBias = gpt2 ? `${P}mlp.c_proj.bias` : `${P}mlp.down_proj.bias`;
