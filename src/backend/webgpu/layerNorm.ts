@@ -10,7 +10,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { onWebgpu, registerWebgpuKernel, runKernel, runProgram } from './program.ts';
-import { input, rowLayout, RowProgram, rowUniforms, rowWgsl, type RowLayout } from './rowLayout.ts';
+import { input, rowLayout, RowProgram, rowUniforms, type RowLayout, ROW_START } from './rowLayout.ts';
 import { rowChunks, sumChunks } from './columnSum.ts';
 
 const FORWARD = 'DistillLayerNorm';
@@ -44,26 +44,11 @@ class LayerNormProgram extends RowProgram {
     super(INPUTS[pass], out, layout, `layerNorm_${pass}`);
   }
 
-  getUserCode(): string {
-    const body = this.pass === 'forward' ? FORWARD_BODY : this.pass === 'inputGrad' ? INPUT_GRAD_BODY : PARAM_GRAD_CHUNKS_BODY;
-    return `
-      ${rowWgsl(this.layout)}
-
-      fn main(index : i32) {
-        let tid = i32(localId.x);
-        let rows = uniforms.xShape.x;
-        let hidden = uniforms.xShape.y;
-        let n = hidden / COMPONENTS;
-        ${body}
-      }
-    `;
+  protected body(): string {
+    return this.pass === 'forward' ? FORWARD_BODY : this.pass === 'inputGrad' ? INPUT_GRAD_BODY : PARAM_GRAD_CHUNKS_BODY;
   }
 }
 
-/** Rows past the end (spare workgroups of a reshaped dispatch) redo the last row, as barriers need every lane, and write nothing. */
-const ROW = `
-        let live = index / LANES < rows;
-        let base = min(index / LANES, rows - 1) * n;`;
 
 /** Loads the row at `base` into xs and works out its mean and rstd; `extra` runs per vector c of the row. */
 function rowStatistics(extra = ''): string {
@@ -90,7 +75,7 @@ function rowStatistics(extra = ''): string {
         ${extra}`;
 }
 
-const FORWARD_BODY = `${ROW}
+const FORWARD_BODY = `${ROW_START}
         ${rowStatistics()}
         for (var k = 0; k < SLOTS; k++) {
           let c = tid + k * LANES;
@@ -98,7 +83,7 @@ const FORWARD_BODY = `${ROW}
         }`;
 
 // Σg rides along with the mean's reduction and Σg·(x − μ) with the variance's, so the backward reduces twice too.
-const INPUT_GRAD_BODY = `${ROW}
+const INPUT_GRAD_BODY = `${ROW_START}
         var xs : array<Vec, SLOTS>;
         var gs : array<Vec, SLOTS>;
         var total = Vec(0.0);

@@ -9,7 +9,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { onWebgpu, registerWebgpuKernel, runKernel, runProgram } from './program.ts';
-import { input, rowLayout, RowProgram, rowUniforms, rowWgsl, type RowLayout } from './rowLayout.ts';
+import { input, rowLayout, RowProgram, rowUniforms, type RowLayout, ROW_START } from './rowLayout.ts';
 import { rowChunks, sumChunks } from './columnSum.ts';
 
 const FORWARD = 'DistillRmsNorm';
@@ -43,28 +43,13 @@ class RmsNormProgram extends RowProgram {
     super(INPUTS[pass], out, layout, `rmsNorm_${pass}`);
   }
 
-  getUserCode(): string {
-    const body = this.pass === 'forward' ? FORWARD_BODY : this.pass === 'inputGrad' ? INPUT_GRAD_BODY : WEIGHT_GRAD_CHUNKS_BODY;
-    return `
-      ${rowWgsl(this.layout)}
-
-      fn main(index : i32) {
-        let tid = i32(localId.x);
-        let rows = uniforms.xShape.x;
-        let hidden = uniforms.xShape.y;
-        let n = hidden / COMPONENTS;
-        ${body}
-      }
-    `;
+  protected body(): string {
+    return this.pass === 'forward' ? FORWARD_BODY : this.pass === 'inputGrad' ? INPUT_GRAD_BODY : WEIGHT_GRAD_CHUNKS_BODY;
   }
 }
 
-/** Rows past the end (spare workgroups of a reshaped dispatch) redo the last row, as barriers need every lane, and write nothing. */
-const ROW = `
-        let live = index / LANES < rows;
-        let base = min(index / LANES, rows - 1) * n;`;
 
-const FORWARD_BODY = `${ROW}
+const FORWARD_BODY = `${ROW_START}
         var xs : array<Vec, SLOTS>;
         var squares = Vec(0.0);
         for (var k = 0; k < SLOTS; k++) {
@@ -80,7 +65,7 @@ const FORWARD_BODY = `${ROW}
           if (live && c < n) { result[base + c] = xs[k] * r * weight[c]; }
         }`;
 
-const INPUT_GRAD_BODY = `${ROW}
+const INPUT_GRAD_BODY = `${ROW_START}
         var xs : array<Vec, SLOTS>;
         var gs : array<Vec, SLOTS>;
         var squares = Vec(0.0);

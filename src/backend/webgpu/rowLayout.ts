@@ -104,8 +104,28 @@ export abstract class RowProgram implements WebGPUProgram {
     this.outputComponent = layout.components;
   }
 
-  abstract getUserCode(): string;
+  /** The WGSL of main's body, after tid, rows, hidden and n (vectors per row) are defined. */
+  protected abstract body(): string;
+
+  getUserCode(): string {
+    return `
+      ${rowWgsl(this.layout)}
+
+      fn main(index : i32) {
+        let tid = i32(localId.x);
+        let rows = uniforms.xShape.x;
+        let hidden = uniforms.xShape.y;
+        let n = hidden / COMPONENTS;
+        ${this.body()}
+      }
+    `;
+  }
 }
+
+/** Rows past the end (spare workgroups of a reshaped dispatch) redo the last row, as barriers need every lane, and write nothing. */
+export const ROW_START = `
+        let live = index / LANES < rows;
+        let base = min(index / LANES, rows - 1) * n;`;
 
 /** The uniform values of a RowProgram, in the order its `uniforms` declares them. */
 export function rowUniforms(eps: number, rowsPerChunk: number): ProgramUniforms {
