@@ -9,13 +9,14 @@
  * temporary file and renamed when complete, and a rerun skips the parts that exist, so a killed job resumes where it
  * stopped and `--shard i/n` jobs fill one folder between them.
  */
-import { lastValueFrom, map, tap } from 'rxjs';
+import { concatMap, lastValueFrom, tap } from 'rxjs';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { readBatches, type SampleSource } from '../operators/readBatches.ts';
 import { teacherLogits } from '../operators/teacherLogits.ts';
 import { disposeBatch, type TeacherBatch } from '../src/train/batch.ts';
+import { Credits } from '../src/train/credits.ts';
 import type { CausalLM } from '../src/model/causalLM.ts';
 import { ConfigError } from '../src/errors.ts';
 import { selectBackend, type BackendChoice } from '../src/backend/select.ts';
@@ -117,23 +118,30 @@ async function writePart(o: WriteCacheOptions, fp: CacheFingerprint, part: PartR
   const writer = new TeacherCachePartWriter(o.out, fp, part);
   const seq = fp.seqLength;
   const chunk = lossChunkRows(o.chunkSize ?? 0, o.teacher.config.vocabSize);
+  // One batch in flight: the rows are read back asynchronously (webgpu has no synchronous read), and without a
+  // credit the source would run the teacher on every batch of the part while the first one is being read.
+  const credits = new Credits(1);
   try {
     // readBatches' step s reads samples [s·b, (s + 1)·b): the run's indexing. The last batch of the range may run
     // past its end (readBatches wraps at the epoch); those rows are dropped.
-    const batches = readBatches(o.source, { seqLength: seq, globalBatchSize: b, microBatchSize: b, startStep: part.start / b, maxSteps: Math.ceil(part.end / b) });
+    const batches = readBatches(o.source, { seqLength: seq, globalBatchSize: b, microBatchSize: b, startStep: part.start / b, maxSteps: Math.ceil(part.end / b), credits });
     await lastValueFrom(
       batches.pipe(
         teacherLogits(o.teacher),
-        map((batch: TeacherBatch) => {
+        // In order, as the writer needs (one at a time anyway, by the credit).
+        concatMap(async (batch: TeacherBatch) => {
           const first = batch.position.firstSample;
           const count = Math.min(b, part.end - first);
           try {
-            return { first, count, rows: teacherRows(batch, fp, count * seq, chunk) };
+            return { first, count, rows: await teacherRows(batch, fp, count * seq, chunk) };
           } finally {
             disposeBatch(batch);
           }
         }),
-        tap(({ first, count, rows }) => writer.write(first, count, rows)),
+        tap(({ first, count, rows }) => {
+          writer.write(first, count, rows);
+          credits.release();
+        }),
       ),
       { defaultValue: null },
     );
@@ -141,11 +149,14 @@ async function writePart(o: WriteCacheOptions, fp: CacheFingerprint, part: PartR
   } catch (e) {
     writer.abort();
     throw e;
+  } finally {
+    // Lets a source still waiting for a credit (after an error downstream) end.
+    credits.close();
   }
 }
 
 /** The cache rows of a batch's first `keep` positions, the logits made and dropped chunk by chunk. */
-function teacherRows(batch: TeacherBatch, fp: CacheFingerprint, keep: number, chunk: number): CacheRows {
+async function teacherRows(batch: TeacherBatch, fp: CacheFingerprint, keep: number, chunk: number): Promise<CacheRows> {
   const t = batch.teacher;
   if (t?.kind !== 'hidden') throw new Error('cache-teacher: the teacher stage gave no hidden states');
   const out: CacheRows[] = [];
@@ -153,7 +164,7 @@ function teacherRows(batch: TeacherBatch, fp: CacheFingerprint, keep: number, ch
     const e = Math.min(keep, s + chunk);
     const logits = tf.tidy(() => tf.matMul(tf.slice(t.hidden, [s, 0], [e - s, t.hidden.shape[1]]), t.head, false, true) as tf.Tensor2D);
     try {
-      out.push(sparsifyLogits(logits, fp, { firstSample: batch.position.firstSample, seqLength: fp.seqLength, firstRow: s }));
+      out.push(await sparsifyLogits(logits, fp, { firstSample: batch.position.firstSample, seqLength: fp.seqLength, firstRow: s }));
     } finally {
       logits.dispose();
     }

@@ -17,16 +17,19 @@ export interface RowKeys {
   firstRow: number;
 }
 
-/** The cache rows for teacher logits [rows, V] (the caller disposes the logits). */
-export function sparsifyLogits(logits: tf.Tensor2D, spec: CacheSpec, keys: RowKeys): CacheRows {
+/**
+ * The cache rows for teacher logits [rows, V] (the caller disposes the logits, once this has resolved). The read
+ * to the host is asynchronous because tfjs-webgpu in Node has no synchronous one (dataSync throws there).
+ */
+export async function sparsifyLogits(logits: tf.Tensor2D, spec: CacheSpec, keys: RowKeys): Promise<CacheRows> {
   const [rows, vocab] = logits.shape;
   if (spec.method === 'topk') {
     const [values, indices] = tf.tidy(() => {
       const r = tf.topk(logSoftmax(logits, spec.temperature), spec.topK);
       return [r.values, r.indices];
     });
-    const logProbs = values.dataSync() as Float32Array;
-    const ids = Int32Array.from(indices.dataSync());
+    const [logProbs, indexData] = await Promise.all([values.data() as Promise<Float32Array>, indices.data()]);
+    const ids = Int32Array.from(indexData);
     values.dispose();
     indices.dispose();
     const ghost = new Float32Array(rows);
@@ -38,7 +41,7 @@ export function sparsifyLogits(logits: tf.Tensor2D, spec: CacheSpec, keys: RowKe
     return { rows, offsets: uniformOffsets(rows, spec.topK), ids, logProbs: Float32Array.from(logProbs), ghost };
   }
   const lpT = logSoftmax(logits, spec.temperature);
-  const lp = lpT.dataSync() as Float32Array;
+  const lp = (await lpT.data()) as Float32Array;
   lpT.dispose();
   if (spec.method === 'full') return { rows, offsets: uniformOffsets(rows, vocab), logProbs: Float32Array.from(lp) };
   const offsets = new Int32Array(rows + 1);

@@ -30,7 +30,7 @@ test('the sampled estimate averages to the full forward KL over seeds (within 4 
   for (let seed = 0; seed < SEEDS; seed++) {
     const spec: CacheSpec = { method: 'sample', topK: 0, samples: 50, sampleSeed: seed, valueDtype: 'float32', temperature: 1 };
     const fp = testFingerprint(spec);
-    const rows = sparsifyLogits(teacher, spec, { firstSample: 0, seqLength: f.seq, firstRow: 0 });
+    const rows = await sparsifyLogits(teacher, spec, { firstSample: 0, seqLength: f.seq, firstRow: 0 });
     // Through the cache's columns: what a reader decodes is what was drawn.
     const schema = new Schema(cacheFields(fp));
     const decoded = decodeRecordBatch('mem', 0, buildRecordBatch(schema, fp, 0, 2, rows), fp, 0, 2);

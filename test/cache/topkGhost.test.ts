@@ -15,9 +15,10 @@ import { TeacherCache, TeacherCachePartWriter } from '../../src/io/teacherCache.
 import { sparsifyLogits } from '../../src/cache/sparsify.ts';
 import { sparsePerPosition } from '../../src/losses/sparseTargets.ts';
 import { disposeBatch } from '../../src/train/batch.ts';
-import type { CacheSpec } from '../../src/cache/spec.ts';
+import type { CacheRows, CacheSpec } from '../../src/cache/spec.ts';
 import { writeTeacherCache } from '../../pipelines/cacheTeacher.ts';
-import { expectedJson, fixture } from '../helpers/fixtures.ts';
+import { expectedJson, fixture, relError } from '../helpers/fixtures.ts';
+import { onEachBackend } from '../helpers/backends.ts';
 import { fixtureSource, fixtureTensors, tempDir, testFingerprint } from './helpers.ts';
 
 const spec: CacheSpec = { method: 'topk', topK: 8, samples: 0, sampleSeed: 0, valueDtype: 'float32', temperature: 1 };
@@ -51,7 +52,7 @@ test('top-8 + ghost from cached fixture logits reproduces topk8_ghost_kl (≤1e-
   try {
     const before = tf.memory().numTensors;
     const logits = tf.tensor2d(f.teacherLogits, [f.rows * f.seq, f.vocab]);
-    const rows = sparsifyLogits(logits, spec, { firstSample: 0, seqLength: f.seq, firstRow: 0 });
+    const rows = await sparsifyLogits(logits, spec, { firstSample: 0, seqLength: f.seq, firstRow: 0 });
     logits.dispose();
     const w = new TeacherCachePartWriter(tmp.dir, testFingerprint(spec), { start: 0, end: 2 });
     w.write(0, 2, rows);
@@ -88,4 +89,28 @@ test('cache-teacher running the fixture teacher on the fixture ids gives the sam
     teacher.dispose();
     tmp.remove();
   }
+});
+
+test('the cache rows (top-8 with ghost, and full) are the same on each backend present as on cpu', async () => {
+  const f = fixtureTensors();
+  const keys = { firstSample: 0, seqLength: f.seq, firstRow: 0 };
+  const full: CacheSpec = { ...spec, method: 'full', topK: 0 };
+  const rowsOf = async (): Promise<{ topk: CacheRows; full: CacheRows }> => {
+    const logits = tf.tensor2d(f.teacherLogits, [f.rows * f.seq, f.vocab]);
+    const rows = { topk: await sparsifyLogits(logits, spec, keys), full: await sparsifyLogits(logits, full, keys) };
+    logits.dispose();
+    return rows;
+  };
+  await selectBackend('cpu', { log: null });
+  const ref = await rowsOf();
+  await onEachBackend(async (backend) => {
+    const before = tf.memory().numTensors;
+    // On webgpu this is the check that the rows are read back asynchronously: dataSync throws there.
+    const got = await rowsOf();
+    assert.equal(tf.memory().numTensors, before, `${backend}: tensors leaked`);
+    assert.deepEqual(got.topk.ids, ref.topk.ids, `${backend}: top-8 ids`);
+    assert.ok(got.topk.ghost && ref.topk.ghost);
+    const errs = [relError(got.topk.logProbs, ref.topk.logProbs), relError(got.topk.ghost, ref.topk.ghost), relError(got.full.logProbs, ref.full.logProbs)];
+    assert.ok(errs.every((e) => e <= 1e-6), `${backend}: rel errors top-8 log-probs / ghost / full log-probs ${errs}`);
+  });
 });
