@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
-import { onEachBackend } from '../helpers/backends.ts';
+import { onEachBackend, readAndDispose, readScalars } from '../helpers/backends.ts';
 import { relError } from '../helpers/fixtures.ts';
 import { kdLossFromHidden, lossChunkRows, LOSS_CHUNK_BYTES } from '../../src/losses/chunkedKd.ts';
 import { perPositionDivergence } from '../../src/losses/divergences.ts';
@@ -53,8 +53,8 @@ function reference(x: Inputs, h: tf.Tensor2D, w: tf.Tensor2D, opts: KdLossOption
   return mixLosses(ce, kd, opts);
 }
 
-function compare(label: string, x: Inputs, opts: KdLossOptions, withCe: boolean, chunkSize: number, worst: { v: number }): void {
-  tf.tidy(() => {
+async function compare(label: string, x: Inputs, opts: KdLossOptions, withCe: boolean, chunkSize: number, worst: { v: number }): Promise<void> {
+  const out = tf.tidy(() => {
     const ref = tf.valueAndGrads((h: tf.Tensor, w: tf.Tensor) => reference(x, h as tf.Tensor2D, w as tf.Tensor2D, opts, withCe));
     const got = tf.valueAndGrads((h: tf.Tensor, w: tf.Tensor) =>
       kdLossFromHidden({
@@ -70,26 +70,24 @@ function compare(label: string, x: Inputs, opts: KdLossOptions, withCe: boolean,
     );
     const r = ref([x.h, x.w]);
     const g = got([x.h, x.w]);
-    const errs = [
-      relError(g.value.dataSync(), r.value.dataSync()),
-      relError(g.grads[0].dataSync(), r.grads[0].dataSync()),
-      relError(g.grads[1].dataSync(), r.grads[1].dataSync()),
-    ];
-    worst.v = Math.max(worst.v, ...errs);
-    assert.ok(errs.every((e) => e <= 1e-5), `${label} chunk ${chunkSize}: rel errors value/dHidden/dHead ${errs}`);
+    return [g.value, r.value, g.grads[0], r.grads[0], g.grads[1], r.grads[1]];
   });
+  const [gv, rv, gh, rh, gw, rw] = await readAndDispose(out);
+  const errs = [relError(gv, rv), relError(gh, rh), relError(gw, rw)];
+  worst.v = Math.max(worst.v, ...errs);
+  assert.ok(errs.every((e) => e <= 1e-5), `${label} chunk ${chunkSize}: rel errors value/dHidden/dHead ${errs}`);
 }
 
 test('chunked == unchunked autodiff: every divergence, τ 1 and 2, CE mixed in, chunk sizes 1, 4, 5, 13, 20', async () => {
-  await onEachBackend((backend) => {
+  await onEachBackend(async (backend) => {
     const before = tf.memory().numTensors;
     const x = inputs(37, 37, 11);
     const worst = { v: 0 };
     for (const kind of KD_LOSS_KINDS) {
       for (const temperature of [1, 2]) {
         const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind, temperature, jsdBeta: 0.3, skewLambda: 0.2, alpha: 0.6 };
-        for (const chunk of [1, 4, 5, 13, 20]) compare(`${backend} ${kind} τ=${temperature} +CE`, x, opts, true, chunk, worst);
-        compare(`${backend} ${kind} τ=${temperature} pure KD`, x, { ...opts, alpha: 1 }, false, 5, worst);
+        for (const chunk of [1, 4, 5, 13, 20]) await compare(`${backend} ${kind} τ=${temperature} +CE`, x, opts, true, chunk, worst);
+        await compare(`${backend} ${kind} τ=${temperature} pure KD`, x, { ...opts, alpha: 1 }, false, 5, worst);
       }
     }
     console.log(`${backend}: worst relative error over values and gradients ${worst.v.toExponential(2)}`);
@@ -99,13 +97,13 @@ test('chunked == unchunked autodiff: every divergence, τ 1 and 2, CE mixed in, 
 });
 
 test('vocabulary mismatch: KD on the shared ids [0, min), CE on the student full vocabulary, with a note', async () => {
-  await onEachBackend((backend) => {
+  await onEachBackend(async (backend) => {
     const before = tf.memory().numTensors;
     const worst = { v: 0 };
     for (const [vs, vt] of [[37, 41], [37, 31]]) {
       const x = inputs(vs, vt, 23);
       const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind: 'jsd', temperature: 2, alpha: 0.5 };
-      compare(`${backend} Vs ${vs} Vt ${vt}`, x, opts, true, 4, worst);
+      await compare(`${backend} Vs ${vs} Vt ${vt}`, x, opts, true, 4, worst);
       const notes: string[] = [];
       tf.tidy(() => {
         const r = kdLossFromHidden({
@@ -123,34 +121,39 @@ test('vocabulary mismatch: KD on the shared ids [0, min), CE on the student full
 });
 
 test('zero mask: loss 0, count 0, gradients 0 and finite', async () => {
-  await onEachBackend((backend) => {
+  await onEachBackend(async (backend) => {
     const before = tf.memory().numTensors;
     const x = inputs(37, 37, 5);
-    tf.tidy(() => {
+    const counts: tf.Tensor[] = [];
+    const out = tf.tidy(() => {
       const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind: 'reverse_kl', alpha: 0.5 };
-      let count = -1;
       const f = (h: tf.Tensor, w: tf.Tensor): tf.Scalar => {
         const r = kdLossFromHidden({
           studentHidden: h as tf.Tensor2D, studentHead: w as tf.Tensor2D, teacherHidden: x.th, teacherHead: x.tw,
           labels: x.labels, mask: tf.zeros([N]), options: opts, chunkSize: 5,
         });
-        count = r.count.dataSync()[0];
+        // Read after the tidy (webgpu reads only asynchronously), so kept past the forward pass's own tidy.
+        counts.push(tf.keep(r.count));
         return r.loss;
       };
       const { value, grads } = tf.valueAndGrads(f)([x.h, x.w]);
-      assert.equal(value.dataSync()[0], 0, backend);
-      assert.equal(count, 0);
-      for (const g of grads) assert.ok(g.dataSync().every((v) => v === 0), `${backend}: gradient not 0`);
+      return [value, ...grads];
     });
+    assert.equal(counts.length, 1, 'the loss closure runs once');
+    const [value, ...grads] = await readAndDispose(out);
+    const [count] = await readScalars(counts);
+    assert.equal(value[0], 0, backend);
+    assert.equal(count, 0);
+    for (const g of grads) assert.ok(g.every((v) => v === 0), `${backend}: gradient not 0`);
     tf.dispose(Object.values(x));
     assert.equal(tf.memory().numTensors, before, `${backend}: tensors leaked`);
   });
 });
 
 test('the teacher is never differentiated and the parts are reported', async () => {
-  await onEachBackend(() => {
+  await onEachBackend(async () => {
     const x = inputs(37, 37, 7);
-    tf.tidy(() => {
+    const parts = tf.tidy(() => {
       const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind: 'forward_kl', alpha: 0.25, temperature: 2 };
       // The teacher's tensors are not inputs of the custom gradient: tfjs finds no path from them to the loss.
       assert.throws(
@@ -161,20 +164,22 @@ test('the teacher is never differentiated and the parts are reported', async () 
         /Cannot compute gradient/,
       );
       const r = kdLossFromHidden({ studentHidden: x.h, studentHead: x.w, teacherHidden: x.th, teacherHead: x.tw, labels: x.labels, mask: x.mask, options: opts });
-      const [loss, kd, ce, count] = [r.loss, r.kd, r.ce as tf.Scalar, r.count].map((t) => t.dataSync()[0]);
-      assert.ok(Math.abs(loss - (0.75 * ce + 0.25 * 4 * kd)) < 1e-5 * Math.abs(loss));
-      assert.equal(count, 10);
+      assert.ok(r.ce, 'labels given: the CE part is reported');
+      return [r.loss, r.kd, r.ce, r.count];
     });
+    const [loss, kd, ce, count] = await readScalars(parts);
+    assert.ok(Math.abs(loss - (0.75 * ce + 0.25 * 4 * kd)) < 1e-5 * Math.abs(loss));
+    assert.equal(count, 10);
     tf.dispose(Object.values(x));
   });
 });
 
 test('tensors made inside the loss closure (hidden, mask, labels, teacher) survive until the backward pass', async () => {
-  await onEachBackend((backend) => {
+  await onEachBackend(async (backend) => {
     const before = tf.memory().numTensors;
     const x = inputs(37, 37, 31);
     const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind: 'skew_kl', alpha: 0.7, temperature: 2 };
-    tf.tidy(() => {
+    const out = tf.tidy(() => {
       const ref = tf.valueAndGrads((h: tf.Tensor, w: tf.Tensor) => reference(x, h as tf.Tensor2D, w as tf.Tensor2D, opts, true))([x.h, x.w]);
       const got = tf.valueAndGrads((h: tf.Tensor, w: tf.Tensor) =>
         kdLossFromHidden({
@@ -189,22 +194,24 @@ test('tensors made inside the loss closure (hidden, mask, labels, teacher) survi
           chunkSize: 3,
         }).loss,
       )([x.h, x.w]);
-      const errs = [0, 1].map((i) => relError(got.grads[i].dataSync(), ref.grads[i].dataSync()));
-      assert.ok(errs.every((e) => e <= 1e-5), `${backend}: ${errs}`);
+      return [got.grads[0], ref.grads[0], got.grads[1], ref.grads[1]];
     });
+    const [gh, rh, gw, rw] = await readAndDispose(out);
+    const errs = [relError(gh, rh), relError(gw, rw)];
+    assert.ok(errs.every((e) => e <= 1e-5), `${backend}: ${errs}`);
     tf.dispose(Object.values(x));
     assert.equal(tf.memory().numTensors, before, `${backend}: tensors leaked`);
   });
 });
 
 test('heads as tf.Variables (not saved for the backward pass) give the same gradients', async () => {
-  await onEachBackend((backend) => {
+  await onEachBackend(async (backend) => {
     const x = inputs(37, 41, 47);
     const w = tf.variable(x.w);
     const tw = tf.variable(x.tw, false);
     const before = tf.memory().numTensors;
     const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind: 'forward_kl', alpha: 0.5 };
-    tf.tidy(() => {
+    const out = tf.tidy(() => {
       const ref = tf.valueAndGrads((h: tf.Tensor, ww: tf.Tensor) => reference(x, h as tf.Tensor2D, ww as tf.Tensor2D, opts, true))([x.h, x.w]);
       const got = tf.variableGrads(() =>
         kdLossFromHidden({
@@ -212,9 +219,11 @@ test('heads as tf.Variables (not saved for the backward pass) give the same grad
           labels: x.labels, mask: x.mask, options: opts, chunkSize: 6,
         }).loss,
       [w]);
-      const err = relError(got.grads[w.name].dataSync(), ref.grads[1].dataSync());
-      assert.ok(err <= 1e-5, `${backend}: ${err}`);
+      return [got.grads[w.name], ref.grads[1]];
     });
+    const [gw, rw] = await readAndDispose(out);
+    const err = relError(gw, rw);
+    assert.ok(err <= 1e-5, `${backend}: ${err}`);
     assert.equal(tf.memory().numTensors, before, `${backend}: tensors leaked`);
     tf.dispose([w, tw, ...Object.values(x)]);
   });

@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
-import { onEachBackend } from '../helpers/backends.ts';
+import { onEachBackend, readScalars } from '../helpers/backends.ts';
 import { expectedJson } from '../helpers/fixtures.ts';
 import { asTensor, logits2d, lossFixture } from './lossFixtures.ts';
 import { perPositionDivergence } from '../../src/losses/divergences.ts';
@@ -39,51 +39,58 @@ test('expected.json losses reproduced to ≤ 1e-5 relative on every backend', as
   const fx = lossFixture();
   const keys = [...Object.keys(CASES), 'ce_next_token'];
   assert.deepEqual([...keys].sort(), Object.keys(expected).sort(), 'every golden is covered');
-  await onEachBackend((backend) => {
+  await onEachBackend(async (backend) => {
     const before = tf.memory().numTensors;
     const worst: string[] = [];
-    tf.tidy(() => {
+    const cases = Object.entries(CASES);
+    const losses = tf.tidy(() => {
       const t = logits2d(fx.teacher);
       const s = logits2d(fx.student);
       const mask = asTensor<tf.Rank.R2>(fx.mask).reshape([-1]) as tf.Tensor1D;
-      for (const [key, c] of Object.entries(CASES)) {
-        const got = maskedMean(c.per(t, s), mask).loss.dataSync()[0] * (c.scale ?? 1);
-        const rel = Math.abs(got - expected[key]) / Math.abs(expected[key]);
-        worst.push(`${key} ${rel.toExponential(2)}`);
-        assert.ok(rel <= 1e-5, `${backend} ${key}: got ${got}, expected ${expected[key]}, rel ${rel}`);
-      }
+      const kd = cases.map(([, c]) => maskedMean(c.per(t, s), mask).loss);
       const ce = nextTokenCrossEntropy(
         tf.tensor3d(fx.student.data as Float32Array, fx.student.shape as [number, number, number]),
         asTensor<tf.Rank.R2>(fx.inputIds),
         asTensor<tf.Rank.R2>(fx.mask),
       );
-      const got = ce.loss.dataSync()[0];
-      const rel = Math.abs(got - expected.ce_next_token) / expected.ce_next_token;
-      worst.push(`ce_next_token ${rel.toExponential(2)}`);
-      assert.ok(rel <= 1e-5, `${backend} ce_next_token: got ${got}, expected ${expected.ce_next_token}, rel ${rel}`);
+      return [...kd, ce.loss];
     });
+    const values = await readScalars(losses);
+    for (const [i, [key, c]] of cases.entries()) {
+      const got = values[i] * (c.scale ?? 1);
+      const rel = Math.abs(got - expected[key]) / Math.abs(expected[key]);
+      worst.push(`${key} ${rel.toExponential(2)}`);
+      assert.ok(rel <= 1e-5, `${backend} ${key}: got ${got}, expected ${expected[key]}, rel ${rel}`);
+    }
+    const got = values[cases.length];
+    const rel = Math.abs(got - expected.ce_next_token) / expected.ce_next_token;
+    worst.push(`ce_next_token ${rel.toExponential(2)}`);
+    assert.ok(rel <= 1e-5, `${backend} ce_next_token: got ${got}, expected ${expected.ce_next_token}, rel ${rel}`);
     console.log(`${backend}: ${worst.join(', ')}`);
     assert.equal(tf.memory().numTensors, before, `${backend}: tensors leaked`);
   });
 });
 
 test('zero mask: loss 0 and count 0, no NaN; mixing follows (1 − α)·CE + α·KD·τ²', async () => {
-  await onEachBackend((backend) => {
+  await onEachBackend(async (backend) => {
     const before = tf.memory().numTensors;
-    tf.tidy(() => {
+    const out = tf.tidy(() => {
       const t = tf.randomNormal([5, 11], 0, 1, 'float32', 1) as tf.Tensor2D;
       const s = tf.randomNormal([5, 11], 0, 1, 'float32', 2) as tf.Tensor2D;
       const { loss, count } = maskedMean(perPositionDivergence(t, s, opts({})), tf.zeros([5]));
-      assert.equal(loss.dataSync()[0], 0, backend);
-      assert.equal(count.dataSync()[0], 0, backend);
-      // A NaN at a masked position does not leak into the mean.
       const withNaN = maskedMean(tf.tensor1d([1, NaN, 3]), tf.tensor1d([1, 0, 1]));
-      assert.equal(withNaN.loss.dataSync()[0], 2);
       const o = opts({ temperature: 2, scaleByTemperatureSquared: true, alpha: 0.25 });
-      const mixed = mixLosses(tf.scalar(3), tf.scalar(0.5), o).dataSync()[0];
-      assert.ok(Math.abs(mixed - (0.75 * 3 + 0.25 * 0.5 * 4)) < 1e-6);
-      assert.equal(mixLosses(null, tf.scalar(0.5), opts({ temperature: 2, scaleByTemperatureSquared: false })).dataSync()[0], 0.5);
+      const mixed = mixLosses(tf.scalar(3), tf.scalar(0.5), o);
+      const kdOnly = mixLosses(null, tf.scalar(0.5), opts({ temperature: 2, scaleByTemperatureSquared: false }));
+      return [loss, count, withNaN.loss, mixed, kdOnly];
     });
+    const [loss, count, withNaN, mixed, kdOnly] = await readScalars(out);
+    assert.equal(loss, 0, backend);
+    assert.equal(count, 0, backend);
+    // A NaN at a masked position does not leak into the mean.
+    assert.equal(withNaN, 2);
+    assert.ok(Math.abs(mixed - (0.75 * 3 + 0.25 * 0.5 * 4)) < 1e-6);
+    assert.equal(kdOnly, 0.5);
     assert.equal(tf.memory().numTensors, before);
   });
 });

@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
-import { onEachBackend } from '../helpers/backends.ts';
+import { onEachBackend, readAndDispose, tensorsIn, tidyKeep } from '../helpers/backends.ts';
 import { relError } from '../helpers/fixtures.ts';
 import { sparseKdLossFromHidden } from '../../src/losses/chunkedSparseKd.ts';
 import { divergenceGradient, logSoftmax, perPositionDivergence } from '../../src/losses/divergences.ts';
@@ -69,51 +69,62 @@ function sampleTargets(probs: Float32Array, n: number, v: number, draws: number,
 }
 
 test('sparse targets: chunked == unchunked autodiff (renorm, ghost, sampled), CE mixed in', async () => {
-  await onEachBackend((backend) => {
+  await onEachBackend(async (backend) => {
     const before = tf.memory().numTensors;
     let worst = 0;
-    tf.tidy(() => {
-      const h = tf.randomNormal([N, H], 0, 1, 'float32', 3) as tf.Tensor2D;
-      const w = tf.randomNormal([V, H], 0, 0.8, 'float32', 4) as tf.Tensor2D;
+    const temperature = 2;
+    // Kept across the host read that the sampling needs (a tidy cannot span an await); disposed at the end.
+    const x = tidyKeep(() => {
       const zt = tf.mul(tf.randomNormal([N, V], 0, 1, 'float32', 5), 2) as tf.Tensor2D;
-      const labels = tf.randomUniform([N], 0, V, 'int32', 6) as tf.Tensor1D;
-      const mask = tf.tensor1d(Array.from({ length: N }, (_, i) => (i % 3 === 2 ? 0 : 1)));
-      const temperature = 2;
-      const topk = teacherTopK(zt, 5, temperature);
       const lpT = logSoftmax(zt, temperature);
-      const s = sampleTargets(tf.exp(lpT).dataSync() as Float32Array, N, V, 50, rng(9), lpT.dataSync() as Float32Array);
-      const sampled = {
-        ids: tf.tensor2d(s.ids, [N, s.k], 'int32'), counts: tf.tensor2d(s.cnt, [N, s.k]),
-        logProbs: tf.tensor2d(s.lp, [N, s.k]), temperature,
+      return {
+        h: tf.randomNormal([N, H], 0, 1, 'float32', 3) as tf.Tensor2D,
+        w: tf.randomNormal([V, H], 0, 0.8, 'float32', 4) as tf.Tensor2D,
+        labels: tf.randomUniform([N], 0, V, 'int32', 6) as tf.Tensor1D,
+        mask: tf.tensor1d(Array.from({ length: N }, (_, i) => (i % 3 === 2 ? 0 : 1))),
+        topk: teacherTopK(zt, 5, temperature),
+        topkAt1: teacherTopK(zt, 5, 1),
+        probs: tf.exp(lpT),
+        lpT,
       };
-      const all: SparseTargets[] = [
-        { kind: 'topk_renorm', ...topk },
-        { kind: 'topk_renorm', ...teacherTopK(zt, 5, 1) }, // made at τ 1, used at τ 2
-        { kind: 'topk_ghost', ...topk },
-        { kind: 'sampled', ...sampled },
-        { kind: 'sampled', ids: sampled.ids, counts: sampled.counts, temperature },
-      ];
-      const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, temperature, alpha: 0.7 };
-      for (const targets of all) {
+    });
+    const [probs, lpT] = await readAndDispose([x.probs, x.lpT]);
+    const s = sampleTargets(probs as Float32Array, N, V, 50, rng(9), lpT as Float32Array);
+    const sampled = {
+      ids: tf.tensor2d(s.ids, [N, s.k], 'int32'), counts: tf.tensor2d(s.cnt, [N, s.k]),
+      logProbs: tf.tensor2d(s.lp, [N, s.k]), temperature,
+    };
+    const all: SparseTargets[] = [
+      { kind: 'topk_renorm', ...x.topk },
+      { kind: 'topk_renorm', ...x.topkAt1 }, // made at τ 1, used at τ 2
+      { kind: 'topk_ghost', ...x.topk },
+      { kind: 'sampled', ...sampled },
+      { kind: 'sampled', ids: sampled.ids, counts: sampled.counts, temperature },
+    ];
+    const { h, w, labels, mask } = x;
+    const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, temperature, alpha: 0.7 };
+    for (const targets of all) {
+      const [rv, rh, rw] = await readAndDispose(tf.tidy(() => {
         const ref = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor) => {
           const z = tf.matMul(a, b, false, true) as tf.Tensor2D;
           const kd = maskedMean(sparsePerPosition(z, targets, temperature), mask).loss;
           return mixLosses(maskedMean(tokenCrossEntropy(z, labels), mask).loss, kd, opts);
         })([h, w]);
-        for (const chunkSize of [1, 4, 11, 16]) {
+        return [ref.value, ...ref.grads];
+      }));
+      for (const chunkSize of [1, 4, 11, 16]) {
+        const [gv, gh, gw] = await readAndDispose(tf.tidy(() => {
           const got = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor) =>
             sparseKdLossFromHidden({ studentHidden: a as tf.Tensor2D, studentHead: b as tf.Tensor2D, targets, labels, mask, options: opts, chunkSize }).loss,
           )([h, w]);
-          const errs = [
-            relError(got.value.dataSync(), ref.value.dataSync()),
-            relError(got.grads[0].dataSync(), ref.grads[0].dataSync()),
-            relError(got.grads[1].dataSync(), ref.grads[1].dataSync()),
-          ];
-          worst = Math.max(worst, ...errs);
-          assert.ok(errs.every((e) => e <= 1e-5), `${backend} ${targets.kind} chunk ${chunkSize}: ${errs}`);
-        }
+          return [got.value, ...got.grads];
+        }));
+        const errs = [relError(gv, rv), relError(gh, rh), relError(gw, rw)];
+        worst = Math.max(worst, ...errs);
+        assert.ok(errs.every((e) => e <= 1e-5), `${backend} ${targets.kind} chunk ${chunkSize}: ${errs}`);
       }
-    });
+    }
+    tf.dispose([...tensorsIn(x), ...tensorsIn(sampled)]);
     console.log(`${backend}: worst relative error ${worst.toExponential(2)}`);
     assert.equal(tf.memory().numTensors, before, `${backend}: tensors leaked`);
   });
@@ -130,54 +141,66 @@ test('ghost and sampled targets refuse a temperature other than the one they wer
 });
 
 test('sampled KD is unbiased: its mean over many draws equals the full forward KL (value and gradient)', async () => {
-  await onEachBackend((backend) => {
+  await onEachBackend(async (backend) => {
     const before = tf.memory().numTensors;
-    tf.tidy(() => {
-      const n = 6;
-      const v = 23;
-      const temperature = 1.5;
+    const n = 6;
+    const v = 23;
+    const temperature = 1.5;
+    const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, temperature };
+    // zs is kept for the trials below, which read each estimate to the host (a tidy cannot span an await).
+    const { zs, exact } = tidyKeep(() => {
       const zt = tf.mul(tf.randomNormal([n, v], 0, 1, 'float32', 41), 2) as tf.Tensor2D;
       const zs = tf.mul(tf.randomNormal([n, v], 0, 1, 'float32', 42), 2) as tf.Tensor2D;
-      const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, temperature };
-      const fullKl = perPositionDivergence(zt, zs, opts).dataSync();
       const lpT = logSoftmax(zt, temperature);
-      const entropy = tf.neg(tf.sum(tf.mul(tf.exp(lpT), lpT), -1)).dataSync();
-      const fullGrad = divergenceGradient(lpT, logSoftmax(zs, temperature), opts).dataSync();
-      const probs = tf.exp(lpT).dataSync() as Float32Array;
-      const lp = lpT.dataSync() as Float32Array;
-      const trials = 300;
-      const next = rng(2025);
-      const sum = new Float64Array(n);
-      const sumSq = new Float64Array(n);
-      const sumCe = new Float64Array(n);
-      const gradSum = new Float64Array(n * v);
-      for (let t = 0; t < trials; t++) {
-        const s = sampleTargets(probs, n, v, 50, next, lp);
+      return {
+        zs,
+        exact: [
+          perPositionDivergence(zt, zs, opts),
+          tf.neg(tf.sum(tf.mul(tf.exp(lpT), lpT), -1)),
+          divergenceGradient(lpT, logSoftmax(zs, temperature), opts),
+          tf.exp(lpT),
+          lpT,
+        ],
+      };
+    });
+    const [fullKl, entropy, fullGrad, probs, lp] = await readAndDispose(exact);
+    const trials = 300;
+    const next = rng(2025);
+    const sum = new Float64Array(n);
+    const sumSq = new Float64Array(n);
+    const sumCe = new Float64Array(n);
+    const gradSum = new Float64Array(n * v);
+    for (let t = 0; t < trials; t++) {
+      const s = sampleTargets(probs as Float32Array, n, v, 50, next, lp as Float32Array);
+      const [est, ce, g] = await readAndDispose(tf.tidy(() => {
         const ids = tf.tensor2d(s.ids, [n, s.k], 'int32');
         const counts = tf.tensor2d(s.cnt, [n, s.k]);
-        const est = sampledKl(zs, { ids, counts, logProbs: tf.tensor2d(s.lp, [n, s.k]), temperature }, temperature).dataSync();
-        const ce = sampledKl(zs, { ids, counts, temperature }, temperature).dataSync();
-        const g = sparseGradient(zs, { kind: 'sampled', ids, counts, temperature }, temperature).dataSync();
-        for (let i = 0; i < n; i++) {
-          sum[i] += est[i];
-          sumSq[i] += est[i] ** 2;
-          sumCe[i] += ce[i];
-        }
-        for (let j = 0; j < n * v; j++) gradSum[j] += g[j];
-      }
+        return [
+          sampledKl(zs, { ids, counts, logProbs: tf.tensor2d(s.lp, [n, s.k]), temperature }, temperature),
+          sampledKl(zs, { ids, counts, temperature }, temperature),
+          sparseGradient(zs, { kind: 'sampled', ids, counts, temperature }, temperature),
+        ];
+      }));
       for (let i = 0; i < n; i++) {
-        const mean = sum[i] / trials;
-        const se = Math.sqrt((sumSq[i] / trials - mean ** 2) / trials);
-        assert.ok(Math.abs(mean - fullKl[i]) <= 4 * se + 1e-6, `${backend} row ${i}: mean ${mean} vs KL ${fullKl[i]} (se ${se})`);
-        // Without the teacher's log-probabilities the value estimates the cross-entropy = KL + H(p_t).
-        assert.ok(Math.abs(sumCe[i] / trials - (fullKl[i] + entropy[i])) <= 4 * se + 1e-3, `${backend} row ${i}: CE`);
+        sum[i] += est[i];
+        sumSq[i] += est[i] ** 2;
+        sumCe[i] += ce[i];
       }
-      // E[p_s − c/N] = p_s − p_t exactly: the gradient's mean converges at the sampling rate.
-      const gradMean = Array.from(gradSum, (x) => x / trials);
-      const err = gradMean.reduce((m, x, j) => Math.max(m, Math.abs(x - fullGrad[j])), 0);
-      assert.ok(err < 0.02, `${backend}: sampled gradient mean off by ${err}`);
-      console.log(`${backend}: sampled KD over ${trials} draws of 50: worst |mean − KL| / se = ${Math.max(...Array.from(sum, (x, i) => Math.abs(x / trials - fullKl[i]) / Math.sqrt((sumSq[i] / trials - (x / trials) ** 2) / trials))).toFixed(2)}, gradient max abs err ${err.toExponential(2)}`);
-    });
+      for (let j = 0; j < n * v; j++) gradSum[j] += g[j];
+    }
+    zs.dispose();
+    for (let i = 0; i < n; i++) {
+      const mean = sum[i] / trials;
+      const se = Math.sqrt((sumSq[i] / trials - mean ** 2) / trials);
+      assert.ok(Math.abs(mean - fullKl[i]) <= 4 * se + 1e-6, `${backend} row ${i}: mean ${mean} vs KL ${fullKl[i]} (se ${se})`);
+      // Without the teacher's log-probabilities the value estimates the cross-entropy = KL + H(p_t).
+      assert.ok(Math.abs(sumCe[i] / trials - (fullKl[i] + entropy[i])) <= 4 * se + 1e-3, `${backend} row ${i}: CE`);
+    }
+    // E[p_s − c/N] = p_s − p_t exactly: the gradient's mean converges at the sampling rate.
+    const gradMean = Array.from(gradSum, (x) => x / trials);
+    const err = gradMean.reduce((m, x, j) => Math.max(m, Math.abs(x - fullGrad[j])), 0);
+    assert.ok(err < 0.02, `${backend}: sampled gradient mean off by ${err}`);
+    console.log(`${backend}: sampled KD over ${trials} draws of 50: worst |mean − KL| / se = ${Math.max(...Array.from(sum, (x, i) => Math.abs(x / trials - fullKl[i]) / Math.sqrt((sumSq[i] / trials - (x / trials) ** 2) / trials))).toFixed(2)}, gradient max abs err ${err.toExponential(2)}`);
     assert.equal(tf.memory().numTensors, before, `${backend}: tensors leaked`);
   });
 });
