@@ -13,6 +13,7 @@ import { BackendError } from '../errors.ts';
 import { registerEmbeddingKernels } from './embeddingKernels.ts';
 import { registerWasmMatMul } from './wasmMatMul.ts';
 import { registerReductionGradients } from './reductionGradients.ts';
+import { registerAccurateLog1p } from './webgpu/log1p.ts';
 import { registerWebgpuDevice } from './webgpu/device.ts';
 import { mixedPrecisionUnavailable, setMatMulPrecision, type Precision } from './webgpu/mixedPrecisionMatMul.ts';
 
@@ -178,6 +179,7 @@ export async function selectBackend(choice: BackendChoice = 'auto', opts: Backen
       registerEmbeddingKernels(name);
       registerReductionGradients();
       if (name === 'wasm') registerWasmMatMul();
+      if (name === 'webgpu') registerAccurateLog1p();
       if (log) {
         log(`backend: ${name} (${a.detail})`);
         for (const s of skipped) log(`  skipped ${s.backend}: ${s.reason}`);

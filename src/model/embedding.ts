@@ -23,16 +23,20 @@ export function checkTokenIds(ids: ArrayLike<number>, seqLen: number, vocabSize:
 }
 
 /**
- * The largest id of each tensor already checked: the teacher and the student see the same ids tensor (with
- * possibly different vocabularies), and on webgpu a second host read could be a GPU read-back.
+ * The host copy of each ids tensor already checked, with its largest id: the teacher and the student see the same
+ * ids tensor (with possibly different vocabularies), and on webgpu the second read could not be done at all (a
+ * tensor the GPU has used can only be read asynchronously), so a smaller vocabulary is checked on this copy.
  */
-const maxIdOf = new WeakMap<tf.Tensor, number>();
+const checked = new WeakMap<tf.Tensor, { data: Int32Array; max: number }>();
 
 /** Checks an ids tensor, reading it once. A GPU-resident tensor that cannot be read synchronously is not checked. */
 export function checkIdsTensor(ids: tf.Tensor2D, vocabSize: number): void {
   if (ids.dtype !== 'int32') throw new TokenIdError(`input_ids must be int32, got ${ids.dtype}; cast on the host before the model`);
-  const known = maxIdOf.get(ids);
-  if (known !== undefined && known < vocabSize) return;
+  const known = checked.get(ids);
+  if (known) {
+    if (known.max >= vocabSize) checkTokenIds(known.data, ids.shape[1], vocabSize);
+    return;
+  }
   let data: Int32Array;
   try {
     data = ids.dataSync() as Int32Array;
@@ -43,7 +47,7 @@ export function checkIdsTensor(ids: tf.Tensor2D, vocabSize: number): void {
   checkTokenIds(data, ids.shape[1], vocabSize);
   let max = -1;
   for (let i = 0; i < data.length; i++) if (data[i] > max) max = data[i];
-  maxIdOf.set(ids, max);
+  checked.set(ids, { data, max });
 }
 
 /** Embeds [batch, seq] int32 ids into [batch, seq, hidden]. */
