@@ -13,15 +13,15 @@ import {
 } from '../../src/backend/webgpu/mixedPrecisionMatMul.ts';
 import { backendsPresent } from '../helpers/backends.ts';
 
-test('planMatMul tiles only shapes that are multiples of 64 × 64 × 16, with equal or broadcast batches', () => {
-  assert.deepEqual(planMatMul([128, 32], [64, 32], false, true), { batch: 1, m: 128, n: 64, k: 32, strideA: 0, strideB: 0, outShape: [128, 64] });
-  assert.deepEqual(planMatMul([2, 3, 64, 16], [2, 3, 16, 64], false, false)?.batch, 6);
-  assert.deepEqual(planMatMul([1, 64, 16], [4, 16, 64], false, false), { batch: 4, m: 64, n: 64, k: 16, strideA: 0, strideB: 1024, outShape: [4, 64, 64] });
-  assert.equal(planMatMul([32, 64], [32, 64], true, false)?.m, 64, 'transposed A: m is its last axis');
-  assert.equal(planMatMul([64, 24], [24, 64], false, false), null, 'k not a multiple of 16');
-  assert.equal(planMatMul([64, 16], [16, 96], false, false), null, 'n not a multiple of 64');
-  assert.equal(planMatMul([2, 64, 16], [3, 16, 64], false, false), null, 'batches 2 and 3 do not broadcast');
-  assert.equal(planMatMul([64, 16], [32, 64], false, false), null, 'inner sizes differ');
+test('planMatMul tiles only shapes that are multiples of 128 × 128 × 32, with equal or broadcast batches', () => {
+  assert.deepEqual(planMatMul([256, 32], [128, 32], false, true), { batch: 1, m: 256, n: 128, k: 32, strideA: 0, strideB: 0, outShape: [256, 128] });
+  assert.deepEqual(planMatMul([2, 3, 128, 32], [2, 3, 32, 128], false, false)?.batch, 6);
+  assert.deepEqual(planMatMul([1, 128, 32], [4, 32, 128], false, false), { batch: 4, m: 128, n: 128, k: 32, strideA: 0, strideB: 4096, outShape: [4, 128, 128] });
+  assert.equal(planMatMul([32, 128], [32, 128], true, false)?.m, 128, 'transposed A: m is its last axis');
+  assert.equal(planMatMul([128, 48], [48, 128], false, false), null, 'k not a multiple of 32');
+  assert.equal(planMatMul([128, 32], [32, 64], false, false), null, 'n not a multiple of 128');
+  assert.equal(planMatMul([2, 128, 32], [3, 32, 128], false, false), null, 'batches 2 and 3 do not broadcast');
+  assert.equal(planMatMul([128, 32], [64, 128], false, false), null, 'inner sizes differ');
 });
 
 test('hoistDirectives moves enable and diagnostic lines ahead of tfjs\'s header, once each', () => {
@@ -70,14 +70,14 @@ test('tensor-core matmul equals fp32 within 1e-2 on random inputs, every layout 
     setForceTensorCores(true);
     try {
       const cases: [number[], number[], boolean, boolean, number][] = [
-        [[128, 48], [48, 192], false, false, 1],
-        [[48, 128], [48, 192], true, false, 1],
-        [[128, 48], [192, 48], false, true, 1],
-        [[48, 128], [192, 48], true, true, 1],
-        [[2, 3, 64, 32], [2, 3, 32, 128], false, false, 1],
-        [[1, 64, 64], [3, 64, 64], false, false, 1],
-        [[128, 256], [256, 64], false, false, 1e-9], // KD gradients are this small: f16 alone would flush them to 0
-        [[128, 256], [256, 64], false, false, 3e4], // and f16 alone would overflow products of these
+        [[128, 64], [64, 256], false, false, 1],
+        [[64, 128], [64, 256], true, false, 1],
+        [[128, 64], [256, 64], false, true, 1],
+        [[64, 128], [256, 64], true, true, 1],
+        [[2, 3, 128, 32], [2, 3, 32, 128], false, false, 1],
+        [[1, 128, 64], [3, 64, 128], false, false, 1],
+        [[256, 256], [256, 128], false, false, 1e-9], // KD gradients are this small: f16 alone would flush them to 0
+        [[256, 256], [256, 128], false, false, 3e4], // and f16 alone would overflow products of these
       ];
       let worst = 0;
       for (const [as, bs, ta, tb, scale] of cases) {
@@ -90,6 +90,26 @@ test('tensor-core matmul equals fp32 within 1e-2 on random inputs, every layout 
         worst = Math.max(worst, err);
       }
       t.diagnostic(`webgpu tensor cores: worst error relative to the largest output ${worst.toExponential(2)}`);
+      // Gradients go through the same kernel in the transposed layouts tfjs's BatchMatMul gradient uses.
+      const x = tf.randomNormal([256, 128], 0, 1, 'float32', 9);
+      const w = tf.randomNormal([128, 128], 0, 0.1, 'float32', 10);
+      const gradsAt = async (p: '32' | 'bf16-mixed'): Promise<Float32Array[]> => {
+        setMatMulPrecision(p);
+        const g = tf.grads((xx: tf.Tensor, ww: tf.Tensor) => tf.sum(tf.square(tf.matMul(xx, ww, false, true))))([x, w]);
+        const out = await Promise.all(g.map(async (t) => (await t.data()) as Float32Array));
+        tf.dispose(g);
+        return out;
+      };
+      const mixedGrads = await gradsAt('bf16-mixed');
+      const refGrads = await gradsAt('32');
+      for (const [i, ref] of refGrads.entries()) {
+        let scale = 0;
+        for (const v of ref) scale = Math.max(scale, Math.abs(v));
+        let err = 0;
+        for (let j = 0; j < ref.length; j++) err = Math.max(err, Math.abs(mixedGrads[i][j] - ref[j]) / scale);
+        assert.ok(err <= 1e-2, `gradient ${i}: error ${err}`);
+      }
+      tf.dispose([x, w]);
     } finally {
       setForceTensorCores(false);
       setMatMulPrecision('32');

@@ -48,6 +48,21 @@ export function hoistDirectives(code: string): string {
   return [...new Set(found.map((d) => d.trim()))].join('\n') + '\n' + code.replace(directive, '');
 }
 
+/**
+ * tfjs's entry point `_start` passes no `subgroup_id`, which a program needs whose subgroups load different tiles of
+ * workgroup memory into subgroup matrices (Tint accepts such offsets only when derived from `subgroup_id`, with the
+ * subgroup_uniformity language feature). A program asks for it by declaring `fn main(index : i32, subgroupIndex : u32)`;
+ * the entry point is then given the builtin and forwards it.
+ */
+export function passSubgroupId(code: string): string {
+  if (!code.includes('fn main(index : i32, subgroupIndex : u32)')) return code;
+  const params = '@builtin(num_workgroups) NumWorkgroups : vec3<u32>)';
+  const call = 'main(getGlobalIndex());';
+  if (!code.includes(params) || !code.includes(call)) throw new Error('tfjs-backend-webgpu\'s entry point changed: cannot pass subgroup_id to main');
+  return code.replace(params, '@builtin(num_workgroups) NumWorkgroups : vec3<u32>, @builtin(subgroup_id) SubgroupIndex : u32)')
+    .replace(call, 'main(getGlobalIndex(), SubgroupIndex);');
+}
+
 type BackendClass = new (device: GPUDevice, adapterInfo?: GPUAdapterInfo) => tf.KernelBackend;
 
 /**
@@ -86,7 +101,7 @@ export function registerWebgpuDevice(WebGPUBackend: BackendClass): void {
       subgroupSize: info.subgroupMinSize && info.subgroupMinSize === info.subgroupMaxSize ? info.subgroupMinSize : null,
     };
     const createShaderModule = device.createShaderModule.bind(device);
-    device.createShaderModule = (d: GPUShaderModuleDescriptor) => createShaderModule({ ...d, code: hoistDirectives(d.code) });
+    device.createShaderModule = (d: GPUShaderModuleDescriptor) => createShaderModule({ ...d, code: hoistDirectives(passSubgroupId(d.code)) });
     return new WebGPUBackend(device, info);
   }, 3);
 }

@@ -85,10 +85,10 @@ export function planMatMul(aShape: number[], bShape: number[], transposeA: boole
 
 /**
  * Where the tensor-core kernel beats tfjs's fp32 kernels, measured on the H200 with config M's shapes
- * (benchmarks/profile/matmul.ts): x·Wᵀ 1.45–2.0× (the forward projections, the LM head), q·kᵀ 1.03×; but dY·W
- * 0.96×, dYᵀ·x 0.44× and p·v 0.76×, where tfjs's own kernels for those layouts are good and our one-subgroup
- * workgroups are not. So only products with B transposed and A not take the tensor cores, until the kernel wins
- * everywhere.
+ * (benchmarks/profile/matmul.ts, DISTILL_FORCE_TENSOR_CORES=1): x·Wᵀ 1.33–2.0× (the forward projections), the LM
+ * head's h·Eᵀ 1.22×, batched q·kᵀ 1.26×; but dY·W 0.99× and dYᵀ·x 0.55×, where tfjs's own kernels for those layouts
+ * are good (12–16 TFLOP/s) and ours tops out near 9. So only products with B transposed and A not take the tensor
+ * cores, until the kernel wins everywhere.
  */
 export function tensorCoresPay(transposeA: boolean, transposeB: boolean): boolean {
   return forceTensorCores || (transposeB && !transposeA);
