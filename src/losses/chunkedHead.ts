@@ -4,11 +4,14 @@
  * tensors alive (the logits, the log-softmax, the softmax, ...) until the backward pass. Here the forward computes
  * the loss `chunkSize` rows at a time and drops each chunk's logits at once; a tf.customGrad gradient recomputes
  * each chunk's logits in the backward pass and applies the terms' analytic gradients, so neither pass holds more
- * than a few [chunkSize, V] tensors, plus d/d head [V, h]. The price is one extra hidden · headᵀ per chunk.
+ * than a few [chunkSize, V] tensors, plus d/d head [V, h]. The price is one extra hidden · headᵀ per chunk (and
+ * one teacher head product per chunk in the KD terms), paid only when all the chunks' logits would not fit in
+ * chunkCache.ts's budget; below it the forward keeps them for the backward.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { ConfigError } from '../errors.ts';
 import { maskedMeanWeights } from './maskedMean.ts';
+import { type ChunkCache, KeptLogits, RECOMPUTE, shouldKeepLogits } from './chunkCache.ts';
 
 /**
  * One per-position loss term, evaluated on a chunk of rows [start, end) from the student's logits there.
@@ -23,13 +26,17 @@ export interface ChunkTerm {
    * two from one read of the logits (the webgpu KD kernel gives the divergence and the next-token CE).
    */
   readonly width?: number;
-  /** The per-position values [end − start] (or [end − start, width]) from the student's logits z [end − start, V]. */
-  value(z: tf.Tensor2D, start: number, end: number, data: tf.Tensor[]): tf.Tensor1D | tf.Tensor2D;
+  /**
+   * The per-position values [end − start] (or [end − start, width]) from the student's logits z [end − start, V].
+   * Tensors the term would recompute in `gradient` (the teacher's logits) go through `cache`, which keeps them from
+   * the forward when they fit (chunkCache.ts).
+   */
+  value(z: tf.Tensor2D, start: number, end: number, data: tf.Tensor[], cache?: ChunkCache): tf.Tensor1D | tf.Tensor2D;
   /**
    * Σ_j d value_nj / d z_n · rowScale_nj for each row, with `rowScale` [end − start, width] (taking the scale here
    * lets a term fold it into its last op rather than hold one more [chunk, V] tensor).
    */
-  gradient(z: tf.Tensor2D, start: number, end: number, rowScale: tf.Tensor2D, data: tf.Tensor[]): tf.Tensor2D;
+  gradient(z: tf.Tensor2D, start: number, end: number, rowScale: tf.Tensor2D, data: tf.Tensor[], cache?: ChunkCache): tf.Tensor2D;
 }
 
 function checkShapes(hidden: tf.Tensor2D, head: tf.Tensor2D, mask: tf.Tensor1D, chunkSize: number): void {
@@ -96,22 +103,26 @@ export function chunkedHeadMeans(
   const dataOf = (list: tf.Tensor[], i: number): tf.Tensor[] => list.slice(offsets[i], offsets[i] + terms[i].tensors.length);
 
   type Result = { value: tf.Tensor1D; gradFunc: (dy: tf.Tensor1D, saved: tf.Tensor[]) => tf.Tensor[] };
+  // Keep each chunk's logits for the backward instead of recomputing them, when they fit (chunkCache.ts).
+  const cache = shouldKeepLogits(n, head.shape[0]) ? new KeptLogits() : null;
+  const memo: ChunkCache = cache ?? RECOMPUTE;
+  let keptIds: string[] = [];
+  const savedInputs = needsSaving.filter(Boolean).length;
   const run = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]): Result => {
     const [hid, wt, save] = args as [tf.Tensor2D, tf.Tensor2D, tf.GradSaveFunc];
-    save(all.filter((_, i) => needsSaving[i]));
     const weights = maskedMeanWeights(mask);
     // Transposed once per pass, not once per chunk (see wasmMatMul.ts: a transposed operand costs a copy per call).
     const wtT = tf.transpose(wt) as tf.Tensor2D;
     let sums = tf.zeros([k]) as tf.Tensor1D;
     for (const [s, e] of chunks) {
       const part = tf.tidy(() => {
-        const z = tf.matMul(rows(hid, s, e), wtT) as tf.Tensor2D;
+        const z = memo.remember(s, 'student', () => tf.matMul(rows(hid, s, e), wtT) as tf.Tensor2D);
         const wC = rows(weights, s, e);
         const keep = tf.greater(wC, 0);
         // Each term in its own tidy, so that its [chunk, V] intermediates are gone before the next starts.
         const perTerm = terms.map((t, i) =>
           tf.tidy(() => {
-            const v = t.value(z, s, e, dataOf(all, i));
+            const v = t.value(z, s, e, dataOf(all, i), memo);
             if (v.rank === 1) return tf.sum(tf.where(keep, tf.mul(v, wC), tf.zerosLike(wC)));
             const keepCol = keep.reshape([e - s, 1]);
             const weighted = tf.mul(v, wC.reshape([e - s, 1]));
@@ -124,9 +135,15 @@ export function chunkedHeadMeans(
     }
     wtT.dispose();
     const value = tf.concat([sums, tf.sum(mask).reshape([1])]) as tf.Tensor1D;
+    // Saved once, at the end, with the logits kept for the backward (chunkCache.ts).
+    const kept = cache?.take() ?? { ids: [], tensors: [] };
+    keptIds = kept.ids;
+    save([...all.filter((_, i) => needsSaving[i]), ...kept.tensors]);
+    tf.dispose(kept.tensors);
 
     const gradFunc = (dy: tf.Tensor1D, savedList: tf.Tensor[]): tf.Tensor[] => {
-      const saved = restore(savedList);
+      const saved = restore(savedList.slice(0, savedInputs));
+      const memoB = KeptLogits.restore(keptIds, savedList.slice(savedInputs));
       const [hid, wt, maskB] = saved as [tf.Tensor2D, tf.Tensor2D, tf.Tensor1D];
       const weightsB = maskedMeanWeights(maskB);
       // The upstream gradient of each mean stays on the device (no synchronous readback: webgpu in Node has none);
@@ -137,13 +154,13 @@ export function chunkedHeadMeans(
       for (const [s, e] of chunks) {
         const [dh, dw] = tf.tidy(() => {
           const hC = rows(hid, s, e);
-          const z = tf.matMul(hC, wtT) as tf.Tensor2D;
+          const z = memoB.remember(s, 'student', () => tf.matMul(hC, wtT) as tf.Tensor2D);
           const wC = rows(weightsB, s, e).reshape([e - s, 1]) as tf.Tensor2D;
           const parts: tf.Tensor2D[] = [];
           for (let i = 0; i < terms.length; i++) {
             const t = terms[i];
             const g = tf.tidy(() =>
-              t.gradient(z, s, e, tf.mul(wC, tf.slice(dy, [firsts[i]], [widths[i]])) as tf.Tensor2D, dataOf(saved, i)),
+              t.gradient(z, s, e, tf.mul(wC, tf.slice(dy, [firsts[i]], [widths[i]])) as tf.Tensor2D, dataOf(saved, i), memoB),
             );
             parts.push(parts.length === 0 ? g : accumulate(parts.pop() as tf.Tensor2D, g));
           }

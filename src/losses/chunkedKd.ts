@@ -9,6 +9,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { onWebgpu } from '../backend/webgpu/program.ts';
 import { ConfigError } from '../errors.ts';
 import { type ChunkTerm, chunkedHeadMeans } from './chunkedHead.ts';
+import { type ChunkCache, RECOMPUTE } from './chunkCache.ts';
 import { tokenCrossEntropy, tokenCrossEntropyGradient } from './crossEntropy.ts';
 import { divergenceFromLogProbs, divergenceGradient, logSoftmax } from './divergences.ts';
 import { fusedKdTerm } from './fusedKdTerm.ts';
@@ -85,11 +86,11 @@ export function kdTerm(
   onNote: (note: string) => void,
 ): ChunkTerm {
   let noted = false;
-  const logProbs = (z: tf.Tensor2D, s: number, e: number, data: tf.Tensor[]): [tf.Tensor2D, tf.Tensor2D, number] => {
+  const logProbs = (z: tf.Tensor2D, s: number, e: number, data: tf.Tensor[], cache: ChunkCache): [tf.Tensor2D, tf.Tensor2D, number] => {
     // Teacher first, each in its own tidy: the raw teacher logits are dropped before the student's are made.
     let shared = studentVocab;
     const lpT = tf.tidy(() => {
-      const zT = teacher.logits(s, e, data);
+      const zT = cache.remember(s, 'teacher', () => teacher.logits(s, e, data));
       if (zT.shape[0] !== e - s) throw new ConfigError(`teacher logits for rows [${s}, ${e}) have ${zT.shape[0]} rows`);
       const aligned = sharedVocab(zT.shape[1], studentVocab);
       shared = aligned.size;
@@ -107,8 +108,8 @@ export function kdTerm(
   };
   return {
     tensors: teacher.tensors,
-    value(z, s, e, data) {
-      const [lpT, lpS] = logProbs(z, s, e, data);
+    value(z, s, e, data, cache = RECOMPUTE) {
+      const [lpT, lpS] = logProbs(z, s, e, data, cache);
       if (options.kind === 'forward_kl') return klConsuming(lpT, lpS);
       if (options.kind === 'reverse_kl') return klConsuming(lpS, lpT);
       const v = divergenceFromLogProbs(lpT, lpS, options);
@@ -116,8 +117,8 @@ export function kdTerm(
       lpS.dispose();
       return v;
     },
-    gradient(z, s, e, rowScale, data) {
-      const [lpT, lpS, shared] = logProbs(z, s, e, data);
+    gradient(z, s, e, rowScale, data, cache = RECOMPUTE) {
+      const [lpT, lpS, shared] = logProbs(z, s, e, data, cache);
       const g = options.kind === 'forward_kl' ? forwardKlGradientConsuming(lpT, lpS) : divergenceGradient(lpT, lpS, options);
       lpT.dispose();
       lpS.dispose();

@@ -5,6 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { kdLossFromHidden } from './chunkedKd.ts';
+import { setKeptLogitsBudget } from './chunkCache.ts';
 import { DEFAULT_KD_LOSS, type KdLossOptions } from './types.ts';
 
 export interface ChunkedKdProfileArgs {
@@ -12,6 +13,8 @@ export interface ChunkedKdProfileArgs {
   tokens: number;
   hidden: number;
   chunkSize: number;
+  /** Budget for logits kept from the forward (chunkCache.ts); 0, the default here, measures the recompute path. */
+  keepLogitsBytes?: number;
   options?: KdLossOptions;
 }
 
@@ -29,7 +32,11 @@ export interface ChunkedKdProfile {
   loss: number;
 }
 
-/** One chunked forward + backward (d/d hidden and d/d head) on random inputs, profiled. */
+/**
+ * One chunked forward + backward (d/d hidden and d/d head) on random inputs, profiled, in the memory-bounded mode:
+ * logits recomputed in the backward, as every loss whose [tokens, V] logits exceed chunkCache.ts's budget runs
+ * (`keepLogitsBytes` sets another budget). Reads back asynchronously, so it also runs on webgpu.
+ */
 export async function profileChunkedKd(args: ChunkedKdProfileArgs): Promise<ChunkedKdProfile> {
   const { vocab, tokens, hidden, chunkSize } = args;
   const options = args.options ?? { ...DEFAULT_KD_LOSS, alpha: 0.5 };
@@ -45,17 +52,23 @@ export async function profileChunkedKd(args: ChunkedKdProfileArgs): Promise<Chun
   const inputBytes = tf.memory().numBytes;
   let loss = NaN;
   const start = performance.now();
-  const info = await tf.profile(() => {
-    const { value, grads } = tf.valueAndGrads((h: tf.Tensor, w: tf.Tensor) =>
-      kdLossFromHidden({
-        studentHidden: h as tf.Tensor2D, studentHead: w as tf.Tensor2D, teacherHidden: inputs.th, teacherHead: inputs.tw,
-        labels: inputs.labels, mask: inputs.mask, options, chunkSize,
-      }).loss,
-    )([inputs.h, inputs.w]);
-    loss = value.dataSync()[0];
-    grads[1].dataSync();
-    tf.dispose([value, ...grads]);
-  });
+  const previous = setKeptLogitsBudget(args.keepLogitsBytes ?? 0);
+  let info: Awaited<ReturnType<typeof tf.profile>>;
+  try {
+    info = await tf.profile(async () => {
+      const { value, grads } = tf.valueAndGrads((h: tf.Tensor, w: tf.Tensor) =>
+        kdLossFromHidden({
+          studentHidden: h as tf.Tensor2D, studentHead: w as tf.Tensor2D, teacherHidden: inputs.th, teacherHead: inputs.tw,
+          labels: inputs.labels, mask: inputs.mask, options, chunkSize,
+        }).loss,
+      )([inputs.h, inputs.w]);
+      loss = (await value.data())[0];
+      await grads[1].data();
+      tf.dispose([value, ...grads]);
+    });
+  } finally {
+    setKeptLogitsBudget(previous);
+  }
   const ms = performance.now() - start;
   tf.dispose(Object.values(inputs));
   return { peakBytes: info.peakBytes, inputBytes, chunkBytes: chunkSize * vocab * 4, fullLogitsBytes: tokens * vocab * 4, ms, loss };
