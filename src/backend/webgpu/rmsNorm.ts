@@ -49,7 +49,8 @@ class RmsNormProgram extends RowProgram {
 }
 
 
-const FORWARD_BODY = `${ROW_START}
+/** Loads the row at `base` into xs and works out r = rsqrt(mean(x²) + eps). */
+const ROW_RMS = `
         var xs : array<Vec, SLOTS>;
         var squares = Vec(0.0);
         for (var k = 0; k < SLOTS; k++) {
@@ -59,7 +60,9 @@ const FORWARD_BODY = `${ROW_START}
             squares += xs[k] * xs[k];
           }
         }
-        let r = inverseSqrt(rowSum(tid, vec2<f32>(lanesSum(squares), 0.0)).x / f32(hidden) + uniforms.eps);
+        let r = inverseSqrt(rowSum(tid, vec2<f32>(lanesSum(squares), 0.0)).x / f32(hidden) + uniforms.eps);`;
+
+const FORWARD_BODY = `${ROW_START}${ROW_RMS}
         for (var k = 0; k < SLOTS; k++) {
           let c = tid + k * LANES;
           if (live && c < n) { result[base + c] = xs[k] * r * weight[c]; }
@@ -94,17 +97,7 @@ const WEIGHT_GRAD_CHUNKS_BODY = `
         // The bound is a uniform, so every lane runs rowSum equally often.
         for (var i = 0; i < uniforms.rowsPerChunk; i++) {
           let row = chunk * uniforms.rowsPerChunk + i;
-          let base = min(row, rows - 1) * n;
-          var xs : array<Vec, SLOTS>;
-          var squares = Vec(0.0);
-          for (var k = 0; k < SLOTS; k++) {
-            let c = tid + k * LANES;
-            if (c < n) {
-              xs[k] = x[base + c];
-              squares += xs[k] * xs[k];
-            }
-          }
-          let r = inverseSqrt(rowSum(tid, vec2<f32>(lanesSum(squares), 0.0)).x / f32(hidden) + uniforms.eps);
+          let base = min(row, rows - 1) * n;${ROW_RMS}
           if (row < rows) {
             for (var k = 0; k < SLOTS; k++) {
               let c = tid + k * LANES;
