@@ -1,6 +1,6 @@
 /**
  * Batched matmul on tensor cores through WGSL subgroup matrices (Dawn's chromium_experimental_subgroup_matrix):
- * f32 tensors in memory, each 64×32 / 32×64 slab of the operands converted to f16 in workgroup memory, 16×16×16
+ * f32 tensors in memory, each 128×32 / 32×128 slab of the operands converted to f16 in workgroup memory, 16×16×16
  * f16 products accumulated in f32. This is the operand half of mixed precision (`--precision bf16-mixed`): master
  * weights, optimizer state, activations in memory and the loss all stay f32.
  *
