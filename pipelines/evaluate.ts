@@ -12,6 +12,7 @@ import { tokenCrossEntropy } from '../src/losses/crossEntropy.ts';
 import { lossChunkRows } from '../src/losses/chunkedKd.ts';
 import { readBatches, type SampleSource } from '../operators/readBatches.ts';
 import { disposeBatch, type TokenBatch } from '../src/train/batch.ts';
+import { ConfigError } from '../src/errors.ts';
 
 export interface EvaluationOptions extends KdLossOptions {
   seqLength: number;
@@ -31,6 +32,7 @@ export interface EvaluationResult {
 interface Sums { ce: number; tce: number; kd: number; tokens: number }
 
 export async function evaluateOn(student: CausalLM, teacher: CausalLM | null, source: SampleSource, o: EvaluationOptions): Promise<EvaluationResult> {
+  if (source.numSamples === 0) throw new ConfigError(`evaluate: the data holds no sample of seq_length + 1 = ${o.seqLength + 1} tokens; use a shorter seq_length or more data`);
   const available = Math.floor(source.numSamples / o.microBatchSize);
   const batches = Math.max(1, Math.min(o.limitBatches ?? available, available));
   const stream = readBatches(source, { seqLength: o.seqLength, globalBatchSize: o.microBatchSize, microBatchSize: o.microBatchSize, startStep: 0, maxSteps: batches });

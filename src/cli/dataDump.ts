@@ -15,10 +15,17 @@ const FLAGS = {
 
 const CMD = 'distill data dump';
 
+const DATA_HELP = [
+  'usage: distill data <subcommand> [flags]   (distill data <subcommand> --help for its flags)',
+  '',
+  '  dump    print a dataset, one JSON line per document: distill data dump --data_paths PREFIX [--limit N]',
+].join('\n');
+
 /** `distill data <subcommand>`: only `dump` for now. */
 export async function dataMain(argv: string[]): Promise<void> {
   const [sub, ...rest] = argv;
-  if (sub !== 'dump') throw new ConfigError(`distill data: unknown subcommand ${sub === undefined ? '(none)' : `"${sub}"`}; use \`distill data dump --data_paths PREFIX [--limit N]\``);
+  if (sub === '--help' || sub === '-h' || sub === 'help') return void console.log(DATA_HELP);
+  if (sub !== 'dump') throw new ConfigError(`distill data: unknown subcommand ${sub === undefined ? '(none)' : `"${sub}"`}\n\n${DATA_HELP}`);
   await dataDumpMain(rest);
 }
 

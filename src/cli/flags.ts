@@ -29,12 +29,15 @@ export interface Parsed<S extends FlagSpecs> {
   positional: string[];
   /** Arguments after a bare `--`, untouched. */
   rest: string[];
+  /** The flags given on the command line (by their underscore names), as opposed to left at their defaults. */
+  given: Set<keyof S & string>;
 }
 
 export function parseFlags<S extends FlagSpecs>(argv: string[], specs: S, command = 'distill'): Parsed<S> {
   const out: Record<string, string | number | boolean | undefined> = {};
   for (const [name, s] of Object.entries(specs)) out[name] = s.default ?? (s.kind === 'boolean' ? false : undefined);
   const positional: string[] = [];
+  const given = new Set<keyof S & string>();
   let rest: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -54,13 +57,23 @@ export function parseFlags<S extends FlagSpecs>(argv: string[], specs: S, comman
       name = name.slice(0, eq);
     }
     // Accept the dashed spelling too (`--seq-length`), but report under NeMo's underscore name.
-    const key = name.replace(/-/g, '_');
+    let key = name.replace(/-/g, '_');
+    // `--no-FLAG` turns a boolean off, the usual way (`--no-temperature_scaling`); a flag of its own name wins.
+    const negated = !(key in specs) && key.startsWith('no_') && specs[key.slice(3)]?.kind === 'boolean';
+    if (negated) key = key.slice(3);
     const spec = specs[key];
     if (!spec) {
       throw new ConfigError(`${command}: unknown flag --${name}. Known flags: ${Object.keys(specs).map((k) => '--' + k).join(' ')}`);
     }
+    given.add(key);
     if (spec.kind === 'boolean') {
+      if (negated) {
+        if (value !== undefined) throw new ConfigError(`${command}: --${name} takes no value; give --${key}=${value} instead`);
+        out[key] = false;
+        continue;
+      }
       if (value === undefined && i + 1 < argv.length && /^(true|false)$/.test(argv[i + 1])) value = argv[++i];
+      if (value !== undefined && !/^(true|false)$/.test(value)) throw new ConfigError(`${command}: --${key}=${value}: give true or false`);
       out[key] = value === undefined ? true : value === 'true';
       continue;
     }
@@ -70,7 +83,7 @@ export function parseFlags<S extends FlagSpecs>(argv: string[], specs: S, comman
     }
     out[key] = convert(command, key, spec, value);
   }
-  return { flags: out as FlagValues<S>, positional, rest };
+  return { flags: out as FlagValues<S>, positional, rest, given };
 }
 
 function convert(command: string, key: string, spec: FlagSpec, value: string): string | number {
@@ -87,13 +100,19 @@ function convert(command: string, key: string, spec: FlagSpec, value: string): s
   return n;
 }
 
-/** The usage text for a command, one line per flag with its default. */
+/**
+ * The usage text for a command, one line per flag with its choices and default. A boolean that is on by default
+ * says how to turn it off (`--no-FLAG`).
+ */
 export function usage(command: string, summary: string, specs: FlagSpecs): string {
   const lines = [`usage: ${command} [flags]`, '', summary, ''];
   const width = Math.max(...Object.keys(specs).map((k) => k.length)) + 4;
   for (const [k, s] of Object.entries(specs)) {
-    const def = s.default === undefined ? '' : ` (default ${s.default})`;
-    lines.push(`  --${k.padEnd(width)}${s.help}${def}`);
+    const choices = s.choices ? ` {${s.choices.join('|')}}` : '';
+    const def = s.kind === 'boolean'
+      ? (s.default === true ? ` (default on; --no-${k} turns it off)` : '')
+      : s.default === undefined ? '' : ` (default ${s.default})`;
+    lines.push(`  --${k.padEnd(width)}${s.help}${choices}${def}`);
   }
   return lines.join('\n');
 }

@@ -5,6 +5,7 @@ import { BACKEND_CHOICES } from '../backend/select.ts';
 import { PRECISIONS, type Precision } from '../backend/webgpu/mixedPrecisionMatMul.ts';
 import { KD_LOSS_KINDS } from '../losses/types.ts';
 import { DEFAULTS, distillationRecipe, pretrainRecipe, type DistillationRecipe } from '../recipe/config.ts';
+import { ConfigError } from '../errors.ts';
 import { parseFlags, required, type FlagSpecs } from './flags.ts';
 
 const D = DEFAULTS;
@@ -55,9 +56,28 @@ export const RUN_FLAGS = {
   help: { kind: 'boolean', help: 'print this help' },
 } as const satisfies FlagSpecs;
 
+/** The flags that only distillation reads: `distill pretrain` neither lists nor accepts them. */
+export const DISTILLATION_ONLY_FLAGS = [
+  'teacher_path', 'teacher_cache', 'teacher_devices', 'kd_loss', 'temperature', 'temperature_scaling', 'kd_ratio', 'jsd_beta', 'skew_lambda',
+] as const satisfies readonly (keyof typeof RUN_FLAGS)[];
+
+type DistillationOnlyFlag = (typeof DISTILLATION_ONLY_FLAGS)[number];
+
+/** `distill pretrain`'s flags: `distill run`'s without the teacher and the KD loss. */
+export const PRETRAIN_FLAGS = Object.fromEntries(
+  Object.entries(RUN_FLAGS).filter(([k]) => !(DISTILLATION_ONLY_FLAGS as readonly string[]).includes(k)),
+) as Omit<typeof RUN_FLAGS, DistillationOnlyFlag>;
+
 export function recipeFromFlags(kind: 'distill' | 'pretrain', argv: string[], defaultDataPaths: () => string): DistillationRecipe {
   const command = kind === 'distill' ? 'distill run' : 'distill pretrain';
-  const { flags: f } = parseFlags(argv, RUN_FLAGS, command);
+  const { flags: f, given } = parseFlags(argv, RUN_FLAGS, command);
+  if (kind === 'pretrain') {
+    // Pretraining has no teacher and no KD term: a teacher flag here is a mix-up that would otherwise be ignored.
+    const kdFlags = DISTILLATION_ONLY_FLAGS.filter((k) => given.has(k));
+    if (kdFlags.length > 0) {
+      throw new ConfigError(`${command} trains on next-token cross-entropy alone, with no teacher: ${kdFlags.map((k) => '--' + k).join(', ')} ${kdFlags.length > 1 ? 'are distillation flags' : 'is a distillation flag'}. Drop ${kdFlags.length > 1 ? 'them' : 'it'}, or use \`distill run\` to distil from a teacher.`);
+    }
+  }
   const common = {
     name: required(command, 'name', f.name),
     dir: f.log_dir,

@@ -40,6 +40,11 @@ export interface SampleSource {
   readonly numSamples: number;
   readonly seqLength: number;
   readonly components: readonly SampleSourceComponent[];
+  /**
+   * Tokens in each component's document range, in the order of `components` (kept apart from them: the components
+   * are what a checkpoint's data fingerprint hashes).
+   */
+  readonly componentTokens: readonly number[];
   /** seqLength + 1 token ids. */
   sample(i: number): Int32Array;
   close(): void;
@@ -70,9 +75,10 @@ export function createSampleSource(opts: SampleSourceOptions): SampleSource {
   const components = paths.map((p, k) => ({
     path: p.path, weight: p.weight, documents: splitRanges(opened[k].numDocuments, weights)[splitName], samplesPerEpoch: parts[k].samplesPerEpoch,
   }));
+  const componentTokens = parts.map((p) => p.numTokens);
   const close = (): void => opened.forEach((d) => d.close());
   if (parts.length === 1) {
-    return { numSamples: parts[0].samplesPerEpoch, seqLength: opts.seqLength, components, sample: (i) => parts[0].sample(i), close };
+    return { numSamples: parts[0].samplesPerEpoch, seqLength: opts.seqLength, components, componentTokens, sample: (i) => parts[0].sample(i), close };
   }
   const empty = components.filter((c) => c.samplesPerEpoch === 0);
   // A blend whose train split lacks a component is a mistake; a small dataset with no valid/test documents is common,
@@ -84,7 +90,7 @@ export function createSampleSource(opts: SampleSourceOptions): SampleSource {
   const blend = new BlendIndex(paths.map((p) => p.weight));
   const numSamples = empty.length > 0 ? 0 : Math.floor(Math.min(...components.map((c) => c.samplesPerEpoch / c.weight)));
   return {
-    numSamples, seqLength: opts.seqLength, components, close,
+    numSamples, seqLength: opts.seqLength, components, componentTokens, close,
     sample: (i) => {
       if (!Number.isInteger(i) || i < 0) throw new RangeError(`sample index ${i} must be a non-negative integer`);
       if (numSamples === 0) {
@@ -94,4 +100,23 @@ export function createSampleSource(opts: SampleSourceOptions): SampleSource {
       return parts[dataset].sample(sample);
     },
   };
+}
+
+/**
+ * Why a split yields no sample, with the numbers to act on: the documents and tokens each dataset's part of the split
+ * holds, the seq_length + 1 tokens one sample needs, and the longest --seq_length this data allows. `part` names the
+ * split in the message when "the <name> split (--split ...)" is not how the user chose it.
+ */
+export function noSamplesMessage(source: SampleSource, o: { split: string; splitName: SplitName; part?: string }): string {
+  const part = o.part ?? `the ${o.splitName} split (--split ${o.split})`;
+  const share = o.part === undefined ? `, or a larger ${o.splitName} share of --split` : '';
+  const need = source.seqLength + 1;
+  const held = source.components.map((c, k) => {
+    const docs = c.documents[1] - c.documents[0];
+    return `${c.path} holds ${source.componentTokens[k]} tokens in ${docs} document${docs === 1 ? '' : 's'}`;
+  });
+  // Every component must give a sample: the shortest one bounds seq_length (a sample needs more than seq_length tokens).
+  const longest = Math.min(...source.componentTokens) - 1;
+  const fix = longest >= 1 ? `Use --seq_length ${longest} or less, ${share ? 'more data' : 'or more data'}${share}` : `Give it more data${share}`;
+  return `no sample of --seq_length ${source.seqLength} + 1 = ${need} tokens in ${part}: ${held.join('; ')}. ${fix}.`;
 }

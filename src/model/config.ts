@@ -262,3 +262,18 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
   }
   return config;
 }
+
+/**
+ * Refuses a sequence longer than the model's position range, before anything is loaded. GPT-2's learned position
+ * table has no row past n_positions; a Llama's RoPE would compute at any length, but past max_position_embeddings
+ * the model runs at positions it never saw in training (transformers' own limit), so it is refused as GPT-2 is.
+ * `role` names the model in the message ("the student", "the teacher"), `file` its config.json.
+ */
+export function checkSequenceLength(c: ModelConfig, seqLength: number, role: string, file: string): void {
+  if (seqLength <= c.maxPositions) return;
+  const field = c.modelType === 'gpt2' ? 'n_positions' : 'max_position_embeddings';
+  const why = c.modelType === 'gpt2'
+    ? "GPT-2's learned position table has no row past it"
+    : 'RoPE would run at positions the model never saw in training';
+  throw new ConfigError(`--seq_length ${seqLength} is longer than ${role}'s ${field} ${c.maxPositions} (${file}): ${why}. Use --seq_length ${c.maxPositions} or less${c.modelType === 'gpt2' ? '' : `, or raise ${field} (with rope_scaling) in config.json if the model was trained for longer contexts`}.`);
+}
