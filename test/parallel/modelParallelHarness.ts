@@ -2,7 +2,8 @@
  * Runs KD steps on the fixture batch under a model-parallel layout with every rank in this process (in-process
  * transports: each message still crosses as an encoded frame), and the same steps on one worker through the
  * ordinary operators, so tests can compare the two. By default the pair is the fixtures' llama-student and
- * llama-teacher; `ModelPair` points either at another checkpoint directory (a temporary GPT-2, say).
+ * llama-teacher; `ModelPair` points either at another checkpoint directory (a temporary GPT-2, say), and sets
+ * the vocabulary padding under TP (--make_vocab_size_divisible_by).
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -10,7 +11,7 @@ import { from, lastValueFrom, toArray } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
 import { backward, klLoss, studentForward, teacherLogits } from '../../operators/index.ts';
 import type { KlLossOptions } from '../../operators/klLoss.ts';
-import { loadModel } from '../../src/checkpoint/load.ts';
+import { loadModel, readModelConfig } from '../../src/checkpoint/load.ts';
 import { mulberry32 } from '../../src/data/prng.ts';
 import { encodeSafetensors } from '../../src/io/safetensors.ts';
 import { DEFAULT_KD_LOSS } from '../../src/losses/types.ts';
@@ -20,9 +21,11 @@ import { AdamW, type AdamWState } from '../../src/optim/adamw.ts';
 import { coordsOf, worldSize, type ParallelLayout } from '../../src/parallel/layout.ts';
 import { localTransports } from '../../src/parallel/localTransport.ts';
 import { Collectives } from '../../src/parallel/modelParallel/collectives.ts';
-import { ModelParallelTrainer } from '../../src/parallel/modelParallel/modelParallelTrainer.ts';
+import { ModelParallelTrainer, type ShardedModel } from '../../src/parallel/modelParallel/modelParallelTrainer.ts';
 import { gatherFullState, loadShardedModel } from '../../src/parallel/modelParallel/shardedWeights.ts';
+import { pairedVocabSize } from '../../src/parallel/modelParallel/vocabPadding.ts';
 import type { StepResult, TokenBatch } from '../../src/train/batch.ts';
+import { saveTrainingCheckpoint } from '../../src/train/trainingCheckpoint.ts';
 import { expectedJson, fixture } from '../helpers/fixtures.ts';
 import { fixtureBatches } from '../helpers/fixtureBatches.ts';
 import { scratchDir } from '../model/checkpointVariant.ts';
@@ -36,6 +39,11 @@ export interface LayoutRun {
   weights: Map<string, Float32Array>;
   /** The final AdamW state, full tensors (gathered on rank 0 under a layout, as a checkpoint writes it). */
   optimizer: AdamWState;
+  /**
+   * Under a layout, each rank's vocabulary padding after the steps: per embedding/head slice with padding rows, the
+   * largest |value| there of the weight and of both AdamW moments (none under one worker).
+   */
+  padding: { rank: number; name: string; rows: number; largest: number }[];
 }
 
 /** Which checkpoints to distil between, and what the labels are. */
@@ -51,6 +59,13 @@ export interface ModelPair {
   nextTokenLabels?: boolean;
   /** Global-norm clipping threshold (default: the fixture's 1.0, which its small gradients never reach). */
   clipGrad?: number;
+  /**
+   * --make_vocab_size_divisible_by under TP (default 1: the vocabulary pads only to a multiple of tp). Both models
+   * pad to the pair's one size (pairedVocabSize), as a run does.
+   */
+  makeVocabSizeDivisibleBy?: number;
+  /** Under a layout: also write the gathered state as a training checkpoint (step = steps run) under this run directory. */
+  saveTo?: string;
 }
 
 export function fixtureLoss(over: Partial<KlLossOptions> = {}): KlLossOptions {
@@ -95,7 +110,7 @@ export async function oneWorker(steps: number, microPerStep: number, loss = fixt
     ));
     const weights = new Map<string, Float32Array>();
     for (const [n, v] of student.params) weights.set(n, (await v.data()) as Float32Array);
-    return { steps: results, perRank: [results], weights, optimizer: await optimizer.state() };
+    return { steps: results, perRank: [results], weights, optimizer: await optimizer.state(), padding: [] };
   } finally {
     optimizer.dispose();
     student.dispose();
@@ -110,10 +125,11 @@ export async function underLayout(layout: ParallelLayout, steps: number, microPe
   const n = worldSize(layout);
   const transports = localTransports(n);
   const batches = pairBatches(steps, microPerStep, pair);
+  const paddedVocab = pairedVocabSize([readModelConfig(d.student).vocabSize, readModelConfig(d.teacher).vocabSize], layout.tp, pair.makeVocabSizeDivisibleBy ?? 1);
   const ranks = transports.map((t, rank) => {
     const coll = new Collectives(t);
-    const student = loadShardedModel(d.student, layout, rank, true);
-    const teacher = loadShardedModel(d.teacher, layout, rank, false);
+    const student = loadShardedModel(d.student, layout, rank, true, { paddedVocab });
+    const teacher = loadShardedModel(d.teacher, layout, rank, false, { paddedVocab });
     const optimizer = optimizerFor(student.params);
     const trainer = new ModelParallelTrainer({
       layout, rank, coll, student, teacher, loss, optimizer, clipGrad: pair.clipGrad ?? tr.clip_grad_norm, lrAt: () => tr.lr, nanPolicy: 'stop', globalBatchSize: 2,
@@ -128,14 +144,21 @@ export async function underLayout(layout: ParallelLayout, steps: number, microPe
         const mine: TokenBatch[] = batches.filter((b) => b.position.step === s && b.position.micro % layout.dp === dp);
         out.push(await r.trainer.step(mine));
       }
+      const padding = await paddingAfter(r.rank, r.student, r.optimizer);
       const full = await gatherFullState(r.coll, layout, r.rank, r.student, r.optimizer, 'final');
       const weights = new Map<string, Float32Array>();
       if (full) for (const [name, t] of full.model.params) weights.set(name, Float32Array.from(await t.data()));
-      return { steps: out, weights, optimizer: full ? await full.optimizer.state() : null };
+      if (full && pair.saveTo) {
+        await saveTrainingCheckpoint(pair.saveTo, full.model, full.optimizer, {
+          format: 1, step: steps, samplesSeen: steps * 2, seed: 0, skippedSteps: 0,
+          fingerprint: { student: d.student, teacher: d.teacher, data: 'fixture', seqLength: 17, globalBatchSize: 2 },
+        });
+      }
+      return { steps: out, weights, optimizer: full ? await full.optimizer.state() : null, padding };
     }));
     const optimizer = perRank[0].optimizer;
     if (!optimizer) throw new Error('gatherFullState returned nothing on rank 0');
-    return { steps: perRank[0].steps, perRank: perRank.map((p) => p.steps), weights: perRank[0].weights, optimizer };
+    return { steps: perRank[0].steps, perRank: perRank.map((p) => p.steps), weights: perRank[0].weights, optimizer, padding: perRank.flatMap((p) => p.padding) };
   } finally {
     for (const b of batches) { b.inputIds.dispose(); b.labels.dispose(); b.lossMask.dispose(); }
     for (const r of ranks) {
@@ -145,6 +168,23 @@ export async function underLayout(layout: ParallelLayout, steps: number, microPe
       for (const v of r.teacher.params.values()) v.dispose();
     }
   }
+}
+
+/** The largest |value| of each padded vocabulary slice's padding rows, over its weight and both AdamW moments. */
+async function paddingAfter(rank: number, model: ShardedModel, optimizer: AdamW): Promise<LayoutRun['padding']> {
+  const state = await optimizer.state();
+  const out: LayoutRun['padding'] = [];
+  for (const [name, p] of model.spec) {
+    if (!p.vocab || p.vocab.valid === p.vocab.rows) continue;
+    const cols = p.localShape[1];
+    const from = p.vocab.valid * cols;
+    const w = (await model.params.get(name)!.data()) as Float32Array;
+    const mv = state.moments.get(name)!;
+    let largest = 0;
+    for (const a of [w, mv.m, mv.v]) for (let i = from; i < a.length; i++) largest = Math.max(largest, Math.abs(a[i]));
+    out.push({ rank, name, rows: p.vocab.rows - p.vocab.valid, largest });
+  }
+  return out;
 }
 
 export interface Gpt2Shape {

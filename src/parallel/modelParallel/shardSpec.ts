@@ -4,7 +4,8 @@
  * are placed back into full tensors on save. Megatron's split, per tensor-parallel rank r of T:
  *   column-parallel (output features split): q/k/v, gate/up (Linear rows), GPT-2 c_attn and c_fc (Conv1D columns)
  *   row-parallel (input features split): o_proj, down_proj (Linear columns), GPT-2 c_proj (Conv1D rows)
- *   vocabulary-parallel: the embedding and the head (rows [r·V/T, (r+1)·V/T))
+ *   vocabulary-parallel: the embedding and the head (rows [r·P/T, (r+1)·P/T) of the vocabulary padded to P rows,
+ *   vocabPadding.ts: a rank's rows past the model's own vocabulary are zero padding, which no file holds)
  *   replicated: norms, position embeddings, biases added after a row-parallel all-reduce.
  * KV heads split when T divides them; otherwise (GQA with fewer KV heads than ranks) each rank holds the one KV
  * head its query heads read, replicated over T / kv ranks. Pipeline stages hold only their layers; with tied
@@ -13,6 +14,7 @@
 import type { ModelConfig } from '../../model/config.ts';
 import { expectedParamShapes } from '../../model/params.ts';
 import { stagePlan, type ParallelLayout, type RankCoords } from '../layout.ts';
+import { paddedVocabSize, sliceVocabRows, vocabShard, type VocabShard } from './vocabPadding.ts';
 
 /** The local tensor is the concatenation, along `axis`, of these ranges of the full tensor. */
 export interface TensorSlice {
@@ -36,6 +38,11 @@ export interface LocalParam {
   gradientSum: boolean;
   /** Counts in the global gradient norm on this rank (each value once across the model-parallel group). */
   inNorm: boolean;
+  /**
+   * The embedding and the head: this rank's rows of the padded vocabulary. `slice` names the model's own rows among
+   * them (the first `vocab.valid`); the local tensor has `vocab.rows`, the rest zero padding.
+   */
+  vocab?: VocabShard;
 }
 
 /** The embedding's name, and whether a separate head exists. */
@@ -48,8 +55,12 @@ function layerOf(name: string): number | null {
   return m ? Number(m[1]) : null;
 }
 
-/** The parameters rank `coords` holds, by Hugging Face name, in model order. */
-export function localParams(c: ModelConfig, l: ParallelLayout, coords: RankCoords): Map<string, LocalParam> {
+/**
+ * The parameters rank `coords` holds, by Hugging Face name, in model order. `paddedVocab`: the rows the vocabulary
+ * pads to under TP (vocabPadding.ts; a teacher and its student pass the pair's one size); by default the model's own
+ * vocabulary padded to a multiple of tp only. With one TP rank nothing pads.
+ */
+export function localParams(c: ModelConfig, l: ParallelLayout, coords: RankCoords, paddedVocab = paddedVocabSize(c.vocabSize, l.tp, 1)): Map<string, LocalParam> {
   const T = l.tp;
   const r = coords.tp;
   const plan = stagePlan(c.numLayers, l.pp, coords.pp);
@@ -62,6 +73,7 @@ export function localParams(c: ModelConfig, l: ParallelLayout, coords: RankCoord
   const part = (n: number): [number, number] => [(r * n) / T, ((r + 1) * n) / T];
   const out = new Map<string, LocalParam>();
   const emb = embeddingName(c);
+  const vocab = vocabShard(c.vocabSize, l.tp === 1 ? c.vocabSize : paddedVocab, T, r);
   for (const [name, shape] of expectedParamShapes(c)) {
     const layer = layerOf(name);
     const onStage = layer !== null ? layer >= plan.firstLayer && layer < plan.endLayer
@@ -77,8 +89,11 @@ export function localParams(c: ModelConfig, l: ParallelLayout, coords: RankCoord
       slice = { axis, ranges: [part(n)] };
       replicas = 1;
     };
-    if (name === emb || name === 'lm_head.weight') split(0, shape[0]);
-    else if (/self_attn\.q_proj\.(weight|bias)$/.test(leaf)) split(0, shape[0]);
+    const isVocab = name === emb || name === 'lm_head.weight';
+    if (isVocab) {
+      slice = { axis: 0, ranges: [[vocab.first, vocab.first + vocab.valid]] };
+      replicas = 1;
+    } else if (/self_attn\.q_proj\.(weight|bias)$/.test(leaf)) split(0, shape[0]);
     else if (/self_attn\.[kv]_proj\.(weight|bias)$/.test(leaf)) {
       slice = { axis: 0, ranges: [[kvFirst * hd, (kvFirst + kvHeads) * hd]] };
       replicas = kvReplicas;
@@ -96,13 +111,18 @@ export function localParams(c: ModelConfig, l: ParallelLayout, coords: RankCoord
     else if (leaf === 'mlp.c_fc.bias') split(0, shape[0]);
     const s = slice as TensorSlice | null;
     const localShape = [...shape];
-    if (s) localShape[s.axis] = s.ranges.reduce((a, [x, y]) => a + (y - x), 0);
+    if (s) localShape[s.axis] = isVocab ? vocab.rows : s.ranges.reduce((a, [x, y]) => a + (y - x), 0);
     // Each value counts once in the norm: replicas on their first rank only, the tied head copy not at all.
     const firstReplica = replicas === 1 || r % replicas === 0;
     const tiedCopy = name === emb && !plan.hasEmbedding;
-    out.set(name, { fullShape: [...shape], localShape, slice: s, replicas, gradientSum, inNorm: firstReplica && !tiedCopy });
+    out.set(name, { fullShape: [...shape], localShape, slice: s, replicas, gradientSum, inNorm: firstReplica && !tiedCopy, ...(isVocab ? { vocab } : {}) });
   }
   return out;
+}
+
+/** A rank's local tensor from the full one: its slice, and for a vocabulary tensor its zero padding rows after. */
+export function localPart(full: Float32Array, p: LocalParam): Float32Array {
+  return p.vocab ? sliceVocabRows(full, p.fullShape[1], p.vocab) : sliceTensor(full, p.fullShape, p.slice);
 }
 
 /** The local part of a full row-major tensor. */

@@ -6,7 +6,8 @@
  *   o_proj (a partial sum) → g → h + o → norm → f → column-parallel gate/up → row-parallel down → g → residual
  *
  * where f is identity forward / all-reduce backward and g all-reduce forward / identity backward over the TP
- * group. The embedding is vocabulary-parallel (each rank looks up the ids in its rows, g sums). Under context
+ * group. The embedding is vocabulary-parallel (each rank looks up the ids in its rows of the padded vocabulary,
+ * g sums; no id reaches a padding row). Under context
  * parallelism a rank holds some positions of the sequence (sequenceSplit.ts); RoPE, GPT-2's position table and
  * the causal mask use the global positions, and the gathered K/V's gradient is summed back to its owners.
  */
@@ -128,13 +129,14 @@ export class ShardedStage {
     const gpt2 = c.modelType === 'gpt2';
     if (this.plan.hasEmbedding) {
       const emb = embeddingName(c);
-      const rows = c.vocabSize / tp;
-      const first = this.o.coords.tp * rows;
       const partial = tp > 1 ? `${pre}embPartial` : gpt2 ? `${pre}tok` : this.h(0);
       ops.push(computeOp('embedding', { inputs: ['ids'], outputs: [partial], params: [emb], differentiable: [false] }, ([ids], [w]) => {
         const flat = tf.reshape(ids, [-1]);
         if (tp === 1) return [tf.gather(w, flat)];
-        // Vocabulary-parallel: ids outside this rank's rows look up row 0 and are zeroed; g sums the ranks.
+        // Vocabulary-parallel: ids outside this rank's rows look up row 0 and are zeroed; g sums the ranks. Every
+        // rank holds the same number of rows of the padded vocabulary (vocabPadding.ts), so its first id follows.
+        const rows = w.shape[0];
+        const first = this.o.coords.tp * rows;
         const local = tf.sub(flat, tf.scalar(first, 'int32'));
         const inside = tf.logicalAnd(tf.greaterEqual(local, 0), tf.less(local, rows));
         const rowsOf = tf.where(inside, local, tf.zerosLike(local));

@@ -2,7 +2,8 @@
  * A model-parallel rank's weights: sliced from a plain Hugging Face checkpoint on load (only the rank's slices
  * reach its device), and gathered back into full tensors on rank 0 to be written, so that every checkpoint, whatever
  * the layout, is the plain Hugging Face layout that one worker and `transformers` load, and resuming with another
- * layout slices it differently.
+ * layout slices it differently. Under TP the vocabulary rows are padded (vocabPadding.ts): the padding exists only
+ * on the ranks, as zero rows that no file holds.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { withHostWeights } from '../../checkpoint/load.ts';
@@ -14,27 +15,39 @@ import { coordsOf, rankOf, worldSize, type ParallelLayout } from '../layout.ts';
 import { arrayToFrame, frameToArray } from '../tensorFrame.ts';
 import type { Collectives } from './collectives.ts';
 import type { ShardedModel } from './modelParallelTrainer.ts';
-import { localParams, placeSlice, sliceTensor } from './shardSpec.ts';
+import { localParams, localPart, placeSlice } from './shardSpec.ts';
+import { recordVocabShard } from './vocabPadding.ts';
 
-/** Loads rank `rank`'s slices of the checkpoint in `dir` as variables on the current backend. */
-export function loadShardedModel(dir: string, layout: ParallelLayout, rank: number, trainable: boolean): ShardedModel {
+export interface ShardedLoadOptions {
+  /**
+   * The rows the vocabulary pads to under TP: pairedVocabSize(...) of the student's and the teacher's vocabularies
+   * and --make_vocab_size_divisible_by, the same for both so each rank holds the same ids of each. Default: this
+   * model's vocabulary padded to a multiple of tp only.
+   */
+  paddedVocab?: number;
+}
+
+/**
+ * Loads rank `rank`'s slices of the checkpoint in `dir` as variables on the current backend; the embedding and head
+ * slices are recorded as vocabulary shards (vocabShardOf) for the stage and the loss to mask their padding.
+ */
+export function loadShardedModel(dir: string, layout: ParallelLayout, rank: number, trainable: boolean, o: ShardedLoadOptions = {}): ShardedModel {
   return withHostWeights(dir, (config, read) => {
-    const spec = localParams(config, layout, coordsOf(layout, rank));
+    const spec = localParams(config, layout, coordsOf(layout, rank), o.paddedVocab);
     const params = new Map<string, tf.Variable>();
     for (const [name, p] of spec) {
-      const local = sliceTensor(read(name), p.fullShape, p.slice);
-      params.set(name, tf.tidy(() => tf.variable(tf.tensor(local, p.localShape, 'float32'), trainable)));
+      const local = localPart(read(name), p);
+      const v = tf.tidy(() => tf.variable(tf.tensor(local, p.localShape, 'float32'), trainable));
+      if (p.vocab) recordVocabShard(v, p.vocab);
+      params.set(name, v);
     }
     return { config, params, spec };
   });
 }
 
-/** This rank's slices of the AdamW moments saved (as full tensors) in a checkpoint. */
+/** This rank's slices of the AdamW moments saved (as full tensors) in a checkpoint; zero on the padding rows. */
 export function loadShardedOptimizerState(ref: CheckpointRef, model: ShardedModel): AdamWState {
-  return readOptimizerState(ref, model.spec.keys(), (name, full) => {
-    const p = model.spec.get(name)!;
-    return sliceTensor(full, p.fullShape, p.slice);
-  });
+  return readOptimizerState(ref, model.spec.keys(), (name, full) => localPart(full, model.spec.get(name)!));
 }
 
 /** The full student and optimizer state, assembled on rank 0 from every rank's slices. */
@@ -45,7 +58,8 @@ export interface GatheredState {
 
 /**
  * Collective: every rank of the first DP and CP replica sends its parameters and moments to rank 0, which places
- * them into full tensors. Returns the full state on rank 0, null elsewhere.
+ * them into full tensors of the model's own vocabulary (the padding rows stay behind). Returns the full state on
+ * rank 0, null elsewhere.
  */
 export async function gatherFullState(coll: Collectives, layout: ParallelLayout, rank: number, model: ShardedModel, optimizer: AdamW, tag: string): Promise<GatheredState | null> {
   const me = coordsOf(layout, rank);
@@ -68,8 +82,9 @@ export async function gatherFullState(coll: Collectives, layout: ParallelLayout,
   }
   const config: ModelConfig = model.config;
   const full = new Map<string, { shape: number[]; w: Float32Array; m: Float32Array; v: Float32Array }>();
-  // Each sender's layout of its slices, worked out once per gather (not once per tensor).
-  const specs = new Map(senders.map((r) => [r, localParams(config, layout, coordsOf(layout, r))]));
+  // Each sender's layout of its slices, worked out once per gather (not once per tensor), padded as this rank's.
+  const paddedVocab = [...model.spec.values()].find((p) => p.vocab)?.vocab?.paddedSize;
+  const specs = new Map(senders.map((r) => [r, localParams(config, layout, coordsOf(layout, r), paddedVocab)]));
   const place = (r: number, name: string, w: Float32Array, m: Float32Array, v: Float32Array): void => {
     const p = specs.get(r)!.get(name);
     if (!p) throw new Error(`gather: worker ${r} sent ${name}, which its layout position does not hold`);

@@ -8,23 +8,40 @@
  * gradient with respect to the scaled student logits is u − p_s·Σu (see divergences.ts), where Σu is all-reduced
  * too. The CE term (at τ = 1) needs the label's logit, which lives on one rank: the others contribute 0 to a sum.
  *
+ * The vocabulary is padded to split evenly (vocabPadding.ts): a rank's columns past the model's own vocabulary are
+ * not ids, so they are cut off before any max, sum or softmax and get a zero gradient. A teacher and a student whose
+ * vocabularies differ (Qwen's 151,936 and 152,064 rows) compare the ids both have, [0, min(V_t, V_s)), each side
+ * renormalised there, as one worker does (vocabAlignment.ts), while the CE keeps the student's whole vocabulary.
+ *
  * The op's outputs: the micro-batch's share of the global loss, Σ mask·KD and Σ mask·CE (for the logs).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { divergenceFromLogProbs, logMixture } from '../../losses/divergences.ts';
 import { kdScale } from '../../losses/mixing.ts';
 import type { KdLossOptions } from '../../losses/types.ts';
+import { sharedVocab } from '../../losses/vocabAlignment.ts';
+import { ConfigError } from '../../errors.ts';
 import type { Collectives } from './collectives.ts';
 import type { Op } from './segmentTape.ts';
+import { vocabShard, vocabShardOf, type VocabShard } from './vocabPadding.ts';
 
 export interface VocabParallelLossOptions {
-  options: KdLossOptions;
+  /** The divergence; `log` (as klLoss's option) receives the vocabulary-alignment note once, on the first TP rank. */
+  options: KdLossOptions & { log?: (line: string) => void };
   /** α: weight of the KD term. */
   alpha: number;
   coll: Collectives;
   tpGroup: number[];
-  /** This rank's first vocabulary row. */
-  vocabStart: number;
+  /**
+   * Not read: a rank's first id follows from its place in `tpGroup` and its slice's rows, since every rank holds
+   * the same number of rows of the padded vocabulary (V / TP is not the first id once the vocabulary is padded).
+   */
+  vocabStart?: number;
+  /**
+   * The student's and the teacher's vocabulary shards on this rank. Default: what loadShardedModel recorded for the
+   * two head slices (vocabShardOf); a slice it did not load is taken as unpadded.
+   */
+  vocab?: { student: VocabShard; teacher: VocabShard | null };
   /** The teacher's head slice [V / TP, h_t] (a constant), or null when pretraining. */
   teacherHead: tf.Tensor2D | null;
   /** Loss tokens in the whole global batch: each token's term is divided by it. */
@@ -32,10 +49,24 @@ export interface VocabParallelLossOptions {
 }
 
 interface Saved {
-  logZs: tf.Tensor2D;
+  logZs: tf.Tensor2D | null;
   logZt: tf.Tensor2D | null;
   logZ1: tf.Tensor2D | null;
   sumU: tf.Tensor2D | null;
+}
+
+/** Which of a rank's columns each term reads: always a prefix, since the padding is at the end of the vocabulary. */
+interface Columns {
+  first: number;
+  rows: number;
+  /** The student's own ids among them: the CE's softmax. */
+  student: number;
+  /** The ids both models have: the KD's two softmaxes. */
+  shared: number;
+  /** The CE's log-normaliser is the KD's (τ = 1 and the student has no id the teacher lacks, on every rank). */
+  ceSharesLogZ: boolean;
+  /** The vocabulary-alignment line, when the two vocabularies differ. */
+  note: string | null;
 }
 
 /** u = p_s ⊙ ∂D/∂p_s for each kind (the gradient is u − p_s·Σu). */
@@ -54,6 +85,28 @@ function uOf(lpT: tf.Tensor2D, lpS: tf.Tensor2D, o: KdLossOptions): tf.Tensor2D 
   }
 }
 
+/** The first `k` columns of `z`, or null when there are none (a rank holding only padding). */
+function firstColumns(z: tf.Tensor2D, k: number): tf.Tensor2D | null {
+  if (k === 0) return null;
+  return k === z.shape[1] ? z : (tf.slice(z, [0, 0], [z.shape[0], k]) as tf.Tensor2D);
+}
+
+/** [n, k] → [n, rows], zeros after: a term's gradient over the rank's columns, none on the padding. */
+function padColumns(g: tf.Tensor2D, rows: number): tf.Tensor2D {
+  return g.shape[1] === rows ? g : (tf.pad(g, [[0, 0], [0, rows - g.shape[1]]]) as tf.Tensor2D);
+}
+
+/** The label's logit if this rank holds the label among its first `cols` columns, else 0: [n, 1]. */
+function labelLogit(z: tf.Tensor2D, labels: tf.Tensor, first: number, cols: number): tf.Tensor2D {
+  return tf.sum(tf.mul(z, labelOneHot(labels, first, cols)), 1, true) as tf.Tensor2D;
+}
+
+function labelOneHot(labels: tf.Tensor, first: number, cols: number): tf.Tensor2D {
+  const local = tf.sub(labels, tf.scalar(first, 'int32'));
+  const inside = tf.logicalAnd(tf.greaterEqual(local, 0), tf.less(local, cols));
+  return tf.mul(tf.oneHot(tf.where(inside, local, tf.zerosLike(local)) as tf.Tensor1D, cols), tf.expandDims(tf.cast(inside, 'float32'), 1)) as tf.Tensor2D;
+}
+
 /**
  * inputs: student hidden [N, h] (after f), teacher hidden [N, h_t] (or a [1, 1] placeholder when pretraining),
  * labels [N] int32, mask [N]; params: the student's head slice [V / TP, h].
@@ -64,16 +117,42 @@ export function vocabParallelLossOp(names: { hidden: string; teacherHidden: stri
   const kd = o.alpha > 0 && o.teacherHead !== null;
   const ce = o.alpha < 1;
   const g = o.tpGroup;
+  const tpRank = g.indexOf(o.coll.rank);
+  if (tpRank < 0) throw new RangeError(`vocabulary-parallel loss: worker ${o.coll.rank} is not in its TP group [${g.join(', ')}]`);
   const rowMax = (z: tf.Tensor2D): tf.Tensor2D => tf.max(z, 1, true) as tf.Tensor2D;
+  let columns: Columns | null = null;
+  let noted = false;
 
-  // log Σ exp over the whole vocabulary of each row, from the local slices: [N, 1].
-  const logZ = async (zs: tf.Tensor2D[]): Promise<tf.Tensor2D[]> => {
-    const n = zs[0].shape[0];
-    const maxes = tf.tidy(() => tf.concat(zs.map(rowMax), 0));
+  const shardOf = (head: tf.Tensor, given: VocabShard | null | undefined): VocabShard => {
+    const rows = head.shape[0];
+    const s = given ?? vocabShardOf(head) ?? vocabShard(rows * g.length, rows * g.length, g.length, tpRank);
+    if (s.rows !== rows || s.first !== tpRank * rows) {
+      throw new ConfigError(`vocabulary-parallel loss: a head slice of ${rows} rows on TP rank ${tpRank} is recorded as rows [${s.first}, ${s.first + s.rows}) of ${s.paddedSize}; load it with loadShardedModel under this layout`);
+    }
+    return s;
+  };
+  const columnsOf = (w: tf.Tensor): Columns => {
+    if (columns) return columns;
+    const s = shardOf(w, o.vocab?.student);
+    const t = kd ? shardOf(o.teacherHead!, o.vocab?.teacher) : null;
+    if (t && t.paddedSize !== s.paddedSize) {
+      throw new ConfigError(`vocabulary-parallel loss: the teacher's vocabulary (${t.vocabSize}) is padded to ${t.paddedSize} rows and the student's (${s.vocabSize}) to ${s.paddedSize}, so the TP ranks hold different ids of each; load both with loadShardedModel's paddedVocab = pairedVocabSize([${s.vocabSize}, ${t.vocabSize}], tp, --make_vocab_size_divisible_by)`);
+    }
+    columns = {
+      first: s.first, rows: s.rows, student: s.valid, shared: t ? Math.min(s.valid, t.valid) : 0,
+      ceSharesLogZ: kd && tau === 1 && t !== null && s.vocabSize <= t.vocabSize,
+      note: t ? sharedVocab(t.vocabSize, s.vocabSize).note : null,
+    };
+    return columns;
+  };
+
+  // log Σ exp over the whole vocabulary of each row, from the local slices (null: no column here): [N, 1].
+  const logZ = async (zs: (tf.Tensor2D | null)[], n: number): Promise<tf.Tensor2D[]> => {
+    const maxes = tf.tidy(() => tf.concat(zs.map((z) => (z ? rowMax(z) : tf.fill([n, 1], -Infinity))), 0));
     const m = await o.coll.allReduceMax(g, Float32Array.from(await maxes.data<'float32'>()));
     maxes.dispose();
     const mT = tf.tensor2d(m, [zs.length * n, 1]);
-    const sums = tf.tidy(() => tf.concat(zs.map((z, i) => tf.sum(tf.exp(tf.sub(z, tf.slice(mT, [i * n, 0], [n, 1]))), 1, true)), 0));
+    const sums = tf.tidy(() => tf.concat(zs.map((z, i) => (z ? tf.sum(tf.exp(tf.sub(z, tf.slice(mT, [i * n, 0], [n, 1]))), 1, true) : tf.zeros([n, 1]))), 0));
     const total = await o.coll.allReduceTensor(g, sums);
     sums.dispose();
     const out = tf.tidy(() => zs.map((_, i) => tf.add(tf.slice(mT, [i * n, 0], [n, 1]), tf.log(tf.slice(total, [i * n, 0], [n, 1]))) as tf.Tensor2D));
@@ -90,38 +169,39 @@ export function vocabParallelLossOp(names: { hidden: string; teacherHidden: stri
     outputs: names.outputs,
     params: [names.head],
     async forward([h, ht, labels, mask], [w]) {
+      const cols = columnsOf(w);
+      if (cols.note && !noted && tpRank === 0) o.options.log?.(cols.note);
+      noted = true;
       const n = h.shape[0];
-      const vl = w.shape[0];
       const z = logits(h, w);
-      const zs = tf.div(z, tau) as tf.Tensor2D;
-      const zt = kd ? tf.tidy(() => tf.div(logits(ht, o.teacherHead!), tau) as tf.Tensor2D) : null;
-      const rows = [zs, ...(zt ? [zt] : []), ...(ce && tau !== 1 ? [z] : [])];
-      const zsList = await logZ(rows);
-      const s: Saved = { logZs: zsList[0], logZt: zt ? zsList[1] : null, logZ1: ce ? (tau !== 1 ? zsList[zsList.length - 1] : tf.clone(zsList[0])) : null, sumU: null };
+      // The shared columns at τ of each side, and the student's own columns at τ = 1 for the CE.
+      const shared = (f: () => tf.Tensor2D): tf.Tensor2D | null => (kd && cols.shared > 0 ? tf.tidy(() => firstColumns(tf.div(f(), tau) as tf.Tensor2D, cols.shared)!) : null);
+      const zs = shared(() => z);
+      const zt = shared(() => logits(ht, o.teacherHead!));
+      const z1 = ce && !cols.ceSharesLogZ ? firstColumns(z, cols.student) : null;
+      const blocks = [...(kd ? [zs, zt] : []), ...(ce && !cols.ceSharesLogZ ? [z1] : [])];
+      const zList = await logZ(blocks, n);
+      const s: Saved = {
+        logZs: kd ? zList[0] : null,
+        logZt: kd ? zList[1] : null,
+        logZ1: !ce ? null : cols.ceSharesLogZ ? tf.clone(zList[0]) : zList[zList.length - 1],
+        sumU: null,
+      };
       const partials: tf.Tensor[] = [];
       if (kd) {
-        const [d, u] = tf.tidy(() => {
-          const lpS = tf.sub(zs, s.logZs) as tf.Tensor2D;
-          const lpT = tf.sub(zt!, s.logZt!) as tf.Tensor2D;
+        partials.push(...tf.tidy(() => {
+          if (!zs || !zt) return [tf.zeros([n, 1]), tf.zeros([n, 1])];
+          const lpS = tf.sub(zs, s.logZs!) as tf.Tensor2D;
+          const lpT = tf.sub(zt, s.logZt!) as tf.Tensor2D;
           return [tf.reshape(divergenceFromLogProbs(lpT, lpS, o.options), [n, 1]), tf.sum(uOf(lpT, lpS, o.options), 1, true)];
-        });
-        partials.push(d, u);
-      }
-      if (ce) {
-        // The label's logit if this rank holds its row, else 0.
-        partials.push(tf.tidy(() => {
-          const local = tf.sub(labels, tf.scalar(o.vocabStart, 'int32'));
-          const inside = tf.logicalAnd(tf.greaterEqual(local, 0), tf.less(local, vl));
-          const onehot = tf.mul(tf.oneHot(tf.where(inside, local, tf.zerosLike(local)) as tf.Tensor1D, vl), tf.expandDims(tf.cast(inside, 'float32'), 1));
-          return tf.sum(tf.mul(z, onehot), 1, true);
         }));
       }
+      if (ce) partials.push(tf.tidy(() => (cols.student > 0 ? labelLogit(z, labels, cols.first, cols.student) : tf.zeros([n, 1]))));
       const stacked = tf.concat(partials, 1);
       for (const p of partials) p.dispose();
       const summed = await o.coll.allReduceTensor(g, stacked);
       stacked.dispose();
-      zs.dispose();
-      zt?.dispose();
+      for (const t of new Set([zs, zt, z1, z])) if (t && t !== z) t.dispose();
       z.dispose();
       const out = tf.tidy(() => {
         let col = 0;
@@ -144,25 +224,24 @@ export function vocabParallelLossOp(names: { hidden: string; teacherHidden: stri
       const s = saved.get(h);
       if (!s) throw new Error('vocabulary-parallel loss: backward before forward');
       saved.delete(h);
+      const cols = columnsOf(w);
       const G = o.globalTokens();
       const result = tf.tidy(() => {
         const n = h.shape[0];
-        const vl = w.shape[0];
         const z = logits(h, w);
         // Per-row weight: dL/d(term of row) = dTotal · mask / G.
         const rowW = tf.reshape(tf.mul(mask, G > 0 ? tf.div(dTotal ?? tf.scalar(0), G) : 0), [n, 1]);
         let dz: tf.Tensor2D = tf.zerosLike(z);
-        if (kd) {
-          const lpS = tf.sub(tf.div(z, tau), s.logZs) as tf.Tensor2D;
-          const lpT = tf.sub(tf.div(logits(ht, o.teacherHead!), tau), s.logZt!) as tf.Tensor2D;
-          const gradS = tf.sub(uOf(lpT, lpS, o.options), tf.mul(tf.exp(lpS), s.sumU!));
-          dz = tf.add(dz, tf.mul(gradS, o.alpha * kdScale(o.options) / tau)) as tf.Tensor2D;
+        if (kd && cols.shared > 0) {
+          const lpS = tf.sub(firstColumns(tf.div(z, tau) as tf.Tensor2D, cols.shared)!, s.logZs!) as tf.Tensor2D;
+          const lpT = tf.sub(firstColumns(tf.div(logits(ht, o.teacherHead!), tau) as tf.Tensor2D, cols.shared)!, s.logZt!) as tf.Tensor2D;
+          const gradS = tf.sub(uOf(lpT, lpS, o.options), tf.mul(tf.exp(lpS), s.sumU!)) as tf.Tensor2D;
+          dz = tf.add(dz, padColumns(tf.mul(gradS, o.alpha * kdScale(o.options) / tau) as tf.Tensor2D, cols.rows)) as tf.Tensor2D;
         }
-        if (ce) {
-          const local = tf.sub(labels, tf.scalar(o.vocabStart, 'int32'));
-          const inside = tf.logicalAnd(tf.greaterEqual(local, 0), tf.less(local, vl));
-          const onehot = tf.mul(tf.oneHot(tf.where(inside, local, tf.zerosLike(local)) as tf.Tensor1D, vl), tf.expandDims(tf.cast(inside, 'float32'), 1));
-          dz = tf.add(dz, tf.mul(tf.sub(tf.exp(tf.sub(z, s.logZ1!)), onehot), 1 - o.alpha)) as tf.Tensor2D;
+        if (ce && cols.student > 0) {
+          const z1 = firstColumns(z, cols.student)!;
+          const dCe = tf.sub(tf.exp(tf.sub(z1, s.logZ1!)), labelOneHot(labels, cols.first, cols.student));
+          dz = tf.add(dz, padColumns(tf.mul(dCe, 1 - o.alpha) as tf.Tensor2D, cols.rows)) as tf.Tensor2D;
         }
         dz = tf.mul(dz, rowW) as tf.Tensor2D;
         return { dh: tf.matMul(dz, w as tf.Tensor2D), dw: tf.matMul(dz, h as tf.Tensor2D, true, false) };
