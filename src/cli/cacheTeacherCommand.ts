@@ -7,7 +7,10 @@
  *   distill cache-teacher ... --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT   (one part range per job)
  *   distill cache-teacher --out cache/ --merge                                       (after all shards: manifest)
  */
+import { join } from 'node:path';
 import { parseFlags, required, usage, type FlagSpecs } from './flags.ts';
+import { CONFIG_FILE, readModelConfig } from '../checkpoint/load.ts';
+import { checkSequenceLength } from '../model/config.ts';
 import { BACKEND_CHOICES, type BackendChoice } from '../backend/select.ts';
 import { defaultDataPaths } from '../data/defaults.ts';
 import { ConfigError } from '../errors.ts';
@@ -53,8 +56,10 @@ export async function cacheTeacherMain(argv: string[]): Promise<void> {
     return;
   }
   if (f.num_samples !== undefined && f.max_steps !== undefined) throw new ConfigError(`${cmd}: give --num_samples or --max_steps/--gbs, not both`);
+  const teacherPath = required(cmd, 'teacher_path', f.teacher_path);
+  checkSequenceLength(readModelConfig(teacherPath), f.seq_length!, 'the teacher', join(teacherPath, CONFIG_FILE));
   const r = await cacheTeacher({
-    teacherPath: required(cmd, 'teacher_path', f.teacher_path),
+    teacherPath,
     data: { dataPaths: f.data_paths ?? defaultDataPaths(), seqLength: f.seq_length!, split: f.split!, seed: f.seed! },
     out,
     spec: {

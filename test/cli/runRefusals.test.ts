@@ -1,6 +1,7 @@
 /**
  * `distill run` refusals a new user met (issue 23, items 5 and 9): a Llama whose max_position_embeddings is below
- * --seq_length is refused before anything loads, as GPT-2 is; a run that fails leaves no empty <log_dir>/<name>/.
+ * --seq_length is refused before anything loads, as GPT-2 is (by run and cache-teacher); a run that fails leaves no
+ * empty <log_dir>/<name>/.
  * The command runs in this process (runMain, which src/cli/main.ts only dispatches to).
  */
 import { test } from 'node:test';
@@ -10,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fixture } from '../helpers/fixtures.ts';
 import { runMain } from '../../src/cli/runCommand.ts';
+import { cacheTeacherMain } from '../../src/cli/cacheTeacherCommand.ts';
 import { ConfigError } from '../../src/errors.ts';
 
 const data = fixture('megatron', 'small_text_document');
@@ -30,6 +32,8 @@ test('a Llama whose max_position_embeddings is below --seq_length is refused, as
     await assert.rejects(runMain(runArgs(dir, ['--seq_length', '100', '--teacher_path', fixture('gpt2-tiny')])), (e: unknown) =>
       e instanceof ConfigError && /--seq_length 100 is longer than the teacher's n_positions 64/.test(e.message));
     assert.ok(!existsSync(join(dir, 'r')), 'refused before the run folder is made');
+    await assert.rejects(cacheTeacherMain(['--teacher_path', fixture('llama-teacher'), '--data_paths', data, '--seq_length', '200', '--out', join(dir, 'cache'), '--backend', 'cpu']),
+      (e: unknown) => e instanceof ConfigError && /--seq_length 200 is longer than the teacher's max_position_embeddings 128/.test(e.message));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
