@@ -2,7 +2,8 @@
  * The README's TypeScript blocks run as written, each in a fresh process whose working directory is laid out like
  * a user's checkout: the fixtures at ../shared/fixtures and the bundled data at data/. Each block imports the
  * library by its package name ('logit-distill'), which Node resolves to index.ts because the block's file lies
- * inside the package (a package may import itself by name through its "exports").
+ * inside the package (a package may import itself by name through its "exports"). The complete CLI run runs too,
+ * and prints what the README shows, but for timings.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,9 +19,15 @@ const BLOCK_TIMEOUT_MS = 120_000;
 
 interface Ran { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
 
-function runTs(file: string, cwd: string): Promise<Ran> {
+/** A user's environment: without the variables by which the test runner tells a child it runs under a test. */
+function userEnv(): NodeJS.ProcessEnv {
+  const { NODE_TEST_CONTEXT: _testContext, DISTILL_NO_PROGRESS: _noProgress, ...env } = process.env;
+  return env;
+}
+
+function runProcess(command: string, args: string[], cwd: string): Promise<Ran> {
   return new Promise((resolveRun, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', file], { cwd, stdio: ['ignore', 'pipe', 'pipe'], timeout: BLOCK_TIMEOUT_MS });
+    const child = spawn(command, args, { cwd, env: userEnv(), stdio: ['ignore', 'pipe', 'pipe'], timeout: BLOCK_TIMEOUT_MS });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
@@ -64,7 +71,7 @@ for (const [i, block] of blocks.entries()) {
     try {
       const file = join(box.main, `readme-block-${i + 1}.ts`);
       writeFileSync(file, block);
-      const r = await runTs(file, box.main);
+      const r = await runProcess(process.execPath, ['--import', 'tsx', file], box.main);
       const output = `--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`;
       assert.equal(r.signal, null, `README block ${i + 1} was killed (${r.signal}; limit ${BLOCK_TIMEOUT_MS / 1000} s)\n${output}`);
       assert.equal(r.code, 0, `README block ${i + 1} exited with ${r.code}\n${output}`);
@@ -77,3 +84,29 @@ for (const [i, block] of blocks.entries()) {
     }
   });
 }
+
+/** The README's complete run: the sh block that starts with `npx distill run`, and the output block right after it. */
+function completeRun(markdown: string): { command: string; output: string[] } | null {
+  const m = /^```sh\n(npx distill run [\s\S]*?)^```\n\n```\n([\s\S]*?)^```$/m.exec(markdown);
+  return m ? { command: m[1].trim(), output: m[2].trimEnd().split('\n') } : null;
+}
+
+/** What differs from run to run: throughput, elapsed time and ETA. */
+const withoutTimings = (line: string): string =>
+  line.replace(/[\d,.]+ tok\/s/g, '<n> tok/s').replace(/elapsed [\d:]+/g, 'elapsed <t>').replace(/ETA \S+/g, 'ETA <t>');
+
+test("the README's complete CLI run prints what the README shows (timings aside)", { timeout: BLOCK_TIMEOUT_MS + 10_000 }, async () => {
+  const run = completeRun(readFileSync(README, 'utf8'));
+  assert.ok(run, 'README.md has no ```sh block starting with `npx distill run` followed by its output block');
+  const box = sandbox();
+  try {
+    // --no-install: npx finds the package's own `distill` bin; it must never fetch a package of that name instead.
+    const command = run.command.replace(/^npx distill /, 'npx --no-install distill ');
+    const r = await runProcess('bash', ['-c', `${command} 2>&1`], box.main);
+    const got = r.stdout.trimEnd().split('\n').map(withoutTimings);
+    assert.equal(r.code, 0, `the complete run exited with ${r.code}:\n${r.stdout}`);
+    assert.deepEqual(got, run.output.map(withoutTimings), 'the complete run printed other lines than the README shows: update its output block');
+  } finally {
+    box.remove();
+  }
+});
