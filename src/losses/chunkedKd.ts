@@ -6,8 +6,8 @@
  * while the CE keeps the student's full vocabulary.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { onWebgpu } from '../backend/webgpu/program.ts';
 import { ConfigError } from '../errors.ts';
+import { hasSoftmaxKlKernels } from '../ops/softmaxKl.ts';
 import { type ChunkTerm, chunkedHeadMeans } from './chunkedHead.ts';
 import { type ChunkCache, RECOMPUTE } from './chunkCache.ts';
 import { tokenCrossEntropy, tokenCrossEntropyGradient } from './crossEntropy.ts';
@@ -77,7 +77,7 @@ export interface TeacherSource {
 
 /**
  * The KD term of a chunk: aligned teacher and student log-probabilities at τ, and the divergence between them (the
- * composition, on every backend but webgpu, where kdLossFromHidden takes fusedKdTerm instead).
+ * composition, on every backend without the softmaxKl kernels; kdLossFromHidden takes fusedKdTerm on the others).
  */
 export function kdTerm(
   teacher: TeacherSource,
@@ -226,7 +226,7 @@ export function kdLossFromHidden(args: KdFromHiddenArgs): KdLossResult {
   };
   const source = teacherSource(args);
   const studentVocab = args.studentHead.shape[0];
-  if (onWebgpu()) {
+  if (hasSoftmaxKlKernels()) {
     // One fused kernel per chunk forward and two backward in place of the composition, the CE in the same passes.
     const fused = fusedKdTerm(source, studentVocab, options, note, labels);
     return { ...kdWithCe(args.studentHidden, args.studentHead, mask, fused, undefined, options, args.chunkSize), notes };
@@ -237,8 +237,8 @@ export function kdLossFromHidden(args: KdFromHiddenArgs): KdLossResult {
 
 /**
  * The shared tail of the dense and sparse losses: the KD term (and the CE term when labels are given) as chunked
- * means over the student's logits, mixed as (1 − α)·CE + α·kdScale·KD. A KD term of width 2 (the fused webgpu
- * one given labels) carries the CE as its second value, and `labels` is then left out.
+ * means over the student's logits, mixed as (1 − α)·CE + α·kdScale·KD. A KD term of width 2 (the fused one given
+ * labels) carries the CE as its second value, and `labels` is then left out.
  */
 export function kdWithCe(
   hidden: tf.Tensor2D,

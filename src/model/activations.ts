@@ -1,12 +1,12 @@
 /**
  * The MLP activations the configs name. `gelu_new` is GPT-2's tanh approximation (transformers' NewGELUActivation);
  * tfjs's own gelu is not used because the reference is the tanh form, and the two differ by ~1e-3.
- * Gated MLPs (Llama's act_fn(gate_proj(x)) · up_proj(x)) go through `gatedActivation`; silu's, SwiGLU, is one
- * fused kernel on webgpu.
+ * Gated MLPs (Llama's act_fn(gate_proj(x)) · up_proj(x)) go through `gatedActivation`; silu's, SwiGLU, is an op
+ * (src/ops/swiglu.ts): one fused kernel where the backend registers it.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { Activation } from './config.ts';
-import { swiglu, swigluApplies } from '../backend/webgpu/swiglu.ts';
+import { swiglu } from '../ops/swiglu.ts';
 
 const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
 
@@ -34,6 +34,6 @@ export function activate<T extends tf.Tensor>(name: Activation, x: T): T {
 
 /** activation(gate) · up, the gated MLP's product. */
 export function gatedActivation<T extends tf.Tensor>(name: Activation, gate: T, up: T): T {
-  if (name === 'silu' && swigluApplies(gate, up)) return swiglu(gate, up);
+  if (name === 'silu') return swiglu(gate, up);
   return tf.tidy(() => tf.mul(activate(name, gate), up) as T);
 }

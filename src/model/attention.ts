@@ -6,14 +6,13 @@
  * broadcast.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { causalSoftmax, causalSoftmaxApplies, type CausalLayout } from '../backend/webgpu/causalSoftmax.ts';
+import { causalSoftmax, composedCausalSoftmax, MASKED, type CausalLayout } from '../ops/causalSoftmax.ts';
 
-/** Added to masked scores: exp(−1e9 − max) is exactly 0 in float32, and unlike −Infinity it never makes NaN. */
-const MASKED = -1e9;
+export type { CausalLayout };
 
 /**
- * What each mask tensor we built means, so that attention on webgpu can compute it from positions in its fused
- * softmax instead of reading it; a mask not described here is always added as a tensor. Weak: a disposed and
+ * What each mask tensor we built means, so that attention can compute it from positions in a fused softmax kernel
+ * instead of reading it; a mask not described here is always added as a tensor. Weak: a disposed and
  * dropped mask takes its entry with it.
  */
 const maskLayouts = new WeakMap<tf.Tensor2D, CausalLayout>();
@@ -84,14 +83,15 @@ export function repeatKvHeads(x: tf.Tensor4D, groups: number): tf.Tensor4D {
 }
 
 /**
- * softmax(scores · scale + mask) over the last axis of [b, heads, queries, keys] scores. On webgpu, for a mask
- * whose layout is described, one fused kernel forward and one backward computing the mask from positions;
- * elsewhere tfjs's mul, add, softmax, as the PyTorch fixtures were checked against.
+ * softmax(scores · scale + mask) over the last axis of [b, heads, queries, keys] scores. For a mask whose layout
+ * is described, the causalSoftmax op: where the backend registers its kernels, one forward and one backward that
+ * compute the mask from positions; elsewhere (and for any other mask) tfjs's mul, add, softmax on the mask, as
+ * the PyTorch fixtures were checked against.
  */
 export function maskedSoftmax(scores: tf.Tensor4D, mask: tf.Tensor2D, scale: number): tf.Tensor4D {
   const layout = maskLayouts.get(mask);
-  if (layout && causalSoftmaxApplies(scores, layout)) return causalSoftmax(scores, scale, layout);
-  return tf.tidy(() => tf.softmax(tf.add<tf.Tensor4D>(tf.mul(scores, scale), mask)));
+  if (layout) return causalSoftmax(scores, scale, layout, mask);
+  return composedCausalSoftmax(scores, scale, mask);
 }
 
 /**

@@ -6,7 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { RopeScaling } from './config.ts';
-import { rotaryEmbedding, rotaryEmbeddingApplies } from '../backend/webgpu/rotaryEmbedding.ts';
+import { rotaryEmbedding } from '../ops/rotaryEmbedding.ts';
 
 const f32 = Math.fround;
 
@@ -95,14 +95,10 @@ export class RopeCache {
 }
 
 /**
- * x·cos + rotate_half(x)·sin for x [batch, heads, seq, headDim]; rotate_half(x) = cat(−x₂, x₁). One fused kernel
- * (and one backward) on webgpu; tfjs's split, concat, mul, mul, add elsewhere, as the PyTorch fixtures were checked.
+ * x·cos + rotate_half(x)·sin for x [batch, heads, seq, headDim]; rotate_half(x) = cat(−x₂, x₁). An op
+ * (src/ops/rotaryEmbedding.ts): one fused kernel forward and one backward where the backend registers them, tfjs's
+ * split, concat, mul, mul, add elsewhere, as the PyTorch fixtures were checked.
  */
 export function applyRope(x: tf.Tensor4D, tables: RopeTables): tf.Tensor4D {
-  if (rotaryEmbeddingApplies(x, tables.cos, tables.sinSigned)) return rotaryEmbedding(x, tables.cos, tables.sinSigned);
-  return tf.tidy(() => {
-    const [x1, x2] = tf.split(x, 2, 3);
-    const swapped = tf.concat([x2, x1], 3);
-    return tf.add(tf.mul(x, tables.cos), tf.mul(swapped, tables.sinSigned)) as tf.Tensor4D;
-  });
+  return rotaryEmbedding(x, tables.cos, tables.sinSigned);
 }

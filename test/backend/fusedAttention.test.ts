@@ -96,7 +96,7 @@ test('causal softmax: fused forward and backward equal scale · mask · softmax,
           const scale = 1 / Math.sqrt(16);
           const where = `seq ${seq}, heads ${heads}, window ${window}`;
           const r = await compare(backend, [scores], (s) => maskedSoftmax(s as tf.Tensor4D, mask, scale),
-            (s) => softmaxComposition(s as tf.Tensor4D, mask, scale), ['DistillCausalSoftmax', 'DistillCausalSoftmaxGrad']);
+            (s) => softmaxComposition(s as tf.Tensor4D, mask, scale), ['CausalSoftmax', 'CausalSoftmaxGrad']);
           worst.note(backend, `${where}, probabilities`, r.value);
           worst.note(backend, `${where}, d scores`, r.grads[0]);
           // Masked entries are exactly 0, value and gradient, as −1e9 makes them in the composition.
@@ -132,7 +132,7 @@ test('causal softmax under context parallelism: queries against gathered keys at
         const scores = tf.randomNormal([2, 3, s.local.length, s.keys.length], 0, 3, 'float32', seq + rank) as tf.Tensor4D;
         const where = `seq ${seq}, cp ${cp}, rank ${rank}, window ${window}`;
         const r = await compare(backend, [scores], (x) => maskedSoftmax(x as tf.Tensor4D, mask, 0.125),
-          (x) => softmaxComposition(x as tf.Tensor4D, mask, 0.125), ['DistillCausalSoftmax', 'DistillCausalSoftmaxGrad']);
+          (x) => softmaxComposition(x as tf.Tensor4D, mask, 0.125), ['CausalSoftmax', 'CausalSoftmaxGrad']);
         worst.note(backend, `${where}, probabilities`, r.value);
         worst.note(backend, `${where}, d scores`, r.grads[0]);
         tf.dispose([mask, query, key, scores]);
@@ -155,7 +155,7 @@ test('RoPE: fused forward and backward equal x·cos + rotate_half(x)·sin, whole
           const x = tf.randomNormal([2, heads, seq, headDim], 0, 1, 'float32', seq * heads + headDim) as tf.Tensor4D;
           const where = `seq ${seq}, heads ${heads}, headDim ${headDim}`;
           const r = await compare(backend, [x], (y) => applyRope(y as tf.Tensor4D, tables), (y) => ropeComposition(y as tf.Tensor4D, tables),
-            ['DistillRotaryEmbedding', 'DistillRotaryEmbeddingGrad']);
+            ['RotaryEmbedding', 'RotaryEmbeddingGrad']);
           worst.note(backend, `${where}, value`, r.value);
           worst.note(backend, `${where}, dx`, r.grads[0]);
           x.dispose();
@@ -167,7 +167,7 @@ test('RoPE: fused forward and backward equal x·cos + rotate_half(x)·sin, whole
       const tables = { cos: tf.gather(full.cos, pos), sinSigned: tf.gather(full.sinSigned, pos) };
       const x = tf.randomNormal([2, 2, pos.size, headDim], 0, 1, 'float32', 5) as tf.Tensor4D;
       const r = await compare(backend, [x], (y) => applyRope(y as tf.Tensor4D, tables), (y) => ropeComposition(y as tf.Tensor4D, tables),
-        ['DistillRotaryEmbedding', 'DistillRotaryEmbeddingGrad']);
+        ['RotaryEmbedding', 'RotaryEmbeddingGrad']);
       worst.note(backend, `gathered tables, headDim ${headDim}, value`, r.value);
       worst.note(backend, `gathered tables, headDim ${headDim}, dx`, r.grads[0]);
       tf.dispose([pos, tables.cos, tables.sinSigned, x]);
@@ -193,7 +193,7 @@ test('long rows (256 lanes, several keys per lane) and more rows or elements tha
       const scores = tf.randomNormal(shape, 0, 4, 'float32', 9) as tf.Tensor4D;
       const where = `scores [${shape}], window ${window}`;
       const r = await compare(backend, [scores], (x) => maskedSoftmax(x as tf.Tensor4D, mask, 0.125),
-        (x) => softmaxComposition(x as tf.Tensor4D, mask, 0.125), ['DistillCausalSoftmax', 'DistillCausalSoftmaxGrad']);
+        (x) => softmaxComposition(x as tf.Tensor4D, mask, 0.125), ['CausalSoftmax', 'CausalSoftmaxGrad']);
       worst.note(backend, `${where}, probabilities`, r.value);
       worst.note(backend, `${where}, d scores`, r.grads[0]);
       scores.dispose();
@@ -204,7 +204,7 @@ test('long rows (256 lanes, several keys per lane) and more rows or elements tha
     const x = tf.randomNormal([1, 1040, 64, 128], 0, 1, 'float32', 10) as tf.Tensor4D;
     const tables = rope.get(64);
     const r = await compare(backend, [x], (y) => applyRope(y as tf.Tensor4D, tables), (y) => ropeComposition(y as tf.Tensor4D, tables),
-      ['DistillRotaryEmbedding', 'DistillRotaryEmbeddingGrad']);
+      ['RotaryEmbedding', 'RotaryEmbeddingGrad']);
     worst.note(backend, 'RoPE x [1, 1040, 64, 128], value', r.value);
     worst.note(backend, 'RoPE x [1, 1040, 64, 128], dx', r.grads[0]);
     x.dispose();
@@ -228,7 +228,7 @@ test('causal attention with grouped KV heads: output and d q, d k, d v match the
         const scale = 1 / Math.sqrt(8);
         const where = `seq ${seq}, window ${window}`;
         const r = await compare(backend, [q, k, v], (a, b, c) => causalAttention(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D, mask, scale),
-          (a, b, c) => attentionComposition(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D, mask, scale), ['DistillCausalSoftmax', 'DistillCausalSoftmaxGrad']);
+          (a, b, c) => attentionComposition(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D, mask, scale), ['CausalSoftmax', 'CausalSoftmaxGrad']);
         worst.note(backend, `${where}, output`, r.value);
         r.grads.forEach((g, i) => worst.note(backend, `${where}, d ${'qkv'[i]}`, g));
         tf.dispose([q, k, v]);

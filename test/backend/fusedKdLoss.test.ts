@@ -1,5 +1,5 @@
 /**
- * The fused softmax + divergence (src/backend/webgpu/softmaxKl.ts) against the plain tfjs composition
+ * The fused softmax + divergence (the softmaxKl op, src/ops/softmaxKl.ts, as fusedKdDivergence uses it) against the plain tfjs composition
  * (divergences.ts differentiated by tfjs's tape), on each backend present: the per-row divergence and its gradient
  * w.r.t. the student logits, and through a head matmul to the hidden states and the head; then the chunked loss
  * on hidden states (kdLossFromHidden: the fused term on webgpu, with the CE folded in) against the unchunked
@@ -13,7 +13,7 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import { onEachBackend } from '../helpers/backends.ts';
 import { relError } from '../helpers/fixtures.ts';
-import { fusedKdDivergence } from '../../src/backend/webgpu/softmaxKl.ts';
+import { fusedKdDivergence } from '../../src/losses/fusedKdTerm.ts';
 import { kdLossFromHidden } from '../../src/losses/chunkedKd.ts';
 import { tokenCrossEntropy } from '../../src/losses/crossEntropy.ts';
 import { perPositionDivergence } from '../../src/losses/divergences.ts';

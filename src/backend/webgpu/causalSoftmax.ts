@@ -1,6 +1,7 @@
 /**
- * Attention's softmax(scores · scale + causal mask) over the last axis of [batch, heads, queries, keys] scores as
- * one WGSL kernel, and its backward as one more, where tfjs's composition dispatches mul, add, softmax forward and
+ * The webgpu kernels of src/ops/causalSoftmax.ts (its header has the contract). Attention's
+ * softmax(scores · scale + causal mask) over the last axis of [batch, heads, queries, keys] scores as one WGSL
+ * program, and its backward as one more, where tfjs's composition dispatches mul, add, softmax forward and
  * mul, sum, mul, sub, mul backward. The mask is not read from memory: each invocation works out whether key j is
  * visible from query i (j ≤ i, and i − j < window under a sliding window) from the positions themselves.
  *
@@ -9,25 +10,8 @@
  * exactly 0, as tfjs's softmax makes them from −1e9 scores.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { onWebgpu, registerWebgpuKernel, runKernel, runProgram, type WebGPUProgram } from './program.ts';
-
-/** Which keys each query sees: causal, optionally within a sliding window, at these positions. */
-export interface CausalLayout {
-  /** Keys this many positions or more before the query are masked too; null for plain causal attention. */
-  slidingWindow: number | null;
-  /** Global positions of the query rows and key columns (int32, 1-D); absent: row i and column j are positions i and j. */
-  positions?: { query: tf.Tensor1D; key: tf.Tensor1D };
-}
-
-const FORWARD = 'DistillCausalSoftmax';
-const BACKWARD = 'DistillCausalSoftmaxGrad';
-/** i − j < this always holds: "no window" without a branch in the shader. */
-const NO_WINDOW = 0x7fffffff;
-
-interface CausalSoftmaxAttrs {
-  scale: number;
-  window: number;
-}
+import type { CausalSoftmaxAttrs } from '../../ops/causalSoftmax.ts';
+import { runProgram, type WebGPUProgram } from './program.ts';
 
 /**
  * One workgroup per row (as tfjs's SoftmaxProgram), the row reduced in workgroup memory. Forward: `scores` → P.
@@ -154,35 +138,8 @@ function runCausalSoftmax(backward: boolean): tf.KernelFunc {
   };
 }
 
-/** Whether the fused kernel can compute softmax(scores · scale + mask) for a mask of this layout. */
-export function causalSoftmaxApplies(scores: tf.Tensor, layout: CausalLayout): boolean {
-  if (!onWebgpu() || scores.rank !== 4 || scores.dtype !== 'float32' || scores.size === 0) return false;
-  // A window under 1 hides the diagonal too; the −1e9 composition then gives a uniform row, the kernel 0/0.
-  if (layout.slidingWindow !== null && !(layout.slidingWindow >= 1)) return false;
-  const [, , queries, keys] = scores.shape;
-  const p = layout.positions;
-  if (!p) return queries === keys;
-  return p.query.dtype === 'int32' && p.key.dtype === 'int32' && p.query.size === queries && p.key.size === keys;
-}
+/** 'CausalSoftmax': {scores, queryPositions?, keyPositions?} → probs. */
+export const causalSoftmaxKernel = runCausalSoftmax(false);
 
-/**
- * softmax(scores · scale + causal mask of `layout`) over the last axis, differentiable with respect to `scores`
- * (the positions get no gradient). Webgpu only: check `causalSoftmaxApplies` first.
- */
-export function causalSoftmax(scores: tf.Tensor4D, scale: number, layout: CausalLayout): tf.Tensor4D {
-  if (!causalSoftmaxApplies(scores, layout)) throw new Error(`causalSoftmax: not applicable to scores [${scores.shape}] on ${tf.getBackend()}`);
-  registerWebgpuKernel(FORWARD, runCausalSoftmax(false));
-  registerWebgpuKernel(BACKWARD, runCausalSoftmax(true));
-  const attrs: CausalSoftmaxAttrs = { scale, window: layout.slidingWindow ?? NO_WINDOW };
-  const positions: tf.NamedTensorMap = layout.positions ? { queryPositions: layout.positions.query, keyPositions: layout.positions.key } : {};
-  const attrMap = attrs as unknown as tf.NamedAttrMap;
-  const fused = tf.customGrad((x, save) => {
-    const probs = runKernel<tf.Tensor4D>(FORWARD, { scores: x as tf.Tensor4D, ...positions }, attrMap);
-    (save as tf.GradSaveFunc)([probs]);
-    return {
-      value: probs,
-      gradFunc: (dy: tf.Tensor4D, [saved]: tf.Tensor[]) => runKernel<tf.Tensor4D>(BACKWARD, { dProbs: dy, probs: saved, ...positions }, attrMap),
-    };
-  });
-  return fused(scores) as tf.Tensor4D;
-}
+/** 'CausalSoftmaxGrad': {dProbs, probs, queryPositions?, keyPositions?} → dScores. */
+export const causalSoftmaxGradKernel = runCausalSoftmax(true);

@@ -5,10 +5,8 @@
  * kernel over all rows would need every row's statistics before it, or leave all but a few lanes of the GPU idle.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { registerWebgpuKernel, runKernel, runProgram, type WebGPUProgram } from './program.ts';
+import { runProgram, type WebGPUProgram } from './program.ts';
 import { vecType } from './rowLayout.ts';
-
-const KERNEL = 'DistillColumnSum';
 
 /**
  * About one workgroup per streaming multiprocessor of an H200 (132): enough chunks to fill the GPU, few enough
@@ -30,14 +28,6 @@ export function rowChunks(rows: number): RowChunks {
 /** Columns per workgroup; the workgroup's 4 groups of lanes each take every fourth chunk. */
 const COLUMNS = 64;
 const CHUNK_LANES = 4;
-
-interface ColumnSumAttrs {
-  /** First column summed, in floats; a multiple of `components`. */
-  offset: number;
-  /** Columns summed, in floats. */
-  width: number;
-  components: 1 | 4;
-}
 
 /** partials [chunks, stride] → Σ_chunks partials[:, offset : offset + width]. */
 class ColumnSumProgram implements WebGPUProgram {
@@ -91,22 +81,11 @@ class ColumnSumProgram implements WebGPUProgram {
   }
 }
 
-function runColumnSum(): tf.KernelFunc {
-  return ({ inputs, backend, attrs }) => {
-    const { offset, width, components } = attrs as unknown as ColumnSumAttrs;
-    const { partials } = inputs;
-    if (!partials) throw new Error('columnSum kernel input partials missing');
-    const program = new ColumnSumProgram(width, components);
-    return runProgram(backend as tf.KernelBackend, program, [partials], [{ type: 'int32', data: [offset / components] }]);
-  };
-}
-
 /**
  * Σ over the chunks (axis 0) of `partials` [chunks, stride], columns offset … offset + width − 1, as a [width]
- * tensor. Webgpu only; offset, width and stride must be multiples of `components`.
+ * output, run inside a kernelFunc of the webgpu backend; offset, width and stride must be multiples of `components`.
  */
-export function sumChunks(partials: tf.Tensor2D, offset: number, width: number, components: 1 | 4): tf.Tensor1D {
-  registerWebgpuKernel(KERNEL, runColumnSum());
-  const attrs: ColumnSumAttrs = { offset, width, components };
-  return runKernel<tf.Tensor1D>(KERNEL, { partials }, attrs as unknown as tf.NamedAttrMap);
+export function sumChunks(backend: tf.KernelBackend, partials: tf.TensorInfo, offset: number, width: number, components: 1 | 4): tf.TensorInfo {
+  const program = new ColumnSumProgram(width, components);
+  return runProgram(backend, program, [partials], [{ type: 'int32', data: [offset / components] }]);
 }

@@ -1,7 +1,8 @@
 /**
- * GPT-2's LayerNorm, y = (x − μ) · rstd · w + b with the biased variance and rstd = rsqrt(var + eps) per row, as one
- * WGSL kernel forward, where tfjs's composition (moments, sub, rsqrt, mul, mul, add) dispatches ten; and backward
- * as four, where autodiff of the composition dispatches about twenty-six:
+ * The webgpu kernels of src/ops/layerNorm.ts (its header has the contract). GPT-2's LayerNorm,
+ * y = (x − μ) · rstd · w + b with the biased variance and rstd = rsqrt(var + eps) per row, as one WGSL program
+ * forward, where tfjs's composition (moments, sub, rsqrt, mul, mul, add) dispatches ten; and 'LayerNormGrad' as four
+ * programs in turn, where autodiff of the composition dispatches about twenty-six:
  * - dx = rstd · (g − mean(g) − x̂ · mean(g·x̂)) with g = dy·w and x̂ = (x − μ)·rstd, one workgroup per row;
  * - dw = Σ_rows dy·x̂ and db = Σ_rows dy: one chunk kernel writes both partial sums side by side, [chunks, 2·hidden],
  *   and ColumnSum adds up each half (two dispatches; a [2, hidden] sum would need two slices, also dispatches).
@@ -9,19 +10,12 @@
  * deviations), not E[x²] − μ², which loses digits when |μ| is large against the spread.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { onWebgpu, registerWebgpuKernel, runKernel, runProgram } from './program.ts';
+import type { LayerNormAttrs } from '../../ops/layerNorm.ts';
+import { disposeIntermediates, runProgram } from './program.ts';
 import { input, rowLayout, RowProgram, rowUniforms, type RowLayout, ROW_START } from './rowLayout.ts';
 import { rowChunks, sumChunks } from './columnSum.ts';
 
-const FORWARD = 'DistillLayerNorm';
-const INPUT_GRAD = 'DistillLayerNormInputGrad';
-const PARAM_GRAD_CHUNKS = 'DistillLayerNormParamGradChunks';
-
 type Pass = 'forward' | 'inputGrad' | 'paramGradChunks';
-
-interface LayerNormAttrs {
-  eps: number;
-}
 
 const INPUTS: Record<Pass, string[]> = {
   forward: ['x', 'weight', 'bias'],
@@ -147,51 +141,31 @@ const PARAM_GRAD_CHUNKS_BODY = `
           }
         }`;
 
-function runLayerNorm(pass: Pass): tf.KernelFunc {
-  return ({ inputs, backend, attrs }) => {
-    const { eps } = attrs as unknown as LayerNormAttrs;
-    const [rows, hidden] = input(inputs, 'x').shape;
-    const program = new LayerNormProgram(pass, rows, hidden, rowLayout(hidden));
-    const data = INPUTS[pass].map((name) => input(inputs, name));
-    return runProgram(backend as tf.KernelBackend, program, data, rowUniforms(eps, rowChunks(rows).rowsPerChunk));
-  };
+/** Runs one pass's program on the kernel's inputs (x [rows, hidden] names the shape). */
+function runPass(pass: Pass, inputs: tf.NamedTensorInfoMap, backend: tf.KernelBackend, eps: number): tf.TensorInfo {
+  const [rows, hidden] = input(inputs, 'x').shape;
+  const program = new LayerNormProgram(pass, rows, hidden, rowLayout(hidden));
+  const data = INPUTS[pass].map((name) => input(inputs, name));
+  return runProgram(backend, program, data, rowUniforms(eps, rowChunks(rows).rowsPerChunk));
 }
 
-/** Whether the fused kernels apply: webgpu, float32 x [..., hidden] with weight and bias [hidden]. */
-export function fusedLayerNormApplies(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor): boolean {
-  if (!onWebgpu() || x.rank < 1 || x.size === 0) return false;
-  const hidden = x.shape[x.rank - 1];
-  const vector = (t: tf.Tensor): boolean => t.dtype === 'float32' && t.rank === 1 && t.shape[0] === hidden;
-  return x.dtype === 'float32' && vector(weight) && vector(bias);
-}
+/** 'LayerNorm': {x, weight, bias} → y. */
+export const layerNormKernel: tf.KernelFunc = ({ inputs, backend, attrs }) =>
+  runPass('forward', inputs, backend as tf.KernelBackend, (attrs as unknown as LayerNormAttrs).eps);
 
 /**
- * LayerNorm over the last axis (torch.nn.LayerNorm: biased variance, eps inside the square root), differentiable
- * with respect to x, weight and bias (tf.Variables included). Webgpu only: check `fusedLayerNormApplies` first.
+ * 'LayerNormGrad': {dy, x, weight} → [dx, dWeight, dBias]: the input gradient, the parameter-gradient chunks, and a
+ * ColumnSum of each half of them.
  */
-export function fusedLayerNorm<T extends tf.Tensor>(x: T, weight: tf.Tensor1D, bias: tf.Tensor1D, eps: number): T {
-  if (!fusedLayerNormApplies(x, weight, bias)) throw new Error(`fusedLayerNorm: not applicable to x [${x.shape}] on ${tf.getBackend()}`);
-  registerWebgpuKernel(FORWARD, runLayerNorm('forward'));
-  registerWebgpuKernel(INPUT_GRAD, runLayerNorm('inputGrad'));
-  registerWebgpuKernel(PARAM_GRAD_CHUNKS, runLayerNorm('paramGradChunks'));
-  const hidden = weight.shape[0];
-  const shape2d: [number, number] = [x.size / hidden, hidden];
-  const attrs = { eps } satisfies LayerNormAttrs as unknown as tf.NamedAttrMap;
-  const fused = tf.customGrad((xIn, w, b, save) => {
-    // Reshapes are free on webgpu: they share the buffer.
-    const x2 = tf.reshape(xIn as tf.Tensor, shape2d);
-    (save as tf.GradSaveFunc)([x2, w as tf.Tensor]);
-    const y = runKernel<tf.Tensor2D>(FORWARD, { x: x2, weight: w as tf.Tensor1D, bias: b as tf.Tensor1D }, attrs);
-    return {
-      value: tf.reshape(y, x.shape),
-      gradFunc: (dy: tf.Tensor, [xs, ws]: tf.Tensor[]) => tf.tidy(() => {
-        const dy2 = tf.reshape(dy, shape2d);
-        const dx = runKernel<tf.Tensor2D>(INPUT_GRAD, { dy: dy2, x: xs, weight: ws }, attrs);
-        const chunks = runKernel<tf.Tensor2D>(PARAM_GRAD_CHUNKS, { dy: dy2, x: xs }, attrs);
-        const components = rowLayout(hidden).components;
-        return [tf.reshape(dx, x.shape), sumChunks(chunks, 0, hidden, components), sumChunks(chunks, hidden, hidden, components)];
-      }),
-    };
-  });
-  return fused(x, weight, bias) as T;
-}
+export const layerNormGradKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
+  const b = backend as tf.KernelBackend;
+  const { eps } = attrs as unknown as LayerNormAttrs;
+  const hidden = input(inputs, 'x').shape[1];
+  const components = rowLayout(hidden).components;
+  const dx = runPass('inputGrad', inputs, b, eps);
+  const chunks = runPass('paramGradChunks', inputs, b, eps);
+  const dWeight = sumChunks(b, chunks, 0, hidden, components);
+  const dBias = sumChunks(b, chunks, hidden, hidden, components);
+  disposeIntermediates(b, [chunks]);
+  return [dx, dWeight, dBias];
+};

@@ -1,7 +1,7 @@
 /**
- * The one door through which our own WGSL programs reach tfjs's webgpu backend. A fused op is a tfjs kernel
- * registered for 'webgpu' only (so `tf.profile` and the engine see it like any other kernel); callers ask
- * `onWebgpu()` first and keep the plain tfjs composition on every other backend.
+ * The one door through which our own WGSL programs reach tfjs's webgpu backend. A fused op's kernel is a tfjs
+ * kernel registered for 'webgpu' under the name its op in src/ops defines (kernels.ts registers them all), so
+ * `tf.profile` and the engine see it like any other kernel; the op runs its tfjs composition on backends without it.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend, WebGPUProgram } from '@tensorflow/tfjs-backend-webgpu';
@@ -10,11 +10,6 @@ export type { WebGPUProgram };
 
 /** Uniform values in the order the program's `uniforms` string declares them (tfjs's ProgramUniform). */
 export type ProgramUniforms = { type: 'float32' | 'int32' | 'uint32'; data: number[] }[];
-
-/** True when tfjs's current backend is webgpu, i.e. when a fused kernel registered here can run. */
-export function onWebgpu(): boolean {
-  return tf.getBackend() === 'webgpu';
-}
 
 /** Runs `program` on the webgpu backend that called a kernelFunc; the output is a new float32 (or `dtype`) tensor. */
 export function runProgram(
@@ -29,14 +24,14 @@ export function runProgram(
 
 /**
  * Registers `kernelFunc` under `kernelName` for the webgpu backend, once per process (tfjs warns on a second
- * registration). Call from a `register…` function that selectBackend runs.
+ * registration). Called by registerWebgpuKernels, which selectBackend runs.
  */
 export function registerWebgpuKernel(kernelName: string, kernelFunc: tf.KernelFunc): void {
   if (tf.getKernel(kernelName, 'webgpu')) return;
   tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc });
 }
 
-/** Runs a registered kernel through the engine (so it is profiled and its output tracked). */
-export function runKernel<T extends tf.Tensor>(kernelName: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap = {}): T {
-  return tf.engine().runKernel(kernelName, inputs, attrs as unknown as tf.NamedAttrMap) as T;
+/** Frees the intermediate outputs of a kernelFunc that runs several programs and returns only the last ones. */
+export function disposeIntermediates(backend: tf.KernelBackend, intermediates: tf.TensorInfo[]): void {
+  for (const t of intermediates) backend.disposeData(t.dataId);
 }

@@ -1,26 +1,20 @@
 /**
- * Llama's RMSNorm, y = x · r · w with r = rsqrt(mean(x²) + eps) per row, as one WGSL kernel forward, where tfjs's
- * composition dispatches square, mean, add, rsqrt, mul, mul; and backward as three, where autodiff of the
- * composition dispatches about sixteen:
+ * The webgpu kernels of src/ops/rmsNorm.ts (its header has the contract). Llama's RMSNorm, y = x · r · w with
+ * r = rsqrt(mean(x²) + eps) per row, as one WGSL program forward, where tfjs's composition dispatches square, mean,
+ * add, rsqrt, mul, mul; and 'RmsNormGrad' as three programs in turn, where autodiff of the composition dispatches
+ * about sixteen:
  * - dx = r·(dy·w) − x · r³ · mean(dy·w·x), one workgroup per row;
  * - dw = Σ_rows dy·x·r, a chunk kernel (each workgroup sums a chunk of rows, recomputing their r) and ColumnSum.
  * Only x and w are saved from the forward. A tfjs program has one output, so keeping r would take a kernel of its
  * own in the forward: inference (the teacher's forward) would pay a dispatch, and training would still run four.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { onWebgpu, registerWebgpuKernel, runKernel, runProgram } from './program.ts';
+import type { RmsNormAttrs } from '../../ops/rmsNorm.ts';
+import { disposeIntermediates, runProgram } from './program.ts';
 import { input, rowLayout, RowProgram, rowUniforms, type RowLayout, ROW_START } from './rowLayout.ts';
 import { rowChunks, sumChunks } from './columnSum.ts';
 
-const FORWARD = 'DistillRmsNorm';
-const INPUT_GRAD = 'DistillRmsNormInputGrad';
-const WEIGHT_GRAD_CHUNKS = 'DistillRmsNormWeightGradChunks';
-
 type Pass = 'forward' | 'inputGrad' | 'weightGradChunks';
-
-interface RmsNormAttrs {
-  eps: number;
-}
 
 const INPUTS: Record<Pass, string[]> = {
   forward: ['x', 'weight'],
@@ -110,48 +104,26 @@ const WEIGHT_GRAD_CHUNKS_BODY = `
           if (live && c < n) { result[chunk * n + c] = sums[k]; }
         }`;
 
-function runRmsNorm(pass: Pass): tf.KernelFunc {
-  return ({ inputs, backend, attrs }) => {
-    const { eps } = attrs as unknown as RmsNormAttrs;
-    const [rows, hidden] = input(inputs, 'x').shape;
-    const program = new RmsNormProgram(pass, rows, hidden, rowLayout(hidden));
-    const data = INPUTS[pass].map((name) => input(inputs, name));
-    return runProgram(backend as tf.KernelBackend, program, data, rowUniforms(eps, rowChunks(rows).rowsPerChunk));
-  };
+/** Runs one pass's program on the kernel's inputs (x [rows, hidden] names the shape). */
+function runPass(pass: Pass, inputs: tf.NamedTensorInfoMap, backend: tf.KernelBackend, eps: number): tf.TensorInfo {
+  const [rows, hidden] = input(inputs, 'x').shape;
+  const program = new RmsNormProgram(pass, rows, hidden, rowLayout(hidden));
+  const data = INPUTS[pass].map((name) => input(inputs, name));
+  return runProgram(backend, program, data, rowUniforms(eps, rowChunks(rows).rowsPerChunk));
 }
 
-/** Whether the fused kernels apply: webgpu, float32 x [..., hidden] with weight [hidden]. */
-export function fusedRmsNormApplies(x: tf.Tensor, weight: tf.Tensor): boolean {
-  if (!onWebgpu() || x.dtype !== 'float32' || weight.dtype !== 'float32' || x.rank < 1 || x.size === 0) return false;
-  return weight.rank === 1 && weight.shape[0] === x.shape[x.rank - 1];
-}
+/** 'RmsNorm': {x, weight} → y. */
+export const rmsNormKernel: tf.KernelFunc = ({ inputs, backend, attrs }) =>
+  runPass('forward', inputs, backend as tf.KernelBackend, (attrs as unknown as RmsNormAttrs).eps);
 
-/**
- * x · rsqrt(mean(x²) + eps) · weight over the last axis, differentiable with respect to x and weight (a
- * tf.Variable included). Webgpu only: check `fusedRmsNormApplies` first.
- */
-export function fusedRmsNorm<T extends tf.Tensor>(x: T, weight: tf.Tensor1D, eps: number): T {
-  if (!fusedRmsNormApplies(x, weight)) throw new Error(`fusedRmsNorm: not applicable to x [${x.shape}] on ${tf.getBackend()}`);
-  registerWebgpuKernel(FORWARD, runRmsNorm('forward'));
-  registerWebgpuKernel(INPUT_GRAD, runRmsNorm('inputGrad'));
-  registerWebgpuKernel(WEIGHT_GRAD_CHUNKS, runRmsNorm('weightGradChunks'));
-  const hidden = weight.shape[0];
-  const shape2d: [number, number] = [x.size / hidden, hidden];
-  const attrs = { eps } satisfies RmsNormAttrs as unknown as tf.NamedAttrMap;
-  const fused = tf.customGrad((xIn, w, save) => {
-    // Reshapes are free on webgpu: they share the buffer.
-    const x2 = tf.reshape(xIn as tf.Tensor, shape2d);
-    (save as tf.GradSaveFunc)([x2, w as tf.Tensor]);
-    const y = runKernel<tf.Tensor2D>(FORWARD, { x: x2, weight: w as tf.Tensor1D }, attrs);
-    return {
-      value: tf.reshape(y, x.shape),
-      gradFunc: (dy: tf.Tensor, [xs, ws]: tf.Tensor[]) => tf.tidy(() => {
-        const dy2 = tf.reshape(dy, shape2d);
-        const dx = runKernel<tf.Tensor2D>(INPUT_GRAD, { dy: dy2, x: xs, weight: ws }, attrs);
-        const chunks = runKernel<tf.Tensor2D>(WEIGHT_GRAD_CHUNKS, { dy: dy2, x: xs }, attrs);
-        return [tf.reshape(dx, x.shape), sumChunks(chunks, 0, hidden, rowLayout(hidden).components)];
-      }),
-    };
-  });
-  return fused(x, weight) as T;
-}
+/** 'RmsNormGrad': {dy, x, weight} → [dx, dWeight]: the input gradient, the weight-gradient chunks, their ColumnSum. */
+export const rmsNormGradKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
+  const b = backend as tf.KernelBackend;
+  const { eps } = attrs as unknown as RmsNormAttrs;
+  const hidden = input(inputs, 'x').shape[1];
+  const dx = runPass('inputGrad', inputs, b, eps);
+  const chunks = runPass('weightGradChunks', inputs, b, eps);
+  const dWeight = sumChunks(b, chunks, 0, hidden, rowLayout(hidden).components);
+  disposeIntermediates(b, [chunks]);
+  return [dx, dWeight];
+};

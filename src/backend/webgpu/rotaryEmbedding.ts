@@ -1,14 +1,11 @@
 /**
- * Rotary position embedding, x·cos + rotate_half(x)·sin, as one WGSL kernel, and its backward (the transposed
- * rotation) as one more, where tfjs's composition dispatches split, concat, mul, mul, add forward and about as
+ * The webgpu kernels of src/ops/rotaryEmbedding.ts (its header has the contract). Rotary position embedding,
+ * x·cos + rotate_half(x)·sin, as one WGSL program, and its backward (the transposed rotation) as one more, where tfjs's composition dispatches split, concat, mul, mul, add forward and about as
  * many backward. It reads the same tables as the composition (rope.ts): `cos` and `sinSigned`, [seq, headDim],
  * sin with rotate_half's sign folded in, so the two paths multiply the same float32 numbers.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { onWebgpu, registerWebgpuKernel, runKernel, runProgram, type WebGPUProgram } from './program.ts';
-
-const FORWARD = 'DistillRotaryEmbedding';
-const BACKWARD = 'DistillRotaryEmbeddingGrad';
+import { runProgram, type WebGPUProgram } from './program.ts';
 
 /**
  * One invocation per element of x [batch, heads, seq, headDim]. Lane i pairs with lane σ(i) = i ± headDim/2 of the
@@ -61,25 +58,8 @@ function runRotaryEmbedding(transposed: boolean): tf.KernelFunc {
   };
 }
 
-/** Whether the fused kernel applies: webgpu, float32 x [b, heads, seq, headDim] with tables [seq, headDim], headDim even. */
-export function rotaryEmbeddingApplies(x: tf.Tensor, cos: tf.Tensor, sinSigned: tf.Tensor): boolean {
-  if (!onWebgpu() || x.rank !== 4 || x.dtype !== 'float32' || x.size === 0) return false;
-  const [, , seq, headDim] = x.shape;
-  const fits = (t: tf.Tensor): boolean => t.rank === 2 && t.dtype === 'float32' && t.shape[0] === seq && t.shape[1] === headDim;
-  return headDim % 2 === 0 && fits(cos) && fits(sinSigned);
-}
+/** 'RotaryEmbedding': {x, cosTable, sinTable} → y. */
+export const rotaryEmbeddingKernel = runRotaryEmbedding(false);
 
-/**
- * x·cos + rotate_half(x)·sin, differentiable with respect to x (the tables are constants and get no gradient).
- * Webgpu only: check `rotaryEmbeddingApplies` first.
- */
-export function rotaryEmbedding(x: tf.Tensor4D, cos: tf.Tensor2D, sinSigned: tf.Tensor2D): tf.Tensor4D {
-  if (!rotaryEmbeddingApplies(x, cos, sinSigned)) throw new Error(`rotaryEmbedding: not applicable to x [${x.shape}] on ${tf.getBackend()}`);
-  registerWebgpuKernel(FORWARD, runRotaryEmbedding(false));
-  registerWebgpuKernel(BACKWARD, runRotaryEmbedding(true));
-  const fused = tf.customGrad((input) => ({
-    value: runKernel<tf.Tensor4D>(FORWARD, { x: input as tf.Tensor4D, cosTable: cos, sinTable: sinSigned }),
-    gradFunc: (dy: tf.Tensor4D) => runKernel<tf.Tensor4D>(BACKWARD, { x: dy, cosTable: cos, sinTable: sinSigned }),
-  }));
-  return fused(x) as tf.Tensor4D;
-}
+/** 'RotaryEmbeddingGrad': {x: dy, cosTable, sinTable} → dx. */
+export const rotaryEmbeddingGradKernel = runRotaryEmbedding(true);

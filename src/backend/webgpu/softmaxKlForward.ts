@@ -17,10 +17,11 @@
  * Output: the per-row values [rows, 1] (or [rows, 2] with the CE) in the `values` layout, or the statistics the
  * backward needs [rows, STAT_COLUMNS] in the `stats` layout (softmaxKlWgsl.ts).
  */
+import type { SoftmaxKlLayout } from '../../ops/softmaxKl.ts';
 import type { WebGPUProgram } from './program.ts';
 import { lanes, preludeWgsl, STAT, STAT_COLUMNS, UNIFORMS, variantKey, WORKGROUP, type SoftmaxKlVariant } from './softmaxKlWgsl.ts';
 
-export type ForwardLayout = 'values' | 'stats';
+export type ForwardLayout = SoftmaxKlLayout;
 
 export function forwardColumns(v: SoftmaxKlVariant, layout: ForwardLayout): number {
   if (layout === 'stats') return STAT_COLUMNS;

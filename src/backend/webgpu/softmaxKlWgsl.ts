@@ -5,34 +5,20 @@
  * programs divide by τ themselves (a = s/τ, b = t/τ), so no [rows, V] tensor is scaled, exponentiated or logged
  * outside them.
  */
-import type { KdLossKind } from '../../losses/types.ts';
+import type { SoftmaxKlCe, SoftmaxKlKind } from '../../ops/softmaxKl.ts';
+
+export { STAT, STAT_COLUMNS } from '../../ops/softmaxKl.ts';
 
 /** Threads per workgroup: one workgroup of 256 per row in the forward, 256 elements (or vec4s) per group backward. */
 export const WORKGROUP = 256;
 
-/**
- * Columns of the per-row statistics the forward writes in its `stats` layout and the backward reads: the divergence
- * D and the next-token CE; for s/τ and t/τ over the shared vocabulary, the max m and log z, z = Σ exp(x − m), kept
- * apart rather than as one log-sum-exp m + log z, because at logits of ±80 that sum is ~83 and rounding it costs
- * 4e-6 absolute in every log-probability, which the JSD gradient (u − p_s·Σu, a difference of near-equal terms)
- * turns into 1e-5 relative; the row sum the kind's gradient needs (reverse KL: D; JSD: Σu; skew KL: Σw; forward
- * KL: 0); and max and log z of the raw student logits over its whole vocabulary, for the CE. Masked rows are zeros.
- */
-export const STAT = {
-  value: 0, ce: 1, maxStudent: 2, logZStudent: 3, maxTeacher: 4, logZTeacher: 5, rowSum: 6, maxCe: 7, logZCe: 8,
-} as const;
-export const STAT_COLUMNS = 9;
-
-/**
- * How the CE's log-sum-exp is had: not at all, equal to the student's KD one (τ = 1 and the student's vocabulary is
- * the shared one), or accumulated alongside (τ ≠ 1, or the student has ids the teacher lacks).
- */
-export type CeMode = 'none' | 'shared' | 'own';
+/** How the CE's log-sum-exp is had (the contract's attr `ce`). */
+export type CeMode = SoftmaxKlCe;
 
 /** Everything that changes a program's code; it all goes into the shaderKey (tfjs keys only ranks and dtypes). */
 export interface SoftmaxKlVariant {
   /** skew_kl with λ = 0 is the forward KL exactly, and runs as it (log λ would be −inf in the shader). */
-  kind: KdLossKind;
+  kind: SoftmaxKlKind;
   /** Logits read as vec4<f32> (V_s, V_t and the shared width all multiples of 4). */
   vec4: boolean;
   /** A per-position mask input: rows with mask ≤ 0 are skipped and give zeros. */

@@ -1,16 +1,13 @@
 /**
- * The SwiGLU product of Llama's MLP, silu(gate) · up = gate · σ(gate) · up, as one element-wise WGSL kernel, where
- * tfjs's composition dispatches sigmoid, mul, mul; and its backward as two, where autodiff dispatches about eight:
+ * The webgpu kernels of src/ops/swiglu.ts (its header has the contract). The SwiGLU product of Llama's MLP,
+ * silu(gate) · up = gate · σ(gate) · up, as one element-wise WGSL program, where tfjs's composition dispatches
+ * sigmoid, mul, mul; and 'SwigluGrad' as two, where autodiff dispatches about eight:
  *   dgate = dy · up · σ · (1 + gate · (1 − σ)),   dup = dy · gate · σ.
- * Two kernels rather than one writing [2, …]: a tfjs program has one output, and webgpu's slice is a kernel of its
+ * Two programs rather than one writing [2, …]: a tfjs program has one output, and webgpu's slice is a kernel of its
  * own (no views), so splitting a [2, …] result would take 1 + 2 dispatches and write both halves twice.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { onWebgpu, registerWebgpuKernel, runKernel, runProgram, type WebGPUProgram } from './program.ts';
-
-const FORWARD = 'DistillSwiglu';
-const GATE_GRAD = 'DistillSwigluGateGrad';
-const UP_GRAD = 'DistillSwigluUpGrad';
+import { runProgram, type WebGPUProgram } from './program.ts';
 
 type Pass = 'forward' | 'gateGrad' | 'upGrad';
 
@@ -69,38 +66,20 @@ class SwigluProgram implements WebGPUProgram {
   }
 }
 
-function runSwiglu(pass: Pass): tf.KernelFunc {
-  return ({ inputs, backend }) => {
-    const data = INPUTS[pass].map((name) => {
-      const t = inputs[name];
-      if (!t) throw new Error(`swiglu kernel input ${name} missing`);
-      return t;
-    });
-    return runProgram(backend as tf.KernelBackend, new SwigluProgram(pass, data[0].shape), data);
-  };
-}
-
-/** Whether the fused kernels apply: webgpu, float32 gate and up of one shape. */
-export function swigluApplies(gate: tf.Tensor, up: tf.Tensor): boolean {
-  if (!onWebgpu() || gate.dtype !== 'float32' || up.dtype !== 'float32' || gate.size === 0) return false;
-  return tf.util.arraysEqual(gate.shape, up.shape);
-}
-
-/** silu(gate) · up, differentiable with respect to both. Webgpu only: check `swigluApplies` first. */
-export function swiglu<T extends tf.Tensor>(gate: T, up: T): T {
-  if (!swigluApplies(gate, up)) throw new Error(`swiglu: not applicable to gate [${gate.shape}], up [${up.shape}] on ${tf.getBackend()}`);
-  registerWebgpuKernel(FORWARD, runSwiglu('forward'));
-  registerWebgpuKernel(GATE_GRAD, runSwiglu('gateGrad'));
-  registerWebgpuKernel(UP_GRAD, runSwiglu('upGrad'));
-  const fused = tf.customGrad((g, u, save) => {
-    (save as tf.GradSaveFunc)([g as tf.Tensor, u as tf.Tensor]);
-    return {
-      value: runKernel<T>(FORWARD, { gate: g as tf.Tensor, up: u as tf.Tensor }),
-      gradFunc: (dy: T, [gs, us]: tf.Tensor[]) => [
-        runKernel<T>(GATE_GRAD, { dy, gate: gs, up: us }),
-        runKernel<T>(UP_GRAD, { dy, gate: gs }),
-      ],
-    };
+function runPass(pass: Pass, inputs: tf.NamedTensorInfoMap, backend: tf.KernelBackend): tf.TensorInfo {
+  const data = INPUTS[pass].map((name) => {
+    const t = inputs[name];
+    if (!t) throw new Error(`swiglu kernel input ${name} missing`);
+    return t;
   });
-  return fused(gate, up) as T;
+  return runProgram(backend, new SwigluProgram(pass, data[0].shape), data);
 }
+
+/** 'Swiglu': {gate, up} → silu(gate) · up. */
+export const swigluKernel: tf.KernelFunc = ({ inputs, backend }) => runPass('forward', inputs, backend as tf.KernelBackend);
+
+/** 'SwigluGrad': {dy, gate, up} → [dGate, dUp]. */
+export const swigluGradKernel: tf.KernelFunc = ({ inputs, backend }) => {
+  const b = backend as tf.KernelBackend;
+  return [runPass('gateGrad', inputs, b), runPass('upGrad', inputs, b)];
+};
