@@ -1,7 +1,8 @@
 /**
  * The README sends readers to docs/ for everything it leaves out, so a link that leads nowhere loses a fact.
  * Every relative link in the user-facing pages must name a file that exists and, with #anchor, a heading in it
- * (anchors as GitHub makes them from headings).
+ * (anchors as GitHub makes them from headings); and every file of the repository that the pages name in code
+ * (`src/losses/chunkCache.ts`, `node --import tsx benchmarks/cache/run.ts`) must still be there after a move.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -31,6 +32,15 @@ function relativeLinks(markdown: string): string[] {
   return [...prose.matchAll(/\]\(([^)\s]+)\)/g)].map((m) => m[1]).filter((t) => !/^[a-z]+:/i.test(t));
 }
 
+/** Paths of this repository named inside `code` (commands included); globs and placeholders are not paths. */
+function repositoryPaths(markdown: string): string[] {
+  const spans = [...markdown.matchAll(/`([^`\n]+)`/g)].map((m) => m[1]);
+  return spans
+    .flatMap((s) => s.split(/\s+/))
+    .filter((w) => /^(src|operators|pipelines|test|benchmarks|scripts|bin|examples|data|docs)\/[\w./-]*$/.test(w))
+    .map((w) => w.replace(/[/.,]+$/, ''));
+}
+
 test('GitHub anchors are made from headings as GitHub makes them', () => {
   assert.equal(headingAnchor('Mixed precision: `--precision bf16-mixed`'), 'mixed-precision---precision-bf16-mixed');
   assert.equal(headingAnchor('Two H200s in one host (webgpu)'), 'two-h200s-in-one-host-webgpu');
@@ -54,5 +64,10 @@ for (const page of pages) {
       }
     }
     assert.deepEqual(broken, [], `${name} has links that lead nowhere`);
+  });
+
+  test(`every repository file that ${name} names exists`, () => {
+    const missing = repositoryPaths(readFileSync(page, 'utf8')).filter((p) => !existsSync(join(ROOT, p)));
+    assert.deepEqual(missing, [], `${name} names files that are not in the repository (moved or renamed?)`);
   });
 }
