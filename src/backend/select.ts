@@ -1,6 +1,7 @@
 /**
  * Picks and starts the tfjs backend. `auto` tries, in order of speed: tfjs-node-gpu / tfjs-node (TensorFlow C
- * library, CUDA), WebGPU on an adapter that is a real GPU (Dawn), then wasm (SIMD). It reports which one it chose
+ * library, CUDA 11.2), our `cuda` backend (the machine's CUDA driver, cuBLAS and NVRTC through koffi), WebGPU on an
+ * adapter that is a real GPU (Dawn), then wasm (SIMD), then cpu. It reports which one it chose
  * and why each faster one was skipped, because a silent fall-back to a 30x slower backend is a lost day.
  */
 import * as tf from '@tensorflow/tfjs-core';
@@ -9,6 +10,11 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
+import { existsSync, readdirSync } from 'node:fs';
+import type { CudaBackend } from './cuda/backend.ts';
+import { openLibrary } from './cuda/libraries.ts';
+import { registerCudaKernels } from './cuda/kernels/register.ts';
+import { setCudaMatMulPrecision } from './cuda/kernels/matMul.ts';
 import { BackendError } from '../errors.ts';
 import { registerEmbeddingKernels } from './embeddingKernels.ts';
 import { registerWasmMatMul } from './wasmMatMul.ts';
@@ -17,9 +23,9 @@ import { registerWebgpuKernels } from './webgpu/kernels.ts';
 import { registerWebgpuDevice } from './webgpu/device.ts';
 import { mixedPrecisionUnavailable, setMatMulPrecision, type Precision } from './webgpu/mixedPrecisionMatMul.ts';
 
-export type BackendName = 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
+export type BackendName = 'tensorflow' | 'cuda' | 'webgpu' | 'wasm' | 'cpu';
 export type BackendChoice = BackendName | 'auto';
-export const BACKEND_CHOICES: BackendChoice[] = ['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu'];
+export const BACKEND_CHOICES: BackendChoice[] = ['auto', 'tensorflow', 'cuda', 'webgpu', 'wasm', 'cpu'];
 
 export interface BackendReport {
   chosen: BackendName;
@@ -48,8 +54,13 @@ export interface BackendOptions {
  */
 function applyPrecision(backend: BackendName, asked: Precision, log: ((line: string) => void) | null): Precision {
   if (backend === 'webgpu') setMatMulPrecision('32');
+  if (backend === 'cuda') {
+    setCudaMatMulPrecision(asked);
+    if (asked !== '32') log?.(`precision: ${asked} (cuBLAS matmuls on ${asked === 'bf16-mixed' ? 'bf16' : 'f16'} operands, fp32 accumulation and output; weights, optimizer state and loss in fp32)`);
+    return asked;
+  }
   if (asked === '32') return '32';
-  const why = backend !== 'webgpu' ? `the ${backend} backend has no tensor-core path (only webgpu does)` : mixedPrecisionUnavailable();
+  const why = backend !== 'webgpu' ? `the ${backend} backend has no tensor-core path (cuda and webgpu do)` : mixedPrecisionUnavailable();
   if (why) {
     log?.(`precision: ${asked} asked for, running fp32 matmuls: ${why}`);
     return '32';
@@ -83,6 +94,41 @@ async function tryTensorflow(): Promise<Attempt> {
   return { ok: false, reason: 'neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is installed (npm skips the optional tfjs-node-gpu when its libtensorflow download fails)' };
 }
 
+/** The cuda backend, made once per process: it holds the device's context, stream and memory pools. */
+let cudaBackend: CudaBackend | null = null;
+
+async function tryCuda(): Promise<Attempt> {
+  if (!cudaBackend) {
+    try {
+      const { CudaBackend } = await import('./cuda/backend.ts');
+      cudaBackend = new CudaBackend(0);
+      // cuBLAS and NVRTC are opened now, so that a missing one is reported here rather than at the first product.
+      void cudaBackend.blas;
+      openLibrary('nvrtc');
+    } catch (e) {
+      cudaBackend = null;
+      return { ok: false, reason: (e as Error).message.split('\n')[0] };
+    }
+    registerCudaKernels();
+    const made = cudaBackend;
+    tf.registerBackend('cuda', () => made);
+  }
+  if (!(await tf.setBackend('cuda'))) return { ok: false, reason: 'the cuda backend failed to initialise' };
+  const d = cudaBackend.driver.device;
+  return { ok: true, detail: `${d.name}, compute capability ${(d.computeCapability / 10).toFixed(1)}, ${(d.totalBytes / 2 ** 30).toFixed(0)} GiB` };
+}
+
+/**
+ * Whether a Vulkan driver is installed at all (an ICD manifest in the loader's folders or named by the
+ * environment). Without one, Dawn would print the loader's two-line warning with a C++ frame before failing; we
+ * say why in one line instead.
+ */
+function vulkanDriverPresent(): boolean {
+  if (process.env.VK_DRIVER_FILES || process.env.VK_ICD_FILENAMES || process.env.VK_ADD_DRIVER_FILES) return true;
+  const dirs = ['/usr/share/vulkan/icd.d', '/etc/vulkan/icd.d', '/usr/local/share/vulkan/icd.d', join(process.env.XDG_DATA_HOME ?? join(process.env.HOME ?? '/root', '.local/share'), 'vulkan/icd.d')];
+  return process.platform !== 'linux' || dirs.some((d) => existsSync(d) && readdirSync(d).some((f) => f.endsWith('.json')));
+}
+
 interface GpuAdapterLike {
   info?: { vendor?: string; architecture?: string; device?: string; description?: string };
   requestAdapterInfo?: () => Promise<{ vendor?: string; architecture?: string; device?: string; description?: string }>;
@@ -97,6 +143,9 @@ let dawnGpu: GpuLike | null = null;
 let webgpuDeviceRegistered = false;
 
 async function tryWebgpu(opts: BackendOptions): Promise<Attempt> {
+  if (!dawnGpu && !vulkanDriverPresent()) {
+    return { ok: false, reason: 'no Vulkan driver is installed (no ICD manifest in /usr/share/vulkan/icd.d or /etc/vulkan/icd.d); on a CPU machine install Mesa 25 mesa-vulkan-drivers from bookworm-backports' };
+  }
   let webgpu: { create: (flags: string[]) => GpuLike; globals: Record<string, unknown> };
   try {
     webgpu = (await import('webgpu')) as unknown as typeof webgpu;
@@ -131,13 +180,28 @@ async function tryWebgpu(opts: BackendOptions): Promise<Attempt> {
   return { ok: true, detail: name || 'WebGPU adapter' };
 }
 
+/**
+ * Runs `start` and removes the process-wide error listeners it added. tfjs-wasm's emscripten glue installs
+ * uncaughtException / unhandledRejection handlers that rethrow, so that any later uncaught error in a user's script
+ * printed ~39 KB of minified glue instead of the error; without them Node reports the user's own error.
+ */
+async function withoutAddedErrorListeners<T>(start: () => Promise<T>): Promise<T> {
+  const before = { exception: new Set(process.listeners('uncaughtException')), rejection: new Set(process.listeners('unhandledRejection')) };
+  try {
+    return await start();
+  } finally {
+    for (const l of process.listeners('uncaughtException')) if (!before.exception.has(l)) process.removeListener('uncaughtException', l);
+    for (const l of process.listeners('unhandledRejection')) if (!before.rejection.has(l)) process.removeListener('unhandledRejection', l);
+  }
+}
+
 async function tryWasm(): Promise<Attempt> {
   try {
     const wasm = await import('@tensorflow/tfjs-backend-wasm');
     // In Node the backend reads its .wasm binaries from its own dist folder.
     const dist = join(dirname(require.resolve('@tensorflow/tfjs-backend-wasm')), '/');
     wasm.setWasmPaths(dist);
-    const okSet = await tf.setBackend('wasm');
+    const okSet = await withoutAddedErrorListeners(() => tf.setBackend('wasm'));
     if (!okSet) return { ok: false, reason: 'tfjs-backend-wasm failed to initialise' };
     return { ok: true, detail: `SIMD ${tf.env().getBool('WASM_HAS_SIMD_SUPPORT') ? 'on' : 'off'}, 1 thread` };
   } catch (e) {
@@ -156,6 +220,7 @@ async function tryCpu(): Promise<Attempt> {
 function attempt(name: BackendName, opts: BackendOptions): Promise<Attempt> {
   switch (name) {
     case 'tensorflow': return tryTensorflow();
+    case 'cuda': return tryCuda();
     case 'webgpu': return tryWebgpu(opts);
     case 'wasm': return tryWasm();
     case 'cpu': return tryCpu();
@@ -171,7 +236,7 @@ export async function selectBackend(choice: BackendChoice = 'auto', opts: Backen
   if (!BACKEND_CHOICES.includes(choice)) {
     throw new BackendError(`--backend ${choice}: unknown; use one of ${BACKEND_CHOICES.join(', ')}`);
   }
-  const order: BackendName[] = choice === 'auto' ? ['tensorflow', 'webgpu', 'wasm', 'cpu'] : [choice];
+  const order: BackendName[] = choice === 'auto' ? ['tensorflow', 'cuda', 'webgpu', 'wasm', 'cpu'] : [choice];
   const skipped: BackendReport['skipped'] = [];
   for (const name of order) {
     const a = await attempt(name, opts);
@@ -195,7 +260,7 @@ export async function selectBackend(choice: BackendChoice = 'auto', opts: Backen
 /** The backends that can start on this machine, for tests that run on each backend present. */
 export async function availableBackends(opts: BackendOptions = {}): Promise<BackendName[]> {
   const out: BackendName[] = [];
-  for (const name of ['cpu', 'wasm', 'webgpu'] as BackendName[]) {
+  for (const name of ['cpu', 'wasm', 'webgpu', 'cuda'] as BackendName[]) {
     const a = await attempt(name, { ...opts, allowSoftwareAdapter: true });
     if (a.ok) out.push(name);
   }

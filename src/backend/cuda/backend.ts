@@ -1,0 +1,246 @@
+/**
+ * `cuda`: a tfjs KernelBackend over the CUDA driver, cuBLAS and NVRTC, reached from Node through koffi. Tensors
+ * live in device memory from the caching allocator; every kernel runs on one stream; reads copy back synchronously
+ * (a CUDA copy may block the thread, unlike webgpu's). Kernels are registered per tfjs kernel name in kernels/, each
+ * a CUDA C source compiled by NVRTC on first use (and cached on disk) or a cuBLAS call.
+ *
+ * Storage: float32 as float, int32 as int, and bool as int (0/1) too, so that every kernel indexes 4-byte elements;
+ * a bool tensor reads back as tfjs's Uint8Array.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { BackendError } from '../../errors.ts';
+import { CachingAllocator } from './allocator.ts';
+import { CudaDriver, FUNC_ATTR_MAX_DYNAMIC_SHARED, type Handle } from './driver.ts';
+import { compileCached } from './nvrtc.ts';
+import { Cublas } from './cublas.ts';
+
+export interface CudaTensorData {
+  ptr: bigint;
+  /** The allocator's size class of the block, to give it back. */
+  blockSize: number;
+  size: number;
+  dtype: tf.DataType;
+  refCount: number;
+}
+
+/** A kernel argument as cuLaunchKernel takes it: the bytes of the value. */
+export type KernelArg = Buffer;
+
+export const arg = {
+  ptr(p: bigint): KernelArg {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(p);
+    return b;
+  },
+  i32(v: number): KernelArg {
+    const b = Buffer.alloc(4);
+    b.writeInt32LE(v | 0);
+    return b;
+  },
+  f32(v: number): KernelArg {
+    const b = Buffer.alloc(4);
+    b.writeFloatLE(v);
+    return b;
+  },
+  i64(v: number): KernelArg {
+    const b = Buffer.alloc(8);
+    b.writeBigInt64LE(BigInt(v));
+    return b;
+  },
+  /** A struct of int32 fields passed by value (its C declaration must be the same ints in the same order). */
+  ints(values: ArrayLike<number>): KernelArg {
+    return Buffer.from(Int32Array.from(values).buffer);
+  },
+};
+
+export interface LaunchSpec {
+  /** The kernel's extern "C" name; also the key of its compiled module. */
+  name: string;
+  /** Its CUDA C source, made only when the kernel is first compiled. */
+  source: () => string;
+  grid: [number, number, number] | number;
+  block: [number, number, number] | number;
+  args: KernelArg[];
+  sharedBytes?: number;
+}
+
+let nextDataId = 0;
+
+export class CudaBackend extends tf.KernelBackend {
+  readonly driver: CudaDriver;
+  readonly allocator: CachingAllocator;
+  private readonly data: tf.DataStorage<CudaTensorData>;
+  private readonly functions = new Map<string, Handle>();
+  private readonly sharedOptIn = new Map<string, number>();
+  /** Kernel launches since start, for the profile and for tests that count them. */
+  launches = 0;
+
+  constructor(ordinal = 0) {
+    super();
+    this.driver = new CudaDriver(ordinal);
+    this.allocator = new CachingAllocator(this.driver);
+    this.data = new tf.DataStorage(this, tf.engine());
+  }
+
+  private blasHandle: Cublas | null = null;
+
+  /** cuBLAS on this backend's stream, opened on the first product. */
+  get blas(): Cublas {
+    return (this.blasHandle ??= new Cublas(this.driver.stream));
+  }
+
+  get deviceName(): string {
+    return this.driver.device.name;
+  }
+
+  // ---- storage ----
+
+  private allocate(size: number, dtype: tf.DataType): CudaTensorData {
+    if (dtype === 'string' || dtype === 'complex64') throw new BackendError(`the cuda backend holds float32, int32 and bool tensors, not ${dtype}`);
+    const { ptr, size: blockSize } = this.allocator.allocate(size * 4);
+    return { ptr, blockSize, size, dtype, refCount: 1 };
+  }
+
+  private upload(d: CudaTensorData, values: tf.backend_util.BackendValues | null): void {
+    if (!values || d.size === 0) return;
+    let v: ArrayBufferView;
+    if (d.dtype === 'float32') v = values instanceof Float32Array ? values : Float32Array.from(values as ArrayLike<number>);
+    else v = values instanceof Int32Array ? values : Int32Array.from(values as ArrayLike<number>);
+    if ((v as Float32Array).length !== d.size) throw new BackendError(`cuda write: ${(v as Float32Array).length} values for a tensor of ${d.size}`);
+    this.driver.upload(d.ptr, v, d.size * 4);
+  }
+
+  override write(values: tf.backend_util.BackendValues | null, shape: number[], dtype: tf.DataType): tf.DataId {
+    const dataId = { id: nextDataId++ };
+    const d = this.allocate(tf.util.sizeFromShape(shape), dtype);
+    this.upload(d, values);
+    this.data.set(dataId, d);
+    return dataId;
+  }
+
+  override move(dataId: tf.DataId, values: tf.backend_util.BackendValues, shape: number[], dtype: tf.DataType, refCount: number): void {
+    const d = this.allocate(tf.util.sizeFromShape(shape), dtype);
+    d.refCount = refCount;
+    this.upload(d, values);
+    this.data.set(dataId, d);
+  }
+
+  /** A new tensor of `shape`, uninitialised (a kernel writes it); `values` upload host data instead. */
+  makeOutput(shape: number[], dtype: tf.DataType, values?: tf.backend_util.BackendValues): tf.TensorInfo {
+    return { dataId: this.write(values ?? null, shape, dtype), shape, dtype };
+  }
+
+  /** The device memory behind a tensor. */
+  tensorData(t: tf.TensorInfo): CudaTensorData {
+    return this.data.get(t.dataId);
+  }
+
+  ptr(t: tf.TensorInfo): bigint {
+    return this.data.get(t.dataId).ptr;
+  }
+
+  override refCount(dataId: tf.DataId): number {
+    return this.data.has(dataId) ? this.data.get(dataId).refCount : 0;
+  }
+
+  override incRef(dataId: tf.DataId): void {
+    this.data.get(dataId).refCount++;
+  }
+
+  override numDataIds(): number {
+    return this.data.numDataIds();
+  }
+
+  override disposeData(dataId: tf.DataId, force = false): boolean {
+    if (!this.data.has(dataId)) return true;
+    const d = this.data.get(dataId);
+    d.refCount--;
+    if (!force && d.refCount > 0) return false;
+    this.allocator.release(d.ptr, d.blockSize);
+    this.data.delete(dataId);
+    return true;
+  }
+
+  /** Frees an intermediate a kernel made for itself. */
+  disposeIntermediate(t: tf.TensorInfo): void {
+    this.disposeData(t.dataId);
+  }
+
+  override readSync(dataId: tf.DataId): tf.backend_util.BackendValues {
+    const d = this.data.get(dataId);
+    if (d.dtype === 'float32') {
+      const out = new Float32Array(d.size);
+      this.driver.download(out, d.ptr, d.size * 4);
+      return out;
+    }
+    const out = new Int32Array(d.size);
+    this.driver.download(out, d.ptr, d.size * 4);
+    return d.dtype === 'bool' ? Uint8Array.from(out) : out;
+  }
+
+  override async read(dataId: tf.DataId): Promise<tf.backend_util.BackendValues> {
+    return this.readSync(dataId);
+  }
+
+  override memory(): { unreliable: boolean; reasons?: string[] } & Record<string, number | boolean | string[] | undefined> {
+    const s = this.allocator.snapshot();
+    return { unreliable: false, numBytesInGPU: s.inUse, numBytesInGPUAllocated: s.inUse + s.cached, numBytesInGPUFree: s.cached, peakBytesInGPU: s.peak };
+  }
+
+  override timerAvailable(): boolean {
+    return true;
+  }
+
+  override async time(f: () => void): Promise<tf.BackendTimingInfo> {
+    const start = this.driver.createEvent();
+    const end = this.driver.createEvent();
+    this.driver.record(start);
+    f();
+    this.driver.record(end);
+    const kernelMs = this.driver.elapsed(start, end);
+    this.driver.destroyEvent(start);
+    this.driver.destroyEvent(end);
+    return { kernelMs };
+  }
+
+  override floatPrecision(): 32 {
+    return 32;
+  }
+
+  override epsilon(): number {
+    return 1e-7;
+  }
+
+  override dispose(): void {
+    this.driver.synchronize();
+    this.allocator.releaseCached();
+  }
+
+  // ---- kernels ----
+
+  /** The compiled function `name`, compiling its source on first use. */
+  private function(name: string, source: () => string): Handle {
+    let fn = this.functions.get(name);
+    if (fn === undefined) {
+      const compiled = compileCached(name, source(), this.driver.device.computeCapability);
+      fn = this.driver.getFunction(this.driver.loadModule(compiled.image), name);
+      this.functions.set(name, fn);
+    }
+    return fn;
+  }
+
+  launch(spec: LaunchSpec): void {
+    const grid: [number, number, number] = typeof spec.grid === 'number' ? [spec.grid, 1, 1] : spec.grid;
+    const block: [number, number, number] = typeof spec.block === 'number' ? [spec.block, 1, 1] : spec.block;
+    if (grid[0] * grid[1] * grid[2] === 0) return;
+    const fn = this.function(spec.name, spec.source);
+    const shared = spec.sharedBytes ?? 0;
+    // Past 48 KiB a kernel must opt in to dynamic shared memory.
+    if (shared > 48 * 1024 && (this.sharedOptIn.get(spec.name) ?? 0) < shared) {
+      this.driver.check('cuFuncSetAttribute', this.driver.fn.cuFuncSetAttribute(fn, FUNC_ATTR_MAX_DYNAMIC_SHARED, shared));
+      this.sharedOptIn.set(spec.name, shared);
+    }
+    this.driver.launch(fn, grid, block, shared, spec.args, spec.name);
+    this.launches++;
+  }
+}

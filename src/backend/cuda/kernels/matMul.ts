@@ -1,0 +1,83 @@
+/**
+ * BatchMatMul on cuBLAS. Batch dimensions broadcast as tfjs's: equal batches stride through both operands, a
+ * batch of one is reused (stride 0), and any other broadcast is materialised first. With a mixed precision the
+ * operands are converted to bf16 (or f16) on the device per product; the output and its accumulation stay fp32.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { arg, type CudaBackend } from '../backend.ts';
+import { CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F, type GemmOperand } from '../cublas.ts';
+import { gridFor, PRELUDE } from './prelude.ts';
+import { broadcastTo } from './layout.ts';
+
+/** NeMo's trainer.precision values, as far as matmuls go. */
+export type CudaMatMulPrecision = '32' | 'bf16-mixed' | '16-mixed';
+
+let precision: CudaMatMulPrecision = '32';
+export function setCudaMatMulPrecision(p: CudaMatMulPrecision): void {
+  precision = p;
+}
+export function cudaMatMulPrecision(): CudaMatMulPrecision {
+  return precision;
+}
+
+export function toHalfSource(name: string, bf16: boolean): string {
+  return `${PRELUDE}
+extern "C" __global__ void ${name}(unsigned short *__restrict__ y, const float *__restrict__ x, i64 n) {
+  GRID_STRIDE(i, n) { y[i] = ${bf16 ? 'toBf16' : 'toF16'}(x[i]); }
+}`;
+}
+
+/** A 16-bit copy of x, held in a float32 tensor of half as many elements (the allocator counts 4-byte elements). */
+function toHalf(backend: CudaBackend, x: tf.TensorInfo, bf16: boolean): tf.TensorInfo {
+  const n = tf.util.sizeFromShape(x.shape);
+  const out = backend.makeOutput([Math.ceil(n / 2)], 'float32');
+  const name = bf16 ? 'to_bf16' : 'to_f16';
+  backend.launch({ name, source: () => toHalfSource(name, bf16), grid: gridFor(n), block: 256, args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(x)), arg.i64(n)] });
+  return out;
+}
+
+export function batchMatMul(backend: CudaBackend, a: tf.TensorInfo, b: tf.TensorInfo, transposeA: boolean, transposeB: boolean): tf.TensorInfo {
+  const ra = a.shape.length;
+  const rb = b.shape.length;
+  const m = transposeA ? a.shape[ra - 1] : a.shape[ra - 2];
+  const k = transposeA ? a.shape[ra - 2] : a.shape[ra - 1];
+  const kb = transposeB ? b.shape[rb - 1] : b.shape[rb - 2];
+  const n = transposeB ? b.shape[rb - 2] : b.shape[rb - 1];
+  if (k !== kb) throw new Error(`BatchMatMul: inner dimensions ${k} and ${kb} differ ([${a.shape}]${transposeA ? 'ᵀ' : ''} · [${b.shape}]${transposeB ? 'ᵀ' : ''})`);
+  const batchA = a.shape.slice(0, -2);
+  const batchB = b.shape.slice(0, -2);
+  const batchShape = tf.backend_util.assertAndGetBroadcastShape(batchA, batchB);
+  const batch = tf.util.sizeFromShape(batchShape);
+  const sizeA = tf.util.sizeFromShape(batchA);
+  const sizeB = tf.util.sizeFromShape(batchB);
+  // Batches that are neither equal nor one matrix: spread them out to the full batch first.
+  let A = a;
+  let B = b;
+  if (sizeA !== batch && sizeA !== 1) A = broadcastTo(backend, a, [...batchShape, ...a.shape.slice(-2)]);
+  if (sizeB !== batch && sizeB !== 1) B = broadcastTo(backend, b, [...batchShape, ...b.shape.slice(-2)]);
+  const out = backend.makeOutput([...batchShape, m, n], 'float32');
+  if (m * n * batch > 0) {
+    const half = precision !== '32';
+    const bf16 = precision === 'bf16-mixed';
+    const type = half ? (bf16 ? CUDA_R_16BF : CUDA_R_16F) : CUDA_R_32F;
+    const opA = half ? toHalf(backend, A, bf16) : A;
+    const opB = half ? toHalf(backend, B, bf16) : B;
+    const operand = (t: tf.TensorInfo, source: tf.TensorInfo, transposed: boolean, own: number): GemmOperand => ({
+      ptr: backend.ptr(t), type, transposed, batchStride: tf.util.sizeFromShape(source.shape.slice(0, -2)) === 1 && batch > 1 ? 0 : own,
+    });
+    if (k === 0) backend.driver.fill32(backend.ptr(out), 0, m * n * batch);
+    else backend.blas.gemm(backend.ptr(out), operand(opA, A, transposeA, m * k), operand(opB, B, transposeB, k * n), m, n, k, batch);
+    if (opA !== A) backend.disposeIntermediate(opA);
+    if (opB !== B) backend.disposeIntermediate(opB);
+  }
+  if (A !== a) backend.disposeIntermediate(A);
+  if (B !== b) backend.disposeIntermediate(B);
+  return out;
+}
+
+export function matMulSources(): { name: string; source: string }[] {
+  return [
+    { name: 'to_bf16', source: toHalfSource('to_bf16', true) },
+    { name: 'to_f16', source: toHalfSource('to_f16', false) },
+  ];
+}
