@@ -1,163 +1,180 @@
 /**
- * Back-propagation through the student only, gradient accumulation over micro-batches, and the optimizer step at
- * the end of each global batch (global-norm clipping, then AdamW at the scheduled learning rate).
+ * Back-propagation through the student only: each micro-batch's loss function (built by the stages before) runs
+ * under one gradient tape, and its gradients are summed over the micro-batches of the global batch. At the end
+ * of a global batch `backward` hands the sum on to `optimizerStep` and waits until the step is taken, so the next
+ * global batch's gradients are taken at the new weights.
  *
- * Each micro-batch's loss arrives already weighted by its share of the global batch's loss tokens, so summing the
- * micro-batch gradients gives the gradient of the token-weighted mean over the whole global batch.
+ * What a step is when stages upstream drop micro-batches (a user's `filter`): the micro-batches of that global
+ * batch that arrive, weighted by the tokens that arrive. A global batch ends with its last micro-batch, or, when
+ * that one was dropped, when a micro-batch of a later global batch arrives or the stream ends. A global batch of
+ * which nothing arrives is no step: its number is absent from the results.
+ *
+ * @example
+ * readBatches(source, read).pipe(teacherTargets(teacher), studentForward(student), klLoss(loss),
+ *   backward(student), optimizerStep({ optimizer, lrAt, clipGrad: 1, nanPolicy: 'skip', globalBatchSize: 16 }))
  */
-import { concatMap, EMPTY, finalize, from, Observable, type OperatorFunction } from 'rxjs';
+import { concat, concatMap, defer, EMPTY, finalize, Observable, type OperatorFunction } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
-import type { AdamW } from '../src/optim/adamw.ts';
-import { clipGradNorm } from '../src/optim/clipGrad.ts';
 import type { CausalLM } from '../src/model/causalLM.ts';
-import { disposeBatch, type LossBatch, type StepResult } from '../src/train/batch.ts';
+import { disposeBatch, type BatchPosition, type GradientBatch, type LossBatch, type StepResult } from '../src/train/batch.ts';
 import type { Credits } from '../src/train/credits.ts';
-import type { StepBarrier } from '../src/train/stepBarrier.ts';
+import { NonFiniteLossError, type NanPolicy } from '../src/train/optimizerStep.ts';
+import { optimizerStep, type OptimizerStepOperatorOptions } from './optimizerStep.ts';
 import { inStage } from './stageErrors.ts';
-import { DistillError } from '../src/errors.ts';
 
-export type NanPolicy = 'skip' | 'stop';
+// Kept here for one release: they moved to src/train/optimizerStep.ts.
+export { NonFiniteLossError, type NanPolicy };
 
-export interface BackwardOptions {
-  optimizer: AdamW;
-  /** Learning rate for a 0-based step. */
-  lrAt: (step: number) => number;
-  clipGrad: number;
-  nanPolicy: NanPolicy;
-  /** Consecutive non-finite steps after which even `skip` stops. */
-  maxConsecutiveNanSteps?: number;
+export interface BackwardGradientOptions {
+  /** The source's credits: one is given back per micro-batch once its gradients are summed. */
   credits?: Credits;
-  /** Samples per global batch, to report the data position. */
-  globalBatchSize: number;
-  /** Called after each step's gradients are final and before the optimizer uses them (data parallelism all-reduces here). */
-  reduceGradients?: (grads: Map<string, tf.Tensor>) => Promise<void>;
-  /**
-   * When given, each step result is emitted and then the next micro-batch waits until `barrier.release(step)`:
-   * the runner releases it at the end of the pipeline, so checkpoints and validations see that step's weights.
-   */
-  barrier?: StepBarrier;
 }
 
-export class NonFiniteLossError extends DistillError {}
+/** The 0.1 options: backward and the optimizer step in one operator. Use `backward(student)` + `optimizerStep(o)`. */
+export type BackwardOptions = OptimizerStepOperatorOptions & BackwardGradientOptions;
 
-export function backward(student: CausalLM, o: BackwardOptions): OperatorFunction<LossBatch, StepResult> {
+/** @deprecated since 0.2: `backward(student, { credits })` then `optimizerStep(options)`; kept for one release. */
+export function backward(student: CausalLM, o: BackwardOptions): OperatorFunction<LossBatch, StepResult>;
+/** The gradients of each global batch, for `optimizerStep`. */
+export function backward(student: CausalLM, o?: BackwardGradientOptions): OperatorFunction<LossBatch, GradientBatch>;
+export function backward(student: CausalLM, o: BackwardGradientOptions | BackwardOptions = {}): OperatorFunction<LossBatch, GradientBatch> | OperatorFunction<LossBatch, StepResult> {
+  if ('optimizer' in o) {
+    const gradients = backwardGradients(student, { credits: o.credits });
+    const step = optimizerStep(o);
+    return (source) => source.pipe(gradients, step);
+  }
+  return backwardGradients(student, o);
+}
+
+/** The step being summed: its gradients by parameter name, and its loss scalars, still on the device. */
+interface OpenStep {
+  position: BatchPosition;
+  grads: Map<string, tf.Tensor>;
+  /** Per micro-batch: the weighted loss, then kd·tokens and ce·tokens when the loss has them. */
+  scalars: tf.Scalar[];
+  hasKd: boolean;
+  hasCe: boolean;
+  micros: number;
+  tokens: number;
+  globalBatchTokens: number;
+  startedAt: number;
+}
+
+function backwardGradients(student: CausalLM, o: BackwardGradientOptions): OperatorFunction<LossBatch, GradientBatch> {
   const names = new Map<string, string>();
   for (const [name, v] of student.params) names.set(v.name, name);
-  const vars = student.trainableVariables();
-  let acc: Map<string, tf.Tensor> | null = null;
-  let lossSum = 0;
-  let kdSum = 0;
-  let ceSum = 0;
-  let hasKd = false;
-  let hasCe = false;
-  let tokens = 0;
-  let scalars: tf.Tensor[] = [];
-  let kinds: ('loss' | 'kd' | 'ce')[] = [];
-  let started = 0;
-  let consecutiveNan = 0;
-  const maxNan = o.maxConsecutiveNanSteps ?? 10;
+  return (source) => defer(() => {
+    // State per subscription: two subscriptions of one pipeline never share a step.
+    let open: OpenStep | null = null;
 
-  const step$ = concatMap((batch: LossBatch) => {
-    const { step, micro, numMicro } = batch.position;
-    if (micro === 0) {
-      started = performance.now();
-      acc = new Map();
-      lossSum = kdSum = ceSum = tokens = 0;
-    }
-    let kd: tf.Scalar | undefined;
-    let ce: tf.Scalar | undefined;
-    const { value, grads } = inStage('backward', batch.position, () =>
-      tf.variableGrads(() => {
-        const parts = batch.loss();
-        kd = parts.kd ? tf.keep(parts.kd) : undefined;
-        ce = parts.ce ? tf.keep(parts.ce) : undefined;
-        return parts.total;
-      }, vars),
-    );
-    for (const [varName, g] of Object.entries(grads)) {
-      const name = names.get(varName) ?? varName;
-      const prev = acc!.get(name);
-      if (prev) {
-        acc!.set(name, tf.add(prev, g));
-        prev.dispose();
-        g.dispose();
-      } else {
-        acc!.set(name, g);
-      }
-    }
-    // The step's scalars stay on the device until the step ends: one asynchronous readback per step, none per
-    // micro-batch (webgpu in Node cannot read synchronously at all).
-    const w = batch.tokens;
-    scalars.push(value);
-    if (kd) { scalars.push(tf.mul(kd as tf.Scalar, w)); hasKd = true; (kd as tf.Scalar).dispose(); }
-    if (ce) { scalars.push(tf.mul(ce as tf.Scalar, w)); hasCe = true; (ce as tf.Scalar).dispose(); }
-    kinds.push(...['loss', ...(kd ? ['kd'] : []), ...(ce ? ['ce'] : [])] as ('loss' | 'kd' | 'ce')[]);
-    tokens += w;
-    disposeBatch(batch);
-    o.credits?.release();
-    if (micro < numMicro - 1) return EMPTY;
-    const result = (async (): Promise<StepResult> => {
-      const grads = acc!;
-      acc = null;
-      const stacked = tf.stack(scalars);
-      for (const t of scalars) t.dispose();
-      const values = await stacked.data();
-      stacked.dispose();
-      for (const [i, kind] of kinds.entries()) {
-        if (kind === 'loss') lossSum += values[i];
-        else if (kind === 'kd') kdSum += values[i];
-        else ceSum += values[i];
-      }
-      scalars = [];
-      kinds = [];
-      try {
-        if (o.reduceGradients) await o.reduceGradients(grads);
-        const gradNorm = await clipGradNorm(grads, o.clipGrad);
-        const lr = o.lrAt(step);
-        const finite = Number.isFinite(lossSum) && Number.isFinite(gradNorm);
-        if (finite) {
-          o.optimizer.apply(grads, lr);
-          consecutiveNan = 0;
+    /** Emits the open step's gradients and completes once optimizerStep has taken the step. */
+    const handOn = (): Observable<GradientBatch> => {
+      const s = open;
+      open = null;
+      if (!s) return EMPTY;
+      return new Observable<GradientBatch>((subscriber) => {
+        finishStep(s).then((g) => {
+          subscriber.next({ ...g, stepTaken: () => subscriber.complete() });
+        }).catch((e: unknown) => subscriber.error(e));
+      });
+    };
+
+    const onBatch = (batch: LossBatch): Observable<GradientBatch> => {
+      const { position } = batch;
+      // A micro-batch of a later global batch: the open one lost its last micro-batches upstream and is complete.
+      const before = open && open.position.step !== position.step ? handOn() : EMPTY;
+      return concat(before, defer(() => {
+        accumulate(batch);
+        return position.micro === position.numMicro - 1 ? handOn() : EMPTY;
+      }));
+    };
+
+    const accumulate = (batch: LossBatch): void => {
+      const { position } = batch;
+      const s: OpenStep = open ??= {
+        position, grads: new Map(), scalars: [], hasKd: false, hasCe: false, micros: 0, tokens: 0,
+        globalBatchTokens: batch.globalBatchTokens, startedAt: performance.now(),
+      };
+      let kd: tf.Scalar | undefined;
+      let ce: tf.Scalar | undefined;
+      const { value, grads } = inStage('backward', position, () =>
+        tf.variableGrads(() => {
+          const parts = batch.loss();
+          kd = parts.kd ? tf.keep(parts.kd) : undefined;
+          ce = parts.ce ? tf.keep(parts.ce) : undefined;
+          return parts.total;
+        }, student.trainableVariables()),
+      );
+      for (const [varName, g] of Object.entries(grads)) {
+        const name = names.get(varName) ?? varName;
+        const prev = s.grads.get(name);
+        if (prev) {
+          s.grads.set(name, tf.add(prev, g));
+          prev.dispose();
+          g.dispose();
         } else {
-          consecutiveNan++;
-          const what = `step ${step}: loss ${lossSum}, grad_norm ${gradNorm}`;
-          if (o.nanPolicy === 'stop') throw new NonFiniteLossError(`${what} is not finite; stopping (--nan_policy stop). Check the data batch at sample ${batch.position.firstSample} and the teacher's weights.`);
-          if (consecutiveNan >= maxNan) throw new NonFiniteLossError(`${what}: ${consecutiveNan} non-finite steps in a row; stopping. The weights are unchanged since the last finite step.`);
+          s.grads.set(name, g);
         }
-        return {
-          step,
-          loss: lossSum,
-          kdLoss: hasKd ? kdSum / tokens : undefined,
-          ceLoss: hasCe ? ceSum / tokens : undefined,
-          gradNorm,
-          lr,
-          tokens,
-          samplesSeen: (step + 1) * o.globalBatchSize,
-          skipped: !finite,
-          elapsedMs: performance.now() - started,
-        };
-      } finally {
-        for (const g of grads.values()) g.dispose();
       }
-    })();
-    const barrier = o.barrier;
-    if (!barrier) return from(result);
-    return new Observable<StepResult>((subscriber) => {
-      result.then((r) => {
-        subscriber.next(r);
-        return barrier.wait(r.step).then(() => subscriber.complete());
-      }).catch((e: unknown) => subscriber.error(e));
-    });
-  });
-  // A stream that ends mid-global-batch (a stop) leaves gradients accumulated for a step never taken.
-  return (source) =>
-    source.pipe(
-      step$,
+      // The step's scalars stay on the device until the step ends: one asynchronous readback per step, none per
+      // micro-batch (webgpu in Node cannot read synchronously at all).
+      const w = batch.tokens;
+      s.scalars.push(value);
+      if (kd) { s.scalars.push(tf.mul(kd as tf.Scalar, w)); s.hasKd = true; (kd as tf.Scalar).dispose(); }
+      if (ce) { s.scalars.push(tf.mul(ce as tf.Scalar, w)); s.hasCe = true; (ce as tf.Scalar).dispose(); }
+      s.micros++;
+      s.tokens += w;
+      disposeBatch(batch);
+      o.credits?.release();
+    };
+
+    return concat(source.pipe(concatMap(onBatch)), defer(handOn)).pipe(
+      // A stream torn down mid-global-batch (an error, a caller's take) leaves gradients for a step never taken.
       finalize(() => {
-        if (acc) for (const g of acc.values()) g.dispose();
-        for (const t of scalars) t.dispose();
-        acc = null;
-        scalars = [];
+        if (open) disposeOpen(open);
+        open = null;
       }),
     );
+  });
+}
+
+/** Reads the step's loss scalars back (one readback) and, when micro-batches were dropped, reweights to the tokens that came. */
+async function finishStep(s: OpenStep): Promise<Omit<GradientBatch, 'stepTaken'>> {
+  const stacked = tf.stack(s.scalars);
+  for (const t of s.scalars) t.dispose();
+  const values = await stacked.data();
+  stacked.dispose();
+  // Per micro-batch: the loss, then kd and ce when present (the same for every micro-batch of one loss).
+  const per = 1 + (s.hasKd ? 1 : 0) + (s.hasCe ? 1 : 0);
+  let loss = 0;
+  let kd = 0;
+  let ce = 0;
+  for (let i = 0; i < values.length; i += per) {
+    loss += values[i];
+    if (s.hasKd) kd += values[i + 1];
+    if (s.hasCe) ce += values[i + per - 1];
+  }
+  // Each micro-batch's loss was weighted by its share of the whole global batch's tokens; when some never
+  // arrived, the shares sum to less than one, so scale to the mean over the tokens that did arrive.
+  const complete = s.micros === s.position.numMicro;
+  const scale = complete || s.tokens === 0 ? 1 : s.globalBatchTokens / s.tokens;
+  if (scale !== 1) {
+    loss *= scale;
+    for (const [k, g] of s.grads) {
+      s.grads.set(k, tf.mul(g, scale));
+      g.dispose();
+    }
+  }
+  return {
+    step: s.position.step,
+    grads: s.grads,
+    sums: { loss, kd: s.hasKd ? kd : undefined, ce: s.hasCe ? ce : undefined, tokens: s.tokens },
+    firstSample: s.position.firstSample,
+    startedAt: s.startedAt,
+  };
+}
+
+function disposeOpen(s: OpenStep): void {
+  for (const g of s.grads.values()) g.dispose();
+  for (const t of s.scalars) t.dispose();
 }

@@ -3,11 +3,13 @@
  * add a tap, change the loss, insert a filter (see the README).
  */
 export { readBatches, tokenBatchFromRecords, type SampleSource, type ReadBatchesOptions } from './readBatches.ts';
-export { teacherLogits } from './teacherLogits.ts';
+export { teacherTargets, teacherLogits } from './teacherTargets.ts';
 export { cachedTeacherTargets, type CachedTeacherTargetsOptions, type CachedTeacherTargetsOperator } from './cachedTeacherTargets.ts';
 export { studentForward } from './studentForward.ts';
 export { klLoss, type KlLossOptions } from './klLoss.ts';
-export { backward, NonFiniteLossError, type BackwardOptions, type NanPolicy } from './backward.ts';
+export { backward, type BackwardGradientOptions, type BackwardOptions } from './backward.ts';
+export { optimizerStep, type OptimizerStepOperatorOptions } from './optimizerStep.ts';
+export { NonFiniteLossError, type NanPolicy } from '../src/train/optimizerStep.ts';
 export { checkpointSink, type CheckpointSinkOptions } from './checkpointSink.ts';
 export { metricsTap, type MetricsSink } from './metricsTap.ts';
 export { validationTap, type ValidationResult, type ValidationTapOptions } from './validationTap.ts';

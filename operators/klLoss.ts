@@ -7,18 +7,11 @@
  */
 import { map, type OperatorFunction } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
-import type { ForwardBatch, LossBatch, LossParts, SparseTeacherTargets, TeacherTargets } from '../src/train/batch.ts';
-import type { KdLossOptions } from '../src/losses/types.ts';
-import { kdLossFromHidden, ceTerm, lossChunkRows } from '../src/losses/chunkedKd.ts';
-import { sparseKdLossFromHidden } from '../src/losses/chunkedSparseKd.ts';
-import { chunkedHeadMeans } from '../src/losses/chunkedHead.ts';
+import type { ForwardBatch, LossBatch, LossParts } from '../src/train/batch.ts';
+import { meanLoss, type MeanLossOptions } from '../src/train/meanLoss.ts';
 import { inStage } from './stageErrors.ts';
 
-export interface KlLossOptions extends KdLossOptions {
-  /** α: the weight of the KD term; 0 trains on CE alone. */
-  kdRatio: number;
-  /** Token positions per chunk of the vocabulary-wide loss; 0 sizes chunks by memory (lossChunkRows). */
-  chunkSize: number;
+export interface KlLossOptions extends MeanLossOptions {
   /** Where one-time notes (vocabulary alignment) go. */
   log?: (line: string) => void;
 }
@@ -41,35 +34,4 @@ export function klLoss(o: KlLossOptions): OperatorFunction<ForwardBatch, LossBat
       return { total: tf.mul(r.loss, share) as tf.Scalar, kd: r.kd, ce: r.ce };
     }),
   }));
-}
-
-export interface MeanLossInputs {
-  /** [N, h] and [V, h]. */
-  studentHidden: tf.Tensor2D;
-  studentHead: tf.Tensor2D;
-  teacher?: TeacherTargets | SparseTeacherTargets;
-  /** [N] float32 and [N] int32 (labels are read only when α < 1). */
-  mask: tf.Tensor1D;
-  labels: tf.Tensor1D;
-  /** Names the batch in an error. */
-  what: string;
-  log?: (line: string) => void;
-}
-
-/** The masked-mean loss of one micro-batch, unweighted: the KD mix with a teacher, the CE alone without one. */
-export function meanLoss(o: KlLossOptions, a: MeanLossInputs): { loss: tf.Scalar; kd?: tf.Scalar; ce?: tf.Scalar } {
-  const options: KdLossOptions = { ...o, alpha: o.kdRatio };
-  const chunkSize = lossChunkRows(o.chunkSize, a.studentHead.shape[0]);
-  const labels = o.kdRatio < 1 ? a.labels : undefined;
-  const t = a.teacher;
-  if (!t || o.kdRatio === 0) {
-    if (!labels) throw new Error(`klLoss: ${a.what} has no teacher and α = ${o.kdRatio} leaves no loss`);
-    const means = chunkedHeadMeans(a.studentHidden, a.studentHead, a.mask, [ceTerm(labels)], chunkSize);
-    const ce = tf.reshape(tf.slice(means, [0], [1]), []) as tf.Scalar;
-    return { loss: ce, ce };
-  }
-  const r = t.kind === 'hidden'
-    ? kdLossFromHidden({ studentHidden: a.studentHidden, studentHead: a.studentHead, teacherHidden: t.hidden, teacherHead: t.head, teacherHeadTransposed: t.headTransposed, labels, mask: a.mask, options, chunkSize, log: a.log })
-    : sparseKdLossFromHidden({ studentHidden: a.studentHidden, studentHead: a.studentHead, targets: t.targets, labels, mask: a.mask, options, chunkSize });
-  return { loss: r.loss, kd: r.kd, ce: r.ce ?? undefined };
 }

@@ -43,8 +43,10 @@ export function readBatches(source: SampleSource, o: ReadBatchesOptions): Observ
     (async () => {
       for (let step = o.startStep; step < o.maxSteps && !stopped; step++) {
         for (let micro = 0; micro < numMicro && !stopped; micro++) {
-          // A closed credit pool means "stop reading": complete, so the stages downstream drain and finish.
-          if (o.credits && !(await o.credits.acquire())) {
+          // A closed credit pool means "stop reading": complete, so the stages downstream drain and finish. A stop
+          // in the middle of a global batch still reads the rest of it (fewer than numMicro micro-batches, without
+          // credits): backward takes whatever arrives for a step as the step, so a stop must end on a step's edge.
+          if (o.credits && !(await o.credits.acquire()) && micro === 0) {
             subscriber.complete();
             return;
           }

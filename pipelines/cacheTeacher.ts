@@ -4,7 +4,7 @@
  * runs distil from the cache without loading the teacher.
  *
  * The samples are `distill run`'s: the same SampleSource over the same --data_paths/--split/--seed/--seq_length,
- * read by the same readBatches and passed through the same teacherLogits operator; row i of the cache is what the
+ * read by the same readBatches and passed through the same teacherTargets operator; row i of the cache is what the
  * teacher says on training sample i. The work is split in parts of fixed sample ranges; a part is written to a
  * temporary file and renamed when complete, and a rerun skips the parts that exist, so a killed job resumes where it
  * stopped and `--shard i/n` jobs fill one folder between them.
@@ -14,7 +14,7 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { readBatches, type SampleSource } from '../operators/readBatches.ts';
-import { teacherLogits } from '../operators/teacherLogits.ts';
+import { teacherTargets } from '../operators/teacherTargets.ts';
 import { disposeBatch, type TeacherBatch } from '../src/train/batch.ts';
 import { Credits } from '../src/train/credits.ts';
 import type { CausalLM } from '../src/model/causalLM.ts';
@@ -127,7 +127,7 @@ async function writePart(o: WriteCacheOptions, fp: CacheFingerprint, part: PartR
     const batches = readBatches(o.source, { seqLength: seq, globalBatchSize: b, microBatchSize: b, startStep: part.start / b, maxSteps: Math.ceil(part.end / b), credits });
     await lastValueFrom(
       batches.pipe(
-        teacherLogits(o.teacher),
+        teacherTargets(o.teacher),
         // In order, as the writer needs (one at a time anyway, by the credit).
         concatMap(async (batch: TeacherBatch) => {
           const first = batch.position.firstSample;

@@ -25,21 +25,20 @@ import { openDataSources } from '../src/train/dataSources.ts';
 import { RunLogs } from '../src/train/runLogs.ts';
 import { evaluateOn } from './evaluate.ts';
 import { distillPipeline } from './distill.ts';
-import { pretrainPipeline } from './pretrain.ts';
 import { distillFromCachePipeline } from './distillFromCache.ts';
 import { TeacherCache } from '../src/io/teacherCache.ts';
 import { checkCacheForRun } from '../src/cache/compatibility.ts';
 import type { TrainingContext } from './context.ts';
 import type { ValidationResult } from '../operators/validationTap.ts';
-import { tap, type Observable } from 'rxjs';
+import { tap } from 'rxjs';
 import { StepBarrier } from '../src/train/stepBarrier.ts';
 import { removeIncompleteCheckpoints } from '../src/parallel/checkpointHygiene.ts';
-import { readBatches, studentForward, klLoss, backward, checkpointSink, validationTap, metricsTap, type SampleSource, type MetricsSink } from '../operators/index.ts';
+import { teacherTargets } from '../operators/teacherTargets.ts';
+import type { MetricsSink } from '../operators/metricsTap.ts';
 import { launchWorkers } from '../src/parallel/launcher.ts';
 import { needsWorkers } from '../src/parallel/placement.ts';
 import { checkOneNode } from '../src/parallel/launchEnv.ts';
 import type { DataParallelRank } from '../src/parallel/dataParallelRank.ts';
-import type { RemoteTeacher } from '../src/parallel/remoteTeacher.ts';
 
 export interface RunResult {
   runDir: string;
@@ -135,8 +134,8 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
       startStep, maxSteps: stopAt + 1, credits, ...dp?.readSlice,
     },
     loss: { ...recipe.loss, kdRatio: teacher || cache || dp?.remoteTeacher ? recipe.loss.kdRatio : 0 },
-    backward: {
-      optimizer, clipGrad: recipe.optim.clipGrad, nanPolicy: t.nanPolicy, credits, globalBatchSize: t.globalBatchSize,
+    step: {
+      optimizer, clipGrad: recipe.optim.clipGrad, nanPolicy: t.nanPolicy, globalBatchSize: t.globalBatchSize,
       lrAt: learningRate(recipe),
       reduceGradients: dp?.reduceGradients,
       barrier,
@@ -152,9 +151,8 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
   };
 
   // 2–3. The loss, both forward passes and the student's backward pass are the pipeline's stages.
-  const pipeline = dp?.remoteTeacher ? remoteTeacherPipeline(student, dp.remoteTeacher, sources.train, ctx)
-    : cache ? distillFromCachePipeline(student, cache, sources.train, ctx)
-    : teacher ? distillPipeline(student, teacher, sources.train, ctx) : pretrainPipeline(student, sources.train, ctx);
+  const pipeline = cache ? distillFromCachePipeline(student, cache, sources.train, ctx)
+    : distillPipeline(student, dp?.remoteTeacher?.stage() ?? (teacher ? teacherTargets(teacher) : null), sources.train, ctx);
   let stoppedEarly = false;
   await new Promise<void>((resolve, reject) => {
     // Stopping closes the source: micro-batches already in flight drain through the stages, the stream completes,
@@ -192,14 +190,6 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
 /** A data-parallel rank's sinks see each step once rank 0 has summed the ranks' losses (src/parallel/dataParallelRank.ts). */
 function stepSinks(dp: DataParallelRank | undefined, sinks: MetricsSink[]): MetricsSink[] {
   return dp ? [dp.gatherSteps(sinks)] : sinks;
-}
-
-/** distillPipeline with the teacherLogits stage replaced by the teacher on its own worker. */
-function remoteTeacherPipeline(student: CausalLM, teacher: RemoteTeacher, source: SampleSource, c: TrainingContext): Observable<StepResult> {
-  return readBatches(source, c.read).pipe(
-    teacher.stage(), studentForward(student), klLoss(c.loss), backward(student, c.backward),
-    validationTap(c.validation), metricsTap(c.sinks), checkpointSink(c.checkpoint),
-  );
 }
 
 /** AdamW with the recipe's settings over the student's (or this rank's) parameters. */

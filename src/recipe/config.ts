@@ -6,7 +6,7 @@
 import type { BackendChoice } from '../backend/select.ts';
 import type { Precision } from '../backend/webgpu/mixedPrecisionMatMul.ts';
 import { DEFAULT_KD_LOSS, type KdLossOptions } from '../losses/types.ts';
-import type { NanPolicy } from '../../operators/backward.ts';
+import type { NanPolicy } from '../train/optimizerStep.ts';
 
 export interface DataConfig {
   /** `"w1 prefix1 w2 prefix2"` or a list of prefixes / Arrow shard directories. */
@@ -43,7 +43,8 @@ export interface OptimConfig {
   clipGrad: number;
 }
 
-export interface LossConfig extends KdLossOptions {
+/** The losses' own `alpha` is not a field here: α has one name in the recipe, `kdRatio` (`--kd_ratio`). */
+export interface LossConfig extends Omit<KdLossOptions, 'alpha'> {
   /** α in (1 − α)·CE + α·KD; 1 is pure KD, as NeMo. */
   kdRatio: number;
   /** Token positions per chunk of the vocabulary-wide loss (memory grows with chunk × vocab). */
@@ -75,6 +76,8 @@ export interface DistillationRecipe {
   backend: BackendChoice;
 }
 
+const { alpha: _alpha, ...KD_LOSS_DEFAULTS } = DEFAULT_KD_LOSS;
+
 /** NeMo 2.0's defaults for distillation (lr 3e-5 → 2e-7 cosine, 50 warm-up steps, clip 1.0, pure KD at τ = 1). */
 export const DEFAULTS = {
   data: { dataPaths: '', seqLength: 2048, split: '99,1,0', seed: 1234 },
@@ -86,7 +89,7 @@ export const DEFAULTS = {
     lr: 3e-5, minLr: 2e-7, warmupSteps: 50, adamBeta1: 0.9, adamBeta2: 0.95, adamEps: 1e-8, weightDecay: 0.01,
     weightDecayAll: false, clipGrad: 1.0,
   },
-  loss: { ...DEFAULT_KD_LOSS, kdRatio: 1.0, chunkSize: 0 },
+  loss: { ...KD_LOSS_DEFAULTS, kdRatio: 1.0, chunkSize: 0 },
   parallel: { numNodes: 1, devicesPerNode: 1, tpSize: 1, ppSize: 1, cpSize: 1 },
 } satisfies Omit<DistillationRecipe, 'kind' | 'name' | 'logDir' | 'studentPath' | 'backend'>;
 

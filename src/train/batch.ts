@@ -78,7 +78,38 @@ export interface LossBatch extends ForwardBatch {
   loss: () => LossParts;
 }
 
-/** One optimizer step's outcome, emitted by `backward` once per global batch. */
+/** A global batch's loss, summed on the host over the micro-batches that made it (read back once per step). */
+export interface StepLossSums {
+  /** The differentiated loss: the token-weighted mean over the global batch. */
+  loss: number;
+  /** Σ over micro-batches of the KD (and CE) term's mean × the micro-batch's tokens; absent when the loss has no such term. */
+  kd?: number;
+  ce?: number;
+  /** Loss-counted token positions. */
+  tokens: number;
+}
+
+/** What the step is given: one global batch's gradients, by parameter name. The step disposes them. */
+export interface StepGradients {
+  step: number;
+  grads: Map<string, tf.Tensor>;
+  sums: StepLossSums;
+  /** The first sample of the global batch, named in a NaN error. */
+  firstSample: number;
+  /** performance.now() when the step's first micro-batch started, for the step's time. */
+  startedAt: number;
+}
+
+/** A global batch's gradients on their way from `backward` to `optimizerStep`. */
+export interface GradientBatch extends StepGradients {
+  /**
+   * optimizerStep calls this once the step is taken and the stages after it are done with it; backward waits
+   * for it, so the next step's gradients are taken at the weights this step produced.
+   */
+  stepTaken: () => void;
+}
+
+/** One optimizer step's outcome, emitted by `optimizerStep` once per global batch. */
 export interface StepResult {
   step: number;
   loss: number;

@@ -8,9 +8,9 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../../model/config.ts';
 import type { AdamW } from '../../optim/adamw.ts';
-import type { StepResult, TokenBatch } from '../../train/batch.ts';
-import { meanLoss, type KlLossOptions } from '../../../operators/klLoss.ts';
-import { NonFiniteLossError, type NanPolicy } from '../../../operators/backward.ts';
+import type { StepLossSums, StepResult, TokenBatch } from '../../train/batch.ts';
+import { meanLoss, type MeanLossOptions } from '../../train/meanLoss.ts';
+import { OptimizerStep, type NanPolicy } from '../../train/optimizerStep.ts';
 import { allReduceGradients, DEFAULT_BUCKET_BYTES } from '../gradientBuckets.ts';
 import { coordsOf, groupOf, rankOf, worldSize, type ParallelLayout, type RankCoords } from '../layout.ts';
 import type { Collectives } from './collectives.ts';
@@ -36,11 +36,13 @@ export interface TrainerOptions {
   student: ShardedModel;
   /** null when pretraining. */
   teacher: ShardedModel | null;
-  loss: KlLossOptions;
+  loss: MeanLossOptions;
   optimizer: AdamW;
   clipGrad: number;
   lrAt: (step: number) => number;
   nanPolicy: NanPolicy;
+  /** Non-finite steps in a row after which even `skip` stops (default 10, as for one worker). */
+  maxConsecutiveNanSteps?: number;
   globalBatchSize: number;
   bucketBytes?: number;
   /** Asked to stop (Ctrl-C, the launcher): agreed with every rank in the step's all-reduce. */
@@ -55,6 +57,9 @@ export class ModelParallelTrainer {
   private readonly teacherStage: ShardedStage | null;
   private readonly lossOps = new Map<string, Op>();
   private globalTokens = 0;
+  private firstSample = 0;
+  /** The step every layout takes (src/train/optimizerStep.ts), with this layout's reduction. */
+  private readonly optimizerStep: OptimizerStep;
   /** Some rank asked to stop during the last step: every rank stops after it. */
   stopAgreed = false;
 
@@ -64,6 +69,7 @@ export class ModelParallelTrainer {
       new ShardedStage({ config: m.config, layout: o.layout, rank: o.rank, coords: this.coords, coll: o.coll, prefix, paramNames: new Set(m.params.keys()) });
     this.studentStage = stage(o.student, 's.');
     this.teacherStage = o.teacher ? stage(o.teacher, 't.') : null;
+    this.optimizerStep = new OptimizerStep(o, (grads, sums) => this.reduce(grads, sums));
   }
 
   private get isLast(): boolean {
@@ -169,6 +175,7 @@ export class ModelParallelTrainer {
     const { layout, coll } = this.o;
     const step = micros[0].position.step;
     this.globalTokens = micros[0].globalBatchTokens;
+    this.firstSample = micros[0].position.firstSample;
     const S = this.studentStage;
     const first = this.coords.pp === 0;
     const tapes = new Map<number, Tape>();
@@ -225,68 +232,74 @@ export class ModelParallelTrainer {
     return { studentCe: sums[1] / n, kdLoss: this.o.teacher ? sums[0] / n : undefined, tokens: sums[2] };
   }
 
+  /** The step's loss sums (read back once), then the one optimizer step with this layout's reduction. */
   private async finishStep(step: number, grads: Map<string, tf.Tensor>, stats: tf.Tensor[], count: number, started: number): Promise<StepResult> {
-    const { layout, coll, rank } = this.o;
-    const spec = this.o.student.spec;
+    const local: StepLossSums = { loss: 0, kd: 0, ce: 0, tokens: 0 };
     try {
       for (const name of this.o.student.params.keys()) if (!grads.has(name)) grads.set(name, tf.zerosLike(this.o.student.params.get(name)!));
-      // 1. Sum over the ranks that saw other data (DP) or other positions (CP) of the same slices.
-      const dpcp = groupOf(layout, rank, ['dp', 'cp']);
-      if (dpcp.length > 1) await allReduceGradients(grads, (bucket) => coll.allReduceSum(dpcp, bucket), this.o.bucketBytes ?? DEFAULT_BUCKET_BYTES);
-      // 2. A KV head replicated over several TP ranks: each rank's query heads contributed part of its gradient.
-      const tpGroup = groupOf(layout, rank, ['tp']);
-      for (const [name, p] of spec) {
-        if (!p.gradientSum) continue;
-        const peers = tpGroup.filter((r) => Math.floor(coordsOf(layout, r).tp / p.replicas) === Math.floor(this.coords.tp / p.replicas));
-        await this.sumInto(grads, name, peers);
-      }
-      // 3. Tied embeddings on two stages: the embedding's and the head's gradients are one parameter's.
-      const emb = embeddingName(this.o.student.config);
-      if (layout.pp > 1 && this.o.student.config.tieWordEmbeddings && (this.coords.pp === 0 || this.isLast)) {
-        await this.sumInto(grads, emb, [this.stageRank(0), this.stageRank(layout.pp - 1)]);
-      }
-      // 4. One all-reduce over every rank: the squared norm (each value once), the step's loss sums, the stop flag.
-      const normT = tf.tidy(() => {
-        let total = tf.scalar(0);
-        for (const [name, g] of grads) if (spec.get(name)!.inNorm) total = tf.add(total, tf.sum(tf.square(g)));
-        return total;
-      });
-      const sums = new Float32Array(6);
-      sums[5] = this.o.stopRequested?.() ? 1 : 0;
-      if (this.coords.cp === 0 && this.coords.dp === 0) sums[0] = (await normT.data())[0];
-      normT.dispose();
+      // Only the last stage's first TP rank counts the losses, so that the all-reduce adds each micro-batch once.
       if (this.isLast && this.coords.tp === 0) {
         const values = await readScalars(stats);
-        for (let i = 0; i < values.length; i++) sums[1 + (i % 3)] += values[i];
-        sums[4] = count;
+        for (let i = 0; i < values.length; i += 3) { local.loss += values[i]; local.kd! += values[i + 1]; local.ce! += values[i + 2]; }
+        local.tokens = count;
       }
-      await coll.allReduceSum(Array.from({ length: worldSize(layout) }, (_, r) => r), sums);
-      this.stopAgreed ||= sums[5] > 0;
-      const gradNorm = Math.sqrt(sums[0]);
-      const loss = sums[1];
-      const tokens = sums[4];
-      const lr = this.o.lrAt(step);
-      const finite = Number.isFinite(loss) && Number.isFinite(gradNorm);
-      if (finite) {
-        const coef = this.o.clipGrad > 0 ? Math.min(1, this.o.clipGrad / (gradNorm + 1e-6)) : 1;
-        if (coef < 1) for (const [k, g] of grads) { grads.set(k, tf.mul(g, coef)); g.dispose(); }
-        this.o.optimizer.apply(grads, lr);
-      } else if (this.o.nanPolicy === 'stop') {
-        throw new NonFiniteLossError(`step ${step}: loss ${loss}, grad_norm ${gradNorm} is not finite; stopping (--nan_policy stop)`);
-      }
-      const teacher = this.o.teacher !== null && this.o.loss.kdRatio > 0;
-      return {
-        step, loss, gradNorm, lr, tokens,
-        kdLoss: teacher && tokens > 0 ? sums[2] / tokens : undefined,
-        ceLoss: this.o.loss.kdRatio < 1 || !teacher ? (tokens > 0 ? sums[3] / tokens : 0) : undefined,
-        samplesSeen: (step + 1) * this.o.globalBatchSize,
-        skipped: !finite,
-        elapsedMs: performance.now() - started,
-      };
-    } finally {
+    } catch (e) {
       for (const g of grads.values()) g.dispose();
+      throw e;
+    } finally {
       for (const s of stats) s.dispose();
     }
+    return this.optimizerStep.take({ step, grads, sums: local, firstSample: this.firstSample, startedAt: started });
+  }
+
+  /**
+   * Model parallelism's reduction: gradients summed where Megatron sums them, then one all-reduce over every
+   * rank of the squared norm (each value once), the loss sums and the stop flag.
+   */
+  private async reduce(grads: Map<string, tf.Tensor>, local: StepLossSums): Promise<{ gradNorm: number; sums: StepLossSums }> {
+    const { layout, coll, rank } = this.o;
+    const spec = this.o.student.spec;
+    // 1. Sum over the ranks that saw other data (DP) or other positions (CP) of the same slices.
+    const dpcp = groupOf(layout, rank, ['dp', 'cp']);
+    if (dpcp.length > 1) await allReduceGradients(grads, (bucket) => coll.allReduceSum(dpcp, bucket), this.o.bucketBytes ?? DEFAULT_BUCKET_BYTES);
+    // 2. A KV head replicated over several TP ranks: each rank's query heads contributed part of its gradient.
+    const tpGroup = groupOf(layout, rank, ['tp']);
+    for (const [name, p] of spec) {
+      if (!p.gradientSum) continue;
+      const peers = tpGroup.filter((r) => Math.floor(coordsOf(layout, r).tp / p.replicas) === Math.floor(this.coords.tp / p.replicas));
+      await this.sumInto(grads, name, peers);
+    }
+    // 3. Tied embeddings on two stages: the embedding's and the head's gradients are one parameter's.
+    const emb = embeddingName(this.o.student.config);
+    if (layout.pp > 1 && this.o.student.config.tieWordEmbeddings && (this.coords.pp === 0 || this.isLast)) {
+      await this.sumInto(grads, emb, [this.stageRank(0), this.stageRank(layout.pp - 1)]);
+    }
+    // 4. One all-reduce over every rank: the squared norm (each value once), the step's loss sums, the stop flag.
+    const normT = tf.tidy(() => {
+      let total = tf.scalar(0);
+      for (const [name, g] of grads) if (spec.get(name)!.inNorm) total = tf.add(total, tf.sum(tf.square(g)));
+      return total;
+    });
+    const sums = new Float32Array(6);
+    sums[5] = this.o.stopRequested?.() ? 1 : 0;
+    if (this.coords.cp === 0 && this.coords.dp === 0) sums[0] = (await normT.data())[0];
+    normT.dispose();
+    sums[1] = local.loss;
+    sums[2] = local.kd ?? 0;
+    sums[3] = local.ce ?? 0;
+    sums[4] = local.tokens;
+    await coll.allReduceSum(Array.from({ length: worldSize(layout) }, (_, r) => r), sums);
+    this.stopAgreed ||= sums[5] > 0;
+    const teacher = this.o.teacher !== null && this.o.loss.kdRatio > 0;
+    return {
+      gradNorm: Math.sqrt(sums[0]),
+      sums: {
+        loss: sums[1],
+        kd: teacher ? sums[2] : undefined,
+        ce: this.o.loss.kdRatio < 1 || !teacher ? sums[3] : undefined,
+        tokens: sums[4],
+      },
+    };
   }
 
   private async sumInto(grads: Map<string, tf.Tensor>, name: string, group: number[]): Promise<void> {
