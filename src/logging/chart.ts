@@ -28,6 +28,8 @@ export interface ChartSpec {
   title: string;
   xLabel: string;
   yLabel: string;
+  /** The x axis counts something whole (optimizer steps): ticks only at integers, never at 2.5 or 7.5. */
+  integerX?: boolean;
   series: readonly Series[];
   hlines?: readonly HLine[];
 }
@@ -82,40 +84,64 @@ export const SWATCH_W = 22;
 
 /**
  * "Nice" tick values (1, 2, 2.5, 5 × 10^k) covering [min, max] with about `count` ticks,
- * so axis labels are short round numbers rather than arbitrary fractions.
+ * so axis labels are short round numbers rather than arbitrary fractions. With `integer` (an axis of steps) the
+ * spacing is a whole 1, 2 or 5 × 10^k, so no tick falls between two steps.
  */
-export function niceTicks(min: number, max: number, count = 5): number[] {
+export function niceTicks(min: number, max: number, count = 5, integer = false): number[] {
   if (!Number.isFinite(min) || !Number.isFinite(max)) return [];
   if (max === min) {
-    const pad = Math.abs(min) > 0 ? Math.abs(min) * 0.1 : 1;
-    return niceTicks(min - pad, max + pad, count);
+    const pad = integer ? 1 : Math.abs(min) > 0 ? Math.abs(min) * 0.1 : 1;
+    return niceTicks(min - pad, max + pad, count, integer);
   }
   const raw = (max - min) / Math.max(1, count);
   const mag = 10 ** Math.floor(Math.log10(raw));
-  const step = ([1, 2, 2.5, 5, 10].find((m) => m * mag >= raw) ?? 10) * mag;
+  const multiples = integer ? [1, 2, 5, 10] : [1, 2, 2.5, 5, 10];
+  const step = Math.max(integer ? 1 : 0, (multiples.find((m) => m * mag >= raw) ?? 10) * mag);
   const first = Math.ceil(min / step - 1e-9) * step;
   const out: number[] = [];
-  for (let v = first; v <= max + step * 1e-9; v += step) out.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+  for (let v = first; v <= max + step * 1e-9; v += step) out.push(Math.abs(v) < step * 1e-9 ? 0 : integer ? Math.round(v) : v);
   return out;
 }
 
-/** Short labels: 12k, 1.5M for throughput, 3e-4 for learning rates, fixed decimals otherwise. */
-export function formatTick(v: number, step: number): string {
+/**
+ * Labels for one axis's ticks, in one format for the whole axis, with as many digits as the tick spacing needs and
+ * no more: 6.9076 / 6.9078 / 6.9080 on a nearly flat loss, 12k / 14k for throughput, 2e-4 / 4e-4 for learning
+ * rates (scientific when every tick is below 0.01), 0 for zero.
+ */
+export function tickLabels(values: readonly number[]): string[] {
+  if (values.length === 0) return [];
+  const step = values.length > 1 ? Math.abs(values[1] - values[0]) : Math.abs(values[0]) || 1;
+  const largest = Math.max(...values.map(Math.abs));
+  return values.map((v) => formatTick(v, step, largest));
+}
+
+/**
+ * One tick label, given the spacing of the axis's ticks (`step`) and its largest |value| (`largest`, default |v|):
+ * see tickLabels, which is how an axis is labelled.
+ */
+export function formatTick(v: number, step: number, largest = Math.abs(v)): string {
   if (v === 0) return '0';
-  const a = Math.abs(v);
-  if (a >= 1e6) return `${trim(v / 1e6, step / 1e6)}M`;
-  if (a >= 1e4) return `${trim(v / 1e3, step / 1e3)}k`;
-  if (a < 1e-3 || step < 1e-3) {
-    const [m, e] = v.toExponential(2).split('e');
-    return `${String(Number(m))}e${Number(e)}`;
+  if (largest >= 1e6) return `${trim(v / 1e6, step / 1e6)}M`;
+  if (largest >= 1e4) return `${trim(v / 1e3, step / 1e3)}k`;
+  if (largest < 1e-2) {
+    // Mantissa digits enough to tell ticks `step` apart: 1.05e-4 and 1.10e-4 need two, 2e-4 and 4e-4 none.
+    const digits = Math.max(0, Math.min(6, Math.floor(Math.log10(Math.abs(v)) + 1e-9) - Math.floor(Math.log10(step) + 1e-9) + (isRound(step) ? 0 : 1)));
+    const [m, e] = v.toExponential(digits).split('e');
+    return `${m}e${Number(e)}`;
   }
   return trim(v, step);
 }
 
+/** Whether `step` is 1, 2 or 5 × 10^k (so one significant digit tells its multiples apart). */
+function isRound(step: number): boolean {
+  const m = step / 10 ** Math.floor(Math.log10(step) + 1e-9);
+  return [1, 2, 5, 10].some((r) => Math.abs(m - r) < 1e-6);
+}
+
 function trim(v: number, step: number): string {
-  const decimals = Math.max(0, Math.min(6, -Math.floor(Math.log10(step) + 1e-9)));
+  const decimals = Math.max(0, Math.min(12, -Math.floor(Math.log10(step) + 1e-9)));
   const scaled = step * 10 ** decimals;
-  return v.toFixed(decimals + (Math.abs(scaled - Math.round(scaled)) > 1e-6 ? 1 : 0));
+  return v.toFixed(Math.min(12, decimals + (Math.abs(scaled - Math.round(scaled)) > 1e-6 ? 1 : 0)));
 }
 
 /**
@@ -185,7 +211,7 @@ export function layoutChart(spec: ChartSpec, width: number, height: number, tm: 
     ...spec.series.map((s) => ({ label: s.label, color: s.color, dashed: s.dashed ?? false })),
     ...(spec.hlines ?? []).map((h) => ({ label: h.label, color: h.color, dashed: true })),
   ];
-  const yTickLabelsW = Math.max(...yTickValues.map((v, i, a) => formatTick(v, a.length > 1 ? a[1] - a[0] : 1).length), 1) * tm.charW;
+  const yTickLabelsW = Math.max(...tickLabels(yTickValues).map((l) => l.length), 1) * tm.charW;
   const left = Math.round(yTickLabelsW + tm.lineH * 1.6 + 10);
   const right = 16;
   const top = Math.round(tm.lineH * 2);
@@ -216,10 +242,10 @@ export function layoutChart(spec: ChartSpec, width: number, height: number, tm: 
   const sx = (x: number): number => plot.x + ((x - xMin) / (xMax - xMin)) * plot.w;
   const sy = (y: number): number => plot.y + plot.h - ((y - yMin) / (yMax - yMin)) * plot.h;
   const tickList = (values: number[], map: (v: number) => number): Tick[] => {
-    const step = values.length > 1 ? values[1] - values[0] : 1;
-    return values.map((value) => ({ value, pos: map(value), label: formatTick(value, step) }));
+    const labels = tickLabels(values);
+    return values.map((value, i) => ({ value, pos: map(value), label: labels[i] }));
   };
-  const xTicks = tickList(niceTicks(xMin, xMax, Math.max(2, Math.floor(plot.w / (tm.charW * 10)))).filter((v) => v >= xMin && v <= xMax), sx);
+  const xTicks = tickList(niceTicks(xMin, xMax, Math.max(2, Math.floor(plot.w / (tm.charW * 10))), spec.integerX).filter((v) => v >= xMin && v <= xMax), sx);
   const yTicks = tickList(yTickValues, sy);
   return { width, height, plot, xTicks, yTicks, legend, sx, sy, xMin, xMax };
 }

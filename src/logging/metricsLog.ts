@@ -13,13 +13,20 @@ import { FormatError } from '../errors.ts';
 
 export const METRICS_FILE = 'metrics.jsonl';
 
-/** One optimizer step. Optional fields are absent when the run does not compute them (e.g. kd_loss in a CE-only run). */
+/**
+ * One optimizer step. `step` counts the optimizer steps done, 1..N: the number the console shows (`train 20/20`) and
+ * the checkpoint is named after (`step-000020`). Optional fields are absent when the run does not compute them.
+ */
 export interface TrainRecord {
   split?: 'train';
   step: number;
+  /** The objective the optimizer minimised: (1 − α)·CE + α·KD, so KD alone at kd_ratio 1 and CE alone in pretraining. */
   loss: number;
+  /** The KD divergence to the teacher (times τ² when scaled); absent without a teacher. */
   kd_loss?: number;
+  /** The student's next-token cross-entropy; present when the loss computes it (kd_ratio < 1, or pretraining). */
   ce_loss?: number;
+  /** Global gradient norm before clipping. */
   grad_norm?: number;
   lr?: number;
   tokens_per_s?: number;
@@ -27,14 +34,20 @@ export interface TrainRecord {
   time?: number;
 }
 
-/** One evaluation on held-out data after `step` optimizer steps. */
+/**
+ * One evaluation on held-out data after `step` optimizer steps (numbered as TrainRecord's). Its names say what each
+ * number is: validation reports the student's next-token CE in every run, distilled or not, so that runs compare
+ * on one axis (and against the teacher's CE); it is not the training `loss`.
+ */
 export interface ValidRecord {
   split: 'valid';
   step: number;
-  loss: number;
-  kd_loss?: number;
-  ce_loss?: number;
-  ppl?: number;
+  /** The student's next-token cross-entropy on the validation data, nats per token. */
+  val_ce_loss: number;
+  /** exp(val_ce_loss). */
+  val_ppl?: number;
+  /** The KD divergence to the teacher on the validation data, without the τ² factor; absent without a teacher. */
+  val_kd_loss?: number;
   time?: number;
 }
 
@@ -55,7 +68,10 @@ export interface MetricsLogOptions {
   now?: () => number;
 }
 
-const NUMERIC_FIELDS = ['step', 'loss', 'kd_loss', 'ce_loss', 'grad_norm', 'lr', 'tokens_per_s', 'ppl', 'time'] as const;
+const NUMERIC_FIELDS = ['step', 'loss', 'kd_loss', 'ce_loss', 'grad_norm', 'lr', 'tokens_per_s', 'ppl', 'val_ce_loss', 'val_kd_loss', 'val_ppl', 'time'] as const;
+
+/** Validation fields as files written before the val_ names call them (`loss` was the student's CE there). */
+const LEGACY_VALID_FIELDS = [['loss', 'val_ce_loss'], ['kd_loss', 'val_kd_loss'], ['ppl', 'val_ppl']] as const;
 
 export class MetricsLog {
   readonly path: string;
@@ -151,6 +167,14 @@ function parseLine(path: string, line: string, lineNo: number): MetricsRecord {
   if (typeof rec.step !== 'number') throw new FormatError(path, `line ${lineNo} has no step`);
   if (rec.split !== undefined && rec.split !== 'train' && rec.split !== 'valid') {
     throw new FormatError(path, `line ${lineNo}: split must be 'train' or 'valid', got ${JSON.stringify(rec.split)}`);
+  }
+  if (rec.split === 'valid' && rec.val_ce_loss === undefined) {
+    // An older run's file: read under today's names, so its report and a resumed run's records agree.
+    for (const [old, now] of LEGACY_VALID_FIELDS) {
+      if (rec[old] !== undefined) rec[now] = rec[old];
+      delete rec[old];
+    }
+    delete rec.ce_loss;
   }
   return rec as unknown as MetricsRecord;
 }

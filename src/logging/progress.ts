@@ -93,6 +93,20 @@ export class ProgressBar {
     if (t - this.lastDraw >= interval || step >= this.opts.total) this.draw(t);
   }
 
+  /**
+   * Prints a line of its own (a validation result, a warning) through `print`: on a TTY the bar's line is cleared
+   * first and the bar redrawn under it, so neither overwrites the other; elsewhere the line simply goes out.
+   */
+  interrupt(print: () => void): void {
+    const drawn = this.tty && !this.finished && this.drawnWidth > 0;
+    if (drawn) {
+      this.stream.write('\r' + ' '.repeat(this.drawnWidth) + '\r');
+      this.drawnWidth = 0;
+    }
+    print();
+    if (drawn) this.draw(this.now());
+  }
+
   /** Prints the final state and, on a TTY, moves to a new line so later output does not overwrite it. */
   finish(fields: ProgressFields = {}): void {
     if (this.finished) return;

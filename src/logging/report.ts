@@ -132,7 +132,7 @@ export function buildReportHtml(runs: readonly RunMetrics[], opts: ReportOptions
 <h1>${esc(title)}</h1>
 ${facts ? `<p class="facts">${facts}</p>` : ''}
 <table>
-<tr><th>run</th><th>steps</th><th>final train loss</th><th>best valid loss</th><th>mean tokens/s</th></tr>
+<tr><th>run</th><th>steps</th><th>final train loss</th><th>best validation CE @ step</th><th>mean tokens/s</th></tr>
 ${rows.join('\n')}
 </table>
 <div class="charts">

@@ -27,7 +27,7 @@ export interface RunChartOptions {
 }
 
 type TrainField = 'loss' | 'kd_loss' | 'ce_loss' | 'lr' | 'tokens_per_s' | 'grad_norm';
-type ValidField = 'loss' | 'kd_loss' | 'ce_loss';
+type ValidField = 'val_ce_loss' | 'val_kd_loss';
 
 function trainPoints(records: readonly MetricsRecord[], field: TrainField): Point[] {
   const out: Point[] = [];
@@ -70,30 +70,29 @@ export function runCharts(runs: readonly RunMetrics[], opts: RunChartOptions = {
     if (spec.series.length > 0) charts.push(spec);
   };
 
-  add({ title: 'Training loss', xLabel: 'step', yLabel: 'loss', series: perRun((r) => trainPoints(r.records, 'loss')), hlines: teacherLines });
+  // Every x axis counts optimizer steps: integer ticks only.
+  const stepChart = (title: string, yLabel: string, series: Series[], hlines?: HLine[]): void => add({ title, xLabel: 'step', yLabel, series, hlines, integerX: true });
 
+  // The teacher's line goes on the validation chart only: its CE and a KD run's training loss are not one quantity.
+  stepChart('Training loss', 'loss', perRun((r) => trainPoints(r.records, 'loss')));
   // KD and CE components of the distillation loss: solid KD, dashed CE, in the run's colour.
-  add({
-    title: 'KD and CE loss',
-    xLabel: 'step',
-    yLabel: 'loss',
-    series: [
-      ...perRun((r) => trainPoints(r.records, 'kd_loss'), ' KD'),
-      ...perRun((r) => trainPoints(r.records, 'ce_loss'), ' CE', true),
-    ],
-  });
-
-  add({ title: 'Validation loss', xLabel: 'step', yLabel: 'loss', series: perRun((r) => validPoints(r.records, 'loss')), hlines: teacherLines });
-  add({ title: 'Learning rate', xLabel: 'step', yLabel: 'lr', series: perRun((r) => trainPoints(r.records, 'lr')) });
-  add({ title: 'Throughput', xLabel: 'step', yLabel: 'tokens/s', series: perRun((r) => trainPoints(r.records, 'tokens_per_s')) });
-  add({ title: 'Gradient norm', xLabel: 'step', yLabel: 'grad norm', series: perRun((r) => trainPoints(r.records, 'grad_norm')) });
+  stepChart('KD and CE loss', 'loss', [
+    ...perRun((r) => trainPoints(r.records, 'kd_loss'), ' KD'),
+    ...perRun((r) => trainPoints(r.records, 'ce_loss'), ' CE', true),
+  ]);
+  stepChart('Validation CE', 'student CE (nats/token)', perRun((r) => validPoints(r.records, 'val_ce_loss')), teacherLines);
+  stepChart('Learning rate', 'lr', perRun((r) => trainPoints(r.records, 'lr')));
+  stepChart('Throughput', 'tokens/s', perRun((r) => trainPoints(r.records, 'tokens_per_s')));
+  stepChart('Gradient norm', 'grad norm', perRun((r) => trainPoints(r.records, 'grad_norm')));
   return charts;
 }
 
 export interface RunSummary {
   label: string;
+  /** Optimizer steps done: the last logged step (steps are numbered 1..N). */
   steps: number;
   finalTrainLoss?: number;
+  /** The lowest validation CE (val_ce_loss) and the step it was measured after. */
   bestValidLoss?: number;
   bestValidStep?: number;
   meanTokensPerS?: number;
@@ -105,13 +104,13 @@ export function summarizeRun(run: RunMetrics): RunSummary {
   const valid = run.records.filter(isValid);
   const last = train.length > 0 ? train[train.length - 1] : undefined;
   let best: ValidRecord | undefined;
-  for (const v of valid) if (Number.isFinite(v.loss) && (best === undefined || v.loss < best.loss)) best = v;
+  for (const v of valid) if (Number.isFinite(v.val_ce_loss) && (best === undefined || v.val_ce_loss < best.val_ce_loss)) best = v;
   const tps = train.map((r) => r.tokens_per_s).filter((v): v is number => v !== undefined && Number.isFinite(v));
   return {
     label: run.label,
     steps: last?.step ?? 0,
     finalTrainLoss: last?.loss,
-    bestValidLoss: best?.loss,
+    bestValidLoss: best?.val_ce_loss,
     bestValidStep: best?.step,
     meanTokensPerS: tps.length > 0 ? tps.reduce((a, b) => a + b, 0) / tps.length : undefined,
   };

@@ -10,11 +10,13 @@ import { writeRunReport } from '../logging/report.ts';
 import { writeChartPngs } from '../logging/plot.ts';
 import { runCharts } from '../logging/runCharts.ts';
 import { readMetrics } from '../logging/metricsLog.ts';
+import { skippedStepLine, stepRecords, validationRecords } from '../logging/runRecords.ts';
 import type { StepResult } from './batch.ts';
 
 export interface RunLogsOptions {
-  /** Steps already done (resume): records after this step are dropped from metrics.jsonl. */
+  /** Unused: records after `startStep` steps done are dropped from metrics.jsonl (runRecords.ts numbers steps 1..N). */
   resumeAfterStep: number;
+  /** Steps already done (resume). */
   startStep: number;
   maxSteps: number;
   logInterval?: number;
@@ -27,6 +29,7 @@ export interface ValidationLike {
   step: number;
   studentCe: number;
   kdLoss?: number;
+  tokens?: number;
 }
 
 export class RunLogs {
@@ -39,7 +42,8 @@ export class RunLogs {
     readonly runDir: string,
     private readonly o: RunLogsOptions,
   ) {
-    this.metrics = MetricsLog.open(runDir, { resumeAfterStep: o.resumeAfterStep });
+    // Records are numbered by steps done (runRecords.ts): a checkpoint after startStep steps keeps records 1..startStep.
+    this.metrics = MetricsLog.open(runDir, { resumeAfterStep: o.startStep });
     this.tb = TensorBoardWriter.open(join(runDir, 'tb_logs'));
     this.logInterval = o.logInterval ?? 1;
     // Quiet under the test runner, and in child runs whose parent draws one bar for all (npm start).
@@ -48,23 +52,26 @@ export class RunLogs {
   }
 
   onStep(r: StepResult): void {
-    const tokensPerS = r.tokens / (r.elapsedMs / 1000);
-    if ((r.step + 1) % this.logInterval === 0 || r.step + 1 === this.o.maxSteps) {
-      this.metrics.append({
-        step: r.step, loss: r.loss, kd_loss: r.kdLoss, ce_loss: r.ceLoss, grad_norm: r.gradNorm, lr: r.lr,
-        tokens_per_s: tokensPerS,
-      });
-      this.tb.scalars({ 'train/loss': r.loss, 'train/kd_loss': r.kdLoss, 'train/ce_loss': r.ceLoss, 'train/grad_norm': r.gradNorm, 'train/lr': r.lr, 'train/tokens_per_s': tokensPerS }, r.step);
+    const s = stepRecords(r);
+    if (s.step % this.logInterval === 0 || s.step === this.o.maxSteps) {
+      this.metrics.append(s.record);
+      this.tb.scalars(s.scalars, s.step);
     }
-    if (r.skipped) this.o.log(`step ${r.step}: non-finite loss or gradient (loss ${r.loss}, grad_norm ${r.gradNorm}); step skipped`);
-    this.bar?.update(r.step + 1, { loss: r.loss, tokensPerS, note: `lr ${r.lr.toExponential(1)}` });
+    if (r.skipped) this.say(skippedStepLine(r));
+    this.bar?.update(s.step, { loss: r.loss, tokensPerS: s.record.tokens_per_s, note: `lr ${r.lr.toExponential(1)}` });
   }
 
   onValidation(v: ValidationLike): void {
-    // The validation loss is the student's next-token CE in every run, so a distilled student and a CE-trained
-    // one compare on one axis (and against the teacher's CE); the KD divergence is kept beside it.
-    this.metrics.append({ split: 'valid', step: v.step, loss: v.studentCe, kd_loss: v.kdLoss, ce_loss: v.studentCe, ppl: Math.exp(v.studentCe) });
-    this.tb.scalars({ 'valid/ce_loss': v.studentCe, 'valid/kd_loss': v.kdLoss }, v.step);
+    const s = validationRecords(v, this.o.maxSteps);
+    this.metrics.append(s.record);
+    this.tb.scalars(s.scalars, s.step);
+    this.say(s.line);
+  }
+
+  /** A line on the console that the progress bar does not overwrite. */
+  private say(line: string): void {
+    if (this.bar) this.bar.interrupt(() => this.o.log(line));
+    else this.o.log(line);
   }
 
   /** Closes the logs; after a finished run, writes the report and its PNG charts. */

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { appendFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { METRICS_FILE, MetricsLog, readMetrics, truncateMetricsAfter, type MetricsRecord } from '../../src/logging/metricsLog.ts';
+import { METRICS_FILE, MetricsLog, readMetrics, truncateMetricsAfter, type MetricsRecord, type TrainRecord } from '../../src/logging/metricsLog.ts';
 
 function tmp(t: { after: (fn: () => void) => void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'metrics-'));
@@ -18,7 +18,7 @@ function tmp(t: { after: (fn: () => void) => void }): string {
 function logSteps(log: MetricsLog, from: number, to: number, validEvery = 5): void {
   for (let step = from; step <= to; step++) {
     log.append({ step, loss: 10 / step, kd_loss: 6 / step, ce_loss: 4 / step, grad_norm: 1, lr: 1e-3, tokens_per_s: 1000 + step });
-    if (step % validEvery === 0) log.append({ split: 'valid', step, loss: 11 / step });
+    if (step % validEvery === 0) log.append({ split: 'valid', step, val_ce_loss: 11 / step });
   }
 }
 
@@ -32,11 +32,11 @@ test('appends one JSON object per line and reads them back', (t) => {
   const lines = readFileSync(join(dir, METRICS_FILE), 'utf8').trimEnd().split('\n');
   assert.equal(lines.length, 13);
   assert.deepEqual(JSON.parse(lines[0]), { step: 1, loss: 10, kd_loss: 6, ce_loss: 4, grad_norm: 1, lr: 1e-3, tokens_per_s: 1001, time: 1000 });
-  assert.deepEqual(JSON.parse(lines[5]), { split: 'valid', step: 5, loss: 2.2, time: 1000 });
+  assert.deepEqual(JSON.parse(lines[5]), { split: 'valid', step: 5, val_ce_loss: 2.2, time: 1000 });
 
   const recs = readMetrics(dir);
   assert.equal(recs.length, 13);
-  assert.ok(Number.isNaN(recs[12].loss), 'NaN is written as null and read back as NaN');
+  assert.ok(Number.isNaN((recs[12] as TrainRecord).loss), 'NaN is written as null and read back as NaN');
   assert.deepEqual(readMetrics(join(dir, METRICS_FILE)), recs, 'a file path works as well as the run dir');
 });
 
@@ -44,7 +44,7 @@ test('steps must increase per split; train and valid may share a step', (t) => {
   const dir = tmp(t);
   const log = MetricsLog.open(dir);
   log.append({ step: 5, loss: 1 });
-  log.append({ split: 'valid', step: 5, loss: 1.1 });
+  log.append({ split: 'valid', step: 5, val_ce_loss: 1.1 });
   assert.throws(() => log.append({ step: 5, loss: 0.9 }), /step 5 is not after the last logged step 5/);
   assert.throws(() => log.append({ step: 1.5, loss: 0.9 }), /non-negative integer/);
   log.close();

@@ -24,7 +24,7 @@ function fakeRun(kd: boolean, steps = 300): MetricsRecord[] {
     const loss = (kd ? 3.0 : 3.4) + 6 * Math.exp(-step / 60) + 0.05 * Math.sin(step);
     const common = { step, loss, lr: 5e-4 * Math.min(1, step / 30), tokens_per_s: kd ? 9000 : 11000, grad_norm: 1 + 0.1 * Math.cos(step) };
     out.push(kd ? { ...common, kd_loss: loss * 0.7, ce_loss: loss * 0.3 } : { ...common, ce_loss: loss });
-    if (step % 50 === 0) out.push({ split: 'valid', step, loss: loss + 0.1 });
+    if (step % 50 === 0) out.push({ split: 'valid', step, val_ce_loss: loss + 0.1 });
   }
   return out;
 }
@@ -52,12 +52,12 @@ test('report HTML is self-contained and has one path per series', (t) => {
   assert.match(html, /KD vs CE &#60;test&#62;/, 'labels are HTML-escaped');
 
   const charts = runCharts(RUNS, OPTS);
-  assert.deepEqual(charts.map((c) => c.title), ['Training loss', 'KD and CE loss', 'Validation loss', 'Learning rate', 'Throughput', 'Gradient norm']);
+  assert.deepEqual(charts.map((c) => c.title), ['Training loss', 'KD and CE loss', 'Validation CE', 'Learning rate', 'Throughput', 'Gradient norm']);
   // KD chart: KD and CE of the KD run, CE of the CE-only run (which logs no kd_loss).
   assert.deepEqual(charts[1].series.map((s) => s.label), ['KD student KD', 'KD student CE', 'CE-only student CE']);
   assert.equal((html.match(/<path class="series"/g) ?? []).length, expectedPathCount());
   assert.equal((html.match(/<svg /g) ?? []).length, charts.length);
-  assert.equal((html.match(/class="hline"/g) ?? []).length, 2, 'teacher line on the training and validation loss charts');
+  assert.equal((html.match(/class="hline"/g) ?? []).length, 1, 'teacher line (its validation CE) on the validation CE chart only');
 
   // A single run (no comparison, no teacher) still reports; a run without KD has no KD/CE chart from KD.
   const single = buildReportHtml([{ label: 'only', records: [{ step: 1, loss: 2 }, { step: 2, loss: 1 }] }]);
@@ -111,9 +111,11 @@ test('report renders in headless Chromium with the curves drawn', { timeout: 120
     const first = decodePng(await page.locator('svg.chart').first().screenshot());
     const kd = countColor(first, PALETTE[0], 8);
     const ce = countColor(first, PALETTE[1], 8);
-    const teacher = countColor(first, TEACHER_COLOR, 8);
     const unused = countColor(first, PALETTE[3], 8);
-    t.diagnostic(`training-loss chart ${first.width}x${first.height}: KD ${kd}, CE ${ce}, teacher ${teacher}, unused colour ${unused} pixels`);
+    // The teacher's line (its validation CE) is on the validation CE chart.
+    const validation = decodePng(await page.locator('svg.chart').nth(runCharts(RUNS, OPTS).findIndex((c) => c.title === 'Validation CE')).screenshot());
+    const teacher = countColor(validation, TEACHER_COLOR, 8);
+    t.diagnostic(`training-loss chart ${first.width}x${first.height}: KD ${kd}, CE ${ce}, unused colour ${unused} pixels; validation chart: teacher ${teacher} pixels`);
     assert.ok(kd > 500, `KD student line pixels: ${kd}`);
     assert.ok(ce > 500, `CE-only student line pixels: ${ce}`);
     assert.ok(teacher > 200, `teacher line pixels: ${teacher}`);
