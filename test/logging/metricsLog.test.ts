@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { appendFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { METRICS_FILE, MetricsLog, readMetrics, truncateMetricsAfter, type MetricsRecord, type TrainRecord } from '../../src/logging/metricsLog.ts';
@@ -120,4 +120,15 @@ test('malformed lines are reported with file and line number', (t) => {
   const dir = tmp(t);
   appendFileSync(join(dir, METRICS_FILE), '{"step":1,"loss":2}\nnot json\n');
   assert.throws(() => readMetrics(dir), /metrics\.jsonl: line 2 is not JSON/);
+});
+
+test('a file written before the val_ names reads under them: validation loss was the student CE', (t) => {
+  const dir = tmp(t);
+  writeFileSync(join(dir, METRICS_FILE), [
+    JSON.stringify({ step: 9, loss: 0.02, kd_loss: 0.02, grad_norm: 1 }),
+    JSON.stringify({ split: 'valid', step: 9, loss: 6.9, kd_loss: 0.01, ce_loss: 6.9, ppl: 992.3 }),
+  ].join('\n') + '\n');
+  const [train, valid] = readMetrics(dir);
+  assert.deepEqual(train, { step: 9, loss: 0.02, kd_loss: 0.02, grad_norm: 1 }, 'training rows keep their names');
+  assert.deepEqual(valid, { split: 'valid', step: 9, val_ce_loss: 6.9, val_kd_loss: 0.01, val_ppl: 992.3 });
 });

@@ -62,3 +62,23 @@ test('ETA counts from the first update, not from step 0, after a resume', () => 
   bar.update(1100); // 10 steps/s → 900 steps left → 90 s
   assert.match(s.out[s.out.length - 1], /1100\/2000 \| ETA 1:30/);
 });
+
+test('interrupt: a line of its own (validation) clears the TTY bar first and redraws it under the line', () => {
+  let clock = 0;
+  const s = sink(true);
+  const bar = new ProgressBar({ total: 20, label: 'train', stream: s, now: () => clock });
+  bar.update(10, { loss: 1 });
+  const before = s.out.length;
+  bar.interrupt(() => s.write('validation after step 10/20 | val_ce_loss 6.9078\n'));
+  const [clear, line, redraw] = s.out.slice(before);
+  assert.match(clear, /^\r +\r$/, 'the bar is blanked and the cursor back at column 0');
+  assert.ok(clear.length - 2 >= s.out[before - 1].length - 1, 'blanked over its whole width');
+  assert.equal(line, 'validation after step 10/20 | val_ce_loss 6.9078\n');
+  assert.match(redraw, /^\r\[#+-+\] +50% train 10\/20/);
+  // Off a TTY (a log file) the line simply goes out between the bar's lines.
+  const p = sink(false);
+  const plain = new ProgressBar({ total: 20, stream: p, now: () => clock });
+  plain.update(10);
+  plain.interrupt(() => p.write('validation\n'));
+  assert.deepEqual(p.out.slice(1), ['validation\n']);
+});
