@@ -43,7 +43,7 @@ interface Evaluated { label: string; r: EvaluationResult }
 
 export async function startMain(argv: string[]): Promise<void> {
   const { flags: f } = parseFlags(argv, FLAGS, 'distill start');
-  if (f.help) return void console.log(usage('npm start --', 'Distil the bundled student and compare it with plain CE training.', FLAGS));
+  if (f.help) return void console.log(usage('distill start', 'Distil the bundled student and compare it with plain CE training (what `npm start` runs; there, flags go after `npm start --`).', FLAGS));
   if (!existsSync(join(BUNDLED_TEACHER, 'model.safetensors'))) {
     throw new DistillError(`the bundled teacher is missing from ${BUNDLED_TEACHER}; it is part of the repository (see README: "The bundled teacher")`);
   }

@@ -6,6 +6,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { ROOT } from '../helpers/fixtures.ts';
 import { parseFlags, usage } from '../../src/cli/flags.ts';
 import { DISTILLATION_ONLY_FLAGS, RUN_FLAGS, recipeFromFlags } from '../../src/cli/runFlags.ts';
 import { dataMain } from '../../src/cli/dataDump.ts';
@@ -102,4 +105,12 @@ test('usage: choices and defaults, no "(default false)" on switches', () => {
   });
   assert.match(text, /--mode {5}the mode \{a\|b\} \(default a\)/);
   assert.match(text, /--quiet {4}say less$/m);
+});
+
+test('distill start --help shows the usage of distill start (through src/cli/main.ts)', () => {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), 'start', '--help'], { encoding: 'utf8', cwd: ROOT });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^usage: distill start \[flags\]/);
+  assert.doesNotMatch(r.stdout, /usage: npm start/);
+  assert.match(r.stdout, /--backend .*\{auto\|/);
 });
