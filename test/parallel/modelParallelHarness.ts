@@ -5,6 +5,7 @@
  * llama-teacher; `ModelPair` points either at another checkpoint directory (a temporary GPT-2, say), and sets
  * the vocabulary padding under TP (--make_vocab_size_divisible_by).
  */
+import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { from, lastValueFrom, toArray } from 'rxjs';
@@ -26,7 +27,7 @@ import { gatherFullState, loadShardedModel } from '../../src/parallel/modelParal
 import { pairedVocabSize } from '../../src/parallel/modelParallel/vocabPadding.ts';
 import type { StepResult, TokenBatch } from '../../src/train/batch.ts';
 import { saveTrainingCheckpoint } from '../../src/train/trainingCheckpoint.ts';
-import { expectedJson, fixture } from '../helpers/fixtures.ts';
+import { expectedJson, fixture, maxAbsDiff } from '../helpers/fixtures.ts';
 import { fixtureBatches } from '../helpers/fixtureBatches.ts';
 import { scratchDir } from '../model/checkpointVariant.ts';
 
@@ -222,4 +223,52 @@ export function randomGpt2Checkpoint(shape: Gpt2Shape): string {
   writeFileSync(join(dir, 'model.safetensors'), encodeSafetensors(tensors, { format: 'pt' }));
   writeFileSync(file, JSON.stringify(json));
   return dir;
+}
+
+// ---- Comparisons of a layout's run with one worker's ----
+
+const relative = (a: number, b: number): number => Math.abs(a - b) / Math.abs(b);
+
+/**
+ * Per-step loss and grad norm within `tol` relative of the reference; `fields` (the KD and CE parts of the loss)
+ * within `fieldTol`. The grad norm is what shows a gradient tp× too large: AdamW hardly sees a gradient's scale.
+ */
+export function assertSteps(got: StepResult[], want: StepResult[], tol: number, what: string, fields: ('kdLoss' | 'ceLoss')[] = [], fieldTol = tol): void {
+  assert.equal(got.length, want.length, `${what}: ${got.length} steps, want ${want.length}`);
+  for (let i = 0; i < want.length; i++) {
+    assert.equal(got[i].skipped, false, `${what} step ${i} skipped`);
+    assert.equal(got[i].tokens, want[i].tokens, `${what} step ${i}: loss tokens`);
+    for (const [k, t] of [['loss', tol], ['gradNorm', tol], ...fields.map((f) => [f, fieldTol] as const)] as const) {
+      const g = got[i][k];
+      const w = want[i][k];
+      assert.ok(g !== undefined && w !== undefined, `${what} step ${i}: ${k} missing (${g} vs ${w})`);
+      assert.ok(relative(g, w) <= t, `${what} step ${i}: ${k} ${g} vs ${w} (rel ${relative(g, w).toExponential(2)})`);
+    }
+  }
+}
+
+/** Every tensor of `want` present in `got` with its length, none extra, each within `tol` absolute. */
+export function assertWeights(got: Map<string, Float32Array>, want: Map<string, ArrayLike<number>>, tol: number, what: string): void {
+  assert.deepEqual([...got.keys()].sort(), [...want.keys()].sort(), `${what}: tensor names`);
+  for (const [name, w] of want) {
+    assert.equal(got.get(name)!.length, w.length, `${what}: ${name} has ${got.get(name)!.length} values, want ${w.length}`);
+    const d = maxAbsDiff(got.get(name)!, w);
+    assert.ok(d <= tol, `${what}: ${name} differs by ${d.toExponential(2)} (abs)`);
+  }
+}
+
+/** The gathered AdamW moments against the reference's, each within 1e-4 of that tensor's largest (as modelParallel.test.ts). */
+export function assertOptimizer(got: AdamWState, want: AdamWState, what: string): void {
+  assert.equal(got.step, want.step, `${what}: optimizer step`);
+  assert.deepEqual([...got.moments.keys()].sort(), [...want.moments.keys()].sort(), `${what}: optimizer tensors`);
+  for (const [name, w] of want.moments) {
+    const g = got.moments.get(name)!;
+    for (const k of ['m', 'v'] as const) {
+      assert.equal(g[k].length, w[k].length, `${what}: AdamW ${k} of ${name} has ${g[k].length} values, want ${w[k].length}`);
+      const scale = w[k].reduce((a, x) => Math.max(a, Math.abs(x)), 0);
+      assert.ok(scale > 0, `${what}: ${name} ${k} is all zero`);
+      const d = maxAbsDiff(g[k], w[k]);
+      assert.ok(d <= 1e-4 * scale, `${what}: AdamW ${k} of ${name} differs by ${d.toExponential(2)} (largest ${scale.toExponential(2)})`);
+    }
+  }
 }

@@ -96,7 +96,7 @@ function padColumns(g: tf.Tensor2D, rows: number): tf.Tensor2D {
   return g.shape[1] === rows ? g : (tf.pad(g, [[0, 0], [0, rows - g.shape[1]]]) as tf.Tensor2D);
 }
 
-/** The label's logit if this rank holds the label among its first `cols` columns, else 0: [n, 1]. */
+/** The label's logit if this rank holds the label among its `cols` columns (z: [n, cols]), else 0: [n, 1]. */
 function labelLogit(z: tf.Tensor2D, labels: tf.Tensor, first: number, cols: number): tf.Tensor2D {
   return tf.sum(tf.mul(z, labelOneHot(labels, first, cols)), 1, true) as tf.Tensor2D;
 }
@@ -196,7 +196,7 @@ export function vocabParallelLossOp(names: { hidden: string; teacherHidden: stri
           return [tf.reshape(divergenceFromLogProbs(lpT, lpS, o.options), [n, 1]), tf.sum(uOf(lpT, lpS, o.options), 1, true)];
         }));
       }
-      if (ce) partials.push(tf.tidy(() => (cols.student > 0 ? labelLogit(z, labels, cols.first, cols.student) : tf.zeros([n, 1]))));
+      if (ce) partials.push(tf.tidy(() => (cols.student > 0 ? labelLogit(firstColumns(z, cols.student)!, labels, cols.first, cols.student) : tf.zeros([n, 1]))));
       const stacked = tf.concat(partials, 1);
       for (const p of partials) p.dispose();
       const summed = await o.coll.allReduceTensor(g, stacked);
