@@ -237,8 +237,8 @@ export function composedSoftmaxKlForward(inputs: SoftmaxKlTensors, attrs: Softma
     if (attrs.ce !== 'none') {
       const vs = inputs.s.shape[1];
       [maxCe, logZCe] = attrs.ce === 'shared' ? [r.maxS, r.logZS] : maxAndLogZ(inputs.s);
-      const label = tf.clipByValue(labelsOf(inputs, attrs, r.rows), 0, vs - 1);
-      const at = tf.add(tf.mul(tf.range(0, r.rows, 1, 'int32'), vs), label);
+      const label = tf.cast(tf.clipByValue(labelsOf(inputs, attrs, r.rows), 0, vs - 1), 'int32');
+      const at = tf.add(tf.mul(tf.range(0, r.rows, 1, 'int32'), tf.scalar(vs, 'int32')), label);
       const picked = tf.reshape(tf.gather(tf.reshape(inputs.s, [-1]), at), [r.rows, 1]);
       ce = tf.add(tf.sub(maxCe, picked), logZCe) as tf.Tensor2D;
     }
@@ -281,7 +281,9 @@ export function composedSoftmaxKlBackward(inputs: SoftmaxKlTensors, stats: tf.Te
     if (vs > shared) g = tf.pad(g, [[0, 0], [0, vs - shared]]);
     if (attrs.ce !== 'none') {
       const ceScale = tf.slice(scale, [0, 1], [rows, 1]);
-      const hot = tf.oneHot(labelsOf(inputs, attrs, rows), vs, 1, 0, 'float32');
+      // Compared with the ids rather than tf.oneHot, whose float32 output is all zeros on wasm (tfjs 4.22).
+      const ids = tf.range(0, vs, 1, 'int32').reshape([1, vs]);
+      const hot = tf.cast(tf.equal(ids, tf.reshape(labelsOf(inputs, attrs, rows), [rows, 1])), 'float32');
       const softmax = tf.exp(tf.sub(tf.sub(inputs.s, column(STAT.maxCe)), column(STAT.logZCe)));
       const ceGrad = tf.mul(tf.sub(softmax, hot), ceScale);
       g = tf.add(g, tf.where(tf.broadcastTo(tf.notEqual(ceScale, 0), [rows, vs]), ceGrad, tf.zerosLike(ceGrad))) as tf.Tensor2D;
