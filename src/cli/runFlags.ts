@@ -48,6 +48,7 @@ export const RUN_FLAGS = {
   tp_size: { kind: 'int', help: 'tensor parallel size', default: 1, min: 1 },
   pp_size: { kind: 'int', help: 'pipeline parallel size', default: 1, min: 1 },
   cp_size: { kind: 'int', help: 'context parallel size', default: 1, min: 1 },
+  make_vocab_size_divisible_by: { kind: 'int', help: 'under --tp_size > 1, pad the vocabulary rows to a multiple of this × tp (Megatron; padding is masked and never saved)', default: 128, min: 1 },
   devices: { kind: 'int', help: 'workers per node', default: 1, min: 1 },
   num_nodes: { kind: 'int', help: 'nodes', default: 1, min: 1 },
   teacher_devices: { kind: 'int', help: 'workers of their own for the teacher forward pass, streaming to the students (0: in each student worker)', default: 0, min: 0 },
@@ -98,7 +99,7 @@ export function recipeFromFlags(kind: 'distill' | 'pretrain', argv: string[], de
       kdRatio: f.kd_ratio, jsdBeta: f.jsd_beta, skewLambda: f.skew_lambda, chunkSize: f.loss_chunk,
     },
     // teacherDevices is src/parallel/placement.ts's PlacementConfig field (read with teacherDevicesOf).
-    parallel: { numNodes: f.num_nodes, devicesPerNode: f.devices, tpSize: f.tp_size, ppSize: f.pp_size, cpSize: f.cp_size, teacherDevices: f.teacher_devices },
+    parallel: { numNodes: f.num_nodes, devicesPerNode: f.devices, tpSize: f.tp_size, ppSize: f.pp_size, cpSize: f.cp_size, teacherDevices: f.teacher_devices, makeVocabSizeDivisibleBy: f.make_vocab_size_divisible_by },
   } as const;
   if (kind === 'pretrain') return pretrainRecipe(common);
   return distillationRecipe({ ...common, teacherPath: f.teacher_path, teacherCache: f.teacher_cache });

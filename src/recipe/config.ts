@@ -57,6 +57,8 @@ export interface ParallelConfig {
   tpSize: number;
   ppSize: number;
   cpSize: number;
+  /** Under TP the vocabulary rows pad to a multiple of this × tp (NeMo's make_vocab_size_divisible_by, default 128). */
+  makeVocabSizeDivisibleBy?: number;
 }
 
 export interface DistillationRecipe {
@@ -90,7 +92,7 @@ export const DEFAULTS = {
     weightDecayAll: false, clipGrad: 1.0,
   },
   loss: { ...KD_LOSS_DEFAULTS, kdRatio: 1.0, chunkSize: 0 },
-  parallel: { numNodes: 1, devicesPerNode: 1, tpSize: 1, ppSize: 1, cpSize: 1 },
+  parallel: { numNodes: 1, devicesPerNode: 1, tpSize: 1, ppSize: 1, cpSize: 1, makeVocabSizeDivisibleBy: 128 },
 } satisfies Omit<DistillationRecipe, 'kind' | 'name' | 'logDir' | 'studentPath' | 'backend'>;
 
 export type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? DeepPartial<T[K]> : T[K] };

@@ -5,6 +5,7 @@
 import { readModelConfig } from '../checkpoint/load.ts';
 import { ConfigError } from '../errors.ts';
 import { checkModelLayout, type ParallelLayout } from '../parallel/layout.ts';
+import { pairedVocabSize } from '../parallel/modelParallel/vocabPadding.ts';
 import type { DistillationRecipe } from './config.ts';
 
 /** The layout of a recipe's student workers: DP is what remains of the workers after TP × PP × CP. */
@@ -16,15 +17,12 @@ export function layoutOf(recipe: DistillationRecipe): ParallelLayout {
 
 /** The refusals that need the models' configs: layouts they cannot take, and what model parallelism does not run. */
 export function checkModelParallelRecipe(recipe: DistillationRecipe, layout: ParallelLayout): void {
+  // Any vocabulary splits over TP once padded (vocabPadding.ts); teacher and student pad to the pair's one size.
   const student = readModelConfig(recipe.studentPath);
-  checkModelLayout(layout, student, `the student ${recipe.studentPath}`);
+  const teacher = recipe.kind === 'distill' && recipe.teacherPath ? readModelConfig(recipe.teacherPath) : null;
+  const padded = pairedVocabSize([student.vocabSize, ...(teacher ? [teacher.vocabSize] : [])], layout.tp, recipe.parallel.makeVocabSizeDivisibleBy);
+  checkModelLayout(layout, { ...student, vocabSize: padded }, `the student ${recipe.studentPath}`);
   if (recipe.kind === 'distill' && recipe.teacherCache) throw new ConfigError('--teacher_cache with --tp_size/--pp_size/--cp_size > 1 is not supported; distil from the cache with data parallelism only (--devices N)');
-  if (recipe.kind === 'distill' && recipe.teacherPath) {
-    const teacher = readModelConfig(recipe.teacherPath);
-    checkModelLayout(layout, teacher, `the teacher ${recipe.teacherPath}`);
-    if (layout.tp > 1 && teacher.vocabSize !== student.vocabSize) {
-      throw new ConfigError(`with --tp_size ${layout.tp} the teacher's and student's vocabularies must be the same size to split the same way (teacher ${teacher.vocabSize}, student ${student.vocabSize})`);
-    }
-  }
+  if (teacher) checkModelLayout(layout, { ...teacher, vocabSize: padded }, `the teacher ${recipe.teacherPath}`);
 }
 

@@ -17,6 +17,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend } from '../../src/backend/select.ts';
+import { recipeFromFlags } from '../../src/cli/runFlags.ts';
+import { distillationRecipe } from '../../src/recipe/config.ts';
+import { checkModelParallelRecipe } from '../../src/recipe/validateLayout.ts';
 import { loadModel } from '../../src/checkpoint/load.ts';
 import { mulberry32 } from '../../src/data/prng.ts';
 import { readAllSafetensors } from '../../src/io/safetensors.ts';
@@ -206,6 +209,22 @@ for (const c of [
     assertOptimizer(run.optimizer, want.optimizer, what);
   });
 }
+
+// ---- The flag and the layout checks before a run ----
+
+test('--make_vocab_size_divisible_by (default 128) reaches the recipe; --tp_size 2 accepts odd and differing vocabularies', () => {
+  const argv = ['--name', 'v', '--student_path', 's', '--teacher_path', 't'];
+  assert.equal(recipeFromFlags('distill', argv, () => 'd').parallel.makeVocabSizeDivisibleBy, 128);
+  assert.equal(recipeFromFlags('distill', [...argv, '--make_vocab_size_divisible_by', '64'], () => 'd').parallel.makeVocabSizeDivisibleBy, 64);
+  assert.throws(() => recipeFromFlags('distill', [...argv, '--make_vocab_size_divisible_by', '0'], () => 'd'), /make_vocab_size_divisible_by/);
+  const tp2 = layout({ tp: 2 });
+  const recipe = (studentPath: string, teacherPath: string, tpSize = 2): Parameters<typeof checkModelParallelRecipe>[0] =>
+    distillationRecipe({ name: 'v', studentPath, teacherPath, parallel: { devicesPerNode: tpSize, tpSize } });
+  checkModelParallelRecipe(recipe(odd.student!, odd.teacher!), tp2);
+  checkModelParallelRecipe(recipe(llamaWithVocab('llama-student', 1000, 5), llamaWithVocab('llama-teacher', 1024, 6)), tp2);
+  // What padding does not fix is still refused with its arithmetic: the student's 2 heads over 4 ranks.
+  assert.throws(() => checkModelParallelRecipe(recipe(odd.student!, odd.teacher!, 4), layout({ tp: 4 })), /2 attention heads do not split over --tp_size 4/);
+});
 
 // ---- Checkpoints keep the model's own vocabulary ----
 
