@@ -3,7 +3,8 @@
  * tokenizer (Qwen2.5: 152,064 rows in the 7B+ models, 151,936 in the small ones, for the same 151,665 tokens), so
  * distillation compares the two distributions on the ids both have, [0, min(V_t, V_s)), renormalising each side
  * there. That is only meaningful when id i means the same token on both sides, which checkVocabulariesAgree
- * verifies from the tokenizers.
+ * verifies from the tokenizers. Under tensor parallelism the vocabulary-parallel loss cuts each rank's columns to
+ * the same shared range and logs the same line (src/parallel/modelParallel/vocabParallelLoss.ts).
  */
 import { readFileSync } from 'node:fs';
 import { DistillError, FormatError } from '../errors.ts';

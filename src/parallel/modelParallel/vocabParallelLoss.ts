@@ -101,10 +101,13 @@ function labelLogit(z: tf.Tensor2D, labels: tf.Tensor, first: number, cols: numb
   return tf.sum(tf.mul(z, labelOneHot(labels, first, cols)), 1, true) as tf.Tensor2D;
 }
 
+/**
+ * [n, cols]: 1 where the column is the row's label. By comparison with the column ids, so a label outside this
+ * rank's columns matches none (and tf.oneHot's float32 output is all zeros on wasm).
+ */
 function labelOneHot(labels: tf.Tensor, first: number, cols: number): tf.Tensor2D {
-  const local = tf.sub(labels, tf.scalar(first, 'int32'));
-  const inside = tf.logicalAnd(tf.greaterEqual(local, 0), tf.less(local, cols));
-  return tf.mul(tf.oneHot(tf.where(inside, local, tf.zerosLike(local)) as tf.Tensor1D, cols), tf.expandDims(tf.cast(inside, 'float32'), 1)) as tf.Tensor2D;
+  const local = tf.expandDims(tf.sub(labels, tf.scalar(first, 'int32')), 1);
+  return tf.cast(tf.equal(local, tf.range(0, cols, 1, 'int32')), 'float32') as tf.Tensor2D;
 }
 
 /**
