@@ -59,9 +59,11 @@ export function parseFlags<S extends FlagSpecs>(argv: string[], specs: S, comman
     // Accept the dashed spelling too (`--seq-length`), but report under NeMo's underscore name.
     let key = name.replace(/-/g, '_');
     // `--no-FLAG` turns a boolean off, the usual way (`--no-temperature_scaling`); a flag of its own name wins.
-    const negated = !(key in specs) && key.startsWith('no_') && specs[key.slice(3)]?.kind === 'boolean';
+    // Own keys only: `--constructor` must be an unknown flag, not Object.prototype's.
+    const specOf = (k: string): FlagSpec | undefined => (Object.hasOwn(specs, k) ? specs[k] : undefined);
+    const negated = specOf(key) === undefined && key.startsWith('no_') && specOf(key.slice(3))?.kind === 'boolean';
     if (negated) key = key.slice(3);
-    const spec = specs[key];
+    const spec = specOf(key);
     if (!spec) {
       throw new ConfigError(`${command}: unknown flag --${name}. Known flags: ${Object.keys(specs).map((k) => '--' + k).join(' ')}`);
     }

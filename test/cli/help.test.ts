@@ -71,6 +71,7 @@ test('--no-temperature_scaling turns the τ² factor off; =false and =true work 
   assert.throws(() => scaling(['--no-temperature_scaling=false']), /takes no value/);
   // --no- applies to booleans only: --no-lr is an unknown flag, not "lr off".
   assert.throws(() => parseFlags(['--no-lr'], RUN_FLAGS, 'distill run'), /unknown flag --no-lr/);
+  assert.throws(() => parseFlags(['--constructor', '1'], RUN_FLAGS, 'distill run'), /unknown flag --constructor/);
 });
 
 test('pretrain --help lists no teacher or KD flag, and pretrain refuses them', async () => {
