@@ -61,7 +61,8 @@ export async function evaluateMain(argv: string[]): Promise<void> {
     const teacher = f.teacher_path ? await loadModel(f.teacher_path, { trainable: false }) : null;
     const r = await evaluateOn(student, teacher, source, {
       ...DEFAULT_KD_LOSS, kind: f.kd_loss as typeof DEFAULT_KD_LOSS.kind, temperature: f.temperature!, jsdBeta: f.jsd_beta!, skewLambda: f.skew_lambda!,
-      seqLength, microBatchSize: f.mbs!, chunkSize: f.loss_chunk!,
+      // Fewer samples than --mbs: one smaller batch, rather than a full one that reads a sample twice.
+      seqLength, microBatchSize: Math.min(f.mbs!, source.numSamples), chunkSize: f.loss_chunk!,
     });
     if (f.json) {
       console.log(JSON.stringify({ kd_loss: r.kdLoss ?? null, student_ce: r.studentCe, teacher_ce: r.teacherCe ?? null, tokens: r.tokens }));

@@ -56,6 +56,9 @@ test('evaluate: --split/--eval_split choose the documents; a sentence by default
   assert.ok(held.tokens > 0 && train.tokens > 0 && held.tokens + train.tokens < whole.tokens, `valid ${held.tokens} + train ${train.tokens} within ${whole.tokens}`);
   assert.ok(train.tokens > 3 * held.tokens, 'the train part is the larger one');
   assert.notEqual(held.student_ce, train.student_ce);
+  // Fewer samples than --mbs (3 windows of 129 in 414 tokens): each read once, not a batch of 8 repeating them.
+  const few = JSON.parse((await evaluate(['--student_path', student, '--data_paths', data, '--seq_length', '128', '--mbs', '8', '--json']))[0]) as typeof whole;
+  assert.equal(few.tokens, 3 * 128);
   const sentence = await evaluate(common);
   assert.equal(sentence.length, 1);
   assert.match(sentence[0], new RegExp(`^student CE ${whole.student_ce.toFixed(4)} {2}over ${whole.tokens} tokens$`));
