@@ -51,7 +51,7 @@ export const BINARY: Record<string, { expr: string; intExpr?: string; kind: Bina
   Sub: { expr: 'a - b', kind: 'arith' },
   Multiply: { expr: 'a * b', kind: 'arith' },
   RealDiv: { expr: 'a / b', kind: 'arith' },
-  FloorDiv: { expr: 'floorf(a / b)', intExpr: 'b == 0 ? 0 : (int)floorf((float)a / (float)b)', kind: 'arith' },
+  FloorDiv: { expr: '(int)floorf(a / b)', intExpr: 'b == 0 ? 0 : (int)floorf((float)a / (float)b)', kind: 'arith' },
   Maximum: { expr: '(a != a || b != b) ? nanf_() : (a > b ? a : b)', intExpr: 'a > b ? a : b', kind: 'arith' },
   Minimum: { expr: '(a != a || b != b) ? nanf_() : (a < b ? a : b)', intExpr: 'a < b ? a : b', kind: 'arith' },
   Pow: { expr: 'powf(a, b)', intExpr: '(int)powf((float)a, (float)b)', kind: 'arith' },
@@ -112,7 +112,8 @@ export function binary(backend: CudaBackend, op: string, a: tf.TensorInfo, b: tf
   const spec = BINARY[op];
   const upcast = tf.upcastType(a.dtype, b.dtype);
   const computeDtype: tf.DataType = spec.kind === 'logical' ? 'int32' : upcast === 'bool' ? 'int32' : upcast;
-  const outDtype: tf.DataType = spec.kind === 'arith' ? (upcast === 'bool' ? 'int32' : upcast) : 'bool';
+  // tfjs's FloorDiv gives int32 whatever its inputs (the cpu kernel's output dtype).
+  const outDtype: tf.DataType = op === 'FloorDiv' ? 'int32' : spec.kind === 'arith' ? (upcast === 'bool' ? 'int32' : upcast) : 'bool';
   const computeType = cType(computeDtype);
   const ca = cType(a.dtype) === computeType ? a : cast(backend, a, computeDtype);
   const cb = cType(b.dtype) === computeType ? b : cast(backend, b, computeDtype);
@@ -212,7 +213,7 @@ export function elementwiseSources(): { name: string; source: string }[] {
   }
   for (const op of Object.keys(BINARY)) {
     for (const t of ['float', 'int'] as const) {
-      const o = BINARY[op].kind === 'arith' ? t : 'int';
+      const o = BINARY[op].kind === 'arith' && op !== 'FloorDiv' ? t : 'int';
       for (const bc of [false, true]) {
         const name = `binary_${op}_${t}_${o}_${bc ? 'bcast' : 'same'}`;
         out.push({ name, source: binarySource(name, op, t, o, bc) });

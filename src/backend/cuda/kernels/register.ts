@@ -11,8 +11,13 @@ import { broadcastTo, concat, pad, slice, tile, transpose } from './layout.ts';
 import { gatherNd, gatherV2, oneHot, scatterNd, tensorScatterUpdate, unsortedSegmentSum } from './gather.ts';
 import { batchMatMul } from './matMul.ts';
 import { topK } from './topK.ts';
+import { layerNorm, layerNormGrad, rmsNorm, rmsNormGrad } from './fused/norms.ts';
+import { causalSoftmax, rotaryEmbedding, swiglu, swigluGrad } from './fused/attention.ts';
+import { softmaxKl } from './fused/softmaxKl.ts';
 
-type Kernel = (backend: CudaBackend, inputs: tf.TensorInfo[], attrs: Record<string, unknown>, named: tf.NamedTensorInfoMap) => tf.TensorInfo | tf.TensorInfo[];
+/** Named inputs as the kernel reads them: an optional input the call lacks reads as undefined. */
+type NamedInputs = Record<string, tf.TensorInfo>;
+type Kernel = (backend: CudaBackend, inputs: tf.TensorInfo[], attrs: Record<string, unknown>, named: NamedInputs) => tf.TensorInfo | tf.TensorInfo[];
 
 /** A view of x with another shape: the same device memory, one more reference. */
 function reshapeView(backend: CudaBackend, x: tf.TensorInfo, shape: number[]): tf.TensorInfo {
@@ -42,7 +47,27 @@ function sliceAlong(backend: CudaBackend, x: tf.TensorInfo, axis: number, start:
   return slice(backend, x, begin, size);
 }
 
+const eps = (attrs: Record<string, unknown>): number => attrs.eps as number;
+type SoftmaxKlAttrs = Parameters<typeof softmaxKl>[2];
+
+/** Our fused ops' kernels, under the contracts written in src/ops/*.ts. */
+const FUSED: Record<string, Kernel> = {
+  RmsNorm: (b, _l, attrs, n) => rmsNorm(b, n.x, n.weight, eps(attrs)),
+  RmsNormGrad: (b, _l, attrs, n) => rmsNormGrad(b, n.dy, n.x, n.weight, eps(attrs)),
+  LayerNorm: (b, _l, attrs, n) => layerNorm(b, n.x, n.weight, n.bias, eps(attrs)),
+  LayerNormGrad: (b, _l, attrs, n) => layerNormGrad(b, n.dy, n.x, n.weight, eps(attrs)),
+  Swiglu: (b, _l, _a, n) => swiglu(b, n.gate, n.up),
+  SwigluGrad: (b, _l, _a, n) => swigluGrad(b, n.dy, n.gate, n.up),
+  RotaryEmbedding: (b, _l, _a, n) => rotaryEmbedding(b, n.x, n.cosTable, n.sinTable, false),
+  RotaryEmbeddingGrad: (b, _l, _a, n) => rotaryEmbedding(b, n.x, n.cosTable, n.sinTable, true),
+  CausalSoftmax: (b, _l, attrs, n) => causalSoftmax(b, n, attrs as { scale: number; window: number }, false),
+  CausalSoftmaxGrad: (b, _l, attrs, n) => causalSoftmax(b, n, attrs as { scale: number; window: number }, true),
+  SoftmaxKlForward: (b, _l, attrs, n) => softmaxKl(b, n, attrs as unknown as SoftmaxKlAttrs, false),
+  SoftmaxKlBackward: (b, _l, attrs, n) => softmaxKl(b, n, attrs as unknown as SoftmaxKlAttrs, true),
+};
+
 const KERNELS: Record<string, Kernel> = {
+  ...FUSED,
   BatchMatMul: (b, [x, y], attrs) => batchMatMul(b, x, y, attrs.transposeA as boolean, attrs.transposeB as boolean),
   Cast: (b, [x], attrs) => cast(b, x, attrs.dtype as tf.DataType),
   Select: (b, [c, t, e]) => select(b, c, t, e),
@@ -178,7 +203,7 @@ export function registerCudaKernels(): void {
       kernelFunc: ({ inputs, attrs, backend }) => {
         const order = INPUT_ORDER[kernelName];
         const list = order ? order.map((k) => inputs[k] as tf.TensorInfo) : ordered(inputs);
-        return kernel(backend as CudaBackend, list, (attrs ?? {}) as Record<string, unknown>, inputs);
+        return kernel(backend as CudaBackend, list, (attrs ?? {}) as Record<string, unknown>, inputs as NamedInputs);
       },
     });
   }

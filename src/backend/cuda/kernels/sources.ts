@@ -8,6 +8,9 @@ import { layoutSources } from './layout.ts';
 import { matMulSources } from './matMul.ts';
 import { reduceSources } from './reduce.ts';
 import { topKSources } from './topK.ts';
+import { normSources } from './fused/norms.ts';
+import { attentionSources } from './fused/attention.ts';
+import { softmaxKlSources } from './fused/softmaxKl.ts';
 
 export interface KernelSource {
   name: string;
@@ -15,5 +18,5 @@ export interface KernelSource {
 }
 
 export function allKernelSources(): KernelSource[] {
-  return [...elementwiseSources(), ...reduceSources(), ...layoutSources(), ...gatherSources(), ...matMulSources(), ...topKSources()];
+  return [...elementwiseSources(), ...reduceSources(), ...layoutSources(), ...gatherSources(), ...matMulSources(), ...topKSources(), ...normSources(), ...attentionSources(), ...softmaxKlSources()];
 }
