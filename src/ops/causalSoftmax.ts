@@ -18,7 +18,8 @@
  * tfjs's Softmax gradient's, so the two paths agree to rounding), exactly 0 at masked entries.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { hasKernel, OpInputError, runKernel } from './kernels.ts';
+import { OpInputError } from './inputChecks.ts';
+import { hasKernel, runKernel } from './kernels.ts';
 
 export const CAUSAL_SOFTMAX_KERNEL = 'CausalSoftmax';
 export const CAUSAL_SOFTMAX_GRAD_KERNEL = 'CausalSoftmaxGrad';

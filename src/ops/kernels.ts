@@ -6,10 +6,6 @@
  * like any other kernel); when not, the op runs its tfjs composition. No op knows which backends exist.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { DistillError } from '../errors.ts';
-
-/** An op was given tensors it cannot work on: the message names the op, the tensor and what it must be. */
-export class OpInputError extends DistillError {}
 
 /** True when the current tfjs backend has a kernel registered under `kernelName`. */
 export function hasKernel(kernelName: string): boolean {

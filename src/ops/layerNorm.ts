@@ -14,8 +14,8 @@
  * Only x and weight are saved from the forward. rows ≥ 1 and hidden ≥ 1 whenever a kernel is called.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { checkRowParameter } from './inputChecks.ts';
 import { hasKernel, runKernel } from './kernels.ts';
-import { checkRowParameter } from './rmsNorm.ts';
 
 export const LAYER_NORM_KERNEL = 'LayerNorm';
 export const LAYER_NORM_GRAD_KERNEL = 'LayerNormGrad';

@@ -13,7 +13,8 @@
  * inference) a second output. rows ≥ 1 and hidden ≥ 1 whenever a kernel is called.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { hasKernel, OpInputError, runKernel } from './kernels.ts';
+import { checkRowParameter } from './inputChecks.ts';
+import { hasKernel, runKernel } from './kernels.ts';
 
 export const RMS_NORM_KERNEL = 'RmsNorm';
 export const RMS_NORM_GRAD_KERNEL = 'RmsNormGrad';
@@ -28,14 +29,6 @@ export function composedRmsNorm<T extends tf.Tensor>(x: T, weight: tf.Tensor1D, 
     const ms = tf.mean(tf.square(x), x.rank - 1, true);
     return tf.mul(tf.mul(x, tf.rsqrt(tf.add(ms, eps))), weight) as T;
   });
-}
-
-/** Throws unless `weight` is a [hidden] vector for x [..., hidden]. */
-export function checkRowParameter(op: string, x: tf.Tensor, name: string, p: tf.Tensor): void {
-  const hidden = x.shape[x.rank - 1];
-  if (x.rank < 1 || p.rank !== 1 || p.shape[0] !== hidden) {
-    throw new OpInputError(`${op}: ${name} [${p.shape}] must be [${hidden}], the last axis of x [${x.shape}]; pass the layer's own ${name}`);
-  }
 }
 
 /**

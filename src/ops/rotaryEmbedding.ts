@@ -16,7 +16,8 @@
  * reads, so both multiply the same float32 numbers. The tables are constants: they get no gradient.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { hasKernel, OpInputError, runKernel } from './kernels.ts';
+import { OpInputError } from './inputChecks.ts';
+import { hasKernel, runKernel } from './kernels.ts';
 
 export const ROTARY_EMBEDDING_KERNEL = 'RotaryEmbedding';
 export const ROTARY_EMBEDDING_GRAD_KERNEL = 'RotaryEmbeddingGrad';

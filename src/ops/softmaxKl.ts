@@ -56,7 +56,8 @@
  *           their logits hold.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { hasKernel, OpInputError, runKernel } from './kernels.ts';
+import { OpInputError } from './inputChecks.ts';
+import { hasKernel, runKernel } from './kernels.ts';
 
 export const SOFTMAX_KL_FORWARD_KERNEL = 'SoftmaxKlForward';
 export const SOFTMAX_KL_BACKWARD_KERNEL = 'SoftmaxKlBackward';

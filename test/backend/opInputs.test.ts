@@ -9,7 +9,7 @@ import { onEachBackend, tf } from '../helpers/backends.ts';
 import { relError } from '../helpers/fixtures.ts';
 import { CausalMaskCache } from '../../src/model/attention.ts';
 import { causalMask, causalSoftmax, composedCausalSoftmax, MASKED } from '../../src/ops/causalSoftmax.ts';
-import { OpInputError } from '../../src/ops/kernels.ts';
+import { OpInputError } from '../../src/ops/inputChecks.ts';
 import { layerNorm } from '../../src/ops/layerNorm.ts';
 import { rmsNorm } from '../../src/ops/rmsNorm.ts';
 import { rotaryEmbedding } from '../../src/ops/rotaryEmbedding.ts';
