@@ -12,7 +12,7 @@ import { from, lastValueFrom, toArray } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
 import { backward, klLoss, studentForward, teacherLogits } from '../../operators/index.ts';
 import type { KlLossOptions } from '../../operators/klLoss.ts';
-import { loadModel, readModelConfig } from '../../src/checkpoint/load.ts';
+import { loadModel } from '../../src/checkpoint/load.ts';
 import { mulberry32 } from '../../src/data/prng.ts';
 import { encodeSafetensors } from '../../src/io/safetensors.ts';
 import { DEFAULT_KD_LOSS } from '../../src/losses/types.ts';
@@ -23,8 +23,7 @@ import { coordsOf, worldSize, type ParallelLayout } from '../../src/parallel/lay
 import { localTransports } from '../../src/parallel/localTransport.ts';
 import { Collectives } from '../../src/parallel/modelParallel/collectives.ts';
 import { ModelParallelTrainer, type ShardedModel } from '../../src/parallel/modelParallel/modelParallelTrainer.ts';
-import { gatherFullState, loadShardedModel } from '../../src/parallel/modelParallel/shardedWeights.ts';
-import { pairedVocabSize } from '../../src/parallel/modelParallel/vocabPadding.ts';
+import { gatherFullState, loadShardedPair } from '../../src/parallel/modelParallel/shardedWeights.ts';
 import type { StepResult, TokenBatch } from '../../src/train/batch.ts';
 import { saveTrainingCheckpoint } from '../../src/train/trainingCheckpoint.ts';
 import { expectedJson, fixture, maxAbsDiff } from '../helpers/fixtures.ts';
@@ -126,11 +125,9 @@ export async function underLayout(layout: ParallelLayout, steps: number, microPe
   const n = worldSize(layout);
   const transports = localTransports(n);
   const batches = pairBatches(steps, microPerStep, pair);
-  const paddedVocab = pairedVocabSize([readModelConfig(d.student).vocabSize, readModelConfig(d.teacher).vocabSize], layout.tp, pair.makeVocabSizeDivisibleBy ?? 1);
   const ranks = transports.map((t, rank) => {
     const coll = new Collectives(t);
-    const student = loadShardedModel(d.student, layout, rank, true, { paddedVocab });
-    const teacher = loadShardedModel(d.teacher, layout, rank, false, { paddedVocab });
+    const { student, teacher } = loadShardedPair({ student: d.student, teacher: d.teacher, layout, rank, makeVocabSizeDivisibleBy: pair.makeVocabSizeDivisibleBy ?? 1 });
     const optimizer = optimizerFor(student.params);
     const trainer = new ModelParallelTrainer({
       layout, rank, coll, student, teacher, loss, optimizer, clipGrad: pair.clipGrad ?? tr.clip_grad_norm, lrAt: () => tr.lr, nanPolicy: 'stop', globalBatchSize: 2,
@@ -166,7 +163,7 @@ export async function underLayout(layout: ParallelLayout, steps: number, microPe
       r.trainer.dispose();
       r.optimizer.dispose();
       for (const v of r.student.params.values()) v.dispose();
-      for (const v of r.teacher.params.values()) v.dispose();
+      for (const v of r.teacher?.params.values() ?? []) v.dispose();
     }
   }
 }

@@ -28,7 +28,7 @@ import { sharedVocab } from '../../src/losses/vocabAlignment.ts';
 import { worldSize, type ParallelLayout } from '../../src/parallel/layout.ts';
 import { localTransports } from '../../src/parallel/localTransport.ts';
 import { Collectives } from '../../src/parallel/modelParallel/collectives.ts';
-import { loadShardedModel, loadShardedOptimizerState } from '../../src/parallel/modelParallel/shardedWeights.ts';
+import { loadShardedModel, loadShardedOptimizerState, loadShardedPair } from '../../src/parallel/modelParallel/shardedWeights.ts';
 import { vocabParallelLossOp } from '../../src/parallel/modelParallel/vocabParallelLoss.ts';
 import { pairedVocabSize, paddedVocabSize, vocabShard } from '../../src/parallel/modelParallel/vocabPadding.ts';
 import { latestCheckpoint } from '../../src/train/trainingCheckpoint.ts';
@@ -203,6 +203,9 @@ for (const c of [
     assert.ok(note);
     assert.deepEqual(oneLog, [note], 'one worker logs the alignment once');
     assert.deepEqual(tpLog, [note], 'TP logs the same line once (TP rank 0)');
+    const loaded = loadShardedPair({ student: pair.student!, teacher: pair.teacher!, layout: layout({ tp: 2 }), rank: 1, makeVocabSizeDivisibleBy: c.divisor });
+    for (const m of [loaded.student, loaded.teacher!]) for (const v of m.params.values()) v.dispose();
+    assert.equal(loaded.vocabNote, note, 'loadShardedPair gives the line for a run to log before its first step');
     const what = `TP 2, student ${c.student} ← teacher ${c.teacher}`;
     assertSteps(run.steps, want.steps, LOSS_REL, what, ['kdLoss', 'ceLoss'], PART_REL);
     assertWeights(run.weights, want.weights, WEIGHT_ABS, what);

@@ -6,7 +6,7 @@
  * on the ranks, as zero rows that no file holds.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { withHostWeights } from '../../checkpoint/load.ts';
+import { readModelConfig, withHostWeights } from '../../checkpoint/load.ts';
 import type { SavableModel } from '../../checkpoint/save.ts';
 import { readOptimizerState, type CheckpointRef } from '../../train/trainingCheckpoint.ts';
 import type { ModelConfig } from '../../model/config.ts';
@@ -16,7 +16,8 @@ import { arrayToFrame, frameToArray } from '../tensorFrame.ts';
 import type { Collectives } from './collectives.ts';
 import type { ShardedModel } from './modelParallelTrainer.ts';
 import { localParams, localPart, placeSlice } from './shardSpec.ts';
-import { recordVocabShard } from './vocabPadding.ts';
+import { sharedVocab } from '../../losses/vocabAlignment.ts';
+import { pairedVocabSize, recordVocabShard } from './vocabPadding.ts';
 
 export interface ShardedLoadOptions {
   /**
@@ -43,6 +44,34 @@ export function loadShardedModel(dir: string, layout: ParallelLayout, rank: numb
     }
     return { config, params, spec };
   });
+}
+
+/** A run's student and teacher on one rank, cut the same way. */
+export interface ShardedPair {
+  student: ShardedModel;
+  /** null when pretraining. */
+  teacher: ShardedModel | null;
+  /** The vocabulary-alignment line (vocabAlignment.ts) when their vocabularies differ, for the run log. */
+  vocabNote: string | null;
+}
+
+/**
+ * Loads rank `rank`'s slices of a student (trainable) and its teacher (frozen), both padded to the pair's one
+ * vocabulary size under `--make_vocab_size_divisible_by` (pairedVocabSize), so every TP rank holds the same ids of
+ * both, as the vocabulary-parallel loss needs.
+ */
+export function loadShardedPair(o: { student: string; teacher: string | null; layout: ParallelLayout; rank: number; makeVocabSizeDivisibleBy?: number }): ShardedPair {
+  const sv = readModelConfig(o.student).vocabSize;
+  const tv = o.teacher ? readModelConfig(o.teacher).vocabSize : null;
+  const paddedVocab = pairedVocabSize(tv === null ? [sv] : [sv, tv], o.layout.tp, o.makeVocabSizeDivisibleBy);
+  const student = loadShardedModel(o.student, o.layout, o.rank, true, { paddedVocab });
+  try {
+    const teacher = o.teacher ? loadShardedModel(o.teacher, o.layout, o.rank, false, { paddedVocab }) : null;
+    return { student, teacher, vocabNote: tv === null ? null : sharedVocab(tv, sv).note };
+  } catch (e) {
+    for (const v of student.params.values()) v.dispose();
+    throw e;
+  }
 }
 
 /** This rank's slices of the AdamW moments saved (as full tensors) in a checkpoint; zero on the padding rows. */
