@@ -5,7 +5,8 @@
  * 499 + 1, 504 + 491 + 9), for every divergence, with and without the CE term, at τ 1 and 2, against one worker:
  * losses and grad norms (≤ 1e-5 relative, which also catches a gradient tp× too large: AdamW hardly sees a
  * gradient's scale), final weights (≤ 1e-4 absolute) and the gathered AdamW moments, in the model's own 999 rows.
- * The padding rows stay exactly zero on every rank, weight and moments.
+ * The padding rows stay exactly zero on every rank, weight and moments. A GPT-2 student with 999 ids (tied wte,
+ * whose copy on the last stage is padded too) does the same under TP 2 × PP 2.
  *
  * Then pairs whose vocabularies differ by padding (as Qwen's 151,936 and 152,064): each side's extra rows hold
  * random values that the KD must not read, as on one worker, which also logs the same alignment line; and the saved
@@ -34,7 +35,7 @@ import { pairedVocabSize, paddedVocabSize, vocabShard } from '../../src/parallel
 import { latestCheckpoint } from '../../src/train/trainingCheckpoint.ts';
 import { fixture } from '../helpers/fixtures.ts';
 import { checkpointVariant, scratchDir, type F32Tensor } from '../model/checkpointVariant.ts';
-import { assertOptimizer, assertSteps, assertWeights, fixtureLoss, oneWorker, underLayout, type LayoutRun, type ModelPair } from './modelParallelHarness.ts';
+import { assertOptimizer, assertSteps, assertWeights, fixtureLoss, oneWorker, randomGpt2Checkpoint, underLayout, type LayoutRun, type ModelPair } from './modelParallelHarness.ts';
 
 await selectBackend('cpu', { log: null });
 
@@ -183,6 +184,18 @@ function safetensorsShapes(file: string): Map<string, number[]> {
   const header = JSON.parse(bytes.subarray(8, 8 + n).toString('utf8')) as Record<string, { shape?: number[] }>;
   return new Map(Object.entries(header).filter(([k]) => k !== '__metadata__').map(([k, v]) => [k, v.shape ?? []]));
 }
+
+test('a GPT-2 student with 999 ids (tied wte, its copy on the last stage padded too) under TP 2 × PP 2, divisor 128, matches one worker', async () => {
+  // Clipped to a tiny norm so that the gradients' scale reaches the weights (as modelParallel.test.ts's GPT-2 cases).
+  const pair: ModelPair = { student: randomGpt2Checkpoint({ nEmbd: 48, nHead: 4, nLayer: 2, vocab: 999, seed: 7 }), teacher: odd.teacher, clipGrad: 1e-5 };
+  const want = await oneWorker(STEPS, MICRO, fixtureLoss(), pair);
+  const l = layout({ tp: 2, pp: 2 });
+  const run = await runLayout(l, fixtureLoss(), { ...pair, makeVocabSizeDivisibleBy: 128 });
+  assert.ok(run.padding.some((p) => p.name === 'transformer.wte.weight' && p.rank >= 2), 'the last stage holds a padded copy of wte');
+  assertSteps(run.steps, want.steps, LOSS_REL, `GPT-2 999 ids ${nameOf(l)}`);
+  assertWeights(run.weights, want.weights, WEIGHT_ABS, `GPT-2 999 ids ${nameOf(l)}`);
+  assertOptimizer(run.optimizer, want.optimizer, `GPT-2 999 ids ${nameOf(l)}`);
+});
 
 // ---- Vocabularies that differ by padding ----
 
