@@ -83,7 +83,7 @@ function kernelFits(scores: tf.Tensor4D, layout: CausalLayout): boolean {
 export function causalSoftmax(scores: tf.Tensor4D, scale: number, layout: CausalLayout, mask?: tf.Tensor2D): tf.Tensor4D {
   if (scores.rank !== 4) throw new OpInputError(`causalSoftmax: scores [${scores.shape}] must be [batch, heads, queries, keys]`);
   const [, , queries, keys] = scores.shape;
-  if (!kernelFits(scores, layout) || !hasKernel(CAUSAL_SOFTMAX_KERNEL)) {
+  if (!kernelFits(scores, layout) || !hasKernel(CAUSAL_SOFTMAX_KERNEL, CAUSAL_SOFTMAX_GRAD_KERNEL)) {
     if (mask) return composedCausalSoftmax(scores, scale, mask);
     return tf.tidy(() => composedCausalSoftmax(scores, scale, causalMask(layout, queries, keys)));
   }

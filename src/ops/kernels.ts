@@ -7,9 +7,14 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 
-/** True when the current tfjs backend has a kernel registered under `kernelName`. */
-export function hasKernel(kernelName: string): boolean {
-  return tf.getKernel(kernelName, tf.getBackend()) !== undefined;
+/**
+ * True when the current tfjs backend has a kernel registered under each of `kernelNames`. An op asks for its forward
+ * and its Grad kernel together, so that a backend registering only one of them gets the composition, not a failure
+ * in the backward pass.
+ */
+export function hasKernel(...kernelNames: string[]): boolean {
+  const backend = tf.getBackend();
+  return kernelNames.every((name) => tf.getKernel(name, backend) !== undefined);
 }
 
 /**

@@ -42,7 +42,7 @@ export function layerNorm<T extends tf.Tensor>(x: T, weight: tf.Tensor1D, bias: 
   checkRowParameter('layerNorm', x, 'weight', weight);
   checkRowParameter('layerNorm', x, 'bias', bias);
   const fits = x.dtype === 'float32' && weight.dtype === 'float32' && bias.dtype === 'float32' && x.size > 0;
-  if (!fits || !hasKernel(LAYER_NORM_KERNEL)) return composedLayerNorm(x, weight, bias, eps);
+  if (!fits || !hasKernel(LAYER_NORM_KERNEL, LAYER_NORM_GRAD_KERNEL)) return composedLayerNorm(x, weight, bias, eps);
   const hidden = weight.shape[0];
   const shape2d: [number, number] = [x.size / hidden, hidden];
   const attrs: LayerNormAttrs = { eps };

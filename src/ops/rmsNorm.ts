@@ -38,7 +38,7 @@ export function composedRmsNorm<T extends tf.Tensor>(x: T, weight: tf.Tensor1D, 
 export function rmsNorm<T extends tf.Tensor>(x: T, weight: tf.Tensor1D, eps: number): T {
   checkRowParameter('rmsNorm', x, 'weight', weight);
   const fits = x.dtype === 'float32' && weight.dtype === 'float32' && x.size > 0;
-  if (!fits || !hasKernel(RMS_NORM_KERNEL)) return composedRmsNorm(x, weight, eps);
+  if (!fits || !hasKernel(RMS_NORM_KERNEL, RMS_NORM_GRAD_KERNEL)) return composedRmsNorm(x, weight, eps);
   const hidden = weight.shape[0];
   const shape2d: [number, number] = [x.size / hidden, hidden];
   const attrs: RmsNormAttrs = { eps };

@@ -42,7 +42,7 @@ export function rotaryEmbedding(x: tf.Tensor4D, cos: tf.Tensor2D, sinSigned: tf.
   const [, , seq, headDim] = x.shape;
   const table = (t: tf.Tensor): boolean => t.rank === 2 && t.dtype === 'float32' && t.shape[0] === seq && t.shape[1] === headDim;
   const fits = x.dtype === 'float32' && x.size > 0 && table(cos) && table(sinSigned);
-  if (!fits || !hasKernel(ROTARY_EMBEDDING_KERNEL)) return composedRotaryEmbedding(x, cos, sinSigned);
+  if (!fits || !hasKernel(ROTARY_EMBEDDING_KERNEL, ROTARY_EMBEDDING_GRAD_KERNEL)) return composedRotaryEmbedding(x, cos, sinSigned);
   const fused = tf.customGrad((input) => ({
     value: runKernel<tf.Tensor4D>(ROTARY_EMBEDDING_KERNEL, { x: input as tf.Tensor4D, cosTable: cos, sinTable: sinSigned }),
     gradFunc: (dy: tf.Tensor4D) => runKernel<tf.Tensor4D>(ROTARY_EMBEDDING_GRAD_KERNEL, { x: dy, cosTable: cos, sinTable: sinSigned }),

@@ -101,7 +101,7 @@ export interface SoftmaxKlArgs {
 
 /** True when the current backend registers both softmaxKl kernels: the chunked loss then takes the fused term. */
 export function hasSoftmaxKlKernels(): boolean {
-  return hasKernel(SOFTMAX_KL_FORWARD_KERNEL) && hasKernel(SOFTMAX_KL_BACKWARD_KERNEL);
+  return hasKernel(SOFTMAX_KL_FORWARD_KERNEL, SOFTMAX_KL_BACKWARD_KERNEL);
 }
 
 /** The kernels' attrs for `a`: skew KL at λ = 0 is the forward KL exactly, and runs as it (log λ would be −inf). */

@@ -25,7 +25,7 @@ export function composedSwiglu<T extends tf.Tensor>(gate: T, up: T): T {
  */
 export function swiglu<T extends tf.Tensor>(gate: T, up: T): T {
   const fits = gate.dtype === 'float32' && up.dtype === 'float32' && gate.size > 0 && tf.util.arraysEqual(gate.shape, up.shape);
-  if (!fits || !hasKernel(SWIGLU_KERNEL)) return composedSwiglu(gate, up);
+  if (!fits || !hasKernel(SWIGLU_KERNEL, SWIGLU_GRAD_KERNEL)) return composedSwiglu(gate, up);
   const fused = tf.customGrad((g, u, save) => {
     (save as tf.GradSaveFunc)([g as tf.Tensor, u as tf.Tensor]);
     return {
