@@ -13,15 +13,15 @@
  *                   zeros in every column and its logits are not read (they may be NaN or ±inf). Absent: all live.
  *           labels? int32 [N]: next-token label of row r at labels[rowOffset + r]. Present exactly when attrs.ce ≠
  *                   'none'. mask and labels are passed whole, so that no chunk of rows slices them.
- *   attrs   kind      'forward_kl' | 'reverse_kl' | 'jsd' | 'skew_kl'. skew_kl always has 0 < mixW (λ = 0 is sent
- *                     as forward_kl, which it equals exactly).
+ *   attrs   kind      'forward_kl' | 'reverse_kl' | 'jsd' | 'skew_kl'. JSD and skew KL always have 0 < mixW < 1
+ *                     (the op refuses others; skew KL at λ = 0 is sent as forward_kl, which it equals exactly).
  *           ce        'none' | 'shared' | 'own': whether and how the CE's log-sum-exp is had. 'shared': τ = 1 and
  *                     W = V_s, so it is the student's KD one (maxCe = maxStudent, logZCe = logZStudent); 'own':
  *                     over the raw student row, all V_s ids.
  *           invTau    1/τ. a = s·invTau, b = t·invTau (the product rounded to float32, as tf.mul does it).
- *           mixW      w: β of JSD, λ of skew KL; unused by forward and reverse KL. A kernel takes the weight as
- *                     w' = w when 0 < w < 1, else 0.5 (so both logs stay finite), with log w' and log(1 − w') taken
- *                     in double precision and rounded to float32 (Math.log on the host).
+ *           mixW      w: β of JSD, λ of skew KL; 0 and unused for forward and reverse KL. A kernel takes the
+ *                     weight as w' = w when 0 < w < 1, else 0.5 (so both logs stay finite), with log w' and
+ *                     log(1 − w') taken in double precision and rounded to float32 (Math.log on the host).
  *           rowOffset where row 0 of s and t sits in mask and labels.
  *           layout    'values' | 'stats': which output.
  *   output  'values': [rows, 1] = D, or [rows, 2] = (D, CE) when ce ≠ 'none'.
@@ -123,6 +123,10 @@ function check(a: SoftmaxKlArgs): void {
     if (x && (x.rank !== 1 || x.shape[0] < end)) throw new OpInputError(`softmaxKl: ${name} [${x.shape}] must be 1-D and reach row ${end}`);
   }
   if (a.labels && a.labels.dtype !== 'int32') throw new OpInputError(`softmaxKl: labels must be int32, got ${a.labels.dtype}`);
+  const mixed = a.kind === 'jsd' || (a.kind === 'skew_kl' && a.mixWeight !== 0);
+  if (mixed && !(a.mixWeight > 0 && a.mixWeight < 1)) {
+    throw new OpInputError(`softmaxKl: ${a.kind} mixture weight ${a.mixWeight} must be in (0, 1) (skew KL also takes 0, the forward KL)`);
+  }
   if (a.student.dtype !== 'float32' || a.teacher.dtype !== 'float32') {
     throw new OpInputError(`softmaxKl: logits must be float32, got student ${a.student.dtype}, teacher ${a.teacher.dtype}`);
   }
