@@ -9,6 +9,7 @@ export { studentForward } from './studentForward.ts';
 export { klLoss, type KlLossOptions } from './klLoss.ts';
 export { backward, type BackwardGradientOptions, type BackwardOptions } from './backward.ts';
 export { optimizerStep, type OptimizerStepOperatorOptions } from './optimizerStep.ts';
+export { modelParallelBackward, type ModelParallelBackwardOptions } from './modelParallelBackward.ts';
 export { NonFiniteLossError, type NanPolicy } from '../src/train/optimizerStep.ts';
 export { checkpointSink, type CheckpointSinkOptions } from './checkpointSink.ts';
 export { metricsTap, type MetricsSink } from './metricsTap.ts';

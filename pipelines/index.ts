@@ -1,7 +1,7 @@
 /**
- * Named compositions of the operators, and the runner that executes a recipe.
+ * The one composition of the operators, its 0.1 named forms, the runner that executes a recipe, and the other jobs.
  */
-export { distillPipeline } from './distill.ts';
+export { distillPipeline, type TeacherStage } from './distill.ts';
 export { distillFromCachePipeline } from './distillFromCache.ts';
 export { cacheTeacher, writeTeacherCache, writeCacheManifest, type CacheTeacherArgs, type CacheTeacherResult, type WriteCacheOptions } from './cacheTeacher.ts';
 export { pretrainPipeline } from './pretrain.ts';

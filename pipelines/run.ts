@@ -1,56 +1,48 @@
 /**
- * `run(recipe)`: executes a distillation (or pretraining) recipe end to end: picks the backend, loads the models,
- * resumes from the run's last checkpoint when there is one, streams the pipeline, and saves only the student.
+ * `run(recipe)`: executes a distillation (or pretraining) recipe end to end. With several devices (or a teacher of
+ * its own) it launches one worker per device (src/runtime/launcher.ts), each of which runs `runInThisProcess` as a
+ * data-parallel rank, or pipelines/modelParallelRun.ts as a model-parallel one; otherwise it runs here: picks the
+ * backend, loads the models, resumes from the run's last checkpoint (src/train/prepareRun.ts), streams the one
+ * composition (pipelines/distill.ts), and saves only the student.
  */
-import { join } from 'node:path';
-import type * as tf from '@tensorflow/tfjs-core';
-import { mkdirSync } from 'node:fs';
-import { selectBackend, type BackendReport } from '../src/backend/select.ts';
+import { fileURLToPath } from 'node:url';
+import { tap } from 'rxjs';
+import { selectBackend } from '../src/backend/select.ts';
 import { loadModel, readModelConfig } from '../src/checkpoint/load.ts';
 import { hashModelFiles, saveModel } from '../src/checkpoint/save.ts';
 import type { CausalLM } from '../src/model/causalLM.ts';
-import { AdamW } from '../src/optim/adamw.ts';
-import { cosineAnnealingLr } from '../src/optim/schedule.ts';
 import { Credits } from '../src/train/credits.ts';
 import type { StepResult } from '../src/train/batch.ts';
-import {
-  checkFingerprint, latestCheckpoint, loadOptimizerState, readTrainingState, saveTrainingCheckpoint,
-  type RunFingerprint, type TrainingState,
-} from '../src/train/trainingCheckpoint.ts';
+import { loadOptimizerState, saveTrainingCheckpoint } from '../src/train/trainingCheckpoint.ts';
 import { validateRecipe } from '../src/recipe/validate.ts';
 import { checkModelParallelRecipe, layoutOf } from '../src/recipe/validateLayout.ts';
 import type { DistillationRecipe } from '../src/recipe/config.ts';
+import { learningRate, studentOptimizer } from '../src/recipe/trainingObjects.ts';
 import { alignVocabularies } from '../src/train/vocabularyCheck.ts';
 import { openDataSources } from '../src/train/dataSources.ts';
-import { RunLogs } from '../src/train/runLogs.ts';
-import { evaluateOn } from './evaluate.ts';
-import { distillPipeline } from './distill.ts';
-import { distillFromCachePipeline } from './distillFromCache.ts';
+import { prepareRun, runFingerprint } from '../src/train/prepareRun.ts';
+import type { RunResult } from '../src/train/runResult.ts';
+import { StepBarrier } from '../src/train/stepBarrier.ts';
 import { TeacherCache } from '../src/io/teacherCache.ts';
 import { checkCacheForRun } from '../src/cache/compatibility.ts';
-import type { TrainingContext } from './context.ts';
-import type { ValidationResult } from '../operators/validationTap.ts';
-import { tap } from 'rxjs';
-import { StepBarrier } from '../src/train/stepBarrier.ts';
-import { removeIncompleteCheckpoints } from '../src/parallel/checkpointHygiene.ts';
-import { teacherTargets } from '../operators/teacherTargets.ts';
-import type { MetricsSink } from '../operators/metricsTap.ts';
-import { launchWorkers } from '../src/parallel/launcher.ts';
+import { launchWorkers, type LaunchHooks } from '../src/runtime/launcher.ts';
 import { needsWorkers } from '../src/parallel/placement.ts';
-import { checkOneNode } from '../src/parallel/launchEnv.ts';
+import { checkOneNode } from '../src/runtime/launchEnv.ts';
 import type { DataParallelRank } from '../src/parallel/dataParallelRank.ts';
+import { teacherTargets } from '../operators/teacherTargets.ts';
+import { cachedTeacherTargets } from '../operators/cachedTeacherTargets.ts';
+import type { MetricsSink } from '../operators/metricsTap.ts';
+import { evaluateOn } from './evaluate.ts';
+import { distillPipeline } from './distill.ts';
+import type { TrainingContext } from './context.ts';
 
-export interface RunResult {
-  runDir: string;
-  studentDir: string;
-  steps: StepResult[];
-  validations: ValidationResult[];
-  resumedFromStep: number;
-  backend: BackendReport;
-  stoppedEarly: boolean;
-}
+// Kept for one release at their 0.1 paths: the result types live in src/train/runResult.ts, the recipe's objects
+// in src/recipe/trainingObjects.ts.
+export type { RunResult, ValidationResult } from '../src/train/runResult.ts';
+export { learningRate, studentOptimizer } from '../src/recipe/trainingObjects.ts';
+export { runFingerprint } from '../src/train/prepareRun.ts';
 
-export interface RunHooks {
+export interface RunHooks extends Omit<LaunchHooks, 'program'> {
   /** Say where progress goes; defaults to stderr. null silences the run. */
   log?: ((line: string) => void) | null;
   /** Stop after this many steps of this invocation (tests of resume); the checkpoint is written first. */
@@ -61,32 +53,32 @@ export interface RunHooks {
   progress?: boolean;
   /** Called with each step's result, after it is logged. */
   onStep?: (result: StepResult) => void;
-  /** Set by a worker process (src/parallel/worker.ts): this run is one data-parallel rank of several. */
-  dataParallel?: DataParallelRank;
 }
 
+/** What a worker process runs (pipelines/workerProgram.ts), handed to the launcher by path. */
+const WORKER_PROGRAM = fileURLToPath(new URL('./workerProgram.ts', import.meta.url));
+
 export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Promise<RunResult> {
-  const log = hooks.log === undefined ? (l: string) => process.stderr.write(l + '\n') : hooks.log ?? (() => {});
   validateRecipe(recipe);
   const layout = layoutOf(recipe);
   if (layout.tp * layout.pp * layout.cp > 1) checkModelParallelRecipe(recipe, layout);
-  // Several devices, or a teacher of its own: fork one worker per device, each of which runs this function as a rank.
-  const dp = hooks.dataParallel;
-  if (!dp) checkOneNode(recipe.parallel.numNodes);
-  if (!dp && needsWorkers(recipe)) return launchWorkers(recipe, hooks);
+  checkOneNode(recipe.parallel.numNodes);
+  // Several devices, or a teacher of its own: one worker per device.
+  if (needsWorkers(recipe)) return launchWorkers(recipe, { ...hooks, program: WORKER_PROGRAM });
+  return runInThisProcess(recipe, hooks);
+}
+
+/** The run in this process: the whole run, or (with `dp`) one data-parallel rank of a launched run. */
+export async function runInThisProcess(recipe: DistillationRecipe, hooks: RunHooks, dp?: DataParallelRank): Promise<RunResult> {
+  const log = hooks.log === undefined ? (l: string) => process.stderr.write(l + '\n') : hooks.log ?? (() => {});
   const leader = !dp || dp.leader; // only rank 0 writes checkpoints, logs and the final student
   const backend = await selectBackend(recipe.backend, { log, adapterIndex: dp?.deviceIndex, precision: recipe.trainer.precision });
-  const runDir = join(recipe.logDir, recipe.name);
-  mkdirSync(runDir, { recursive: true });
   const t = recipe.trainer;
   const data = recipe.data;
+  const prepared = prepareRun(recipe, { leader, log, progress: hooks.progress, stopAfterSteps: hooks.stopAfterSteps });
 
-  // 1. Load the student and (for distillation) the frozen teacher.
-  // A killed run may have left hidden temporaries (and, before this version, a half-deleted old checkpoint).
-  if (leader) removeIncompleteCheckpoints(runDir);
-  const resume = latestCheckpoint(runDir);
-  const studentDir = resume ? join(resume.dir, 'student') : recipe.studentPath;
-  const student = await loadModel(studentDir, { trainable: true });
+  // 1. Load the student (the checkpoint's when resuming) and, for distillation, the frozen teacher.
+  const student = await loadModel(prepared.studentDir, { trainable: true });
   // --teacher_cache replaces the teacher: its cached outputs are read, its weights never loaded.
   const cache = recipe.kind === 'distill' && recipe.teacherCache ? TeacherCache.open(recipe.teacherCache) : null;
   const teacher: CausalLM | null = recipe.kind === 'distill' && recipe.teacherPath && !cache && !dp?.remoteTeacher ? await loadModel(recipe.teacherPath, { trainable: false }) : null;
@@ -100,116 +92,82 @@ export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Pro
       teacherPath: recipe.teacherPath, teacherSha256: recipe.teacherPath ? hashModelFiles(recipe.teacherPath) : undefined,
     }));
   }
-  const fingerprint = { ...runFingerprint(recipe, sources.fingerprint), ...(cache ? { teacher: `teacher cache ${cache.id}` } : {}) };
   const optimizer = studentOptimizer(recipe, student.params);
-  let startStep = 0;
-  let skippedSteps = 0;
-  if (resume) {
-    const state = readTrainingState(resume);
-    checkFingerprint(resume, state, fingerprint);
-    loadOptimizerState(resume, optimizer, student.params.keys());
-    startStep = state.step;
-    skippedSteps = state.skippedSteps;
-    log(`resuming ${runDir} from step ${startStep} (${resume.dir})`);
+  prepared.resume(runFingerprint(recipe, sources.fingerprint, cache?.id), (ref) => loadOptimizerState(ref, optimizer, student.params.keys()));
+  const { startStep, stopAt, logs } = prepared;
+
+  let stoppedEarly = false;
+  if (!prepared.alreadyFinished) {
+    const credits = dp ? dp.credits(t.inFlight, startStep) : new Credits(t.inFlight);
+    const barrier = new StepBarrier();
+    const pending: Promise<void>[] = [];
+    const ctx: TrainingContext = {
+      read: {
+        seqLength: data.seqLength, globalBatchSize: t.globalBatchSize, microBatchSize: t.microBatchSize,
+        startStep, maxSteps: stopAt + 1, credits, ...dp?.readSlice,
+      },
+      loss: recipe.loss,
+      step: {
+        optimizer, clipGrad: recipe.optim.clipGrad, nanPolicy: t.nanPolicy, globalBatchSize: t.globalBatchSize,
+        lrAt: learningRate(recipe), reduceGradients: dp?.reduceGradients, barrier,
+      },
+      validation: {
+        interval: sources.valid && leader ? t.valCheckInterval : 0,
+        lastStep: stopAt,
+        validate: async (step) => ({ step, ...(await evaluateOn(student, teacher, sources.valid!, { ...recipe.loss, seqLength: data.seqLength, microBatchSize: t.microBatchSize, limitBatches: t.limitValBatches })) }),
+        onValidation: (v) => prepared.onValidation(v),
+      },
+      sinks: stepSinks(dp, [...(logs ? [logs] : []), { onStep: (r) => { prepared.onStep(r); hooks.onStep?.(r); } }]),
+      checkpoint: {
+        saveInterval: t.saveInterval, lastStep: stopAt, pending,
+        save: leader ? (r) => saveTrainingCheckpoint(prepared.runDir, student, optimizer, prepared.trainingState(r)).then(() => {}) : async () => {},
+      },
+    };
+
+    // 2–3. The teacher's stage (online, cached, on its own worker, or none), the loss, both forward passes and the
+    // student's backward pass are the pipeline's stages.
+    const cached = cache ? cachedTeacherTargets(cache, { numSamples: sources.train.numSamples, loss: recipe.loss, studentVocab: student.config.vocabSize }) : null;
+    const teacherStage = cached ?? dp?.remoteTeacher?.stage() ?? (teacher ? teacherTargets(teacher) : null);
+    const pipeline = distillPipeline(student, teacherStage, sources.train, ctx);
+    await new Promise<void>((resolve, reject) => {
+      // Stopping closes the source: micro-batches already in flight drain through the stages, the stream completes,
+      // and checkpointSink writes the last completed step. Weights and checkpoint always agree.
+      const onStop = (): void => {
+        if (stoppedEarly) return;
+        stoppedEarly = true;
+        log('stopping: finishing the batches in flight, then writing a checkpoint');
+        credits.close();
+      };
+      // The end of the pipeline lets the optimizer step go on to the next step (see StepBarrier).
+      const sub = pipeline.pipe(tap((r) => barrier.release(r.step))).subscribe({ error: reject, complete: resolve });
+      hooks.signal?.addEventListener('abort', onStop, { once: true });
+      process.once('SIGINT', onStop);
+      sub.add(() => process.off('SIGINT', onStop));
+    }).finally(() => {
+      credits.close();
+      barrier.releaseAll();
+      cached?.release();
+    });
+    await Promise.all(pending);
+    await dp?.flush();
   }
 
-  const logs = leader ? new RunLogs(runDir, { resumeAfterStep: startStep - 1, maxSteps: t.maxSteps, startStep, log, progress: hooks.progress }) : null;
-  const credits = dp ? dp.credits(t.inFlight, startStep) : new Credits(t.inFlight);
-  const barrier = new StepBarrier();
-  const pending: Promise<void>[] = [];
-  const steps: StepResult[] = [];
-  const validations: ValidationResult[] = [];
-  const lastStep = t.maxSteps - 1;
-  const stopAt = hooks.stopAfterSteps !== undefined ? Math.min(lastStep, startStep + hooks.stopAfterSteps - 1) : lastStep;
-
-  const saveCheckpoint = async (r: StepResult): Promise<void> => {
-    const state: TrainingState = {
-      format: 1, step: r.step + 1, samplesSeen: r.samplesSeen, seed: data.seed, skippedSteps, fingerprint,
-    };
-    await saveTrainingCheckpoint(runDir, student, optimizer, state);
-  };
-  const ctx: TrainingContext = {
-    read: {
-      seqLength: data.seqLength, globalBatchSize: t.globalBatchSize, microBatchSize: t.microBatchSize,
-      startStep, maxSteps: stopAt + 1, credits, ...dp?.readSlice,
-    },
-    loss: { ...recipe.loss, kdRatio: teacher || cache || dp?.remoteTeacher ? recipe.loss.kdRatio : 0 },
-    step: {
-      optimizer, clipGrad: recipe.optim.clipGrad, nanPolicy: t.nanPolicy, globalBatchSize: t.globalBatchSize,
-      lrAt: learningRate(recipe),
-      reduceGradients: dp?.reduceGradients,
-      barrier,
-    },
-    validation: {
-      interval: sources.valid && leader ? t.valCheckInterval : 0,
-      lastStep: stopAt,
-      validate: async (step) => ({ step, ...(await evaluateOn(student, teacher, sources.valid!, { ...recipe.loss, seqLength: data.seqLength, microBatchSize: t.microBatchSize, limitBatches: t.limitValBatches })) }),
-      onValidation: (v) => { validations.push(v); logs?.onValidation(v); },
-    },
-    sinks: stepSinks(dp, [...(logs ? [logs] : []), { onStep: (r) => { steps.push(r); if (r.skipped) skippedSteps++; hooks.onStep?.(r); } }]),
-    checkpoint: { saveInterval: recipe.trainer.saveInterval, lastStep: stopAt, save: leader ? saveCheckpoint : async () => {}, pending },
-  };
-
-  // 2–3. The loss, both forward passes and the student's backward pass are the pipeline's stages.
-  const pipeline = cache ? distillFromCachePipeline(student, cache, sources.train, ctx)
-    : distillPipeline(student, dp?.remoteTeacher?.stage() ?? (teacher ? teacherTargets(teacher) : null), sources.train, ctx);
-  let stoppedEarly = false;
-  await new Promise<void>((resolve, reject) => {
-    // Stopping closes the source: micro-batches already in flight drain through the stages, the stream completes,
-    // and checkpointSink writes the last completed step. Weights and checkpoint always agree.
-    const onStop = (): void => {
-      if (stoppedEarly) return;
-      stoppedEarly = true;
-      log('stopping: finishing the batches in flight, then writing a checkpoint');
-      credits.close();
-    };
-    // The end of the pipeline lets backward go on to the next step (see StepBarrier).
-    const sub = pipeline.pipe(tap((r) => barrier.release(r.step))).subscribe({ error: reject, complete: resolve });
-    hooks.signal?.addEventListener('abort', onStop, { once: true });
-    process.once('SIGINT', onStop);
-    sub.add(() => process.off('SIGINT', onStop));
-  }).finally(() => {
-    credits.close();
-    barrier.releaseAll();
-  });
-  await Promise.all(pending);
-  await dp?.flush();
-
   // 4. Save only the student, in the Hugging Face layout.
-  const finalDir = join(runDir, 'student');
-  const finished = !stoppedEarly && stopAt === lastStep;
-  if (finished && leader) await saveModel(student, finalDir, { dtype: 'float32' });
-  logs?.close(finished ? { studentDir: finalDir } : undefined);
+  const finished = await prepared.finish(stoppedEarly, async (dir) => { if (leader) await saveModel(student, dir, { dtype: 'float32' }); });
   optimizer.dispose();
   student.dispose();
   teacher?.dispose();
   cache?.close();
-  return { runDir, studentDir: finalDir, steps, validations, resumedFromStep: startStep, backend, stoppedEarly: !finished };
+  sources.train.close();
+  sources.valid?.close();
+  const steps = prepared.steps;
+  return {
+    runDir: prepared.runDir, studentDir: prepared.finalDir, steps, validations: prepared.validations, resumedFromStep: startStep, backend,
+    stoppedEarly: !finished, alreadyFinished: prepared.alreadyFinished, lastStep: steps[steps.length - 1] ?? prepared.savedLastStep,
+  };
 }
 
 /** A data-parallel rank's sinks see each step once rank 0 has summed the ranks' losses (src/parallel/dataParallelRank.ts). */
 function stepSinks(dp: DataParallelRank | undefined, sinks: MetricsSink[]): MetricsSink[] {
   return dp ? [dp.gatherSteps(sinks)] : sinks;
-}
-
-/** AdamW with the recipe's settings over the student's (or this rank's) parameters. */
-export function studentOptimizer(recipe: DistillationRecipe, params: Map<string, tf.Variable>): AdamW {
-  const o = recipe.optim;
-  return new AdamW(params, { beta1: o.adamBeta1, beta2: o.adamBeta2, eps: o.adamEps, weightDecay: o.weightDecay, weightDecayAll: o.weightDecayAll });
-}
-
-/** The learning rate at each 0-based step: NeMo's cosine annealing with linear warm-up. */
-export function learningRate(recipe: DistillationRecipe): (step: number) => number {
-  const o = recipe.optim;
-  return (s) => cosineAnnealingLr(s, { lr: o.lr, minLr: o.minLr, warmupSteps: o.warmupSteps, maxSteps: recipe.trainer.maxSteps });
-}
-
-export function runFingerprint(recipe: DistillationRecipe, data: string): RunFingerprint {
-  return {
-    student: hashModelFiles(recipe.studentPath),
-    teacher: recipe.teacherPath ? hashModelFiles(recipe.teacherPath) : 'none',
-    data,
-    seqLength: recipe.data.seqLength,
-    globalBatchSize: recipe.trainer.globalBatchSize,
-  };
 }

@@ -8,7 +8,7 @@ import { DistillError } from '../errors.ts';
 type Main = (argv: string[]) => Promise<void>;
 
 const COMMANDS: Record<string, { help: string; load: () => Promise<Main> }> = {
-  start: { help: 'the main job on the bundled data: distil a student, train the same student with plain CE, compare', load: async () => (await import('../../pipelines/start.ts')).startMain },
+  start: { help: 'the main job on the bundled data: distil a student, train the same student with plain CE, compare', load: async () => (await import('./startCommand.ts')).startMain },
   run: { help: 'distil a student from a teacher (NeMo flags: --student_path --teacher_path --data_paths ...)', load: async () => (await import('./runCommand.ts')).runMain },
   pretrain: { help: 'train a model on next-token cross-entropy (no teacher)', load: async () => (await import('./runCommand.ts')).pretrainMain },
   evaluate: { help: 'student and teacher cross-entropy and their KD divergence on a dataset', load: async () => (await import('./evaluateCommand.ts')).evaluateMain },

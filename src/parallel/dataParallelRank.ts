@@ -9,7 +9,7 @@ import { DataParallelCredits } from './dataParallelCredits.ts';
 import { allReduceGradients, DEFAULT_BUCKET_BYTES } from './gradientBuckets.ts';
 import { ringAllReduce } from './ringAllReduce.ts';
 import type { RemoteTeacher } from './remoteTeacher.ts';
-import type { Transport } from './transport.ts';
+import type { Transport } from '../runtime/transport.ts';
 
 export interface StepSink {
   onStep(result: StepResult): void;

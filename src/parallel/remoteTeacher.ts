@@ -11,7 +11,7 @@ import type * as tf from '@tensorflow/tfjs-core';
 import { tokenRecordIds } from '../train/tokenRecords.ts';
 import type { TeacherBatch, TokenBatch } from '../train/batch.ts';
 import { arrayToFrame, frameToTensor } from './tensorFrame.ts';
-import type { Transport } from './transport.ts';
+import type { Transport } from '../runtime/transport.ts';
 
 export class RemoteTeacher {
   private head: tf.Tensor2D | null = null;

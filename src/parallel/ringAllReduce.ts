@@ -8,7 +8,7 @@
  * with bit-identical values (what keeps data-parallel replicas' weights identical).
  */
 import { arrayToFrame, frameToArray } from './tensorFrame.ts';
-import type { Transport } from './transport.ts';
+import type { Transport } from '../runtime/transport.ts';
 
 export async function ringAllReduce(t: Transport, group: readonly number[], data: Float32Array, tag: number): Promise<void> {
   const n = group.length;

@@ -5,7 +5,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { CausalLM } from '../model/causalLM.ts';
 import { frameToTensor, tensorToFrame } from './tensorFrame.ts';
-import { TransportClosedError, type Transport } from './transport.ts';
+import { TransportClosedError, type Transport } from '../runtime/transport.ts';
 
 export async function serveTeacher(transport: Transport, teacher: CausalLM, students: readonly number[]): Promise<number> {
   const head = await tensorToFrame(teacher.headWeight());

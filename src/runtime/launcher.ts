@@ -9,17 +9,17 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { StepResult } from '../train/batch.ts';
 import type { DistillationRecipe } from '../recipe/config.ts';
-import type { RunResult } from '../../pipelines/run.ts';
+import type { RunResult } from '../train/runResult.ts';
 import { DistillError } from '../errors.ts';
 import { decodeMessage, encodeMessage } from './frameCodec.ts';
 import { isOutgoingEnvelope, type IncomingEnvelope } from './ipcTransport.ts';
 import { LAUNCHER, type WorkerMessage } from './messages.ts';
-import { deviceEnv, placementOf, teacherWorkerFor } from './placement.ts';
+import { deviceEnv, placementOf, teacherWorkerFor } from '../parallel/placement.ts';
 import { gpuIsolation } from './gpuIsolation.ts';
-import { removeIncompleteCheckpoints } from './checkpointHygiene.ts';
-import { DEFAULT_BUCKET_BYTES } from './gradientBuckets.ts';
+import { removeIncompleteCheckpoints } from '../parallel/checkpointHygiene.ts';
+import { DEFAULT_BUCKET_BYTES } from '../parallel/gradientBuckets.ts';
 import { nodeLaunchFromEnv, type NodeLaunch } from './launchEnv.ts';
-import { coordsOf, type ParallelLayout } from './layout.ts';
+import { coordsOf, type ParallelLayout } from '../parallel/layout.ts';
 import { joinNodes, nodeLayout } from './rendezvous.ts';
 
 export interface WorkerInfo {
@@ -39,6 +39,11 @@ export interface LaunchHooks {
   bucketBytes?: number;
   /** With --num_nodes > 1: this node's rank and the master (default: from the torchrun / Slurm environment). */
   node?: NodeLaunch;
+  /**
+   * The module each worker runs (a WorkerProgram, see worker.ts), by file path: the runtime forks processes and
+   * relays frames, and what they compute is the caller's (pipelines/run.ts passes pipelines/workerProgram.ts).
+   */
+  program: string;
 }
 
 /** A worker process ended without finishing: killed, crashed, or out of memory. */
@@ -46,7 +51,7 @@ export class WorkerDiedError extends DistillError {}
 /** A worker reported an error (its stack is in the message). */
 export class WorkerFailedError extends DistillError {}
 
-const WORKER_ENTRY = fileURLToPath(new URL('../../pipelines/worker.ts', import.meta.url));
+const WORKER_ENTRY = fileURLToPath(new URL('./worker.ts', import.meta.url));
 
 interface Slot {
   info: WorkerInfo;
@@ -57,7 +62,7 @@ interface Slot {
   exited: boolean;
 }
 
-export async function launchWorkers(recipe: DistillationRecipe, hooks: LaunchHooks = {}): Promise<RunResult> {
+export async function launchWorkers(recipe: DistillationRecipe, hooks: LaunchHooks): Promise<RunResult> {
   const log = hooks.log === undefined ? (l: string) => process.stderr.write(l + '\n') : hooks.log ?? (() => {});
   const p = placementOf(recipe);
   const runDir = join(recipe.logDir, recipe.name);
@@ -82,7 +87,7 @@ export async function launchWorkers(recipe: DistillationRecipe, hooks: LaunchHoo
     const role = id < p.studentWorkers ? 'student' : 'teacher';
     const iso = gpuIsolation(recipe.backend, device(id));
     if ('none' in iso && recipe.backend === 'webgpu' && total > 1) log(`worker ${id}: not pinned to GPU ${device(id)} (${iso.none})`);
-    const child = fork(WORKER_ENTRY, [String(id)], {
+    const child = fork(WORKER_ENTRY, [String(id), hooks.program], {
       ...('none' in iso ? {} : { execPath: iso.execPath }),
       execArgv: ['--import', tsx],
       serialization: 'advanced',
@@ -140,7 +145,7 @@ export async function launchWorkers(recipe: DistillationRecipe, hooks: LaunchHoo
       if (removed.length) log(`removed half-written checkpoint files: ${removed.join(', ')}`);
       if (failure) reject(failure);
       else if (result) resolve(result);
-      else reject(new WorkerDiedError('every worker finished but rank 0 sent no result (a bug in pipelines/worker.ts)'));
+      else reject(new WorkerDiedError('every worker finished but rank 0 sent no result (a bug in src/runtime/worker.ts or the worker program)'));
     };
     const fail = (e: Error): void => {
       if (failure) return;

@@ -4,9 +4,9 @@
  */
 import type { DistillationRecipe } from '../recipe/config.ts';
 import type { StepResult } from '../train/batch.ts';
-import type { RunResult } from '../../pipelines/run.ts';
-import type { TensorFrame } from './tensorFrame.ts';
-import type { ParallelLayout } from './layout.ts';
+import type { RunResult } from '../train/runResult.ts';
+import type { TensorFrame } from '../parallel/tensorFrame.ts';
+import type { ParallelLayout } from '../parallel/layout.ts';
 
 /** The launcher's address on a transport; workers are 0..n-1 (students first, then teachers). */
 export const LAUNCHER = -1;

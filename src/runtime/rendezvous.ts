@@ -12,7 +12,7 @@ import type { DistillationRecipe } from '../recipe/config.ts';
 import { ConfigError } from '../errors.ts';
 import { latestCheckpoint } from '../train/trainingCheckpoint.ts';
 import type { NodeLaunch } from './launchEnv.ts';
-import type { Placement } from './placement.ts';
+import type { Placement } from '../parallel/placement.ts';
 import { FrameSocket, LINK_PROTOCOL, NodeLinkError, NodeStar, type JoinMessage } from './tcpTransport.ts';
 
 export interface RendezvousOptions {

@@ -18,7 +18,7 @@
  */
 import type { Socket } from 'node:net';
 import { Packr } from 'msgpackr';
-import type { RunResult } from '../../pipelines/run.ts';
+import type { RunResult } from '../train/runResult.ts';
 import { DistillError } from '../errors.ts';
 import { decodeMessage, encodeMessage } from './frameCodec.ts';
 import { Mailbox } from './mailbox.ts';

@@ -44,6 +44,8 @@ export interface OptimizerStepOptions {
    * weighted by its share of the global batch, so a sum gives the global mean's gradient).
    */
   reduceGradients?: (grads: Map<string, tf.Tensor>) => Promise<void>;
+  /** Model parallelism: the whole reduction (slices summed where Megatron sums them, the norm over every rank). */
+  reduce?: GradientReduction;
 }
 
 /** One run's optimizer step; it keeps the count of non-finite steps in a row, so make one per run (or subscription). */
@@ -51,9 +53,8 @@ export class OptimizerStep {
   private consecutiveNonFinite = 0;
   private readonly reduce: GradientReduction;
 
-  /** `reduce` replaces the data-parallel sum and the norm over local gradients (model parallelism gives its own). */
-  constructor(private readonly o: OptimizerStepOptions, reduce?: GradientReduction) {
-    this.reduce = reduce ?? (async (grads, sums) => {
+  constructor(private readonly o: OptimizerStepOptions) {
+    this.reduce = o.reduce ?? (async (grads, sums) => {
       if (o.reduceGradients) await o.reduceGradients(grads);
       const normT = globalNorm(grads.values());
       const gradNorm = (await normT.data())[0];

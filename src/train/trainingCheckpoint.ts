@@ -14,6 +14,8 @@ import { SafetensorsReader, writeSafetensors, type TensorToWrite } from '../io/s
 import { saveModel, type SavableModel } from '../checkpoint/save.ts';
 import type { AdamW, AdamWState } from '../optim/adamw.ts';
 import { DistillError } from '../errors.ts';
+import type { DistillationRecipe } from '../recipe/config.ts';
+import type { StepResult } from './batch.ts';
 
 export const CHECKPOINT_FORMAT = 1;
 
@@ -34,6 +36,10 @@ export interface TrainingState {
   seed: number;
   skippedSteps: number;
   fingerprint: RunFingerprint;
+  /** The recipe the run had when this checkpoint was written (absent before 0.2): a resume names what changed. */
+  recipe?: DistillationRecipe;
+  /** The step this checkpoint ends with (absent before 0.2): a finished run reports it when run again. */
+  lastStep?: StepResult;
 }
 
 export class ResumeRefusedError extends DistillError {}

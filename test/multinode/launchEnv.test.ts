@@ -4,8 +4,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { checkOneNode, expandNodelist, nodeLaunchFromEnv } from '../../src/parallel/launchEnv.ts';
-import { nodeLayout } from '../../src/parallel/rendezvous.ts';
+import { checkOneNode, expandNodelist, nodeLaunchFromEnv } from '../../src/runtime/launchEnv.ts';
+import { nodeLayout } from '../../src/runtime/rendezvous.ts';
 import { sbatchScript, shellQuote } from '../../src/cli/slurmCommand.ts';
 
 test('Slurm node lists expand, keeping zero padding; the first host is the master', () => {

@@ -8,9 +8,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { Packr } from 'msgpackr';
-import type { NodeLaunch } from '../../src/parallel/launchEnv.ts';
-import { rendezvous, type RendezvousOptions } from '../../src/parallel/rendezvous.ts';
-import { LINK_PROTOCOL, NodeLinkError, TcpTransport, type NodeStar } from '../../src/parallel/tcpTransport.ts';
+import type { NodeLaunch } from '../../src/runtime/launchEnv.ts';
+import { rendezvous, type RendezvousOptions } from '../../src/runtime/rendezvous.ts';
+import { LINK_PROTOCOL, NodeLinkError, TcpTransport, type NodeStar } from '../../src/runtime/tcpTransport.ts';
 import { ringAllReduce } from '../../src/parallel/ringAllReduce.ts';
 
 const launch = (nodeRank: number, numNodes: number, masterPort: number, over: Partial<NodeLaunch> = {}): NodeLaunch => ({

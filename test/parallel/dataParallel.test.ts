@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { distillationRecipe, type DistillationRecipe } from '../../src/recipe/config.ts';
 import { run, type RunResult } from '../../pipelines/run.ts';
-import { launchWorkers, WorkerDiedError, type WorkerInfo } from '../../src/parallel/launcher.ts';
+import { WorkerDiedError, type WorkerInfo } from '../../src/runtime/launcher.ts';
 import { withTeacherDevices } from '../../src/parallel/placement.ts';
 import { checkpointsDir, listCheckpoints } from '../../src/train/trainingCheckpoint.ts';
 import { readAllSafetensors } from '../../src/io/safetensors.ts';
@@ -57,7 +57,8 @@ test('--devices 2 (DP 2, gbs 2, mbs 1) gives the losses and final weights of --d
   assertSameRun(dp2, single, 'DP 2');
   // Only rank 0 wrote: each step once in metrics.jsonl, validation ran on rank 0, checkpoints are rank 0's.
   const m = readMetrics(join(dir, 'dp2'));
-  assert.deepEqual(m.filter((r) => r.split !== 'valid').map((r) => r.step), [0, 1, 2, 3, 4, 5]);
+  // Numbered by steps done, 1..N (src/logging/runRecords.ts).
+  assert.deepEqual(m.filter((r) => r.split !== 'valid').map((r) => r.step), [1, 2, 3, 4, 5, 6]);
   assert.equal(m.filter((r) => r.split === 'valid').length, single.validations.length);
   assert.deepEqual(listCheckpoints(join(dir, 'dp2')).map((c) => c.step), [4, 6]);
 });
@@ -74,7 +75,8 @@ test('SIGKILL of one worker stops the run naming it; only complete checkpoints r
   let workers: WorkerInfo[] = [];
   let killed = false;
   await assert.rejects(
-    launchWorkers(r, {
+    // run() launches the workers (devices 2), handing onWorkers to the launcher.
+    run(r, {
       log: null,
       onWorkers: (w) => { workers = w; },
       onStep: (s) => {

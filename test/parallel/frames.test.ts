@@ -6,9 +6,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
-import { decodeMessage, encodeMessage } from '../../src/parallel/frameCodec.ts';
+import { decodeMessage, encodeMessage } from '../../src/runtime/frameCodec.ts';
 import { arrayToFrame, frameToArray, frameToTensor, tensorToFrame } from '../../src/parallel/tensorFrame.ts';
-import type { RingChunk, StepMessage, TeacherRequest } from '../../src/parallel/messages.ts';
+import type { RingChunk, StepMessage, TeacherRequest } from '../../src/runtime/messages.ts';
 import { Packr } from 'msgpackr';
 
 test('a float32 tensor frame round-trips bit for bit, from an unaligned view of a larger buffer', () => {

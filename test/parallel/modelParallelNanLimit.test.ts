@@ -15,7 +15,7 @@ import { readAllSafetensors, writeSafetensors, type TensorToWrite } from '../../
 import { DEFAULT_KD_LOSS } from '../../src/losses/types.ts';
 import { AdamW } from '../../src/optim/adamw.ts';
 import { worldSize, type ParallelLayout } from '../../src/parallel/layout.ts';
-import { localTransports } from '../../src/parallel/localTransport.ts';
+import { localTransports } from '../../src/runtime/localTransport.ts';
 import { Collectives } from '../../src/parallel/modelParallel/collectives.ts';
 import { ModelParallelTrainer } from '../../src/parallel/modelParallel/modelParallelTrainer.ts';
 import { loadShardedModel } from '../../src/parallel/modelParallel/shardedWeights.ts';

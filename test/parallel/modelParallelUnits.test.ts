@@ -14,7 +14,7 @@ import { ConfigError } from '../../src/errors.ts';
 import { parseModelConfig, type ModelConfig } from '../../src/model/config.ts';
 import { expectedParamShapes } from '../../src/model/params.ts';
 import { checkModelLayout, coordsOf, groupOf, rankOf, stagePlan, worldSize, type ParallelLayout } from '../../src/parallel/layout.ts';
-import { localTransports } from '../../src/parallel/localTransport.ts';
+import { localTransports } from '../../src/runtime/localTransport.ts';
 import { Collectives } from '../../src/parallel/modelParallel/collectives.ts';
 import { oneForwardOneBackward, peakInFlight, type ScheduleAction } from '../../src/parallel/modelParallel/pipelineSchedule.ts';
 import { positionsOf, sequenceSplit, takePositions } from '../../src/parallel/modelParallel/sequenceSplit.ts';

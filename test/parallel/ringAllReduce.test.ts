@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
-import { localTransports } from '../../src/parallel/localTransport.ts';
+import { localTransports } from '../../src/runtime/localTransport.ts';
 import { ringAllReduce } from '../../src/parallel/ringAllReduce.ts';
 import { allReduceGradients } from '../../src/parallel/gradientBuckets.ts';
 

@@ -45,9 +45,9 @@ test('a run stopped after 3 of 6 steps and resumed ends with the same weights as
     const a = weights(full.studentDir);
     const b = weights(second.studentDir);
     for (const [name, w] of a) assert.ok(maxAbsDiff(w, b.get(name)!) === 0, `${name} differs`);
-    // metrics.jsonl holds each step once, in order, across the stop.
+    // metrics.jsonl holds each step once, in order, across the stop (numbered by steps done, 1..N: src/logging/runRecords.ts).
     const steps = readMetrics(join(dir, 'split')).filter((r) => r.split !== 'valid').map((r) => r.step);
-    assert.deepEqual(steps, [0, 1, 2, 3, 4, 5]);
+    assert.deepEqual(steps, [1, 2, 3, 4, 5, 6]);
     // The student is a Hugging Face checkpoint and nothing of the teacher is saved.
     const config = JSON.parse(readFileSync(join(second.studentDir, 'config.json'), 'utf8')) as { hidden_size: number };
     assert.equal(config.hidden_size, 32);

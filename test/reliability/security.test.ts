@@ -144,7 +144,7 @@ test('nothing listens on a wildcard address: every listen() names its host; sing
     if (/\b(createSocket|bind)\(\s*\{?\s*(port|\d)/.test(text)) offenders.push(`${file}: a UDP/bound socket`);
   }
   assert.deepEqual(offenders, []);
-  const ipc = readFileSync(join(ROOT, 'src/parallel/ipcTransport.ts'), 'utf8');
+  const ipc = readFileSync(join(ROOT, 'src/runtime/ipcTransport.ts'), 'utf8');
   assert.match(ipc, /process\.send|\.send\(/, 'the single-node worker transport sends over the IPC channel');
   assert.doesNotMatch(ipc, /node:net|createServer|\.listen\(/);
 });

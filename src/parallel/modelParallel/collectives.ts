@@ -10,7 +10,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { ringAllReduce } from '../ringAllReduce.ts';
 import { frameToTensor, tensorToFrame } from '../tensorFrame.ts';
-import type { Transport } from '../transport.ts';
+import type { Transport } from '../../runtime/transport.ts';
 
 export class Collectives {
   private readonly counters = new Map<string, number>();

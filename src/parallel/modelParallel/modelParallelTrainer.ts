@@ -8,9 +8,9 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../../model/config.ts';
 import type { AdamW } from '../../optim/adamw.ts';
-import type { StepLossSums, StepResult, TokenBatch } from '../../train/batch.ts';
+import type { StepGradients, StepLossSums, StepResult, TokenBatch } from '../../train/batch.ts';
 import { meanLoss, type MeanLossOptions } from '../../train/meanLoss.ts';
-import { OptimizerStep, type NanPolicy } from '../../train/optimizerStep.ts';
+import { OptimizerStep, type GradientReduction, type NanPolicy } from '../../train/optimizerStep.ts';
 import { allReduceGradients, DEFAULT_BUCKET_BYTES } from '../gradientBuckets.ts';
 import { coordsOf, groupOf, rankOf, worldSize, type ParallelLayout, type RankCoords } from '../layout.ts';
 import type { Collectives } from './collectives.ts';
@@ -69,7 +69,7 @@ export class ModelParallelTrainer {
       new ShardedStage({ config: m.config, layout: o.layout, rank: o.rank, coords: this.coords, coll: o.coll, prefix, paramNames: new Set(m.params.keys()) });
     this.studentStage = stage(o.student, 's.');
     this.teacherStage = o.teacher ? stage(o.teacher, 't.') : null;
-    this.optimizerStep = new OptimizerStep(o, (grads, sums) => this.reduce(grads, sums));
+    this.optimizerStep = new OptimizerStep({ ...o, reduce: this.reduction });
   }
 
   private get isLast(): boolean {
@@ -170,7 +170,16 @@ export class ModelParallelTrainer {
     return { tape, count: 0 };
   }
 
+  /** One global batch: this rank's gradients (1F1B over the stages), then the optimizer step every layout takes. */
   async step(micros: TokenBatch[]): Promise<StepResult> {
+    return this.optimizerStep.take(await this.gradients(micros));
+  }
+
+  /**
+   * This rank's part of a global batch's gradients and loss sums, through its pipeline stage in 1F1B order; the
+   * optimizer step reduces them with `reduction`.
+   */
+  async gradients(micros: TokenBatch[]): Promise<StepGradients> {
     const started = performance.now();
     const { layout, coll } = this.o;
     const step = micros[0].position.step;
@@ -203,7 +212,7 @@ export class ModelParallelTrainer {
         tape.dispose();
       }
     }
-    return this.finishStep(step, grads, stats, count, started);
+    return this.localSums(step, grads, stats, count, started);
   }
 
   /**
@@ -232,8 +241,8 @@ export class ModelParallelTrainer {
     return { studentCe: sums[1] / n, kdLoss: this.o.teacher ? sums[0] / n : undefined, tokens: sums[2] };
   }
 
-  /** The step's loss sums (read back once), then the one optimizer step with this layout's reduction. */
-  private async finishStep(step: number, grads: Map<string, tf.Tensor>, stats: tf.Tensor[], count: number, started: number): Promise<StepResult> {
+  /** The step's loss sums on this rank, read back once. */
+  private async localSums(step: number, grads: Map<string, tf.Tensor>, stats: tf.Tensor[], count: number, started: number): Promise<StepGradients> {
     const local: StepLossSums = { loss: 0, kd: 0, ce: 0, tokens: 0 };
     try {
       for (const name of this.o.student.params.keys()) if (!grads.has(name)) grads.set(name, tf.zerosLike(this.o.student.params.get(name)!));
@@ -249,14 +258,14 @@ export class ModelParallelTrainer {
     } finally {
       for (const s of stats) s.dispose();
     }
-    return this.optimizerStep.take({ step, grads, sums: local, firstSample: this.firstSample, startedAt: started });
+    return { step, grads, sums: local, firstSample: this.firstSample, startedAt: started };
   }
 
   /**
    * Model parallelism's reduction: gradients summed where Megatron sums them, then one all-reduce over every
    * rank of the squared norm (each value once), the loss sums and the stop flag.
    */
-  private async reduce(grads: Map<string, tf.Tensor>, local: StepLossSums): Promise<{ gradNorm: number; sums: StepLossSums }> {
+  readonly reduction: GradientReduction = async (grads, local) => {
     const { layout, coll, rank } = this.o;
     const spec = this.o.student.spec;
     // 1. Sum over the ranks that saw other data (DP) or other positions (CP) of the same slices.
@@ -300,7 +309,7 @@ export class ModelParallelTrainer {
         tokens: sums[4],
       },
     };
-  }
+  };
 
   private async sumInto(grads: Map<string, tf.Tensor>, name: string, group: number[]): Promise<void> {
     if (group.length < 2) return;
