@@ -110,7 +110,7 @@ test('a teacher and a student padded to different sizes (loaded each alone) are 
   });
   const inputs = [tf.zeros([2, 4]), tf.zeros([2, 4]), tf.zeros([2], 'int32'), tf.ones([2])];
   try {
-    await assert.rejects(op.forward(inputs, [w]), /teacher's vocabulary \(1002\) is padded to 1002 rows and the student's \(999\) to 1000.*pairedVocabSize/);
+    await assert.rejects(op.forward(inputs, [w]), /teacher's vocabulary \(1002\) is padded to 1002 rows and the student's \(999\) to 1000.*loadShardedPair/);
   } finally {
     for (const t of [w, teacherHead, ...inputs]) t.dispose();
   }

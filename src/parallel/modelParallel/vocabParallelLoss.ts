@@ -139,7 +139,7 @@ export function vocabParallelLossOp(names: { hidden: string; teacherHidden: stri
     const s = shardOf(w, o.vocab?.student);
     const t = kd ? shardOf(o.teacherHead!, o.vocab?.teacher) : null;
     if (t && t.paddedSize !== s.paddedSize) {
-      throw new ConfigError(`vocabulary-parallel loss: the teacher's vocabulary (${t.vocabSize}) is padded to ${t.paddedSize} rows and the student's (${s.vocabSize}) to ${s.paddedSize}, so the TP ranks hold different ids of each; load both with loadShardedModel's paddedVocab = pairedVocabSize([${s.vocabSize}, ${t.vocabSize}], tp, --make_vocab_size_divisible_by)`);
+      throw new ConfigError(`vocabulary-parallel loss: the teacher's vocabulary (${t.vocabSize}) is padded to ${t.paddedSize} rows and the student's (${s.vocabSize}) to ${s.paddedSize}, so the TP ranks hold different ids of each; load the two through loadShardedPair (shardedWeights.ts), which pads both to pairedVocabSize([${s.vocabSize}, ${t.vocabSize}], tp, --make_vocab_size_divisible_by)`);
     }
     columns = {
       first: s.first, rows: s.rows, student: s.valid, shared: t ? Math.min(s.valid, t.valid) : 0,
