@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { ConfigError, FormatError } from '../../src/errors.ts';
-import { countParams, parseModelConfig } from '../../src/model/config.ts';
+import { checkSequenceLength, countParams, parseModelConfig } from '../../src/model/config.ts';
 import { fixture } from '../helpers/fixtures.ts';
 
 const FILE = '/ckpt/config.json';
@@ -93,4 +93,15 @@ test('missing or mistyped fields are FormatErrors naming the field', () => {
 test('unsupported rope types and incomplete llama3 scaling are named', () => {
   assertRejects({ ...read('llama-student'), rope_parameters: { rope_theta: 1e4, rope_type: 'yarn', factor: 2 } }, ConfigError, 'rope_parameters', 'yarn');
   assertRejects({ ...read('llama-student'), rope_parameters: { rope_theta: 1e4, rope_type: 'llama3', factor: 8 } }, FormatError, 'low_freq_factor');
+});
+
+test('checkSequenceLength: up to the position range is accepted, one past it is refused naming the field and the file', () => {
+  const llama = parseModelConfig(read('llama-student'), FILE);
+  const gpt2 = parseModelConfig(read('gpt2-tiny'), FILE);
+  checkSequenceLength(llama, 128, 'the student', FILE);
+  checkSequenceLength(gpt2, 64, 'the teacher', FILE);
+  assert.throws(() => checkSequenceLength(llama, 129, 'the student', FILE),
+    (e: unknown) => e instanceof ConfigError && /--seq_length 129 is longer than the student's max_position_embeddings 128 \(\/ckpt\/config\.json\).*raise max_position_embeddings/.test(e.message));
+  assert.throws(() => checkSequenceLength(gpt2, 65, 'the teacher', FILE),
+    (e: unknown) => e instanceof ConfigError && /the teacher's n_positions 64 .*Use --seq_length 64 or less\.$/.test(e.message));
 });
