@@ -36,29 +36,20 @@ __device__ __forceinline__ float warpMax(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
   return v;
 }
-// Sum / max over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
-__device__ float blockSum(float v) {
+// Sum (or max) over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+template <bool MAX> __device__ float blockReduce(float v) {
   __shared__ float partial[32];
   __syncthreads();
-  v = warpSum(v);
+  v = MAX ? warpMax(v) : warpSum(v);
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) partial[warp] = v;
   __syncthreads();
-  int warps = blockDim.x >> 5;
-  v = lane < warps ? partial[lane] : 0.0f;
-  return warpSum(v);
+  float none = MAX ? -__int_as_float(0x7f800000) : 0.0f;
+  v = lane < (int)(blockDim.x >> 5) ? partial[lane] : none;
+  return MAX ? warpMax(v) : warpSum(v);
 }
-__device__ float blockMax(float v) {
-  __shared__ float partialMax[32];
-  __syncthreads();
-  v = warpMax(v);
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) partialMax[warp] = v;
-  __syncthreads();
-  int warps = blockDim.x >> 5;
-  v = lane < warps ? partialMax[lane] : -__int_as_float(0x7f800000);
-  return warpMax(v);
-}
+__device__ __forceinline__ float blockSum(float v) { return blockReduce<false>(v); }
+__device__ __forceinline__ float blockMax(float v) { return blockReduce<true>(v); }
 // bf16 and f16 by hand: round to nearest even, NaN kept.
 __device__ __forceinline__ unsigned short toBf16(float f) {
   unsigned int u = __float_as_uint(f);
