@@ -50,10 +50,14 @@ export function latestPerConfig(records: readonly BenchRecord[]): BenchRecord[] 
   return [...m.values()].sort((a, b) => size(a) - size(b) || a.backend.localeCompare(b.backend) || devicesOf(a) - devicesOf(b) || precisionOf(a).localeCompare(precisionOf(b)));
 }
 
-/** The GPU the webgpu adapter reported ("nvidia nvidia-h200 NVIDIA: 580..." → "nvidia-h200"), or null. */
+/**
+ * The GPU a record ran on, from the backend's own description: cuda names the device first ("NVIDIA H200, compute
+ * capability 9.0, ..."), webgpu's adapter gives vendor then device ("nvidia nvidia-h200 NVIDIA: 580..."). Null on CPU.
+ */
 function gpuOf(r: BenchRecord): string | null {
-  if (r.backend !== 'webgpu' && r.backend !== 'cuda') return null;
-  return /^\S+\s+(\S+)/.exec(r.backend_detail)?.[1] ?? null;
+  if (r.backend === 'cuda') return r.backend_detail.split(/[,;]/)[0].trim() || null;
+  if (r.backend === 'webgpu') return /^\S+\s+(\S+)/.exec(r.backend_detail)?.[1] ?? null;
+  return null;
 }
 
 function peerCell(r: BenchRecord): string {
