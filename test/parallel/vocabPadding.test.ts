@@ -171,6 +171,19 @@ for (const lo of losses) {
   }
 }
 
+test('999 ids, skew_kl with CE under TP 2 with divisor 1024 (2048 rows): TP rank 1 holds only padding, and the run still matches one worker', async () => {
+  const lo = losses[3];
+  const label = `${lo.kind}, kdRatio ${lo.kdRatio}, τ ${lo.temperature}`;
+  const pair: ModelPair = { ...odd, nextTokenLabels: true };
+  if (!references.has(label)) references.set(label, oneWorker(STEPS, MICRO, fixtureLoss(lo), pair));
+  const want = await references.get(label)!;
+  const run = await runLayout(layout({ tp: 2 }), fixtureLoss(lo), { ...pair, makeVocabSizeDivisibleBy: 1024 });
+  assert.ok(run.padding.some((p) => p.rank === 1 && p.rows === 1024), 'rank 1 holds 1024 padding rows');
+  assertSteps(run.steps, want.steps, LOSS_REL, 'rank 1 all padding', ['kdLoss', 'ceLoss'], PART_REL);
+  assertWeights(run.weights, want.weights, WEIGHT_ABS, 'rank 1 all padding');
+  assertOptimizer(run.optimizer, want.optimizer, 'rank 1 all padding');
+});
+
 test('999 ids: the fixture ids (and so the next-token labels) reach both TP ranks\' rows, so both compute CE terms', () => {
   const ids = [...readAllSafetensors(fixture('llama-teacher', 'expected.safetensors')).get('input_ids')!.data];
   assert.ok(ids.some((x) => x >= 512) && ids.some((x) => x < 487), `ids ${ids.join(' ')} do not span both ranks`);

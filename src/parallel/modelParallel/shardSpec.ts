@@ -91,7 +91,9 @@ export function localParams(c: ModelConfig, l: ParallelLayout, coords: RankCoord
     };
     const isVocab = name === emb || name === 'lm_head.weight';
     if (isVocab) {
-      slice = { axis: 0, ranges: [[vocab.first, vocab.first + vocab.valid]] };
+      // A rank holding only padding has no rows of the file: an empty range at its end, not past it.
+      const at = Math.min(vocab.first, c.vocabSize);
+      slice = { axis: 0, ranges: [[at, at + vocab.valid]] };
       replicas = 1;
     } else if (/self_attn\.q_proj\.(weight|bias)$/.test(leaf)) split(0, shape[0]);
     else if (/self_attn\.[kv]_proj\.(weight|bias)$/.test(leaf)) {
