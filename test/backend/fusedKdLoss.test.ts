@@ -15,6 +15,7 @@ import { onEachBackend } from '../helpers/backends.ts';
 import { relError } from '../helpers/fixtures.ts';
 import { fusedKdDivergence } from '../../src/losses/fusedKdTerm.ts';
 import { kdLossFromHidden } from '../../src/losses/chunkedKd.ts';
+import { hasSoftmaxKlKernels } from '../../src/ops/softmaxKl.ts';
 import { tokenCrossEntropy } from '../../src/losses/crossEntropy.ts';
 import { perPositionDivergence } from '../../src/losses/divergences.ts';
 import { maskedMean } from '../../src/losses/maskedMean.ts';
@@ -137,8 +138,9 @@ test('fused divergence: the gradient flows through the head matmul to hidden sta
 
 test('fused divergence: a masked row gives 0 loss and 0 gradient even when its logits are not finite', async () => {
   await onEachBackend(async (backend) => {
-    // The composition's tape multiplies a 0 upstream gradient by the row's NaN softmax; only the fused op can pass.
-    if (backend !== 'webgpu') return;
+    // The composition's tape multiplies a 0 upstream gradient by the row's NaN softmax; only the fused op can pass
+    // (webgpu's kernels, and those of any backend that registers them).
+    if (backend !== 'webgpu' && !hasSoftmaxKlKernels()) return;
     await noLeaks(backend, async () => {
       for (const vocab of [1003, 4096]) {
         const s = tf.tidy(() => tf.concat([logits(2, vocab, 'normal', 7), tf.fill([1, vocab], NaN), tf.fill([1, vocab], Infinity)]) as tf.Tensor2D);
@@ -177,7 +179,7 @@ test('chunked KD loss on hidden states (fused on webgpu, CE folded in) matches t
   await onEachBackend(async (backend) => {
     // Elsewhere kdLossFromHidden is the composition's chunking, which test/losses/chunkedKd.test.ts checks (at
     // V = 37; at these V its analytic skew-KL gradient is ~1.0e-5 from the tape's on wasm, float32's doing).
-    if (backend !== 'webgpu') return;
+    if (backend !== 'webgpu' && !hasSoftmaxKlKernels()) return;
     // Student wider (CE past the shared ids), teacher wider, each read as vec4 or not, equal (τ = 1: the CE shares
     // the KD's log-sum-exp); each kind meets each (τ, α) over the layouts (lavapipe runs the taped reference slowly).
     const layouts = [[1001, 997], [1000, 1004], [1004, 1000], [1003, 1003]];
