@@ -1,7 +1,7 @@
 // README.md's TypeScript block 1, copied by test/docs/readmeBlocks.ts --write for `npm run typecheck`; do not edit here.
 import { filter, tap, lastValueFrom } from 'rxjs';
-import { selectBackend, loadModel, createSampleSource, AdamW, readBatches, teacherLogits, studentForward,
-  klLoss, backward, DEFAULT_KD_LOSS } from 'logit-distill';
+import { selectBackend, loadModel, createSampleSource, AdamW, readBatches, teacherTargets, studentForward,
+  klLoss, backward, optimizerStep, DEFAULT_KD_LOSS } from 'logit-distill';
 
 await selectBackend('auto');
 const teacher = await loadModel('../shared/fixtures/llama-teacher', { trainable: false });   // frozen: never differentiated, never saved
@@ -11,9 +11,10 @@ const optimizer = new AdamW(student.params, { beta1: 0.9, beta2: 0.95, eps: 1e-8
 
 await lastValueFrom(readBatches(data, { seqLength: 16, globalBatchSize: 4, microBatchSize: 2, startStep: 0, maxSteps: 12 }).pipe(
   filter((b) => b.position.step % 3 !== 2),                                        // your filter: skip every third step
-  teacherLogits(teacher),
+  teacherTargets(teacher),
   studentForward(student),
   klLoss({ ...DEFAULT_KD_LOSS, kind: 'reverse_kl', kdRatio: 0.5, chunkSize: 0 }),   // your loss (chunkSize 0: sized by memory)
-  backward(student, { optimizer, lrAt: () => 1e-3, clipGrad: 1, nanPolicy: 'skip', globalBatchSize: 4 }),
+  backward(student),                                                               // gradients of each global batch
+  optimizerStep({ optimizer, lrAt: () => 1e-3, clipGrad: 1, nanPolicy: 'skip', globalBatchSize: 4 }),
   tap((step) => console.log(step.step, step.loss)),                                // your tap
 ));
