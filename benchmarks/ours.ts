@@ -5,6 +5,8 @@
  * source of random token windows. Only the taps of the StageClock are added between the stages.
  */
 import { lastValueFrom, tap, toArray } from 'rxjs';
+import * as tf from '@tensorflow/tfjs-core';
+import type { KernelProfile } from '../src/backend/cuda/kernelProfile.ts';
 import type { BackendReport } from '../src/backend/select.ts';
 import { createModel } from '../src/model/create.ts';
 import { parseModelConfig } from '../src/model/config.ts';
@@ -79,6 +81,11 @@ export function randomTokenSource(vocab: number, seq: number, seed: number, numS
   };
 }
 
+/** The cuda backend's kernel profile, when it is the backend and profiling is on. */
+function kernelProfile(): KernelProfile | null {
+  return (tf.backend() as unknown as { profile?: KernelProfile | null }).profile ?? null;
+}
+
 export async function runOurs(shape: BenchShape, o: OursOptions): Promise<OursResult> {
   const log = o.log ?? (() => {});
   const seed = o.seed ?? 1234;
@@ -110,11 +117,17 @@ export async function runOurs(shape: BenchShape, o: OursOptions): Promise<OursRe
         clock.afterStep(),
       ).pipe(
         // One line per step: an S or M run takes minutes, and a silent one looks hung.
-        tap((r) => log(`ours: step ${r.step + 1}/${total}${r.step < o.warmup ? ' (warm-up)' : ''}: ${(r.elapsedMs / 1000).toFixed(2)} s in backward, loss ${r.loss.toFixed(4)}`)),
+        tap((r) => {
+          log(`ours: step ${r.step + 1}/${total}${r.step < o.warmup ? ' (warm-up)' : ''}: ${(r.elapsedMs / 1000).toFixed(2)} s in backward, loss ${r.loss.toFixed(4)}`);
+          // The cuda kernel profile (DISTILL_CUDA_PROFILE=1) covers the measured steps only.
+          if (r.step === o.warmup - 1) kernelProfile()?.reset();
+        }),
         toArray(),
       ),
     );
     clock.finish();
+    const profile = kernelProfile();
+    if (profile) log(`ours: cuda device time by kernel over ${o.steps} measured steps (timed one launch at a time)\n${profile.table()}`);
     const measureStart = clock.measureStart ?? started;
     const wallMs = clock.lastStepEnd - measureStart;
     const perStep = (ms: number): number => ms / o.steps;

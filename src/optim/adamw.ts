@@ -5,6 +5,7 @@
  * Moments are float32 tensors kept on the backend; the step count is shared by all parameters.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { adamwUpdate } from '../ops/adamwUpdate.ts';
 
 export interface AdamWOptions {
   beta1: number;
@@ -94,13 +95,11 @@ export class AdamW {
         const m = this.mOf.get(name)!;
         const v = this.vOf.get(name)!;
         tf.tidy(() => {
-          const decayed = isDecayed(name, p.shape, this.options.weightDecayAll) && weightDecay !== 0 ? tf.mul(p, 1 - lr * weightDecay) : p;
-          const mNew = tf.add(tf.mul(m, beta1), tf.mul(g, 1 - beta1));
-          const vNew = tf.add(tf.mul(v, beta2), tf.mul(tf.square(g), 1 - beta2));
-          const denom = tf.add(tf.div(tf.sqrt(vNew), sqrtBc2), eps);
+          const decayFactor = isDecayed(name, p.shape, this.options.weightDecayAll) && weightDecay !== 0 ? 1 - lr * weightDecay : 1;
+          const [pNew, mNew, vNew] = adamwUpdate(p, g, m, v, { beta1, beta2, eps, decayFactor, stepSize, sqrtBc2 });
           m.assign(mNew);
           v.assign(vNew);
-          p.assign(tf.sub(decayed, tf.mul(tf.div(mNew, denom), stepSize)));
+          p.assign(pNew);
         });
       }
       return;

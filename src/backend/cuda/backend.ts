@@ -13,6 +13,7 @@ import { CachingAllocator } from './allocator.ts';
 import { CudaDriver, FUNC_ATTR_MAX_DYNAMIC_SHARED, type Handle } from './driver.ts';
 import { compileCached } from './nvrtc.ts';
 import { Cublas } from './cublas.ts';
+import { KernelProfile } from './kernelProfile.ts';
 
 export interface CudaTensorData {
   ptr: bigint;
@@ -74,12 +75,25 @@ export class CudaBackend extends tf.KernelBackend {
   private readonly sharedOptIn = new Map<string, number>();
   /** Kernel launches since start, for the profile and for tests that count them. */
   launches = 0;
+  /** Device time per kernel while profiling (DISTILL_CUDA_PROFILE=1 or startKernelProfile); null otherwise. */
+  profile: KernelProfile | null = null;
 
   constructor(ordinal = 0) {
     super();
     this.driver = new CudaDriver(ordinal);
     this.allocator = new CachingAllocator(this.driver);
     this.data = new tf.DataStorage(this, tf.engine());
+    if (process.env.DISTILL_CUDA_PROFILE === '1') this.startKernelProfile();
+  }
+
+  startKernelProfile(): KernelProfile {
+    return (this.profile ??= new KernelProfile(this.driver));
+  }
+
+  /** Runs a launch (a kernel or a library call), timed when profiling. */
+  timed(name: string, launch: () => void): void {
+    if (this.profile) this.profile.time(name, launch);
+    else launch();
   }
 
   private blasHandle: Cublas | null = null;
@@ -158,7 +172,30 @@ export class CudaBackend extends tf.KernelBackend {
     if (!force && d.refCount > 0) return false;
     this.allocator.release(d.ptr, d.blockSize);
     this.data.delete(dataId);
+    const copies = this.derived.get(dataId);
+    if (copies) {
+      this.derived.delete(dataId);
+      for (const c of copies.values()) this.disposeData(c.dataId, true);
+    }
     return true;
+  }
+
+  /** Copies made from a tensor's data (its bf16 form for products), freed with it. */
+  private readonly derived = new Map<tf.DataId, Map<string, tf.TensorInfo>>();
+
+  /**
+   * `make(source)` made once per source data and `key`, and kept while the source lives: a tensor's contents never
+   * change in tfjs (a variable's assign swaps in new data), so a weight used by several products in a step is
+   * converted to bf16 once, not per product.
+   */
+  derivedFrom(source: tf.TensorInfo, key: string, make: () => tf.TensorInfo): tf.TensorInfo {
+    let copies = this.derived.get(source.dataId);
+    const have = copies?.get(key);
+    if (have) return have;
+    const made = make();
+    if (!copies) this.derived.set(source.dataId, (copies = new Map()));
+    copies.set(key, made);
+    return made;
   }
 
   /** Frees an intermediate a kernel made for itself. */
@@ -240,7 +277,7 @@ export class CudaBackend extends tf.KernelBackend {
       this.driver.check('cuFuncSetAttribute', this.driver.fn.cuFuncSetAttribute(fn, FUNC_ATTR_MAX_DYNAMIC_SHARED, shared));
       this.sharedOptIn.set(spec.name, shared);
     }
-    this.driver.launch(fn, grid, block, shared, spec.args, spec.name);
+    this.timed(spec.name, () => this.driver.launch(fn, grid, block, shared, spec.args, spec.name));
     this.launches++;
   }
 }

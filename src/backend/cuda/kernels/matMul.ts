@@ -27,8 +27,15 @@ extern "C" __global__ void ${name}(unsigned short *__restrict__ y, const float *
 }`;
 }
 
-/** A 16-bit copy of x, held in a float32 tensor of half as many elements (the allocator counts 4-byte elements). */
+/**
+ * A 16-bit copy of x, held in a float32 tensor of half as many elements (the allocator counts 4-byte elements),
+ * made once per tensor and freed with it.
+ */
 function toHalf(backend: CudaBackend, x: tf.TensorInfo, bf16: boolean): tf.TensorInfo {
+  return backend.derivedFrom(x, bf16 ? 'bf16' : 'f16', () => convertToHalf(backend, x, bf16));
+}
+
+function convertToHalf(backend: CudaBackend, x: tf.TensorInfo, bf16: boolean): tf.TensorInfo {
   const n = tf.util.sizeFromShape(x.shape);
   const out = backend.makeOutput([Math.ceil(n / 2)], 'float32');
   const name = bf16 ? 'to_bf16' : 'to_f16';
@@ -66,9 +73,10 @@ export function batchMatMul(backend: CudaBackend, a: tf.TensorInfo, b: tf.Tensor
       ptr: backend.ptr(t), type, transposed, batchStride: tf.util.sizeFromShape(source.shape.slice(0, -2)) === 1 && batch > 1 ? 0 : own,
     });
     if (k === 0) backend.driver.fill32(backend.ptr(out), 0, m * n * batch);
-    else backend.blas.gemm(backend.ptr(out), operand(opA, A, transposeA, m * k), operand(opB, B, transposeB, k * n), m, n, k, batch);
-    if (opA !== A) backend.disposeIntermediate(opA);
-    if (opB !== B) backend.disposeIntermediate(opB);
+    else {
+      const name = `cublas ${precision === '32' ? 'fp32' : bf16 ? 'bf16' : 'f16'} [${batch}] ${m}x${k}${transposeA ? 'ᵀ' : ''} · ${k}x${n}${transposeB ? 'ᵀ' : ''}`;
+      backend.timed(name, () => backend.blas.gemm(backend.ptr(out), operand(opA, A, transposeA, m * k), operand(opB, B, transposeB, k * n), m, n, k, batch));
+    }
   }
   if (A !== a) backend.disposeIntermediate(A);
   if (B !== b) backend.disposeIntermediate(B);

@@ -18,12 +18,15 @@ __device__ __forceinline__ float modFloat(float a, float b) {
   float r = fmodf(a, b);
   return (r != 0.0f && ((r < 0.0f) != (b < 0.0f))) ? r + b : r;
 }
-__device__ __forceinline__ void offsets(const Strides &s, i64 i, int &oa, int &ob, int &oc) {
+// 32-bit unsigned division: a tensor holds fewer than 2^31 elements, and 64-bit division costs ten times more.
+__device__ __forceinline__ void offsets(const Strides &s, i64 index, int &oa, int &ob, int &oc) {
   oa = 0; ob = 0; oc = 0;
+  unsigned int i = (unsigned int)index;
   for (int d = s.rank - 1; d >= 0; d--) {
-    int n = s.out[d];
-    int k = (int)(i % n);
-    i /= n;
+    unsigned int n = (unsigned int)s.out[d];
+    unsigned int q = i / n;
+    int k = (int)(i - q * n);
+    i = q;
     oa += k * s.a[d]; ob += k * s.b[d]; oc += k * s.c[d];
   }
 }

@@ -46,6 +46,7 @@ const isArg = (op: ReduceOp): boolean => op === 'argmax' || op === 'argmin';
 export function reduceSource(name: string, op: ReduceOp, t: 'float' | 'int', rows: boolean, mean: boolean): string {
   const outT = isArg(op) ? 'int' : op === 'all' || op === 'any' ? 'int' : t;
   const result = isArg(op) ? 'at' : mean ? `(${t})(acc / (float)reduced)` : 'acc';
+  const rowResult = isArg(op) ? 'at' : mean ? `(${t})(acc / divisor)` : 'acc';
   if (!rows) {
     return `${PRELUDE}
 extern "C" __global__ void ${name}(${outT} *__restrict__ y, const ${t} *__restrict__ x, int outer, int reduced, int inner) {
@@ -59,12 +60,15 @@ extern "C" __global__ void ${name}(${outT} *__restrict__ y, const ${t} *__restri
 }`;
   }
   return `${PRELUDE}
-extern "C" __global__ void ${name}(${outT} *__restrict__ y, const ${t} *__restrict__ x, int outer, int reduced, int inner) {
+// Block (o, b) folds elements [b·chunk, (b + 1)·chunk) of row o into y[o·gridDim.y + b]: one block per row when
+// gridDim.y is 1, or a first pass over a long row split into gridDim.y parts (the parts then reduced again).
+extern "C" __global__ void ${name}(${outT} *__restrict__ y, const ${t} *__restrict__ x, int outer, int reduced, int inner, int chunk, float divisor) {
   __shared__ ${t} accs[256];
   __shared__ int ats[256];
   const ${t} *p = x + (i64)blockIdx.x * reduced;
+  int start = blockIdx.y * chunk, end = min(reduced, start + chunk);
   ${t} acc = ${INIT[op][t]}; int at = 0;
-  for (int r = threadIdx.x; r < reduced; r += blockDim.x) { ${t} v = p[r]; ${combine(op, t)} }
+  for (int r = start + threadIdx.x; r < end; r += blockDim.x) { ${t} v = p[r]; ${combine(op, t)} }
   accs[threadIdx.x] = acc; ats[threadIdx.x] = at;
   __syncthreads();
   for (int w = blockDim.x / 2; w > 0; w >>= 1) {
@@ -76,7 +80,7 @@ extern "C" __global__ void ${name}(${outT} *__restrict__ y, const ${t} *__restri
     }
     __syncthreads();
   }
-  if (threadIdx.x == 0) { acc = accs[0]; at = ats[0]; (void)at; y[blockIdx.x] = (${outT})(${result}); }
+  if (threadIdx.x == 0) { acc = accs[0]; at = ats[0]; (void)at; y[(i64)blockIdx.x * gridDim.y + blockIdx.y] = (${outT})(${rowResult}); }
 }`;
 }
 
@@ -113,14 +117,48 @@ export function reduce(backend: CudaBackend, x: tf.TensorInfo, axes: number[], o
   const t = cType(x.dtype);
   const out = backend.makeOutput(outShape, outDtype);
   const rows = inner === 1 && reduced >= 32;
-  const name = `reduce_${op}${mean ? '_mean' : ''}_${t}_${rows ? 'rows' : 'cols'}`;
-  backend.launch({
-    name, source: () => reduceSource(name, op, t, rows, mean),
-    grid: rows ? outer : gridFor(outer * inner), block: 256,
-    args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(input)), arg.i32(outer), arg.i32(reduced), arg.i32(inner)],
-  });
+  if (rows) reduceRows(backend, out, input, outer, reduced, op, mean, reduced);
+  else {
+    const name = `reduce_${op}${mean ? '_mean' : ''}_${t}_cols`;
+    backend.launch({
+      name, source: () => reduceSource(name, op, t, false, mean), grid: gridFor(outer * inner), block: 256,
+      args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(input)), arg.i32(outer), arg.i32(reduced), arg.i32(inner)],
+    });
+  }
   if (input !== x) backend.disposeIntermediate(input);
   return out;
+}
+
+/** Elements one block folds in the first pass over a long row. */
+const SPLIT_CHUNK = 8192;
+
+/**
+ * Reduces each of `outer` rows of `reduced` elements into `out`. Few long rows (a parameter's squared sum for the
+ * gradient norm: one row of 25 M) would leave all but a few blocks of the GPU idle, so such rows are split into
+ * parts that blocks fold side by side, and the parts reduced again (the mean divides once, at the end).
+ */
+function reduceRows(backend: CudaBackend, out: tf.TensorInfo, input: tf.TensorInfo, outer: number, reduced: number, op: ReduceOp, mean: boolean, divisor: number): void {
+  const t = cType(input.dtype);
+  const splits = isArg(op) || outer >= 512 ? 1 : Math.min(Math.ceil(reduced / SPLIT_CHUNK), 65535);
+  const name = `reduce_${op}${mean ? '_mean' : ''}_${t}_rows`;
+  if (splits === 1) {
+    backend.launch({
+      name, source: () => reduceSource(name, op, t, true, mean), grid: [outer, 1, 1], block: 256,
+      args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(input)), arg.i32(outer), arg.i32(reduced), arg.i32(1), arg.i32(reduced), arg.f32(divisor)],
+    });
+    return;
+  }
+  const partsDtype: tf.DataType = op === 'all' || op === 'any' ? 'int32' : input.dtype;
+  const parts = backend.makeOutput([outer, splits], partsDtype);
+  const first = `reduce_${op}_${t}_rows`;
+  const chunk = Math.ceil(reduced / splits);
+  backend.launch({
+    name: first, source: () => reduceSource(first, op, t, true, false), grid: [outer, splits, 1], block: 256,
+    args: [arg.ptr(backend.ptr(parts)), arg.ptr(backend.ptr(input)), arg.i32(outer), arg.i32(reduced), arg.i32(1), arg.i32(chunk), arg.f32(1)],
+  });
+  // all/any partials are 0/1 ints: the second pass folds them as such.
+  reduceRows(backend, out, parts, outer, splits, op, mean, divisor);
+  backend.disposeIntermediate(parts);
 }
 
 export function softmaxSource(name: string): string {

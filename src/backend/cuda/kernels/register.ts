@@ -14,6 +14,7 @@ import { topK } from './topK.ts';
 import { layerNorm, layerNormGrad, rmsNorm, rmsNormGrad } from './fused/norms.ts';
 import { causalSoftmax, rotaryEmbedding, swiglu, swigluGrad } from './fused/attention.ts';
 import { softmaxKl } from './fused/softmaxKl.ts';
+import { adamwUpdate, type AdamWUpdateAttrs } from './fused/adamw.ts';
 
 /** Named inputs as the kernel reads them: an optional input the call lacks reads as undefined. */
 type NamedInputs = Record<string, tf.TensorInfo>;
@@ -64,6 +65,7 @@ const FUSED: Record<string, Kernel> = {
   CausalSoftmaxGrad: (b, _l, attrs, n) => causalSoftmax(b, n, attrs as { scale: number; window: number }, true),
   SoftmaxKlForward: (b, _l, attrs, n) => softmaxKl(b, n, attrs as unknown as SoftmaxKlAttrs, false),
   SoftmaxKlBackward: (b, _l, attrs, n) => softmaxKl(b, n, attrs as unknown as SoftmaxKlAttrs, true),
+  AdamWUpdate: (b, _l, attrs, n) => adamwUpdate(b, n.param, n.grad, n.m, n.v, attrs as unknown as AdamWUpdateAttrs),
 };
 
 const KERNELS: Record<string, Kernel> = {

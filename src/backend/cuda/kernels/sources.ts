@@ -11,6 +11,7 @@ import { topKSources } from './topK.ts';
 import { normSources } from './fused/norms.ts';
 import { attentionSources } from './fused/attention.ts';
 import { softmaxKlSources } from './fused/softmaxKl.ts';
+import { adamwSources } from './fused/adamw.ts';
 
 export interface KernelSource {
   name: string;
@@ -18,5 +19,5 @@ export interface KernelSource {
 }
 
 export function allKernelSources(): KernelSource[] {
-  return [...elementwiseSources(), ...reduceSources(), ...layoutSources(), ...gatherSources(), ...matMulSources(), ...topKSources(), ...normSources(), ...attentionSources(), ...softmaxKlSources()];
+  return [...elementwiseSources(), ...reduceSources(), ...layoutSources(), ...gatherSources(), ...matMulSources(), ...topKSources(), ...normSources(), ...attentionSources(), ...softmaxKlSources(), ...adamwSources()];
 }
