@@ -5,7 +5,7 @@
 export { readBatches, tokenBatchFromRecords, type SampleSource, type ReadBatchesOptions } from './readBatches.ts';
 export { teacherTargets, teacherLogits } from './teacherTargets.ts';
 export { cachedTeacherTargets, type CachedTeacherTargetsOptions, type CachedTeacherTargetsOperator } from './cachedTeacherTargets.ts';
-export { studentForward } from './studentForward.ts';
+export { attachStudent, studentForward } from './attachStudent.ts';
 export { klLoss, type KlLossOptions } from './klLoss.ts';
 export { backward, type BackwardGradientOptions, type BackwardOptions } from './backward.ts';
 export { optimizerStep, type OptimizerStepOperatorOptions } from './optimizerStep.ts';

@@ -5,7 +5,7 @@
  * (src/losses/chunkedKd.ts), so memory grows with chunk × vocab. With no teacher on the batch (pretraining) the
  * loss is the CE alone.
  */
-import { map, type OperatorFunction } from 'rxjs';
+import { defer, map, type OperatorFunction } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
 import type { ForwardBatch, LossBatch, LossParts } from '../src/train/batch.ts';
 import { meanLoss, type MeanLossOptions } from '../src/train/meanLoss.ts';
@@ -17,21 +17,24 @@ export interface KlLossOptions extends MeanLossOptions {
 }
 
 export function klLoss(o: KlLossOptions): OperatorFunction<ForwardBatch, LossBatch> {
-  let noted = false;
-  const log = (line: string): void => {
-    if (!noted) o.log?.(line);
-    noted = true;
-  };
-  return map((batch) => ({
-    ...batch,
-    loss: (): LossParts => inStage('klLoss', batch.position, () => {
-      const share = batch.globalBatchTokens > 0 ? batch.tokens / batch.globalBatchTokens : 0;
-      const r = meanLoss(o, {
-        studentHidden: batch.studentForward(), studentHead: batch.studentHead(), teacher: batch.teacher,
-        mask: tf.reshape(batch.lossMask, [-1]) as tf.Tensor1D, labels: tf.reshape(batch.labels, [-1]) as tf.Tensor1D,
-        what: `batch at step ${batch.position.step}`, log,
-      });
-      return { total: tf.mul(r.loss, share) as tf.Scalar, kd: r.kd, ce: r.ce };
-    }),
-  }));
+  return (source) => defer(() => {
+    // Per subscription: each run notes the vocabulary alignment once.
+    let noted = false;
+    const log = (line: string): void => {
+      if (!noted) o.log?.(line);
+      noted = true;
+    };
+    return source.pipe(map((batch): LossBatch => ({
+      ...batch,
+      loss: (): LossParts => inStage('klLoss', batch.position, () => {
+        const share = batch.globalBatchTokens > 0 ? batch.tokens / batch.globalBatchTokens : 0;
+        const r = meanLoss(o, {
+          studentHidden: batch.studentForward(), studentHead: batch.studentHead(), teacher: batch.teacher,
+          mask: tf.reshape(batch.lossMask, [-1]) as tf.Tensor1D, labels: tf.reshape(batch.labels, [-1]) as tf.Tensor1D,
+          what: `batch at step ${batch.position.step}`, log,
+        });
+        return { total: tf.mul(r.loss, share) as tf.Scalar, kd: r.kd, ce: r.ce };
+      }),
+    })));
+  });
 }

@@ -9,14 +9,15 @@ import { Observable } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
 import type { TokenBatch } from '../src/train/batch.ts';
 import type { Credits } from '../src/train/credits.ts';
+import type { SampleSource as DataSampleSource } from '../src/data/sampleSource.ts';
 import { tokenRecordBatch, tokenRecordIds } from '../src/train/tokenRecords.ts';
 import { inStage } from './stageErrors.ts';
 
-/** Random access to training samples, each seq_length + 1 token ids long. */
-export interface SampleSource {
-  numSamples: number;
-  sample(index: number): Int32Array;
-}
+/**
+ * Random access to training samples, each seq_length + 1 token ids long: the data's SampleSource
+ * (src/data/sampleSource.ts), of which this stage needs only the count and the samples.
+ */
+export type SampleSource = Pick<DataSampleSource, 'numSamples' | 'sample'>;
 
 export interface ReadBatchesOptions {
   seqLength: number;

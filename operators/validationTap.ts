@@ -4,15 +4,9 @@
  */
 import { concatMap, type OperatorFunction } from 'rxjs';
 import type { StepResult } from '../src/train/batch.ts';
+import type { ValidationResult } from '../src/train/runResult.ts';
 
-export interface ValidationResult {
-  step: number;
-  /** Student cross-entropy on the next token. */
-  studentCe: number;
-  /** KD divergence to the teacher, without the τ² factor; absent when there is no teacher. */
-  kdLoss?: number;
-  tokens: number;
-}
+export type { ValidationResult };
 
 export interface ValidationTapOptions {
   interval: number;

@@ -2,7 +2,7 @@
  * Distillation, NeMo's four steps as one stream:
  *   1. load the student and the teacher checkpoints             (src/train/prepareRun.ts, before the stream starts)
  *   2. replace the loss with the KL divergence of their logits   (klLoss)
- *   3. run both forward, back-propagate through the student only (teacher stage, studentForward, backward,
+ *   3. run both forward, back-propagate through the student only (teacher stage, attachStudent, backward,
  *                                                                  optimizerStep)
  *   4. save only the student                                     (checkpointSink, and the final save in prepareRun)
  * The teacher stage is what differs between the ways of distilling: the teacher online (`teacherTargets`), its
@@ -16,7 +16,7 @@ import type { CausalLM } from '../src/model/causalLM.ts';
 import type { StepResult, TeacherBatch, TokenBatch } from '../src/train/batch.ts';
 import { readBatches, type SampleSource } from '../operators/readBatches.ts';
 import { teacherTargets } from '../operators/teacherTargets.ts';
-import { studentForward } from '../operators/studentForward.ts';
+import { attachStudent } from '../operators/attachStudent.ts';
 import { klLoss } from '../operators/klLoss.ts';
 import { backward } from '../operators/backward.ts';
 import { optimizerStep } from '../operators/optimizerStep.ts';
@@ -36,7 +36,7 @@ export function distillPipeline(student: CausalLM, teacherStage: TeacherStage | 
   const toTeacherBatch: OperatorFunction<TokenBatch, TeacherBatch> = teacher ?? ((batches) => batches);
   return readBatches(source, c.read).pipe(
     toTeacherBatch,
-    studentForward(student),
+    attachStudent(student),
     klLoss(teacher ? c.loss : { ...c.loss, kdRatio: 0 }),
     backward(student, { credits: c.read.credits }),
     optimizerStep(c.step),

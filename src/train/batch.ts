@@ -2,9 +2,9 @@
  * The values that flow between the pipeline's operators, named for what they carry.
  *
  * tfjs differentiates a function, not tensors computed earlier, so the student's stages hand on closures:
- * `studentForward` adds the forward function, `klLoss` wraps it in the loss, and `backward` runs the whole
- * composition under one gradient tape. Tensors on a batch belong to the batch; the stage that drops a batch
- * disposes them (see `disposeBatch`).
+ * `attachStudent` adds the forward function, `klLoss` wraps it in the loss, and `backward` runs the whole
+ * composition under one gradient tape and sums each global batch's gradients for `optimizerStep`. Tensors on a
+ * batch belong to the batch; the stage that drops a batch disposes them (see `disposeBatch`).
  */
 import type * as tf from '@tensorflow/tfjs-core';
 import type { RecordBatch } from 'apache-arrow';

@@ -96,7 +96,9 @@ export class PreparedRun {
     this.stopAt = n !== undefined ? Math.min(this.lastStep, this.startStep + n - 1) : this.lastStep;
     if (this.alreadyFinished) {
       const last = this.saved?.lastStep;
-      this.say(`${this.runDir} is finished: ${this.startStep} of --max_steps ${this.recipe.trainer.maxSteps} steps done${last ? ` (last loss ${last.loss.toFixed(4)})` : ''}; the student is in ${this.finalDir}. Raise --max_steps to train on, or use another --name.`);
+      const max = this.recipe.trainer.maxSteps;
+      const done = this.startStep === max ? `${max} of --max_steps ${max} steps done` : `${this.startStep} steps done, past --max_steps ${max}`;
+      this.say(`${this.runDir} is finished: ${done}${last ? ` (last loss ${last.loss.toFixed(4)})` : ''}; the student is in ${this.finalDir}. Raise --max_steps to train on, or use another --name.`);
       return;
     }
     if (this.leader) {

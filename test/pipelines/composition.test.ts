@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { concatMap, filter, lastValueFrom, map, tap, toArray } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
-import { readBatches, teacherTargets, studentForward, klLoss, backward, NonFiniteLossError, type SampleSource } from '../../operators/index.ts';
+import { readBatches, teacherTargets, attachStudent, klLoss, backward, NonFiniteLossError, type SampleSource } from '../../operators/index.ts';
 import type { LossBatch } from '../../src/train/batch.ts';
 import { selectBackend } from '../../src/backend/select.ts';
 import { loadModel } from '../../src/checkpoint/load.ts';
@@ -39,7 +39,7 @@ test('a custom pipeline (filter + reverse KL + a tap) trains the fixture pair an
     readBatches(fixed, { seqLength: 16, globalBatchSize: 2, microBatchSize: 2, startStep: 0, maxSteps: 12 }).pipe(
       filter((b) => b.position.step % 3 !== 2), // a user's filter: skip every third batch
       teacherTargets(teacher),
-      studentForward(student),
+      attachStudent(student),
       klLoss({ ...DEFAULT_KD_LOSS, kind: 'reverse_kl', kdRatio: 0.5, chunkSize: 8 }),
       backward(student, { optimizer, lrAt: () => 1e-2, clipGrad: 1, nanPolicy: 'stop', globalBatchSize: 2 }),
       tap((r) => seen.push(r.step)),
@@ -66,7 +66,7 @@ test('a slow stage slows the source: in-flight micro-batches never exceed the cr
       teacherTargets(teacher),
       // A slow stage: 15 ms per micro-batch.
       concatMap(async (b) => { await new Promise((r) => setTimeout(r, 15)); return b; }),
-      studentForward(student),
+      attachStudent(student),
       klLoss({ ...DEFAULT_KD_LOSS, kdRatio: 1, chunkSize: 16 }),
       tap(() => { done++; }),
       backward(student, { optimizer, lrAt: () => 1e-3, clipGrad: 1, nanPolicy: 'stop', credits, globalBatchSize: 4 }),
@@ -92,7 +92,7 @@ test('with a StepBarrier, a slow stage after backward reads exactly the weights 
   await lastValueFrom(
     readBatches(data(), { seqLength: 16, globalBatchSize: 2, microBatchSize: 1, startStep: 0, maxSteps: 5, credits }).pipe(
       teacherTargets(teacher),
-      studentForward(student),
+      attachStudent(student),
       klLoss({ ...DEFAULT_KD_LOSS, kdRatio: 1, chunkSize: 16 }),
       backward(student, { optimizer, lrAt: () => 1e-2, clipGrad: 1, nanPolicy: 'stop', globalBatchSize: 2, barrier, credits }),
       tap((r) => atStep.set(r.step, student.params.get(name)!.dataSync().slice() as Float32Array)),
@@ -117,7 +117,7 @@ test('an error in a stage ends the pipeline with the stage name and the batch po
   const broken = { ...teacher, hidden: (ids: tf.Tensor2D): tf.Tensor3D => { if (ids.shape[0] > 0) throw new Error('teacher exploded'); return teacher.hidden(ids); } };
   await assert.rejects(
     lastValueFrom(readBatches(data(), { seqLength: 16, globalBatchSize: 2, microBatchSize: 1, startStep: 3, maxSteps: 5 }).pipe(
-      teacherTargets(broken), studentForward(student), klLoss({ ...DEFAULT_KD_LOSS, kdRatio: 1, chunkSize: 16 }),
+      teacherTargets(broken), attachStudent(student), klLoss({ ...DEFAULT_KD_LOSS, kdRatio: 1, chunkSize: 16 }),
       backward(student, { optimizer, lrAt: () => 1e-3, clipGrad: 1, nanPolicy: 'stop', globalBatchSize: 2 }),
     )),
     /teacherTargets failed at step 3, micro-batch 1 of 2, first sample 6: teacher exploded/,
@@ -131,7 +131,7 @@ test('a non-finite loss skips the step (weights unchanged) under --nan_policy sk
   const name = [...student.params.keys()][1];
   const before = new Map<number, Float32Array>();
   const pipeline = (policy: 'skip' | 'stop') => readBatches(data(), { seqLength: 16, globalBatchSize: 2, microBatchSize: 2, startStep: 0, maxSteps: 3 }).pipe(
-    teacherTargets(teacher), studentForward(student), klLoss({ ...DEFAULT_KD_LOSS, kdRatio: 1, chunkSize: 16 }),
+    teacherTargets(teacher), attachStudent(student), klLoss({ ...DEFAULT_KD_LOSS, kdRatio: 1, chunkSize: 16 }),
     map(poison),
     tap((b) => before.set(b.position.step, student.params.get(name)!.dataSync().slice() as Float32Array)),
     backward(student, { optimizer, lrAt: () => 1e-2, clipGrad: 1, nanPolicy: policy, globalBatchSize: 2 }),

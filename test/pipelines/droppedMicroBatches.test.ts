@@ -10,7 +10,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { filter, lastValueFrom, tap, toArray } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
-import { backward, klLoss, optimizerStep, readBatches, studentForward, teacherTargets, type SampleSource } from '../../operators/index.ts';
+import { backward, klLoss, optimizerStep, readBatches, attachStudent, teacherTargets, type SampleSource } from '../../operators/index.ts';
 import type { StepResult, TokenBatch } from '../../src/train/batch.ts';
 import { selectBackend } from '../../src/backend/select.ts';
 import { loadModel } from '../../src/checkpoint/load.ts';
@@ -36,7 +36,7 @@ async function steps(m: CausalLM, o: { gbs: number; mbs: number; steps: number; 
         return kept;
       }),
       teacherTargets(teacher),
-      studentForward(m),
+      attachStudent(m),
       klLoss({ ...DEFAULT_KD_LOSS, kdRatio: 0.5, chunkSize: 16 }),
       backward(m),
       optimizerStep({ optimizer, lrAt: () => 0, clipGrad: 0, nanPolicy: 'stop', globalBatchSize: o.gbs }),
@@ -81,7 +81,7 @@ test("the README's pipeline as written (filter on firstSample % 7, sizes 16/8 an
     const results = await lastValueFrom(readBatches(data, { seqLength: 16, globalBatchSize: gbs, microBatchSize: mbs, startStep: 0, maxSteps }).pipe(
       filter((b) => b.position.firstSample % 7 !== 0),
       teacherTargets(teacher),
-      studentForward(student),
+      attachStudent(student),
       klLoss({ ...DEFAULT_KD_LOSS, kind: 'reverse_kl', kdRatio: 0.5, chunkSize: 256 }),
       backward(student, { optimizer, lrAt: () => 1e-3, clipGrad: 1, nanPolicy: 'skip', globalBatchSize: gbs }),
       tap((step) => seen.push(step.step)),

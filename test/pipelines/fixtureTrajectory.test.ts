@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { from, toArray, lastValueFrom } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
-import { teacherTargets, studentForward, klLoss, backward } from '../../operators/index.ts';
+import { teacherTargets, attachStudent, klLoss, backward } from '../../operators/index.ts';
 import { loadModel } from '../../src/checkpoint/load.ts';
 import { AdamW } from '../../src/optim/adamw.ts';
 import { readAllSafetensors } from '../../src/io/safetensors.ts';
@@ -28,7 +28,7 @@ test('5 KD steps on the fixture pair match the PyTorch trajectory and final weig
     const steps = await lastValueFrom(
       from(fixtureBatches(tr.trajectory.length)).pipe(
         teacherTargets(teacher),
-        studentForward(student),
+        attachStudent(student),
         klLoss({ ...DEFAULT_KD_LOSS, kdRatio: 1, chunkSize: 7 }),
         backward(student, { optimizer, lrAt: () => tr.lr, clipGrad: tr.clip_grad_norm, nanPolicy: 'stop', globalBatchSize: 2 }),
         toArray(),
