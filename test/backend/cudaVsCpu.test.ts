@@ -66,7 +66,8 @@ test('cuda element-wise kernels match cpu, broadcasting included', { skip }, asy
   cases.push(['step', () => tf.step(r([50], 3), 0.3)]);
   cases.push(['clip', () => tf.clipByValue(r([50], 3), -0.5, 0.7)]);
   cases.push(['leakyRelu', () => tf.leakyRelu(r([50], 3), 0.1)]);
-  for (const [a, b] of [[[4, 5], [4, 5]], [[4, 5], [5]], [[3, 1, 6], [1, 4, 1]], [[2, 3, 4, 5], [3, 1, 5]], [[7], []]]) {
+  // Every broadcast kernel: same shapes, a scalar on either side, trailing axes on either side, general strides.
+  for (const [a, b] of [[[4, 5], [4, 5]], [[4, 5], [5]], [[5], [4, 5]], [[1, 5], [3, 4, 5]], [[3, 1, 6], [1, 4, 1]], [[2, 3, 4, 5], [3, 1, 5]], [[7], []], [[], [7]], [[4, 1], [4, 5]]]) {
     cases.push([`add [${a}]+[${b}]`, () => tf.add(r(a, 4), r(b, 5))]);
     cases.push([`mul [${a}]*[${b}]`, () => tf.mul(r(a, 4), r(b, 5))]);
     cases.push([`sub/div/pow/max/min [${a}],[${b}]`, () => [tf.sub(r(a, 4), r(b, 5)), tf.div(r(a, 4), tf.add(tf.abs(r(b, 5)), 0.5)), tf.pow(tf.abs(r(a, 4)), r(b, 5)), tf.maximum(r(a, 4), r(b, 5)), tf.minimum(r(a, 4), r(b, 5))]]);

@@ -77,10 +77,42 @@ extern "C" __global__ void ${name}(${outType} *__restrict__ y, const ${inType} *
 }`;
 }
 
-export function binarySource(name: string, op: string, computeType: 'float' | 'int', outType: 'float' | 'int', broadcast: boolean): string {
+/**
+ * How a binary kernel finds its operands' elements: the same index ('same'), an operand that is one value
+ * ('scalarA', 'scalarB'), an operand that is the output's trailing axes, as a bias or a norm weight is ('tailA',
+ * 'tailB': index mod its size, kept in the struct's size of strides.c[0]), or full strided broadcasting.
+ */
+export type BroadcastKind = 'same' | 'scalarA' | 'scalarB' | 'tailA' | 'tailB' | 'bcast';
+export const BROADCAST_KINDS: BroadcastKind[] = ['same', 'scalarA', 'scalarB', 'tailA', 'tailB', 'bcast'];
+
+const INDEX: Record<BroadcastKind, string> = {
+  same: 'int oa = (int)i, ob = (int)i;',
+  scalarA: 'int oa = 0, ob = (int)i;',
+  scalarB: 'int oa = (int)i, ob = 0;',
+  tailA: 'int oa = (int)((unsigned int)i % (unsigned int)s.c[0]), ob = (int)i;',
+  tailB: 'int oa = (int)i, ob = (int)((unsigned int)i % (unsigned int)s.c[0]);',
+  bcast: 'int oa, ob, oc; offsets(s, i, oa, ob, oc);',
+};
+
+/** Which BroadcastKind serves operands of shapes a and b broadcast to `out`. */
+export function broadcastKind(a: number[], b: number[], out: number[]): BroadcastKind {
+  const size = (s: number[]): number => s.reduce((x, y) => x * y, 1);
+  const isTail = (s: number[]): boolean => {
+    const t = s.slice(s.findIndex((d) => d !== 1) === -1 ? s.length : s.findIndex((d) => d !== 1));
+    return t.length > 0 && tf.util.arraysEqual(t, out.slice(out.length - t.length));
+  };
+  if (tf.util.arraysEqual(a, out) && tf.util.arraysEqual(b, out)) return 'same';
+  if (tf.util.arraysEqual(b, out) && size(a) === 1) return 'scalarA';
+  if (tf.util.arraysEqual(a, out) && size(b) === 1) return 'scalarB';
+  if (tf.util.arraysEqual(b, out) && isTail(a)) return 'tailA';
+  if (tf.util.arraysEqual(a, out) && isTail(b)) return 'tailB';
+  return 'bcast';
+}
+
+export function binarySource(name: string, op: string, computeType: 'float' | 'int', outType: 'float' | 'int', kind: BroadcastKind): string {
   const spec = BINARY[op];
   const expr = computeType === 'int' && spec.intExpr ? spec.intExpr : spec.expr;
-  const index = broadcast ? 'int oa, ob, oc; offsets(s, i, oa, ob, oc);' : 'int oa = (int)i, ob = (int)i;';
+  const index = INDEX[kind];
   return `${PRELUDE}
 extern "C" __global__ void ${name}(${outType} *__restrict__ y, const ${computeType} *__restrict__ as, const ${computeType} *__restrict__ bs, Strides s) {
   GRID_STRIDE(i, s.size) { ${index} ${computeType} a = as[oa]; ${computeType} b = bs[ob]; y[i] = (${outType})(${expr}); }
@@ -119,14 +151,15 @@ export function binary(backend: CudaBackend, op: string, a: tf.TensorInfo, b: tf
   const cb = cType(b.dtype) === computeType ? b : cast(backend, b, computeDtype);
   const shape = tf.backend_util.assertAndGetBroadcastShape(a.shape, b.shape);
   const outType = cType(outDtype);
-  const same = tf.util.arraysEqual(a.shape, shape) && tf.util.arraysEqual(b.shape, shape);
-  const name = `binary_${op}_${computeType}_${outType}_${same ? 'same' : 'bcast'}`;
+  const kind = broadcastKind(a.shape, b.shape, shape);
+  const name = `binary_${op}_${computeType}_${outType}_${kind}`;
   const out = backend.makeOutput(shape, outDtype);
-  const strides = same
-    ? [0, tf.util.sizeFromShape(shape), ...new Array<number>(32).fill(0)]
+  const tail = kind === 'tailA' ? tf.util.sizeFromShape(a.shape) : kind === 'tailB' ? tf.util.sizeFromShape(b.shape) : 0;
+  const strides = kind !== 'bcast'
+    ? [0, tf.util.sizeFromShape(shape), ...new Array<number>(24).fill(0), tail, ...new Array<number>(7).fill(0)]
     : stridesStruct(shape, [broadcastStrides(a.shape, shape), broadcastStrides(b.shape, shape), stridesOf(shape).map(() => 0)]);
   backend.launch({
-    name, source: () => binarySource(name, op, computeType, outType, !same), grid: gridFor(strides[1]), block: 256,
+    name, source: () => binarySource(name, op, computeType, outType, kind), grid: gridFor(strides[1]), block: 256,
     args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(ca)), arg.ptr(backend.ptr(cb)), arg.ints(strides)],
   });
   if (ca !== a) backend.disposeIntermediate(ca);
@@ -214,9 +247,9 @@ export function elementwiseSources(): { name: string; source: string }[] {
   for (const op of Object.keys(BINARY)) {
     for (const t of ['float', 'int'] as const) {
       const o = BINARY[op].kind === 'arith' && op !== 'FloorDiv' ? t : 'int';
-      for (const bc of [false, true]) {
-        const name = `binary_${op}_${t}_${o}_${bc ? 'bcast' : 'same'}`;
-        out.push({ name, source: binarySource(name, op, t, o, bc) });
+      for (const kind of BROADCAST_KINDS) {
+        const name = `binary_${op}_${t}_${o}_${kind}`;
+        out.push({ name, source: binarySource(name, op, t, o, kind) });
       }
     }
   }
