@@ -11,7 +11,7 @@ import { serveTeacher } from '../src/parallel/teacherServer.ts';
 import { LAUNCHER } from '../src/runtime/messages.ts';
 import { TransportClosedError } from '../src/runtime/transport.ts';
 import type { WorkerProgram } from '../src/runtime/worker.ts';
-import { runInThisProcess } from './run.ts';
+import { distillInThisProcess } from './distill.ts';
 import { runModelParallelRank } from './modelParallelRun.ts';
 
 const program: WorkerProgram = {
@@ -25,7 +25,7 @@ const program: WorkerProgram = {
       onStopAgreed: () => ac.abort(),
     });
     transport.receive(LAUNCHER, 'stop').then(() => dp.requestStop(), () => {});
-    const result = await runInThisProcess(init.recipe, {
+    const result = await distillInThisProcess(init.recipe, {
       log, signal: ac.signal, progress: false, stopAfterSteps: init.stopAfterSteps ?? undefined,
       onStep: dp.leader ? (r) => transport.send(LAUNCHER, { kind: 'step', result: r }) : undefined,
     }, dp);
