@@ -13,7 +13,7 @@
  * its micro-batches (the tokens that arrive are counted per rank); the runner's pipeline drops none.
  *
  * @example
- * readBatches(source, read).pipe(teacherTargets(teacher), studentForward(student), klLoss(loss),
+ * readBatches(source, read).pipe(teacherTargets(teacher), attachStudent(student), klLoss(loss),
  *   backward(student), optimizerStep({ optimizer, lrAt, clipGrad: 1, nanPolicy: 'skip', globalBatchSize: 16 }))
  */
 import { concat, concatMap, defer, EMPTY, finalize, Observable, type OperatorFunction } from 'rxjs';

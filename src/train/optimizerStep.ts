@@ -6,7 +6,9 @@
  * gradients are slices, so the norm and the loss sums are all-reduced over every rank).
  *
  * What differs between layouts is only the reduction; the clipping rule, the NaN policy (including the limit on
- * non-finite steps in a row) and the result are written here once.
+ * non-finite steps in a row) and the result are written here once. The micro-batches' gradients arrive already
+ * summed over the global batch: by `backward` (one process, data parallelism) or by the 1F1B tape of a model-
+ * parallel stage, each micro-batch's loss weighted by its share of the global batch's tokens.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { AdamW } from '../optim/adamw.ts';
