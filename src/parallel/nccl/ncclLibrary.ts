@@ -1,0 +1,125 @@
+/**
+ * NCCL (libnccl.so.2) bound through koffi, as far as the collectives use it. The library is found where the CUDA
+ * libraries are (src/backend/cuda/libraries.ts: the toolkit, distro packages, Python's nvidia-nccl-* wheels); a
+ * missing one is a BackendError naming libnccl.so.2 and how to install it.
+ *
+ * Calling conventions (measured with ../shared/tools/nccl-ffi-probe.cjs on NCCL 2.28): device pointers pass as
+ * uint64_t, the communicator and the stream as opaque pointers, and the ncclUniqueId (128 bytes) by value as a
+ * struct. NCCL reads its NCCL_* environment variables itself, so the user's settings (NCCL_SOCKET_IFNAME,
+ * NCCL_NVLS_ENABLE=0, NCCL_DEBUG, ...) hold unchanged: nothing here sets or clears one.
+ */
+import { BackendError, DistillError } from '../../errors.ts';
+import { koffi, openLibrary, type NativeFunction } from '../../backend/cuda/libraries.ts';
+
+/** ncclResult_t */
+export const NCCL_SUCCESS = 0;
+export const NCCL_IN_PROGRESS = 7;
+const RESULT_NAMES = ['ncclSuccess', 'ncclUnhandledCudaError', 'ncclSystemError', 'ncclInternalError', 'ncclInvalidArgument', 'ncclInvalidUsage', 'ncclRemoteError', 'ncclInProgress'];
+
+/** ncclDataType_t for the dtypes the cuda backend stores (bool is stored as int32 there). */
+export const NCCL_DTYPE = { float32: 7, int32: 2, bool: 2 } as const;
+/** ncclRedOp_t */
+export const NCCL_SUM = 0;
+
+/** The length of an ncclUniqueId (NCCL_UNIQUE_ID_BYTES). */
+export const NCCL_UNIQUE_ID_BYTES = 128;
+
+/** An NCCL call that returned an error; `result` is NCCL's code, `detail` its own words for it. */
+export class NcclError extends DistillError {
+  constructor(
+    readonly call: string,
+    readonly result: number,
+    detail: string,
+  ) {
+    super(`${call} failed: ${RESULT_NAMES[result] ?? `ncclResult ${result}`} (${detail}). Run with NCCL_DEBUG=WARN for NCCL's own account`);
+  }
+}
+
+/** An opaque ncclComm_t as koffi passes it. */
+export type NcclComm = unknown;
+
+export interface NcclFunctions {
+  ncclGetVersion: NativeFunction;
+  ncclGetUniqueId: NativeFunction;
+  ncclCommInitRank: NativeFunction;
+  ncclAllReduce: NativeFunction;
+  ncclAllGather: NativeFunction;
+  ncclReduceScatter: NativeFunction;
+  ncclSend: NativeFunction;
+  ncclRecv: NativeFunction;
+  ncclGroupStart: NativeFunction;
+  ncclGroupEnd: NativeFunction;
+  ncclCommGetAsyncError: NativeFunction;
+  ncclCommAbort: NativeFunction;
+  ncclCommDestroy: NativeFunction;
+  ncclGetErrorString: NativeFunction;
+}
+
+/** koffi's struct and array type constructors, which the shared Koffi type leaves out. */
+interface KoffiTypes {
+  struct(name: string, fields: Record<string, unknown>): unknown;
+  array(type: string, length: number): unknown;
+}
+
+export interface Nccl {
+  fn: NcclFunctions;
+  /** NCCL's version as NCCL_VERSION_CODE: 22805 for 2.28.5. */
+  version: number;
+  /** Throws an NcclError unless `result` is ncclSuccess. */
+  check(call: string, result: unknown): void;
+}
+
+let loaded: Nccl | null = null;
+
+/** NCCL, opened once per process; a BackendError when libnccl.so.2 is missing or does not load. */
+export function loadNccl(): Nccl {
+  if (loaded) return loaded;
+  const lib = openLibrary('nccl');
+  const k = koffi() as unknown as KoffiTypes;
+  k.struct('ncclUniqueId', { internal: k.array('uint8_t', NCCL_UNIQUE_ID_BYTES) });
+  const f = (sig: string): NativeFunction => lib.func(sig);
+  let fn: NcclFunctions;
+  try {
+    fn = {
+      ncclGetVersion: f('int ncclGetVersion(_Out_ int *version)'),
+      ncclGetUniqueId: f('int ncclGetUniqueId(_Out_ ncclUniqueId *id)'),
+      ncclCommInitRank: f('int ncclCommInitRank(_Out_ void **comm, int nranks, ncclUniqueId id, int rank)'),
+      ncclAllReduce: f('int ncclAllReduce(uint64_t send, uint64_t recv, size_t count, int dtype, int op, void *comm, void *stream)'),
+      ncclAllGather: f('int ncclAllGather(uint64_t send, uint64_t recv, size_t sendCount, int dtype, void *comm, void *stream)'),
+      ncclReduceScatter: f('int ncclReduceScatter(uint64_t send, uint64_t recv, size_t recvCount, int dtype, int op, void *comm, void *stream)'),
+      ncclSend: f('int ncclSend(uint64_t send, size_t count, int dtype, int peer, void *comm, void *stream)'),
+      ncclRecv: f('int ncclRecv(uint64_t recv, size_t count, int dtype, int peer, void *comm, void *stream)'),
+      ncclGroupStart: f('int ncclGroupStart()'),
+      ncclGroupEnd: f('int ncclGroupEnd()'),
+      ncclCommGetAsyncError: f('int ncclCommGetAsyncError(void *comm, _Out_ int *asyncError)'),
+      ncclCommAbort: f('int ncclCommAbort(void *comm)'),
+      ncclCommDestroy: f('int ncclCommDestroy(void *comm)'),
+      ncclGetErrorString: f('const char *ncclGetErrorString(int result)'),
+    };
+  } catch (e) {
+    throw new BackendError(`libnccl.so.2 loaded but lacks a function the collectives call (${(e as Error).message.split('\n')[0]}): install NCCL 2.18 or newer (Debian/Ubuntu \`libnccl2\`, or \`pip install nvidia-nccl-cu12\`)`);
+  }
+  const check = (call: string, result: unknown): void => {
+    const r = Number(result);
+    if (r === NCCL_SUCCESS) return;
+    const text = fn.ncclGetErrorString(r);
+    throw new NcclError(call, r, typeof text === 'string' ? text : 'no description');
+  };
+  const v = [0];
+  check('ncclGetVersion', fn.ncclGetVersion(v));
+  loaded = { fn, version: v[0], check };
+  return loaded;
+}
+
+/** "2.28.5" from NCCL_VERSION_CODE (major·10000 + minor·100 + patch since 2.9). */
+export function ncclVersionString(code: number): string {
+  return `${Math.floor(code / 10000)}.${Math.floor((code % 10000) / 100)}.${code % 100}`;
+}
+
+/** A fresh ncclUniqueId from rank 0 of a group, as the bytes every rank passes to ncclCommInitRank. */
+export function ncclUniqueId(nccl: Nccl = loadNccl()): Uint8Array {
+  const id: { internal?: number[] } = {};
+  nccl.check('ncclGetUniqueId', nccl.fn.ncclGetUniqueId(id));
+  if (!id.internal || id.internal.length !== NCCL_UNIQUE_ID_BYTES) throw new NcclError('ncclGetUniqueId', 3, `returned ${id.internal?.length ?? 0} bytes, expected ${NCCL_UNIQUE_ID_BYTES}`);
+  return Uint8Array.from(id.internal);
+}
