@@ -1,6 +1,6 @@
 // README.md's TypeScript block 1, copied by test/docs/readmeBlocks.ts --write for `npm run typecheck`; do not edit here.
 import { filter, tap, lastValueFrom } from 'rxjs';
-import { selectBackend, loadModel, createSampleSource, AdamW, readBatches, teacherTargets, studentForward,
+import { selectBackend, loadModel, createSampleSource, AdamW, readBatches, teacherTargets, attachStudent,
   klLoss, backward, optimizerStep, DEFAULT_KD_LOSS } from 'logit-distill';
 
 await selectBackend('auto');
@@ -12,7 +12,7 @@ const optimizer = new AdamW(student.params, { beta1: 0.9, beta2: 0.95, eps: 1e-8
 await lastValueFrom(readBatches(data, { seqLength: 16, globalBatchSize: 4, microBatchSize: 2, startStep: 0, maxSteps: 12 }).pipe(
   filter((b) => b.position.step % 3 !== 2),                                        // your filter: skip every third step
   teacherTargets(teacher),
-  studentForward(student),
+  attachStudent(student),                                                          // the student's forward, run by backward
   klLoss({ ...DEFAULT_KD_LOSS, kind: 'reverse_kl', kdRatio: 0.5, chunkSize: 0 }),   // your loss (chunkSize 0: sized by memory)
   backward(student),                                                               // gradients of each global batch
   optimizerStep({ optimizer, lrAt: () => 1e-3, clipGrad: 1, nanPolicy: 'skip', globalBatchSize: 4 }),
