@@ -8,6 +8,10 @@ import type { StepResult } from '../train/batch.ts';
 import { DataParallelCredits } from './dataParallelCredits.ts';
 import { allReduceGradients, DEFAULT_BUCKET_BYTES } from './gradientBuckets.ts';
 import { ringAllReduce } from './ringAllReduce.ts';
+import { collectivesLine, groupCollectives, type GroupCollectives } from './nccl/bootstrap.ts';
+import { allReduceGradientBuckets } from './nccl/bucketedAllReduce.ts';
+import { planGradientBuckets } from './nccl/gradientBucketPlan.ts';
+import type { Communicator } from './nccl/communicator.ts';
 import type { RemoteTeacher } from './remoteTeacher.ts';
 import type { Transport } from '../runtime/transport.ts';
 
@@ -29,6 +33,10 @@ export interface DataParallelRankOptions {
   remoteTeacher?: RemoteTeacher;
   /** Called once when the ranks have agreed to stop early (the worker aborts its run, so it reports a stop). */
   onStopAgreed: () => void;
+  /** Where the line saying which transport the gradients take goes. */
+  log?: (line: string) => void;
+  /** A communicator to sum the gradients with, even at DP 1 (the one-rank NCCL test); by default the group's (nccl/bootstrap.ts). */
+  communicator?: Communicator;
 }
 
 export class DataParallelRank {
@@ -44,6 +52,8 @@ export class DataParallelRank {
   private gathered: Promise<void> = Promise.resolve();
   private gatherError: Error | null = null;
   private stopWanted = false;
+  /** How the gradients are summed: NCCL on cuda, the ring elsewhere; agreed on at the first reduction, once. */
+  private collectives: Promise<GroupCollectives> | null = null;
 
   constructor(private readonly o: DataParallelRankOptions) {
     this.rank = o.dpRank;
@@ -79,10 +89,18 @@ export class DataParallelRank {
     const step = this.startStep + this.reductions++;
     const flag = pool.stopRequested ? 1 : 0;
     let stop = flag;
-    if (this.size > 1) {
+    if (this.size > 1 || this.o.communicator) {
       const { transport, group } = this.o;
-      const tagBase = step * 4096;
-      [stop] = await allReduceGradients(grads, (bucket, i) => ringAllReduce(transport, group, bucket, tagBase + i), this.o.bucketBytes ?? DEFAULT_BUCKET_BYTES, [flag]);
+      const collectives = await (this.collectives ??= this.agreeOnCollectives());
+      const bucketBytes = this.o.bucketBytes ?? DEFAULT_BUCKET_BYTES;
+      if (collectives.kind === 'nccl') {
+        // Device to device on the backend's stream, in buckets from the last layer back.
+        const plan = planGradientBuckets([...grads].map(([name, t]) => ({ name, size: t.size })), bucketBytes);
+        [stop] = await allReduceGradientBuckets(grads, collectives.comm, plan, [flag]);
+      } else {
+        const tagBase = step * 4096;
+        [stop] = await allReduceGradients(grads, (bucket, i) => ringAllReduce(transport, group, bucket, tagBase + i), bucketBytes, [flag]);
+      }
     }
     if (stop > 0 && !this.stopAgreed) {
       this.stopAgreed = true;
@@ -90,6 +108,18 @@ export class DataParallelRank {
       this.o.onStopAgreed();
     }
   };
+
+  private async agreeOnCollectives(): Promise<GroupCollectives> {
+    const c: GroupCollectives = this.o.communicator ? { kind: 'nccl', comm: this.o.communicator } : await groupCollectives(this.o.transport, this.o.group, 'dp');
+    if (this.leader) this.o.log?.(collectivesLine('dp', this.size, c));
+    return c;
+  }
+
+  /** Frees the NCCL communicator after the run (the ring holds nothing). */
+  async dispose(): Promise<void> {
+    const c = await this.collectives;
+    if (c?.kind === 'nccl' && !this.o.communicator) c.comm.destroy();
+  }
 
   /**
    * Wraps the run's step sinks. Rank r > 0 sends its losses to rank 0 and keeps its own result; rank 0 waits for

@@ -97,6 +97,17 @@ export interface RingChunk {
   data: TensorFrame;
 }
 
+/**
+ * Rank 0 of a group to the others: the ncclUniqueId its communicator is made with (src/parallel/nccl/bootstrap.ts),
+ * or null with the reason when rank 0 cannot run NCCL, so that every rank of the group falls back to the ring together.
+ */
+export interface NcclUniqueIdMessage {
+  kind: 'ncclId';
+  group: string;
+  id: Uint8Array | null;
+  reason: string | null;
+}
+
 /** A rank's share of a step's metrics, sent to rank 0, which sums the losses over the ranks. */
 export interface StepStats {
   kind: 'stepStats';
@@ -147,7 +158,7 @@ export interface ParamShards {
 export type WorkerMessage =
   | StudentInit | TeacherInit | ModelParallelInit | StopMessage | ShutdownMessage
   | LogMessage | StepMessage | DoneMessage | ErrorMessage
-  | RingChunk | StepStats | TeacherHead | TeacherRequest | TeacherHidden | StageTensors | ParamShards;
+  | RingChunk | NcclUniqueIdMessage | StepStats | TeacherHead | TeacherRequest | TeacherHidden | StageTensors | ParamShards;
 
 export type MessageKind = WorkerMessage['kind'];
 export type MessageOf<K extends MessageKind> = Extract<WorkerMessage, { kind: K }>;
@@ -160,6 +171,7 @@ export function describe(m: WorkerMessage): string {
     case 'step': return `step ${m.result.step} done (loss ${m.result.loss.toFixed(4)})`;
     case 'stepStats': return `stats of step ${m.step} (loss ${m.loss.toFixed(4)})`;
     case 'ring': return `all-reduce chunk (reduction ${m.tag}, chunk ${m.chunk}, ${m.data.bytes.byteLength} bytes)`;
+    case 'ncclId': return `NCCL unique id of group ${m.group}${m.id ? '' : ` (none: ${m.reason})`}`;
     case 'teacherRequest': return `teacher request ${m.id}`;
     case 'teacherHidden': return `teacher hidden states ${m.id}`;
     case 'stageTensors': return `stage tensors ${m.tag}`;

@@ -70,13 +70,16 @@ export interface Nccl {
 }
 
 let loaded: Nccl | null = null;
+let uniqueIdDeclared = false;
 
 /** NCCL, opened once per process; a BackendError when libnccl.so.2 is missing or does not load. */
 export function loadNccl(): Nccl {
   if (loaded) return loaded;
   const lib = openLibrary('nccl');
   const k = koffi() as unknown as KoffiTypes;
-  k.struct('ncclUniqueId', { internal: k.array('uint8_t', NCCL_UNIQUE_ID_BYTES) });
+  // koffi refuses a type name twice: declared once, even when a first load failed further on.
+  if (!uniqueIdDeclared) k.struct('ncclUniqueId', { internal: k.array('uint8_t', NCCL_UNIQUE_ID_BYTES) });
+  uniqueIdDeclared = true;
   const f = (sig: string): NativeFunction => lib.func(sig);
   let fn: NcclFunctions;
   try {
@@ -118,7 +121,7 @@ export function ncclVersionString(code: number): string {
 
 /** A fresh ncclUniqueId from rank 0 of a group, as the bytes every rank passes to ncclCommInitRank. */
 export function ncclUniqueId(nccl: Nccl = loadNccl()): Uint8Array {
-  const id: { internal?: number[] } = {};
+  const id: { internal?: ArrayLike<number> } = {};
   nccl.check('ncclGetUniqueId', nccl.fn.ncclGetUniqueId(id));
   if (!id.internal || id.internal.length !== NCCL_UNIQUE_ID_BYTES) throw new NcclError('ncclGetUniqueId', 3, `returned ${id.internal?.length ?? 0} bytes, expected ${NCCL_UNIQUE_ID_BYTES}`);
   return Uint8Array.from(id.internal);

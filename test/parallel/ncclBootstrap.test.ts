@@ -1,0 +1,96 @@
+/**
+ * How a group's ranks agree on their collectives, on CPU over in-process transports (the same msgpackr frames as
+ * between processes): rank 0's ncclUniqueId reaches every rank byte for byte and each joins with its own rank; a
+ * rank 0 without NCCL sends every rank to the ring with its reason; a rank without NCCL when rank 0 has it is
+ * refused, named. And DataParallelRank sums its gradients through a given communicator.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as tf from '@tensorflow/tfjs-core';
+import '@tensorflow/tfjs-backend-cpu';
+import { localTransports } from '../../src/runtime/localTransport.ts';
+import { collectivesLine, groupCollectives, ncclUnavailable } from '../../src/parallel/nccl/bootstrap.ts';
+import { FakeCommunicatorGroup } from '../../src/parallel/nccl/fakeCommunicator.ts';
+import { DataParallelRank } from '../../src/parallel/dataParallelRank.ts';
+
+await tf.setBackend('cpu');
+
+test('rank 0 makes the unique id, every rank joins with the same 128 bytes and its own rank', async () => {
+  const transports = localTransports(4);
+  // Workers 1, 3, 0 form the group, in that rank order; worker 2 is elsewhere.
+  const group = [1, 3, 0];
+  const fakes = new FakeCommunicatorGroup(3);
+  const joined: { id: number[]; size: number; rank: number; name: string }[] = [];
+  const id = Uint8Array.from({ length: 128 }, (_, i) => (i * 7 + 3) & 255);
+  const made: number[] = [];
+  const results = await Promise.all(group.map((w) => groupCollectives(transports[w], group, 'dp', {
+    unavailable: () => null,
+    makeId: () => { made.push(w); return id; },
+    join: (got, size, rank, name) => { joined.push({ id: Array.from(got), size, rank, name }); return fakes.members[rank]; },
+  })));
+  assert.deepEqual(made, [1], 'only rank 0 (worker 1) makes an id');
+  assert.deepEqual(joined.map((j) => j.rank).sort(), [0, 1, 2]);
+  for (const j of joined) {
+    assert.deepEqual(j.id, Array.from(id));
+    assert.equal(j.size, 3);
+    assert.equal(j.name, 'dp');
+  }
+  results.forEach((r, i) => {
+    assert.equal(r.kind, 'nccl');
+    if (r.kind === 'nccl') assert.equal(r.comm.rank, i);
+  });
+  assert.match(collectivesLine('dp', 3, results[0]), /group dp \(3 ranks\): in-process fake, device to device/);
+});
+
+test('a rank 0 that cannot run NCCL sends the whole group to the ring, with its reason', async () => {
+  const transports = localTransports(2);
+  const results = await Promise.all([0, 1].map((w) => groupCollectives(transports[w], [0, 1], 'dp', {
+    unavailable: () => (w === 0 ? 'libnccl.so.2 (NCCL) is missing' : null),
+    join: () => { throw new Error('must not join'); },
+  })));
+  assert.deepEqual(results.map((r) => r.kind), ['ring', 'ring']);
+  assert.match(collectivesLine('dp', 2, results[1]), /ring all-reduce .* because rank 0 of the group cannot run NCCL: libnccl.so.2 \(NCCL\) is missing/);
+});
+
+test('a rank that cannot run NCCL while rank 0 does is refused, naming it', async () => {
+  const transports = localTransports(2);
+  const fakes = new FakeCommunicatorGroup(2);
+  const [r0, r1] = await Promise.allSettled([0, 1].map((w) => groupCollectives(transports[w], [0, 1], 'tp 0', {
+    unavailable: () => (w === 1 ? 'libnccl.so.2 failed to load' : null),
+    makeId: () => new Uint8Array(128),
+    join: (_id, _size, rank) => fakes.members[rank],
+  })));
+  assert.equal(r0.status, 'fulfilled');
+  assert.equal(r1.status, 'rejected');
+  assert.match(String((r1 as PromiseRejectedResult).reason), /group tp 0: rank 0 runs the collectives on NCCL but rank 1 \(worker 1\) cannot: libnccl.so.2 failed to load/);
+});
+
+test('on a CPU backend every rank picks the ring without a message; the reason names the backend', async () => {
+  const transports = localTransports(2);
+  const results = await Promise.all([0, 1].map((w) => groupCollectives(transports[w], [0, 1], 'dp')));
+  assert.deepEqual(results.map((r) => r.kind), ['ring', 'ring']);
+  assert.match(ncclUnavailable() ?? '', /the cpu backend keeps its tensors off CUDA devices/);
+});
+
+test('DataParallelRank sums its gradients through the communicator it is given, the stop flag included', async () => {
+  const transports = localTransports(2);
+  const fakes = new FakeCommunicatorGroup(2);
+  const lines: string[] = [];
+  const stops: number[] = [];
+  const ranks = [0, 1].map((r) => new DataParallelRank({
+    transport: transports[r], dpRank: r, dpSize: 2, group: [0, 1], deviceIndex: 0, globalBatchSize: 2, microBatchSize: 1,
+    onStopAgreed: () => stops.push(r), log: (l) => lines.push(l), communicator: fakes.members[r],
+  }));
+  const pools = ranks.map((d) => d.credits(10, 0));
+  pools[1].close();
+  const grads = [0, 1].map((r) => new Map<string, tf.Tensor>([['b', tf.tensor1d([r + 1, 10 * (r + 1)])], ['a', tf.tensor2d([[r, r], [r, r]])]]));
+  await Promise.all(ranks.map((d, r) => d.reduceGradients(grads[r])));
+  for (const g of grads) {
+    assert.deepEqual([...g.keys()], ['b', 'a']);
+    assert.deepEqual(Array.from(g.get('b')!.dataSync()), [3, 30]);
+    assert.deepEqual(Array.from(g.get('a')!.dataSync()), [1, 1, 1, 1]);
+  }
+  assert.deepEqual(stops.sort(), [0, 1], 'rank 1\'s stop reached both ranks');
+  assert.deepEqual(lines, ['collectives of group dp (2 ranks): in-process fake, device to device']);
+  for (const g of grads) tf.dispose([...g.values()]);
+});
