@@ -6,6 +6,7 @@
  */
 import { isIP } from 'node:net';
 import { ConfigError } from '../errors.ts';
+import { rendezvousToken } from './rendezvousAuth.ts';
 
 export interface NodeLaunch {
   nodeRank: number;
@@ -21,6 +22,8 @@ export interface NodeLaunch {
   peerTimeoutMs: number;
   /** Largest frame accepted from a peer node (DISTILL_MAX_FRAME_MB, default 512). */
   maxFrameBytes: number;
+  /** The run's shared secret (DISTILL_RENDEZVOUS_TOKEN or DISTILL_RENDEZVOUS_TOKEN_FILE; rendezvousAuth.ts); absent: joins are not authenticated. */
+  token?: string | null;
 }
 
 type Env = Record<string, string | undefined>;
@@ -114,6 +117,7 @@ export function nodeLaunchFromEnv(want: { numNodes: number; devicesPerNode: numb
     joinTimeoutMs: positive(env, 'DISTILL_RENDEZVOUS_TIMEOUT_S', 300) * 1000,
     peerTimeoutMs: positive(env, 'DISTILL_NODE_TIMEOUT_S', 30) * 1000,
     maxFrameBytes: Math.round(positive(env, 'DISTILL_MAX_FRAME_MB', 512) * 2 ** 20),
+    token: rendezvousToken(env),
   };
   let l: NodeLaunch;
   if (env.NODE_RANK !== undefined) {

@@ -13,7 +13,8 @@ import { ConfigError } from '../errors.ts';
 import { latestCheckpoint } from '../train/trainingCheckpoint.ts';
 import type { NodeLaunch } from './launchEnv.ts';
 import type { Placement } from '../parallel/placement.ts';
-import { FrameSocket, LINK_PROTOCOL, NodeLinkError, NodeStar, type JoinMessage } from './tcpTransport.ts';
+import { FrameSocket, LINK_PROTOCOL, NodeLinkError, NodeStar, type JoinMessage, type LinkMessage } from './tcpTransport.ts';
+import { newNonce, NONCE_BYTES, prove, verifyProof } from './rendezvousAuth.ts';
 
 export interface RendezvousOptions {
   launch: NodeLaunch;
@@ -63,6 +64,7 @@ async function host(o: RendezvousOptions): Promise<NodeStar> {
   const at = `${l.masterAddr}:${port}`;
   o.onListening?.(port);
   o.log(`node 0 of ${l.numNodes}: waiting for ${l.numNodes - 1} node(s) at ${at} (up to ${l.joinTimeoutMs / 1000} s)`);
+  if (!l.token) o.log(`rendezvous: no DISTILL_RENDEZVOUS_TOKEN: any host that reaches ${at} can join this run; give every node the same secret in DISTILL_RENDEZVOUS_TOKEN (or DISTILL_RENDEZVOUS_TOKEN_FILE)`);
   const joined = new Map<number, { s: FrameSocket; join: JoinMessage }>();
   const pending = new Set<FrameSocket>();
   return await new Promise<NodeStar>((resolve, reject) => {
@@ -101,7 +103,7 @@ async function host(o: RendezvousOptions): Promise<NodeStar> {
         }
         if (e && !over) o.log(`rendezvous: dropped ${s.peer}: ${e.message}`);
       };
-      s.onMessage = (m) => {
+      const admit = (m: LinkMessage): void => {
         if (m.kind !== 'join' || over) return s.fail(new NodeLinkError(`${s.peer} sent '${m.kind}' instead of joining`));
         const refuse = refusal(m, l, joined.has(m.nodeRank), o);
         if (refuse) {
@@ -124,8 +126,43 @@ async function host(o: RendezvousOptions): Promise<NodeStar> {
         }
         resolve(new NodeStar(0, l.numNodes, peers, o.nodeOf));
       };
+      // With a token, nothing a connection sends is read (not even its recipe) until it has proven it knows it.
+      s.onMessage = l.token ? authenticated(s, l.token, admit, o.log) : admit;
     });
   });
+}
+
+/**
+ * Node 0's side of the token check (rendezvousAuth.ts): the join is held, node 0 proves itself and challenges,
+ * and the join is admitted only with the joiner's proof. A connection that fails is refused and logged; the
+ * rendezvous goes on (a stranger must not be able to end it).
+ */
+function authenticated(s: FrameSocket, token: string, admit: (m: LinkMessage) => void, log: (line: string) => void): (m: LinkMessage) => void {
+  let held: JoinMessage | null = null;
+  let ours: Uint8Array | null = null;
+  let proven = false;
+  const refuse = (why: string): void => {
+    log(`rendezvous: refused ${s.peer}: ${why}`);
+    s.send({ kind: 'abort', reason: `node 0 refused this node: ${why}` });
+    s.close();
+  };
+  return (m) => {
+    if (proven) return admit(m);
+    if (m.kind === 'join' && !held) {
+      if (!(m.nonce instanceof Uint8Array) || m.nonce.length !== NONCE_BYTES) {
+        return refuse(`node ${m.nodeRank} (${m.host}) joined without the rendezvous token; node 0 requires it: give every node the same secret in DISTILL_RENDEZVOUS_TOKEN (or DISTILL_RENDEZVOUS_TOKEN_FILE)`);
+      }
+      held = m;
+      ours = newNonce();
+      return s.send({ kind: 'challenge', nonce: ours, proof: prove(token, 'node0', m.nonce) });
+    }
+    if (m.kind === 'auth' && held && ours) {
+      if (!verifyProof(token, 'joiner', ours, m.proof)) return refuse(`node ${held.nodeRank} (${held.host}) proved another rendezvous token than node 0's: give every node the same DISTILL_RENDEZVOUS_TOKEN`);
+      proven = true;
+      return admit(held);
+    }
+    return refuse(`it sent '${m.kind}' before proving it knows the rendezvous token`);
+  };
 }
 
 /** Why node 0 refuses a join, or null. Every refusal ends the rendezvous: waiting would not make it agree. */
@@ -210,6 +247,9 @@ function tryConnect(host: string, port: number, timeoutMs: number): Promise<Sock
 function handshake(sock: Socket, o: RendezvousOptions, deadline: number): Promise<NodeStar> {
   const l = o.launch;
   const s = new FrameSocket(sock, `node 0, the master (${where(l)})`, { peerTimeoutMs: l.peerTimeoutMs });
+  // With a token, node 0 must prove it knows it (its challenge) before its welcome is believed.
+  const nonce = l.token ? newNonce() : undefined;
+  let proven = !l.token;
   return new Promise<NodeStar>((resolve, reject) => {
     // Node 0's own timeout names the missing ranks; this one (a little later) only covers a node 0 that went quiet.
     const timer = setTimeout(() => {
@@ -225,12 +265,23 @@ function handshake(sock: Socket, o: RendezvousOptions, deadline: number): Promis
         s.close();
         return reject(new NodeLinkError(`node 0 ended the rendezvous: ${m.reason}`));
       }
+      if (m.kind === 'challenge') {
+        if (!l.token) return s.fail(new NodeLinkError(`node 0 at ${where(l)} requires the rendezvous token and node ${l.nodeRank} has none: give every node the same secret in DISTILL_RENDEZVOUS_TOKEN (or DISTILL_RENDEZVOUS_TOKEN_FILE)`));
+        if (proven || !verifyProof(l.token, 'node0', nonce!, m.proof)) {
+          return s.fail(new NodeLinkError(`the peer at ${where(l)} did not prove it knows this node's rendezvous token: node 0 has another DISTILL_RENDEZVOUS_TOKEN, or it is not node 0 of this run`));
+        }
+        proven = true;
+        return s.send({ kind: 'auth', proof: prove(l.token, 'joiner', m.nonce) });
+      }
+      if (m.kind === 'welcome' && !proven) {
+        return s.fail(new NodeLinkError(`node 0 at ${where(l)} welcomed node ${l.nodeRank} without the rendezvous token this node has: give node 0 the same DISTILL_RENDEZVOUS_TOKEN (or DISTILL_RENDEZVOUS_TOKEN_FILE)`));
+      }
       if (m.kind !== 'welcome') return s.fail(new NodeLinkError(`node 0 sent '${m.kind}' during the rendezvous (a protocol error)`));
       clearTimeout(timer);
       s.maxFrameBytes = l.maxFrameBytes;
       o.log(`node ${l.nodeRank} of ${l.numNodes}: joined node 0 at ${where(l)} (nodes: ${m.hosts.join(', ')})`);
       resolve(new NodeStar(l.nodeRank, l.numNodes, new Map([[0, s]]), o.nodeOf));
     };
-    s.send({ kind: 'join', protocol: LINK_PROTOCOL, nodeRank: l.nodeRank, numNodes: l.numNodes, recipe: o.recipeJson, resumeStep: o.resumeStep, host: hostname() });
+    s.send({ kind: 'join', protocol: LINK_PROTOCOL, nodeRank: l.nodeRank, numNodes: l.numNodes, recipe: o.recipeJson, resumeStep: o.resumeStep, host: hostname(), ...(nonce ? { nonce } : {}) });
   });
 }

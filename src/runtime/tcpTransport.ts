@@ -26,14 +26,18 @@ import type { MessageKind, MessageOf, WorkerMessage } from './messages.ts';
 import type { Transport } from './transport.ts';
 
 /** Bumped when a link message changes: nodes of different versions refuse each other at the rendezvous. */
-export const LINK_PROTOCOL = 1;
+export const LINK_PROTOCOL = 2;
 /** The frame bound before a peer has joined: a join is a few hundred bytes. */
 export const HANDSHAKE_MAX_FRAME_BYTES = 64 * 1024;
 
 // One type per message crossing the node boundary.
 
-/** node k → node 0, first frame on a connection. */
-export interface JoinMessage { kind: 'join'; protocol: number; nodeRank: number; numNodes: number; recipe: string; resumeStep: number; host: string }
+/** node k → node 0, first frame on a connection; `nonce` when node k has the run's token (rendezvousAuth.ts). */
+export interface JoinMessage { kind: 'join'; protocol: number; nodeRank: number; numNodes: number; recipe: string; resumeStep: number; host: string; nonce?: Uint8Array }
+/** node 0 → node k, when node 0 has a token: its proof of node k's nonce, and a nonce of its own for node k to prove. */
+export interface ChallengeMessage { kind: 'challenge'; nonce: Uint8Array; proof: Uint8Array }
+/** node k → node 0: its proof of node 0's nonce; node 0 reads the join only after it. */
+export interface AuthMessage { kind: 'auth'; proof: Uint8Array }
 /** node 0 → node k: every node has joined; the run starts. */
 export interface WelcomeMessage { kind: 'welcome'; hosts: string[] }
 /** A worker's msgpackr frame for a worker on another node (forwarded by node 0 between two other nodes). */
@@ -46,7 +50,7 @@ export interface FinishMessage { kind: 'finish'; result: RunResult | null }
 /** Either way: the run failed; `reason` is the error the other nodes print. */
 export interface AbortMessage { kind: 'abort'; reason: string }
 
-export type LinkMessage = JoinMessage | WelcomeMessage | RelayMessage | HeartbeatMessage | NodeDoneMessage | FinishMessage | AbortMessage;
+export type LinkMessage = JoinMessage | ChallengeMessage | AuthMessage | WelcomeMessage | RelayMessage | HeartbeatMessage | NodeDoneMessage | FinishMessage | AbortMessage;
 
 /** A peer node stopped answering, closed its connection, sent garbage, or reported a failure. */
 export class NodeLinkError extends DistillError {}
@@ -61,7 +65,9 @@ export function asLinkMessage(v: unknown): LinkMessage | string {
   const m = v as Record<string, unknown>;
   switch (m.kind) {
     case 'join':
-      return isInt(m.protocol) && isInt(m.nodeRank) && isInt(m.numNodes) && isStr(m.recipe) && isInt(m.resumeStep) && isStr(m.host) ? (m as unknown as JoinMessage) : 'a malformed join';
+      return isInt(m.protocol) && isInt(m.nodeRank) && isInt(m.numNodes) && isStr(m.recipe) && isInt(m.resumeStep) && isStr(m.host) && (m.nonce === undefined || m.nonce instanceof Uint8Array) ? (m as unknown as JoinMessage) : 'a malformed join';
+    case 'challenge': return m.nonce instanceof Uint8Array && m.proof instanceof Uint8Array ? (m as unknown as ChallengeMessage) : 'a malformed challenge';
+    case 'auth': return m.proof instanceof Uint8Array ? (m as unknown as AuthMessage) : 'a malformed auth';
     case 'welcome': return Array.isArray(m.hosts) && m.hosts.every(isStr) ? (m as unknown as WelcomeMessage) : 'a malformed welcome';
     case 'relay': return isInt(m.from) && isInt(m.to) && m.frame instanceof Uint8Array ? (m as unknown as RelayMessage) : 'a malformed relay';
     case 'heartbeat': case 'nodeDone': return m as unknown as LinkMessage;
