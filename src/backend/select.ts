@@ -123,10 +123,15 @@ async function tryCuda(): Promise<Attempt> {
  * environment). Without one, Dawn would print the loader's two-line warning with a C++ frame before failing; we
  * say why in one line instead.
  */
-function vulkanDriverPresent(): boolean {
-  if (process.env.VK_DRIVER_FILES || process.env.VK_ICD_FILENAMES || process.env.VK_ADD_DRIVER_FILES) return true;
+function vulkanDrivers(): 'none' | 'software' | 'hardware' {
+  if (process.platform !== 'linux' || process.env.VK_DRIVER_FILES || process.env.VK_ICD_FILENAMES || process.env.VK_ADD_DRIVER_FILES) return 'hardware';
   const dirs = ['/usr/share/vulkan/icd.d', '/etc/vulkan/icd.d', '/usr/local/share/vulkan/icd.d', join(process.env.XDG_DATA_HOME ?? join(process.env.HOME ?? '/root', '.local/share'), 'vulkan/icd.d')];
-  return process.platform !== 'linux' || dirs.some((d) => existsSync(d) && readdirSync(d).some((f) => f.endsWith('.json')));
+  const manifests = dirs.flatMap((d) => (existsSync(d) ? readdirSync(d).filter((f) => f.endsWith('.json')) : []));
+  if (manifests.length === 0) return 'none';
+  // Without a GPU device node only a CPU driver (Mesa's lavapipe) can answer; Dawn also prints warnings about its
+  // limits while it starts, so a machine like that is not probed unless software adapters are wanted (tests).
+  const gpuNodes = existsSync('/dev/nvidia0') || (existsSync('/dev/dri') && readdirSync('/dev/dri').some((f) => f.startsWith('renderD')));
+  return gpuNodes ? 'hardware' : 'software';
 }
 
 interface GpuAdapterLike {
@@ -143,8 +148,12 @@ let dawnGpu: GpuLike | null = null;
 let webgpuDeviceRegistered = false;
 
 async function tryWebgpu(opts: BackendOptions): Promise<Attempt> {
-  if (!dawnGpu && !vulkanDriverPresent()) {
+  const drivers = dawnGpu ? 'hardware' : vulkanDrivers();
+  if (drivers === 'none') {
     return { ok: false, reason: 'no Vulkan driver is installed (no ICD manifest in /usr/share/vulkan/icd.d or /etc/vulkan/icd.d); on a CPU machine install Mesa 25 mesa-vulkan-drivers from bookworm-backports' };
+  }
+  if (drivers === 'software' && !opts.allowSoftwareAdapter) {
+    return { ok: false, reason: 'no GPU device here (/dev/dri/renderD*, /dev/nvidia0), so only a software Vulkan driver such as Mesa\'s lavapipe could run WebGPU, slower than wasm' };
   }
   let webgpu: { create: (flags: string[]) => GpuLike; globals: Record<string, unknown> };
   try {

@@ -199,13 +199,13 @@ export function openLibrary(name: CudaLibraryName): NativeLibrary {
     // The driver is normally in the loader's default path; let dlopen search it too.
     try {
       lib = k.load(spec.names[0]);
-    } catch (e) {
-      failure = (e as Error).message.split('\n')[0];
+    } catch {
+      failure = `no NVIDIA driver here: the dynamic loader does not find ${spec.names[0]}, nor is it in ${folders.join(', ') || '(no folders)'}`;
     }
   }
   if (!lib) {
     const where = failure || `not found in ${folders.length ? folders.join(', ') : '(no folders)'} nor the dynamic loader's cache`;
-    throw new BackendError(`${spec.names[0]} (${spec.what}) is missing: ${where}. To use --backend cuda, ${spec.install}; or point DISTILL_CUDA_LIBS at the folder that holds it`);
+    throw new BackendError(`${spec.names[0]} (${spec.what}) is missing (${where}). To use --backend cuda, ${spec.install}; or point DISTILL_CUDA_LIBS at the folder that holds it`);
   }
   opened.set(name, lib);
   return lib;
