@@ -94,3 +94,21 @@ test('DataParallelRank sums its gradients through the communicator it is given, 
   assert.deepEqual(lines, ['collectives of group dp (2 ranks): in-process fake, device to device']);
   for (const g of grads) tf.dispose([...g.values()]);
 });
+
+test('a worker leading two groups may hand their ids out in either order', async () => {
+  const transports = localTransports(2);
+  const fakes = { a: new FakeCommunicatorGroup(2), b: new FakeCommunicatorGroup(2) };
+  const o = (g: 'a' | 'b') => ({
+    unavailable: () => null,
+    makeId: () => new Uint8Array(128).fill(g === 'a' ? 1 : 2),
+    join: (id: Uint8Array, _size: number, rank: number) => {
+      assert.equal(id[0], g === 'a' ? 1 : 2, `group ${g} got group ${g}'s id`);
+      return fakes[g].members[rank];
+    },
+  });
+  // Worker 0 makes a then b; worker 1 asks for b first.
+  const lead = (async () => [await groupCollectives(transports[0], [0, 1], 'a', o('a')), await groupCollectives(transports[0], [0, 1], 'b', o('b'))])();
+  const member = (async () => [await groupCollectives(transports[1], [0, 1], 'b', o('b')), await groupCollectives(transports[1], [0, 1], 'a', o('a'))])();
+  const [l, m] = await Promise.all([lead, member]);
+  assert.deepEqual([...l, ...m].map((c) => c.kind), ['nccl', 'nccl', 'nccl', 'nccl']);
+});

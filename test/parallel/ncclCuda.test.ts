@@ -38,7 +38,7 @@ try {
 const values = (t: tf.Tensor): number[] => Array.from(t.dataSync());
 
 test('one-rank NCCL communicator: all-reduce, all-gather, reduce-scatter and send/receive to itself on the device', { skip }, async () => {
-  const comm = NcclCommunicator.join(ncclUniqueId(), 1, 0, 'self');
+  const comm = await NcclCommunicator.join(ncclUniqueId(), 1, 0, 'self');
   assert.match(comm.describe, /^NCCL \d+\.\d+\.\d+$/);
   const x = tf.tensor2d([[1.5, -2], [3, 4.25]]);
   const n = tf.tensor1d([7, -3, 11], 'int32');
@@ -60,6 +60,16 @@ test('one-rank NCCL communicator: all-reduce, all-gather, reduce-scatter and sen
   tf.dispose([x, n, reduced, reducedInt, gathered, scattered, received]);
   comm.destroy();
   await assert.rejects(comm.allReduceSum(tf.zeros([1])), /destroyed/);
+});
+
+test('joining on koffi\'s worker thread (as groups of several ranks do) gives a working communicator', { skip }, async () => {
+  const comm = await NcclCommunicator.join(ncclUniqueId(), 1, 0, 'threaded', { inThread: true, timeoutMs: 60_000 });
+  const x = tf.tensor1d([1, 2, 3]);
+  const y = await comm.allReduceSum(x);
+  await comm.synchronize(30_000);
+  assert.deepEqual(values(y), [1, 2, 3]);
+  tf.dispose([x, y]);
+  comm.destroy();
 });
 
 test('one-rank bootstrap on cuda picks NCCL; bucketed all-reduce keeps every gradient and sums the flag', { skip }, async () => {
@@ -97,7 +107,7 @@ const weights = (dir: string): Map<string, Float32Array> =>
 test('training the fixture pair 4 steps with DP through a one-rank NCCL communicator gives the plain cuda run\'s weights', { skip }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'distill-nccl-'));
   const plain = await distillInThisProcess(recipe(dir, 'plain'), { log: null, progress: false });
-  const comm = NcclCommunicator.join(ncclUniqueId(), 1, 0, 'dp');
+  const comm = await NcclCommunicator.join(ncclUniqueId(), 1, 0, 'dp');
   const lines: string[] = [];
   const dp = new DataParallelRank({
     transport: localTransports(1)[0], dpRank: 0, dpSize: 1, group: [0], deviceIndex: 0, globalBatchSize: 2, microBatchSize: 1,

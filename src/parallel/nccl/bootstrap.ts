@@ -10,6 +10,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { Transport } from '../../runtime/transport.ts';
+import type { MessageOf } from '../../runtime/messages.ts';
 import { CollectiveError, type Communicator } from './communicator.ts';
 import { loadNccl, ncclUniqueId } from './ncclLibrary.ts';
 import { NcclCommunicator } from './ncclCommunicator.ts';
@@ -22,7 +23,29 @@ export interface BootstrapOptions {
   /** A fresh unique id (rank 0 only). */
   makeId?: () => Uint8Array;
   /** Joins the group with the id (blocks until every rank has joined). */
-  join?: (id: Uint8Array, size: number, rank: number, name: string) => Communicator;
+  join?: (id: Uint8Array, size: number, rank: number, name: string) => Communicator | Promise<Communicator>;
+}
+
+/**
+ * Ids that arrived for another group than the one awaited, per transport and sender: a worker may lead two groups
+ * this rank is in (its TP group and the world), and the two ranks need not meet them in the same order.
+ */
+const early = new WeakMap<Transport, Map<string, MessageOf<'ncclId'>>>();
+
+async function receiveId(transport: Transport, from: number, name: string): Promise<MessageOf<'ncclId'>> {
+  let stash = early.get(transport);
+  if (!stash) early.set(transport, (stash = new Map()));
+  const key = (group: string): string => `${from}/${group}`;
+  for (;;) {
+    const have = stash.get(key(name));
+    if (have) {
+      stash.delete(key(name));
+      return have;
+    }
+    const m = await transport.receive(from, 'ncclId');
+    if (m.group === name) return m;
+    stash.set(key(m.group), m);
+  }
 }
 
 /** Why NCCL cannot carry this process' collectives, or null when it can. */
@@ -55,14 +78,13 @@ export async function groupCollectives(transport: Transport, group: readonly num
     if (!made) return { kind: 'ring', reason: reason! };
     id = made;
   } else {
-    const m = await transport.receive(group[0], 'ncclId');
-    if (m.group !== name) throw new CollectiveError(`group ${name}, rank ${rank}: got the NCCL id of group ${m.group} from worker ${group[0]}; the ranks make their groups in different orders (a bug)`, [0]);
+    const m = await receiveId(transport, group[0], name);
     if (!m.id) return { kind: 'ring', reason: `rank 0 of the group cannot run NCCL: ${m.reason}` };
     const mine = unavailable();
     if (mine !== null) throw new CollectiveError(`group ${name}: rank 0 runs the collectives on NCCL but rank ${rank} (worker ${transport.rank}) cannot: ${mine}. Install the same NCCL on every node, or set DISTILL_COLLECTIVES=ring on all of them`, [rank]);
     id = Uint8Array.from(m.id);
   }
-  return { kind: 'nccl', comm: join(id, group.length, rank, name) };
+  return { kind: 'nccl', comm: await join(id, group.length, rank, name) };
 }
 
 /** The log line that says which transport a group's collectives use, and why. */

@@ -4,7 +4,10 @@
  * output, with no event needed), and nothing is copied to the host.
  *
  * The communicator is a blocking one (NCCL's default): ncclCommInitRank returns when every rank of the group has
- * joined. Collectives only enqueue; `synchronize` polls the stream and ncclCommGetAsyncError between turns of the
+ * joined, so it runs on one of koffi's worker threads (the event loop keeps flushing this worker's messages, which
+ * a peer may need before it reaches the same join). NCCL takes the calling thread's current device, which is
+ * device 0 there as here: the cuda backend runs device 0 of what CUDA_VISIBLE_DEVICES leaves each worker, and the
+ * runtime shares that device's primary context with the driver API. Collectives only enqueue; `synchronize` polls the stream and ncclCommGetAsyncError between turns of the
  * event loop, and past its bound calls ncclCommAbort and throws, so a peer that died or hangs ends this rank's run
  * with an error instead of a process stuck in a CUDA wait.
  */
@@ -39,15 +42,35 @@ export class NcclCommunicator implements Communicator {
   }
 
   /**
-   * Joins group `name` as `rank` of `size` with the unique id rank 0 made (bootstrap.ts hands it round). Blocks
-   * until every rank has joined: NCCL's own bootstrap, over its sockets, does the waiting.
+   * Joins group `name` as `rank` of `size` with the unique id rank 0 made (bootstrap.ts hands it round). Resolves
+   * when every rank has joined (NCCL's own bootstrap, over its sockets, does the waiting); rejects after
+   * `timeoutMs` naming the group, when a rank never came.
    */
-  static join(id: Uint8Array, size: number, rank: number, name: string, backend: CudaBackend = activeCudaBackend()): NcclCommunicator {
+  static async join(id: Uint8Array, size: number, rank: number, name: string, o: { backend?: CudaBackend; timeoutMs?: number; inThread?: boolean } = {}): Promise<NcclCommunicator> {
     if (id.length !== NCCL_UNIQUE_ID_BYTES) throw new CollectiveError(`group ${name}: an ncclUniqueId has ${NCCL_UNIQUE_ID_BYTES} bytes, got ${id.length}`);
     if (!(rank >= 0 && rank < size)) throw new CollectiveError(`group ${name}: rank ${rank} is not in 0..${size - 1}`);
+    const backend = o.backend ?? activeCudaBackend();
+    const timeoutMs = o.timeoutMs ?? collectiveTimeoutMs();
     const nccl = loadNccl();
     const comm: NcclComm[] = [null];
-    nccl.check(`ncclCommInitRank(group ${name}, rank ${rank} of ${size})`, nccl.fn.ncclCommInitRank(comm, size, { internal: Array.from(id) }, rank));
+    const call = `ncclCommInitRank(group ${name}, rank ${rank} of ${size})`;
+    const args = [comm, size, { internal: Array.from(id) }, rank];
+    const inThread = nccl.fn.ncclCommInitRank.async as ((...a: unknown[]) => void) | undefined;
+    let result: unknown;
+    if (!(o.inThread ?? size > 1) || !inThread) {
+      // One rank waits for nobody: joined on this thread unless asked (the one-rank test of the threaded path).
+      result = nccl.fn.ncclCommInitRank(...args);
+    } else {
+      let timer: NodeJS.Timeout | undefined;
+      result = await Promise.race([
+        new Promise<unknown>((resolve, reject) => inThread(...args, (err: unknown, r: unknown) => (err ? reject(err) : resolve(r)))),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new CollectiveError(`${call}: not every rank of group ${name} joined within ${Math.round(timeoutMs / 1000)} s (DISTILL_COLLECTIVE_TIMEOUT_S); a worker that died is named in the launcher's log`)), timeoutMs);
+          timer.unref();
+        }),
+      ]).finally(() => clearTimeout(timer));
+    }
+    nccl.check(call, result);
     return new NcclCommunicator(nccl, backend, comm[0], rank, size, name);
   }
 
