@@ -2,11 +2,12 @@
  * Issue 23, item 7: what a resume says. Re-running a finished run says it is finished and returns its last step
  * (from the checkpoint) instead of an empty progress bar; a resume with a changed recipe names each change and
  * what it does (the learning rate the schedule now gives, a loss that no longer compares); settings that do not
- * change the training are not mentioned; another run's checkpoint is still refused (run.test.ts).
+ * change the training are not mentioned; another run's checkpoint is still refused (run.test.ts). A finished run
+ * whose final save was lost saves its student when run again.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { distillationRecipe, type DistillationRecipe } from '../../src/recipe/config.ts';
@@ -41,6 +42,12 @@ test('a finished run, run again, says it is finished and returns its last step; 
     const said = lines.join('\n');
     assert.match(said, /is finished: 3 of --max_steps 3 steps done \(last loss \d+\.\d{4}\); the student is in .+student\. Raise --max_steps to train on, or use another --name\./);
     assert.doesNotMatch(said, /resuming/);
+    // Killed between its last checkpoint and the final save: the finished run saves the student now.
+    const saved = readFileSync(join(first.studentDir, 'model.safetensors'));
+    rmSync(first.studentDir, { recursive: true });
+    const third = await run(recipe(dir), { log: null });
+    assert.equal(third.alreadyFinished, true);
+    assert.ok(readFileSync(join(third.studentDir, 'model.safetensors')).equals(saved), 'the final student is the last checkpoint\'s');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
