@@ -13,7 +13,10 @@ export const CUDA_R_32F = 0;
 export const CUDA_R_16F = 2;
 export const CUDA_R_16BF = 14;
 /** cublasComputeType_t CUBLAS_COMPUTE_32F: fp32 accumulation, no TF32. */
-const CUBLAS_COMPUTE_32F = 68;
+export const CUBLAS_COMPUTE_32F = 68;
+/** fp32 operands that cuBLAS itself rounds to f16 / bf16 for the tensor cores, fp32 accumulation. */
+export const CUBLAS_COMPUTE_32F_FAST_16F = 74;
+export const CUBLAS_COMPUTE_32F_FAST_16BF = 75;
 /** cublasGemmAlgo_t CUBLAS_GEMM_DEFAULT. */
 const GEMM_DEFAULT = -1;
 const OP_N = 0;
@@ -82,7 +85,7 @@ export class Cublas {
    * Row-major C[b] = op(A[b]) · op(B[b]) for b < batch, C fp32 [m, n], op(A) [m, k], op(B) [k, n]. cuBLAS is
    * column-major, so it computes Cᵀ = op(B)ᵀ · op(A)ᵀ: the operands swap and each keeps its own transpose flag.
    */
-  gemm(c: bigint, a: GemmOperand, b: GemmOperand, m: number, n: number, k: number, batch: number): void {
+  gemm(c: bigint, a: GemmOperand, b: GemmOperand, m: number, n: number, k: number, batch: number, computeType = CUBLAS_COMPUTE_32F): void {
     const lda = a.transposed ? m : k;
     const ldb = b.transposed ? k : n;
     this.check(
@@ -90,7 +93,7 @@ export class Cublas {
       this.fn.gemm(
         this.handle, b.transposed ? OP_T : OP_N, a.transposed ? OP_T : OP_N, n, m, k, this.one,
         b.ptr, b.type, ldb, b.batchStride, a.ptr, a.type, lda, a.batchStride, this.zero,
-        c, CUDA_R_32F, n, m * n, batch, CUBLAS_COMPUTE_32F, GEMM_DEFAULT,
+        c, CUDA_R_32F, n, m * n, batch, computeType, GEMM_DEFAULT,
       ),
     );
   }

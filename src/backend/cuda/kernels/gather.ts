@@ -14,7 +14,7 @@ export function gatherSource(name: string, t: 'float' | 'int'): string {
 // x viewed as [batch, outer, dim, inner], ids as [batch, n]; y[b, o, k, j] = x[b, o, ids[b, k], j].
 extern "C" __global__ void ${name}(${t} *__restrict__ y, const ${t} *__restrict__ x, const int *__restrict__ ids, int batch, int outer, int dim, int inner, int n) {
   GRID_STRIDE(i, (i64)batch * outer * n * inner) {
-    i64 r = i; int j = (int)(r % inner); r /= inner; int k = (int)(r % n); r /= n; int o = (int)(r % outer); int b = (int)(r / outer);
+    unsigned int r = (unsigned int)i; int j = (int)(r % inner); r /= inner; int k = (int)(r % n); r /= n; int o = (int)(r % outer); int b = (int)(r / outer);
     int id = ids[(i64)b * n + k];
     y[i] = (id >= 0 && id < dim) ? x[(((i64)b * outer + o) * dim + id) * inner + j] : (${t})0;
   }
@@ -108,7 +108,7 @@ export function segmentSumSource(name: string, t: 'float' | 'int'): string {
 // x [n, inner] summed into y [segments, inner] by segment id.
 extern "C" __global__ void ${name}(${t} *__restrict__ y, const ${t} *__restrict__ x, const int *__restrict__ ids, int n, int inner, int segments) {
   GRID_STRIDE(i, (i64)n * inner) {
-    int k = (int)(i / inner), j = (int)(i % inner);
+    int k = (int)((unsigned int)i / inner), j = (int)((unsigned int)i % inner);
     int s = ids[k];
     if (s >= 0 && s < segments) atomicAdd(&y[(i64)s * inner + j], x[i]);
   }

@@ -55,7 +55,7 @@ export function copyColumnsSource(): string {
   return `${PRELUDE}
 // y[r, offset + c] = x[r, c] for x [rows, cols] and y's rows of yCols.
 extern "C" __global__ void ${COPY_2D}(int *__restrict__ y, const int *__restrict__ x, int rows, int cols, int yCols, int offset) {
-  GRID_STRIDE(i, (i64)rows * cols) { i64 r = i / cols, c = i % cols; y[r * yCols + offset + c] = x[i]; }
+  GRID_STRIDE(i, (i64)rows * cols) { unsigned int r = (unsigned int)i / cols, c = (unsigned int)i % cols; y[(i64)r * yCols + offset + c] = x[i]; }
 }`;
 }
 

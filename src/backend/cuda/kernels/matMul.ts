@@ -5,7 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { arg, type CudaBackend } from '../backend.ts';
-import { CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F, type GemmOperand } from '../cublas.ts';
+import { CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_COMPUTE_32F_FAST_16F, CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F, type GemmOperand } from '../cublas.ts';
 import { gridFor, PRELUDE } from './prelude.ts';
 import { broadcastTo } from './layout.ts';
 
@@ -64,8 +64,12 @@ export function batchMatMul(backend: CudaBackend, a: tf.TensorInfo, b: tf.Tensor
   if (sizeB !== batch && sizeB !== 1) B = broadcastTo(backend, b, [...batchShape, ...b.shape.slice(-2)]);
   const out = backend.makeOutput([...batchShape, m, n], 'float32');
   if (m * n * batch > 0) {
-    const half = precision !== '32';
     const bf16 = precision === 'bf16-mixed';
+    // Two ways to the tensor cores: our own bf16 copies of the operands (kept per tensor), or fp32 operands that
+    // cuBLAS rounds itself (DISTILL_CUDA_MIXED_MATMUL=fast: no copies, CUBLAS_COMPUTE_32F_FAST_16BF).
+    const fast = precision !== '32' && process.env.DISTILL_CUDA_MIXED_MATMUL === 'fast';
+    const half = precision !== '32' && !fast;
+    const computeType = fast ? (bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F_FAST_16F) : CUBLAS_COMPUTE_32F;
     const type = half ? (bf16 ? CUDA_R_16BF : CUDA_R_16F) : CUDA_R_32F;
     const opA = half ? toHalf(backend, A, bf16) : A;
     const opB = half ? toHalf(backend, B, bf16) : B;
@@ -74,8 +78,8 @@ export function batchMatMul(backend: CudaBackend, a: tf.TensorInfo, b: tf.Tensor
     });
     if (k === 0) backend.driver.fill32(backend.ptr(out), 0, m * n * batch);
     else {
-      const name = `cublas ${precision === '32' ? 'fp32' : bf16 ? 'bf16' : 'f16'} [${batch}] ${m}x${k}${transposeA ? 'ᵀ' : ''} · ${k}x${n}${transposeB ? 'ᵀ' : ''}`;
-      backend.timed(name, () => backend.blas.gemm(backend.ptr(out), operand(opA, A, transposeA, m * k), operand(opB, B, transposeB, k * n), m, n, k, batch));
+      const name = `cublas ${precision === '32' ? 'fp32' : `${bf16 ? 'bf16' : 'f16'}${fast ? ' (fast)' : ''}`} [${batch}] ${m}x${k}${transposeA ? 'ᵀ' : ''} · ${k}x${n}${transposeB ? 'ᵀ' : ''}`;
+      backend.timed(name, () => backend.blas.gemm(backend.ptr(out), operand(opA, A, transposeA, m * k), operand(opB, B, transposeB, k * n), m, n, k, batch, computeType));
     }
   }
   if (A !== a) backend.disposeIntermediate(A);

@@ -43,8 +43,9 @@ export function rotarySource(): string {
 extern "C" __global__ void rotary(float *__restrict__ y, const float *__restrict__ x, const float *__restrict__ cosT, const float *__restrict__ sinT, i64 n, int seq, int d, int transposed) {
   int half = d / 2;
   GRID_STRIDE(i, n) {
-    int lane = (int)(i % d);
-    int p = (int)((i / d) % seq);
+    unsigned int u = (unsigned int)i, row_ = u / (unsigned int)d;
+    int lane = (int)(u - row_ * (unsigned int)d);
+    int p = (int)(row_ % (unsigned int)seq);
     int other = lane < half ? lane + half : lane - half;
     i64 row = i - lane;
     float s = transposed ? sinT[p * d + other] : sinT[p * d + lane];
