@@ -46,11 +46,12 @@ export function teacherWorkerFor(dpRank: number, p: Placement): number | null {
 
 /**
  * Environment that pins a worker to its device. tfjs-node reads CUDA_VISIBLE_DEVICES when it loads, so it is set
- * at fork time (mapped through the launcher's own CUDA_VISIBLE_DEVICES, if any). WebGPU is pinned by adapter
+ * at fork time (mapped through the launcher's own CUDA_VISIBLE_DEVICES, if any); the cuda backend opens device 0
+ * of what it leaves, so it is pinned the same way (NCCL refuses two ranks on one GPU). WebGPU is pinned by adapter
  * index instead (selectBackend's adapterIndex); wasm and cpu are one core per process by construction.
  */
 export function deviceEnv(backend: BackendChoice, deviceIndex: number, env: NodeJS.ProcessEnv = process.env): Record<string, string> {
-  if (backend !== 'tensorflow' && backend !== 'auto') return {};
+  if (backend !== 'tensorflow' && backend !== 'cuda' && backend !== 'auto') return {};
   const visible = env.CUDA_VISIBLE_DEVICES?.split(',').filter((s) => s.trim() !== '');
   return { CUDA_VISIBLE_DEVICES: visible && visible.length ? visible[deviceIndex % visible.length] : String(deviceIndex) };
 }

@@ -12,6 +12,7 @@ import { localTransports } from '../../src/runtime/localTransport.ts';
 import { collectivesLine, groupCollectives, ncclUnavailable } from '../../src/parallel/nccl/bootstrap.ts';
 import { FakeCommunicatorGroup } from '../../src/parallel/nccl/fakeCommunicator.ts';
 import { DataParallelRank } from '../../src/parallel/dataParallelRank.ts';
+import { deviceEnv } from '../../src/parallel/placement.ts';
 
 await tf.setBackend('cpu');
 
@@ -111,4 +112,10 @@ test('a worker leading two groups may hand their ids out in either order', async
   const member = (async () => [await groupCollectives(transports[1], [0, 1], 'b', o('b')), await groupCollectives(transports[1], [0, 1], 'a', o('a'))])();
   const [l, m] = await Promise.all([lead, member]);
   assert.deepEqual([...l, ...m].map((c) => c.kind), ['nccl', 'nccl', 'nccl', 'nccl']);
+});
+
+test('cuda workers are pinned one GPU each (NCCL refuses two ranks on one GPU), through the launcher\'s own CUDA_VISIBLE_DEVICES', () => {
+  assert.deepEqual(deviceEnv('cuda', 1, {}), { CUDA_VISIBLE_DEVICES: '1' });
+  assert.deepEqual(deviceEnv('cuda', 1, { CUDA_VISIBLE_DEVICES: '4,6' }), { CUDA_VISIBLE_DEVICES: '6' });
+  assert.deepEqual(deviceEnv('cpu', 1, {}), {});
 });
