@@ -81,10 +81,10 @@ export class DataParallelRank {
     this.creditPool?.close();
   }
 
-  /** backward's hook: sums the gradients over the ranks (a SUM: each micro-batch loss is already weighted by its share of the global batch). */
+  /** optimizerStep's hook: sums the gradients over the ranks (a SUM: each micro-batch loss is already weighted by its share of the global batch). */
   readonly reduceGradients = async (grads: Map<string, tf.Tensor>): Promise<void> => {
     const pool = this.creditPool;
-    if (!pool) throw new Error('DataParallelRank: credits() must be called before the first step (pipelines/run.ts does)');
+    if (!pool) throw new Error('DataParallelRank: credits() must be called before the first step (pipelines/distill.ts does)');
     // backward calls this once per step, in order, so the count is the step.
     const step = this.startStep + this.reductions++;
     const flag = pool.stopRequested ? 1 : 0;

@@ -34,7 +34,7 @@ export class IpcTransport implements Transport {
   private readonly mailbox = new Mailbox();
 
   constructor(readonly rank: number) {
-    if (!process.send) throw new Error('IpcTransport: this process has no IPC channel; start it with child_process.fork (src/parallel/launcher.ts)');
+    if (!process.send) throw new Error('IpcTransport: this process has no IPC channel; start it with child_process.fork (src/runtime/launcher.ts)');
     process.on('message', (v: unknown) => {
       if (!isIncomingEnvelope(v)) return;
       this.mailbox.deliver(v.from, decodeMessage(v.frame));
