@@ -2,7 +2,8 @@
  * How a group's ranks agree on their collectives, on CPU over in-process transports (the same msgpackr frames as
  * between processes): rank 0's ncclUniqueId reaches every rank byte for byte and each joins with its own rank; a
  * rank 0 without NCCL sends every rank to the ring with its reason; a rank without NCCL when rank 0 has it is
- * refused, named. And DataParallelRank sums its gradients through a given communicator.
+ * refused, named. And DataParallelRank sums its gradients through a given communicator: 3 training steps through
+ * it give the plain run's weights exactly (the same arithmetic: sum, then the global norm).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -13,6 +14,13 @@ import { collectivesLine, groupCollectives, ncclUnavailable } from '../../src/pa
 import { FakeCommunicatorGroup } from '../../src/parallel/nccl/fakeCommunicator.ts';
 import { DataParallelRank } from '../../src/parallel/dataParallelRank.ts';
 import { deviceEnv } from '../../src/parallel/placement.ts';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { distillationRecipe, type DistillationRecipe } from '../../src/recipe/config.ts';
+import { distillInThisProcess } from '../../pipelines/distill.ts';
+import { readAllSafetensors } from '../../src/io/safetensors.ts';
+import { fixture, maxAbsDiff } from '../helpers/fixtures.ts';
 
 await tf.setBackend('cpu');
 
@@ -118,4 +126,27 @@ test('cuda workers are pinned one GPU each (NCCL refuses two ranks on one GPU), 
   assert.deepEqual(deviceEnv('cuda', 1, {}), { CUDA_VISIBLE_DEVICES: '1' });
   assert.deepEqual(deviceEnv('cuda', 1, { CUDA_VISIBLE_DEVICES: '4,6' }), { CUDA_VISIBLE_DEVICES: '6' });
   assert.deepEqual(deviceEnv('cpu', 1, {}), {});
+});
+
+test('training the fixture pair 3 steps on cpu with DP 1 through a (fake) communicator gives the plain run\'s weights', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'distill-comm-'));
+  const recipe = (name: string): DistillationRecipe => distillationRecipe({
+    name, dir, studentPath: fixture('llama-student'), teacherPath: fixture('llama-teacher'), backend: 'cpu',
+    data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
+    trainer: { maxSteps: 3, globalBatchSize: 2, microBatchSize: 1, saveInterval: 100, valCheckInterval: 100, limitValBatches: 1, logInterval: 1 },
+    optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
+  });
+  const plain = await distillInThisProcess(recipe('plain'), { log: null, progress: false });
+  const fakes = new FakeCommunicatorGroup(1);
+  const dp = new DataParallelRank({
+    transport: localTransports(1)[0], dpRank: 0, dpSize: 1, group: [0], deviceIndex: 0, globalBatchSize: 2, microBatchSize: 1,
+    onStopAgreed: () => {}, communicator: fakes.members[0],
+  });
+  const viaComm = await distillInThisProcess(recipe('comm'), { log: null, progress: false }, dp);
+  assert.equal(fakes.calls.length, 3, 'one bucket all-reduced per step');
+  assert.deepEqual(viaComm.steps.map((s) => [s.step, s.loss, s.gradNorm]), plain.steps.map((s) => [s.step, s.loss, s.gradNorm]));
+  const w = (d: string): Map<string, Float32Array> => new Map([...readAllSafetensors(join(d, 'model.safetensors'))].map(([k, v]) => [k, v.data as Float32Array]));
+  const [a, b] = [w(plain.studentDir), w(viaComm.studentDir)];
+  assert.deepEqual([...b.keys()].sort(), [...a.keys()].sort());
+  for (const [name, x] of a) assert.equal(maxAbsDiff(x, b.get(name)!), 0, name);
 });
