@@ -7,7 +7,6 @@
  * `registerKernel`: a scatter-add over wasm's heap, O(tokens x hidden), the same work PyTorch's embedding backward does.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { BackendName } from './select.ts';
 
 interface WasmBackendLike {
   makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
@@ -35,7 +34,7 @@ export function unsortedSegmentSumHost(
 
 const registered = new Set<string>();
 
-export function registerEmbeddingKernels(backend: BackendName): void {
+export function registerEmbeddingKernels(backend: string): void {
   if (backend !== 'wasm' || registered.has(backend)) return;
   if (tf.getKernel('UnsortedSegmentSum', 'wasm')) return;
   tf.registerKernel({
