@@ -25,6 +25,8 @@ export function activeCudaBackend(): CudaBackend {
   return tf.backend() as CudaBackend;
 }
 
+const seconds = (ms: number): string => `${ms >= 10_000 ? Math.round(ms / 1000) : (ms / 1000).toFixed(1)} s`;
+
 export class NcclCommunicator implements Communicator {
   readonly describe: string;
   private aborted: Error | null = null;
@@ -65,7 +67,7 @@ export class NcclCommunicator implements Communicator {
       result = await Promise.race([
         new Promise<unknown>((resolve, reject) => inThread(...args, (err: unknown, r: unknown) => (err ? reject(err) : resolve(r)))),
         new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new CollectiveError(`${call}: not every rank of group ${name} joined within ${Math.round(timeoutMs / 1000)} s (DISTILL_COLLECTIVE_TIMEOUT_S); a worker that died is named in the launcher's log`)), timeoutMs);
+          timer = setTimeout(() => reject(new CollectiveError(`${call}: not every rank of group ${name} joined within ${seconds(timeoutMs)} (DISTILL_COLLECTIVE_TIMEOUT_S); a worker that died is named in the launcher's log`)), timeoutMs);
           timer.unref();
         }),
       ]).finally(() => clearTimeout(timer));
@@ -180,7 +182,7 @@ export class NcclCommunicator implements Communicator {
       if (q !== CUDA_SUCCESS && q !== CUDA_ERROR_NOT_READY) this.backend.driver.check('cuStreamQuery (waiting for NCCL)', q);
       const waited = performance.now() - start;
       if (waited > timeoutMs) {
-        const err = new CollectiveError(`group ${this.name}, rank ${this.rank} of ${this.size}: the collectives did not finish within ${Math.round(timeoutMs / 1000)} s (DISTILL_COLLECTIVE_TIMEOUT_S): a peer rank hung or died before joining; NCCL does not say which, the launcher's log names a worker that died`);
+        const err = new CollectiveError(`group ${this.name}, rank ${this.rank} of ${this.size}: the collectives did not finish within ${seconds(timeoutMs)} (DISTILL_COLLECTIVE_TIMEOUT_S): a peer rank hung or died before joining; NCCL does not say which, the launcher's log names a worker that died`);
         this.abort(err);
         throw err;
       }
