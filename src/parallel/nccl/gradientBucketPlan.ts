@@ -19,9 +19,6 @@ export interface GradientBucket {
   elements: number;
 }
 
-/** The default size of a bucket: 25 MiB, PyTorch DDP's. */
-export const DEFAULT_NCCL_BUCKET_BYTES = 25 << 20;
-
 /**
  * Buckets for parameters given in the model's order (forward: embeddings first). `bytesPerElement` is 4 (float32).
  */
