@@ -25,7 +25,8 @@ async function runKind(kind: 'distill' | 'pretrain', argv: string[]): Promise<vo
   // Loaded only now, so that --help and flag mistakes answer without starting tfjs.
   const { run } = await import('../../pipelines/run.ts');
   const r = await removingEmptyRunDir(recipe, () => run(recipe));
-  const last = r.steps[r.steps.length - 1];
+  // lastStep, not this invocation's steps: a finished run run again trains nothing and still reports where it ended.
+  const last = r.lastStep;
   if (last) console.log(JSON.stringify({ run_dir: r.runDir, student: r.stoppedEarly ? null : r.studentDir, steps: last.step + 1, loss: last.loss, resumed_from_step: r.resumedFromStep }));
 }
 
