@@ -288,7 +288,8 @@ export async function trainChain(logDir: string, name: string, reference: string
   report.maxDiff = maxDiffStudents(reference, join(runDir, 'student'));
   const steps = readMetrics(runDir).filter((r) => r.split !== 'valid').map((r) => r.step);
   if (steps.some((x, i) => i > 0 && x <= steps[i - 1])) report.problems.push(`metrics.jsonl steps out of order: ${steps.join(',')}`);
-  report.metricsGaps = [...Array(MAX_STEPS).keys()].filter((k) => !steps.includes(k));
+  // Steps are numbered 1..N in metrics.jsonl, as on the console and in the checkpoint names.
+  report.metricsGaps = [...Array(MAX_STEPS).keys()].map((k) => k + 1).filter((s) => !steps.includes(s));
   return report;
 }
 
