@@ -8,7 +8,7 @@ import type { MessageKind, WorkerMessage } from './messages.ts';
 const packr = new Packr({ useRecords: false, moreTypes: false });
 
 const KINDS: ReadonlySet<MessageKind> = new Set<MessageKind>([
-  'init', 'stop', 'shutdown', 'log', 'step', 'done', 'error', 'ring', 'ncclId', 'stepStats', 'teacherHead', 'teacherRequest', 'teacherHidden', 'stageTensors', 'paramShards',
+  'init', 'stop', 'shutdown', 'log', 'step', 'done', 'error', 'ring', 'ncclId', 'collectiveProbe', 'collectiveProbeReply', 'stepStats', 'teacherHead', 'teacherRequest', 'teacherHidden', 'stageTensors', 'paramShards',
 ]);
 
 export function encodeMessage(m: WorkerMessage): Uint8Array {

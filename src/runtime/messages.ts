@@ -108,6 +108,19 @@ export interface NcclUniqueIdMessage {
   reason: string | null;
 }
 
+/** A rank whose collective did not finish asks the others of its group how far they got (src/parallel/nccl/liveness.ts). */
+export interface CollectiveProbe {
+  kind: 'collectiveProbe';
+  group: string;
+}
+
+/** The answer: how many collectives of the group this rank has issued (a hung rank does not answer). */
+export interface CollectiveProbeReply {
+  kind: 'collectiveProbeReply';
+  group: string;
+  issued: number;
+}
+
 /** A rank's share of a step's metrics, sent to rank 0, which sums the losses over the ranks. */
 export interface StepStats {
   kind: 'stepStats';
@@ -158,7 +171,7 @@ export interface ParamShards {
 export type WorkerMessage =
   | StudentInit | TeacherInit | ModelParallelInit | StopMessage | ShutdownMessage
   | LogMessage | StepMessage | DoneMessage | ErrorMessage
-  | RingChunk | NcclUniqueIdMessage | StepStats | TeacherHead | TeacherRequest | TeacherHidden | StageTensors | ParamShards;
+  | RingChunk | NcclUniqueIdMessage | CollectiveProbe | CollectiveProbeReply | StepStats | TeacherHead | TeacherRequest | TeacherHidden | StageTensors | ParamShards;
 
 export type MessageKind = WorkerMessage['kind'];
 export type MessageOf<K extends MessageKind> = Extract<WorkerMessage, { kind: K }>;

@@ -12,6 +12,7 @@ import '@tensorflow/tfjs-backend-cpu';
 import { localTransports } from '../../src/runtime/localTransport.ts';
 import { collectivesLine, groupCollectives, ncclUnavailable } from '../../src/parallel/nccl/bootstrap.ts';
 import { FakeCommunicatorGroup } from '../../src/parallel/nccl/fakeCommunicator.ts';
+import { answerProbes, diagnoseHang } from '../../src/parallel/nccl/liveness.ts';
 import { DataParallelRank } from '../../src/parallel/dataParallelRank.ts';
 import { deviceEnv } from '../../src/parallel/placement.ts';
 import { mkdtempSync } from 'node:fs';
@@ -149,4 +150,38 @@ test('training the fixture pair 3 steps on cpu with DP 1 through a (fake) commun
   const [a, b] = [w(plain.studentDir), w(viaComm.studentDir)];
   assert.deepEqual([...b.keys()].sort(), [...a.keys()].sort());
   for (const [name, x] of a) assert.equal(maxAbsDiff(x, b.get(name)!), 0, name);
+});
+
+test('a collective that does not finish names its rank: a silent one as hung, one with fewer collectives as behind', async () => {
+  const transports = localTransports(4);
+  // Worker 1 has issued 4 collectives of the group, worker 3 as many as the asker (5); worker 2 never answers.
+  answerProbes(transports[1], 'dp', () => 4);
+  answerProbes(transports[3], 'dp', () => 5);
+  answerProbes(transports[1], 'tp', () => 99);
+  const t0 = performance.now();
+  const report = await diagnoseHang(transports[0], [0, 1, 2, 3], 'dp', 5, 200);
+  const took = performance.now() - t0;
+  assert.deepEqual(report.ranks, [1, 2]);
+  assert.match(report.text, /rank 2 \(worker 2\) did not answer within 0\.2 s: it is hung/);
+  assert.match(report.text, /rank 1 \(worker 1\) has issued 4 collectives of the group, this rank 5: it has not reached this one/);
+  assert.ok(took >= 190 && took < 1500, `answered after ${took} ms, bound 200 ms`);
+  // Everyone as far as the asker: NCCL itself is stuck.
+  const all = await diagnoseHang(transports[0], [0, 3], 'dp', 5, 200);
+  assert.deepEqual(all.ranks, []);
+  assert.match(all.text, /every rank answered and has issued 5 collectives of the group: NCCL's own transport is stuck/);
+});
+
+test('bootstrap wires the probes: a fake rank that hangs is named through the transport', async () => {
+  const transports = localTransports(2);
+  const fakes = new FakeCommunicatorGroup(2);
+  const made = await Promise.all([0, 1].map((w) => groupCollectives(transports[w], [0, 1], 'dp', {
+    unavailable: () => null, makeId: () => new Uint8Array(128), join: (_id, _size, rank) => fakes.members[rank], probeWaitMs: 300,
+  })));
+  const c0 = made[0].kind === 'nccl' ? made[0].comm : null;
+  assert.ok(c0?.diagnoseHang);
+  // Rank 0 issued one collective that rank 1 never joins.
+  void c0.allReduceSum(tf.ones([2])).catch(() => {});
+  const report = await c0.diagnoseHang(c0.issued);
+  assert.deepEqual(report.ranks, [1]);
+  assert.match(report.text, /rank 1 \(worker 1\) has issued 0 collectives of the group, this rank 1/);
 });

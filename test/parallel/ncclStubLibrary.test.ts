@@ -180,8 +180,14 @@ test('the NCCL communicator on host memory: every collective\'s shape and values
   await assert.rejects(comm.synchronize(120), (e: unknown) => e instanceof CollectiveError && /group host, rank 0 of 1: the collectives did not finish within 0\.1 s .*a peer rank hung or died/.test(e.message));
   const waited = performance.now() - t0;
   assert.ok(waited >= 110 && waited < 1000, `gave up after ${waited} ms`);
-  setStreamState(0);
   await assert.rejects(comm.allReduceSum(tf.ones([20])), /the communicator was aborted/);
+  // With the group's probes wired (bootstrap.ts), the error names the rank behind it.
+  const probed = await NcclCommunicator.join(ncclUniqueId(), 1, 0, 'probed', { backend: hostBackend() });
+  probed.diagnoseHang = async (issued) => ({ text: `rank 1 (worker 3) has issued ${issued - 1} collectives of the group, this rank ${issued}: it has not reached this one`, ranks: [1] });
+  const y = await probed.allReduceSum(tf.ones([20]));
+  await assert.rejects(probed.synchronize(50), (e: unknown) => e instanceof CollectiveError && e.ranks[0] === 1 && /within 0\.1 s \(DISTILL_COLLECTIVE_TIMEOUT_S\): rank 1 \(worker 3\) has issued 0 collectives of the group, this rank 1/.test(e.message));
+  y.dispose();
+  setStreamState(0);
 
   // NCCL's asynchronous error (a peer died): the next synchronize aborts the communicator and says so.
   const again = await NcclCommunicator.join(ncclUniqueId(), 1, 0, 'again', { backend: hostBackend() });

@@ -14,6 +14,7 @@ import type { MessageOf } from '../../runtime/messages.ts';
 import { CollectiveError, type Communicator } from './communicator.ts';
 import { loadNccl, ncclUniqueId } from './ncclLibrary.ts';
 import { NcclCommunicator } from './ncclCommunicator.ts';
+import { answerProbes, diagnoseHang } from './liveness.ts';
 
 export type GroupCollectives = { kind: 'nccl'; comm: Communicator } | { kind: 'ring'; reason: string };
 
@@ -24,6 +25,8 @@ export interface BootstrapOptions {
   makeId?: () => Uint8Array;
   /** Joins the group with the id (blocks until every rank has joined). */
   join?: (id: Uint8Array, size: number, rank: number, name: string) => Communicator | Promise<Communicator>;
+  /** How long a rank whose collective is stuck waits for the others' answers (liveness.ts); 5 s by default. */
+  probeWaitMs?: number;
 }
 
 /**
@@ -84,7 +87,11 @@ export async function groupCollectives(transport: Transport, group: readonly num
     if (mine !== null) throw new CollectiveError(`group ${name}: rank 0 runs the collectives on NCCL but rank ${rank} (worker ${transport.rank}) cannot: ${mine}. Install the same NCCL on every node, or set DISTILL_COLLECTIVES=ring on all of them`, [rank]);
     id = Uint8Array.from(m.id);
   }
-  return { kind: 'nccl', comm: await join(id, group.length, rank, name) };
+  const comm = await join(id, group.length, rank, name);
+  // A rank whose collective does not finish asks the others how far they got; every rank answers for its groups.
+  answerProbes(transport, name, () => comm.issued);
+  comm.diagnoseHang ??= (issued) => diagnoseHang(transport, group, name, issued, o.probeWaitMs);
+  return { kind: 'nccl', comm };
 }
 
 /** The log line that says which transport a group's collectives use, and why. */

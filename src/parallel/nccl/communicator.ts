@@ -11,6 +11,7 @@
  */
 import type * as tf from '@tensorflow/tfjs-core';
 import { ConfigError, DistillError } from '../../errors.ts';
+import type { HangReport } from './liveness.ts';
 
 export interface PeerSend {
   peer: number;
@@ -29,6 +30,10 @@ export interface Communicator {
   readonly size: number;
   /** What runs it, for log lines: "NCCL 2.28.5", "in-process fake". */
   readonly describe: string;
+  /** How many collectives this rank has issued on it (what a probe of the group compares, liveness.ts). */
+  readonly issued: number;
+  /** Asks the group who is behind a collective that does not finish (set by bootstrap.ts); its text goes into the timeout's error. */
+  diagnoseHang?: (issued: number) => Promise<HangReport>;
   /** Element-wise sum over the ranks; every rank gets the same values. */
   allReduceSum(t: tf.Tensor): Promise<tf.Tensor>;
   /** Every rank's tensor stacked along axis 0 in rank order: [size·d0, ...rest]. */

@@ -175,6 +175,10 @@ export class FakeCommunicator implements Communicator {
     return this.group.size;
   }
 
+  get issued(): number {
+    return this.index;
+  }
+
   allReduceSum(t: tf.Tensor): Promise<tf.Tensor> {
     return this.group.meet(this.rank, this.index++, 'allReduceSum', contribution(t), (all) => {
       const s = sum(all);

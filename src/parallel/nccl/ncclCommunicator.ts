@@ -17,6 +17,7 @@ import { BackendError } from '../../errors.ts';
 import { CollectiveError, collectiveTimeoutMs, type Communicator, type PeerReceive, type PeerSend } from './communicator.ts';
 import { loadNccl, NCCL_DTYPE, NCCL_IN_PROGRESS, NCCL_SUCCESS, NCCL_SUM, NCCL_UNIQUE_ID_BYTES, ncclVersionString, type Nccl, type NcclComm } from './ncclLibrary.ts';
 import { CUDA_ERROR_NOT_READY, CUDA_SUCCESS, pause, streamQuery } from './streamWait.ts';
+import type { HangReport } from './liveness.ts';
 
 /** The cuda backend tfjs runs now, or a BackendError saying that NCCL needs it. */
 export function activeCudaBackend(): CudaBackend {
@@ -29,6 +30,8 @@ const seconds = (ms: number): string => `${ms >= 10_000 ? Math.round(ms / 1000) 
 
 export class NcclCommunicator implements Communicator {
   readonly describe: string;
+  issued = 0;
+  diagnoseHang?: (issued: number) => Promise<HangReport>;
   private aborted: Error | null = null;
   private destroyed = false;
 
@@ -99,7 +102,9 @@ export class NcclCommunicator implements Communicator {
     this.nccl.check(`${call} on group ${this.name} (rank ${this.rank} of ${this.size})`, r);
   }
 
-  private live(call: string): void {
+  /** Refuses a call on an ended communicator; counts the collectives (not the waits) for the group's probes. */
+  private live(call: string, collective = true): void {
+    if (collective) this.issued++;
     if (this.aborted) throw new CollectiveError(`${call} on group ${this.name}: the communicator was aborted (${this.aborted.message})`);
     if (this.destroyed) throw new CollectiveError(`${call} on group ${this.name}: the communicator was destroyed`);
   }
@@ -161,7 +166,7 @@ export class NcclCommunicator implements Communicator {
   }
 
   async synchronize(timeoutMs = collectiveTimeoutMs()): Promise<void> {
-    this.live('synchronize');
+    this.live('synchronize', false);
     const start = performance.now();
     for (;;) {
       const q = streamQuery(this.stream);
@@ -182,7 +187,10 @@ export class NcclCommunicator implements Communicator {
       if (q !== CUDA_SUCCESS && q !== CUDA_ERROR_NOT_READY) this.backend.driver.check('cuStreamQuery (waiting for NCCL)', q);
       const waited = performance.now() - start;
       if (waited > timeoutMs) {
-        const err = new CollectiveError(`group ${this.name}, rank ${this.rank} of ${this.size}: the collectives did not finish within ${seconds(timeoutMs)} (DISTILL_COLLECTIVE_TIMEOUT_S): a peer rank hung or died before joining; NCCL does not say which, the launcher's log names a worker that died`);
+        // Ask the group who is behind (bounded) before giving up, so that the error can name the rank.
+        const report = this.diagnoseHang ? await this.diagnoseHang(this.issued).catch(() => null) : null;
+        const why = report ? report.text : 'a peer rank hung or died; NCCL does not say which, the launcher\'s log names a worker that died';
+        const err = new CollectiveError(`group ${this.name}, rank ${this.rank} of ${this.size}: the collectives did not finish within ${seconds(timeoutMs)} (DISTILL_COLLECTIVE_TIMEOUT_S): ${why}`, report?.ranks ?? []);
         this.abort(err);
         throw err;
       }
