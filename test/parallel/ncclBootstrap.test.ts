@@ -173,7 +173,7 @@ test('a collective that does not finish names its rank: a silent one as hung, on
 
 test('bootstrap wires the probes: a fake rank that hangs is named through the transport', async () => {
   const transports = localTransports(2);
-  const fakes = new FakeCommunicatorGroup(2);
+  const fakes = new FakeCommunicatorGroup(2, 400);
   const made = await Promise.all([0, 1].map((w) => groupCollectives(transports[w], [0, 1], 'dp', {
     unavailable: () => null, makeId: () => new Uint8Array(128), join: (_id, _size, rank) => fakes.members[rank], probeWaitMs: 300,
   })));
