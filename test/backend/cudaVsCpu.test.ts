@@ -158,3 +158,26 @@ test('cuda memory: tensors free their blocks for reuse, and the pool makes no ne
   assert.equal(after.deviceAllocations, before.deviceAllocations, 'the steady loop allocated device memory');
   assert.equal(after.inUse, before.inUse, 'blocks leaked');
 });
+
+test('cuda bf16-mixed: the fixture models\' logits stay within 2e-2 of transformers\' fp32 (the stated tolerance)', { skip }, async () => {
+  const { loadModel } = await import('../../src/checkpoint/load.ts');
+  const { readAllSafetensors } = await import('../../src/io/safetensors.ts');
+  const { fixture } = await import('../helpers/fixtures.ts');
+  await selectBackend('cuda', { log: null, precision: 'bf16-mixed' });
+  try {
+    for (const name of ['llama-teacher', 'llama-student', 'gpt2-tiny']) {
+      const expected = readAllSafetensors(fixture(name, 'expected.safetensors'));
+      const ids = expected.get('input_ids')!;
+      const model = await loadModel(fixture(name), { trainable: false });
+      const logits = tf.tidy(() => model.logits(tf.tensor2d(Int32Array.from(ids.data as Int32Array), ids.shape as [number, number], 'int32')));
+      const e = relError(await logits.data(), expected.get('logits')!.data);
+      logits.dispose();
+      model.dispose();
+      process.stdout.write(`# bf16-mixed ${name}: relative error ${e.toExponential(2)}\n`);
+      // bf16 keeps 8 bits of mantissa: well above fp32's 1e-5, well below what a wrong product would give.
+      assert.ok(e < 2e-2 && e > 1e-6, `${name}: ${e}`);
+    }
+  } finally {
+    await selectBackend('cuda', { log: null, precision: '32' });
+  }
+});
