@@ -14,6 +14,7 @@ import { planGradientBuckets } from './nccl/gradientBucketPlan.ts';
 import type { Communicator } from './nccl/communicator.ts';
 import type { RemoteTeacher } from './remoteTeacher.ts';
 import type { Transport } from '../runtime/transport.ts';
+import { LAUNCHER } from '../runtime/messages.ts';
 
 export interface StepSink {
   onStep(result: StepResult): void;
@@ -33,7 +34,7 @@ export interface DataParallelRankOptions {
   remoteTeacher?: RemoteTeacher;
   /** Called once when the ranks have agreed to stop early (the worker aborts its run, so it reports a stop). */
   onStopAgreed: () => void;
-  /** Where the line saying which transport the gradients take goes. */
+  /** Where the line saying which transport the gradients take goes; by default the launcher's log, as a worker's lines do. */
   log?: (line: string) => void;
   /** A communicator to sum the gradients with, even at DP 1 (the one-rank NCCL test); by default the group's (nccl/bootstrap.ts). */
   communicator?: Communicator;
@@ -111,7 +112,11 @@ export class DataParallelRank {
 
   private async agreeOnCollectives(): Promise<GroupCollectives> {
     const c: GroupCollectives = this.o.communicator ? { kind: 'nccl', comm: this.o.communicator } : await groupCollectives(this.o.transport, this.o.group, 'dp');
-    if (this.leader) this.o.log?.(collectivesLine('dp', this.size, c));
+    if (this.leader) {
+      const line = collectivesLine('dp', this.size, c);
+      if (this.o.log) this.o.log(line);
+      else if (this.size > 1) this.o.transport.send(LAUNCHER, { kind: 'log', line });
+    }
     return c;
   }
 
