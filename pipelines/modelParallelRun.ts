@@ -8,12 +8,13 @@
  */
 import { lastValueFrom, tap, toArray } from 'rxjs';
 import { selectBackend } from '../src/backend/select.ts';
+import { readModelConfig } from '../src/checkpoint/load.ts';
 import { saveModel } from '../src/checkpoint/save.ts';
 import { coordsOf, type ParallelLayout } from '../src/parallel/layout.ts';
 import { checkModelParallelRecipe } from '../src/recipe/validateLayout.ts';
 import { Collectives } from '../src/parallel/modelParallel/collectives.ts';
 import { ModelParallelTrainer } from '../src/parallel/modelParallel/modelParallelTrainer.ts';
-import { gatherFullState, loadShardedModel, loadShardedOptimizerState } from '../src/parallel/modelParallel/shardedWeights.ts';
+import { gatherFullState, loadShardedOptimizerState, loadShardedPair } from '../src/parallel/modelParallel/shardedWeights.ts';
 import type { Transport } from '../src/runtime/transport.ts';
 import type { DistillationRecipe } from '../src/recipe/config.ts';
 import { learningRate, studentOptimizer } from '../src/recipe/trainingObjects.ts';
@@ -24,6 +25,7 @@ import { prepareRun, runFingerprint } from '../src/train/prepareRun.ts';
 import type { RunResult } from '../src/train/runResult.ts';
 import { StepBarrier } from '../src/train/stepBarrier.ts';
 import { saveTrainingCheckpoint } from '../src/train/trainingCheckpoint.ts';
+import { alignVocabularies } from '../src/train/vocabularyCheck.ts';
 import { readBatches } from '../operators/readBatches.ts';
 import { modelParallelBackward } from '../operators/modelParallelBackward.ts';
 import { optimizerStep } from '../operators/optimizerStep.ts';
@@ -50,8 +52,14 @@ export async function runModelParallelRank(recipe: DistillationRecipe, o: ModelP
   const backend = await selectBackend(recipe.backend, { log: leader ? log : null, adapterIndex: o.deviceIndex, precision: recipe.trainer.precision });
   const t = recipe.trainer;
   const prepared = prepareRun(recipe, { leader, log, progress: false, stopAfterSteps: o.stopAfterSteps });
-  const student = loadShardedModel(prepared.studentDir, layout, rank, true);
-  const teacher = recipe.kind === 'distill' && recipe.teacherPath ? loadShardedModel(recipe.teacherPath, layout, rank, false) : null;
+  const teacherPath = recipe.kind === 'distill' && recipe.teacherPath ? recipe.teacherPath : null;
+  // What one worker says of the two vocabularies (and refuses: sizes more than padding apart), before any weight loads.
+  const vocabLine = teacherPath ? alignVocabularies(readModelConfig(teacherPath), readModelConfig(prepared.studentDir), recipe) : null;
+  if (leader && vocabLine) log(vocabLine);
+  // Both padded to the pair's one vocabulary size under TP, so each rank holds the same ids of each (vocabPadding.ts).
+  const { student, teacher } = loadShardedPair({
+    student: prepared.studentDir, teacher: teacherPath, layout, rank, makeVocabSizeDivisibleBy: recipe.parallel.makeVocabSizeDivisibleBy,
+  });
   const sources = openDataSources(recipe, student.config.vocabSize);
   const optimizer = studentOptimizer(recipe, student.params);
   prepared.resume(runFingerprint(recipe, sources.fingerprint), (ref) => optimizer.loadState(loadShardedOptimizerState(ref, student)),

@@ -1,7 +1,8 @@
 /**
  * `distill run` with --tp_size/--pp_size through real worker processes: the same losses and student as one
- * worker, a checkpoint written under one layout resumed under another, and impossible layouts refused with the
- * arithmetic before any worker starts.
+ * worker, a checkpoint written under one layout resumed under another, a teacher and student whose vocabularies
+ * pad to different sizes (Qwen-style) under TP 2, and impossible layouts refused with the arithmetic before any
+ * worker starts.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -15,6 +16,7 @@ import { readAllSafetensors } from '../../src/io/safetensors.ts';
 import { loadModel } from '../../src/checkpoint/load.ts';
 import { selectBackend } from '../../src/backend/select.ts';
 import { fixture, maxAbsDiff } from '../helpers/fixtures.ts';
+import { llamaWithVocab } from './llamaWithVocab.ts';
 
 function recipe(dir: string, name: string, parallel: Partial<DistillationRecipe['parallel']>): DistillationRecipe {
   return distillationRecipe({
@@ -76,6 +78,27 @@ test('distill run under TP 2 and under PP 2 (worker processes) matches one worke
     const loaded = await loadModel(second.studentDir, { trainable: false });
     assert.equal(loaded.config.numLayers, 1);
     loaded.dispose();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a Qwen-style pair (student 1,000 ids, teacher 1,024: its last 24 rows random) under TP 2 matches one worker and says the same of the vocabularies', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mp-qwen-'));
+  try {
+    // Padded under TP 2 (128 × 2): the student to 1,024 rows (24 zero), the teacher not at all; the KD reads ids [0, 1000).
+    const pair = { studentPath: llamaWithVocab('llama-student', 1000, 3), teacherPath: llamaWithVocab('llama-teacher', 1024, 4) };
+    const qwen = (name: string, parallel: Partial<DistillationRecipe['parallel']>): DistillationRecipe =>
+      ({ ...recipe(dir, name, parallel), ...pair, loss: { ...recipe(dir, name, parallel).loss, kdRatio: 0.5 } });
+    const oneLog: string[] = [];
+    const tpLog: string[] = [];
+    const one = await run(qwen('one', {}), { log: (l) => oneLog.push(l), progress: false });
+    const tp = await run(qwen('tp2', { devicesPerNode: 2, tpSize: 2 }), { log: (l) => tpLog.push(l), progress: false });
+    assertSameRun(tp, one, 'TP 2, student 1000 ← teacher 1024');
+    const vocabLines = (lines: string[]): string[] => lines.filter((l) => /vocabulary/.test(l));
+    assert.deepEqual(vocabLines(oneLog), ['vocabulary: teacher 1024 ids, student 1000; the loss uses the 1000 shared ids (the rest is padding)']);
+    assert.deepEqual(vocabLines(tpLog).map((l) => l.replace(/^\[[^\]]*\] */, '')), vocabLines(oneLog), 'TP 2 logs what one worker logs, once');
+    assert.equal(readAllSafetensors(join(tp.studentDir, 'model.safetensors')).get('model.embed_tokens.weight')!.shape[0], 1000, 'the saved student keeps its own 1,000 rows');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -22,7 +22,6 @@ import { recipeFromFlags } from '../../src/cli/runFlags.ts';
 import { distillationRecipe } from '../../src/recipe/config.ts';
 import { checkModelParallelRecipe } from '../../src/recipe/validateLayout.ts';
 import { loadModel } from '../../src/checkpoint/load.ts';
-import { mulberry32 } from '../../src/data/prng.ts';
 import { readAllSafetensors } from '../../src/io/safetensors.ts';
 import type { KdLossKind } from '../../src/losses/types.ts';
 import { sharedVocab } from '../../src/losses/vocabAlignment.ts';
@@ -34,7 +33,8 @@ import { vocabParallelLossOp } from '../../src/parallel/modelParallel/vocabParal
 import { pairedVocabSize, paddedVocabSize, vocabShard } from '../../src/parallel/modelParallel/vocabPadding.ts';
 import { latestCheckpoint } from '../../src/train/trainingCheckpoint.ts';
 import { fixture } from '../helpers/fixtures.ts';
-import { checkpointVariant, scratchDir, type F32Tensor } from '../model/checkpointVariant.ts';
+import { scratchDir } from '../model/checkpointVariant.ts';
+import { llamaWithVocab } from './llamaWithVocab.ts';
 import { assertOptimizer, assertSteps, assertWeights, fixtureLoss, oneWorker, randomGpt2Checkpoint, underLayout, type LayoutRun, type ModelPair } from './modelParallelHarness.ts';
 
 await selectBackend('cpu', { log: null });
@@ -49,24 +49,6 @@ const WEIGHT_ABS = 1e-4;
 const layout = (l: Partial<ParallelLayout>): ParallelLayout => ({ tp: 1, cp: 1, dp: 1, pp: 1, ...l });
 const nameOf = (l: ParallelLayout): string =>
   (['tp', 'pp', 'cp', 'dp'] as const).filter((a) => l[a] > 1).map((a) => `${a.toUpperCase()} ${l[a]}`).join(' × ');
-
-const VOCAB_TENSORS = new Set(['model.embed_tokens.weight', 'lm_head.weight']);
-
-/**
- * A fixture llama with `vocab` ids: its embedding (and head) rows cut to `vocab`, or extended with random rows
- * (as large as the fixture's) that a smaller partner does not have.
- */
-function llamaWithVocab(name: 'llama-student' | 'llama-teacher', vocab: number, seed: number): string {
-  const uniform = mulberry32(seed);
-  return checkpointVariant(name, (ts) => ts.map((t): F32Tensor => {
-    if (!VOCAB_TENSORS.has(t.name)) return t;
-    const cols = t.shape[1];
-    const data = new Float32Array(vocab * cols);
-    data.set(t.data.subarray(0, Math.min(vocab, t.shape[0]) * cols));
-    for (let i = t.shape[0] * cols; i < data.length; i++) data[i] = (uniform() * 2 - 1) * 0.05;
-    return { ...t, shape: [vocab, cols], data };
-  }), (c) => ({ ...c, vocab_size: vocab }));
-}
 
 /** Runs `l` and checks what every layout run must: no leaked tensor, every rank the same results, padding all zero. */
 async function runLayout(l: ParallelLayout, loss = fixtureLoss(), pair: ModelPair = {}, wantPadding = true): Promise<LayoutRun> {

@@ -92,9 +92,13 @@ export class ModelParallelTrainer {
     const inputs = { hidden: this.studentStage.lossInputName, teacherHidden: 't.hidden', labels: 'labels', mask: 'mask' };
     const alpha = !teacherHead ? 0 : evaluation ? 0.5 : this.o.loss.kdRatio;
     if (this.o.layout.tp > 1) {
+      // The padding of each head slice, from the shard spec it was loaded by: only the last stage holds the heads.
+      const studentVocab = this.o.student.spec.get(head)?.vocab;
+      const teacherVocab = tHeadName ? this.o.teacher!.spec.get(tHeadName)?.vocab ?? null : null;
+      const vocab = studentVocab ? { student: studentVocab, teacher: teacherVocab } : undefined;
       op = vocabParallelLossOp({ ...inputs, head, outputs: LOSS_OUTPUTS }, {
         options: this.o.loss, alpha, coll: this.o.coll, tpGroup: groupOf(this.o.layout, this.o.rank, ['tp']),
-        vocabStart: this.coords.tp * (c.vocabSize / this.o.layout.tp), teacherHead, globalTokens: () => this.globalTokens,
+        vocab, teacherHead, globalTokens: () => this.globalTokens,
       });
     } else {
       const loss = { ...this.o.loss, kdRatio: alpha };

@@ -33,13 +33,9 @@ export interface VocabParallelLossOptions {
   coll: Collectives;
   tpGroup: number[];
   /**
-   * Not read: a rank's first id follows from its place in `tpGroup` and its slice's rows, since every rank holds
-   * the same number of rows of the padded vocabulary (V / TP is not the first id once the vocabulary is padded).
-   */
-  vocabStart?: number;
-  /**
-   * The student's and the teacher's vocabulary shards on this rank. Default: what loadShardedModel recorded for the
-   * two head slices (vocabShardOf); a slice it did not load is taken as unpadded.
+   * The student's and the teacher's vocabulary shards on this rank (a rank's first id is its shard's `first`, not
+   * V / TP × its place, once the vocabulary is padded). Default: what loadShardedModel recorded for the two head
+   * slices (vocabShardOf); a slice it did not load is taken as unpadded.
    */
   vocab?: { student: VocabShard; teacher: VocabShard | null };
   /** The teacher's head slice [V / TP, h_t] (a constant), or null when pretraining. */
