@@ -75,7 +75,11 @@ export class NcclCommunicator implements Communicator {
         }),
       ]).finally(() => clearTimeout(timer));
     }
-    nccl.check(call, result);
+    try {
+      nccl.check(call, result);
+    } catch (e) {
+      throw new CollectiveError(`${(e as Error).message}. DISTILL_COLLECTIVES=ring on every node runs the group's collectives over our own ring instead`);
+    }
     return new NcclCommunicator(nccl, backend, comm[0], rank, size, name);
   }
 
