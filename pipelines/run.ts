@@ -9,6 +9,7 @@ import type { DistillationRecipe } from '../src/recipe/config.ts';
 import { validateRecipe } from '../src/recipe/validate.ts';
 import { checkModelParallelRecipe, layoutOf } from '../src/recipe/validateLayout.ts';
 import type { RunResult } from '../src/train/runResult.ts';
+import { checkModelsFitSequence } from '../src/train/sequenceLengthCheck.ts';
 import { launchWorkers, type LaunchHooks } from '../src/runtime/launcher.ts';
 import { checkOneNode } from '../src/runtime/launchEnv.ts';
 import { needsWorkers } from '../src/parallel/placement.ts';
@@ -27,6 +28,8 @@ const WORKER_PROGRAM = fileURLToPath(new URL('./workerProgram.ts', import.meta.u
 
 export async function run(recipe: DistillationRecipe, hooks: RunHooks = {}): Promise<RunResult> {
   validateRecipe(recipe);
+  // As the CLI: a --seq_length past either model's position range is refused before any weight loads.
+  checkModelsFitSequence(recipe);
   const layout = layoutOf(recipe);
   if (layout.tp * layout.pp * layout.cp > 1) checkModelParallelRecipe(recipe, layout);
   checkOneNode(recipe.parallel.numNodes);

@@ -6,10 +6,9 @@ import { join, resolve } from 'node:path';
 import { parseFlags, usage } from './flags.ts';
 import { PRETRAIN_FLAGS, RUN_FLAGS, recipeFromFlags } from './runFlags.ts';
 import { defaultDataPaths } from '../data/defaults.ts';
-import { CONFIG_FILE, readModelConfig } from '../checkpoint/load.ts';
-import { checkSequenceLength } from '../model/config.ts';
 import type { DistillationRecipe } from '../recipe/config.ts';
 import { validateRecipe } from '../recipe/validate.ts';
+import { checkModelsFitSequence } from '../train/sequenceLengthCheck.ts';
 
 async function runKind(kind: 'distill' | 'pretrain', argv: string[]): Promise<void> {
   const command = `distill ${kind === 'distill' ? 'run' : 'pretrain'}`;
@@ -21,21 +20,13 @@ async function runKind(kind: 'distill' | 'pretrain', argv: string[]): Promise<vo
   }
   const recipe = recipeFromFlags(kind, argv, defaultDataPaths);
   validateRecipe(recipe);
-  checkModelsFit(recipe);
+  checkModelsFitSequence(recipe);
   // Loaded only now, so that --help and flag mistakes answer without starting tfjs.
   const { run } = await import('../../pipelines/run.ts');
   const r = await removingEmptyRunDir(recipe, () => run(recipe));
   // lastStep, not this invocation's steps: a finished run run again trains nothing and still reports where it ended.
   const last = r.lastStep;
   if (last) console.log(JSON.stringify({ run_dir: r.runDir, student: r.stoppedEarly ? null : r.studentDir, steps: last.step + 1, loss: last.loss, resumed_from_step: r.resumedFromStep }));
-}
-
-/** Reads the models' config.json (not their weights) and refuses a --seq_length past either's position range. */
-function checkModelsFit(recipe: DistillationRecipe): void {
-  const models: [string, string | undefined][] = [['the student', recipe.studentPath], ['the teacher', recipe.kind === 'distill' ? recipe.teacherPath : undefined]];
-  for (const [role, dir] of models) {
-    if (dir !== undefined) checkSequenceLength(readModelConfig(dir), recipe.data.seqLength, role, join(dir, CONFIG_FILE));
-  }
 }
 
 /**

@@ -3,7 +3,7 @@
  * the data (paths, weights, document ranges, sizes) that a checkpoint records, so a resume on other data is refused.
  */
 import { createHash } from 'node:crypto';
-import { createSampleSource, type SampleSource } from '../data/sampleSource.ts';
+import { createSampleSource, noSamplesMessage, type SampleSource } from '../data/sampleSource.ts';
 import { ConfigError } from '../errors.ts';
 import type { DataConfig, DistillationRecipe } from '../recipe/config.ts';
 
@@ -21,8 +21,10 @@ export function openSampleSource(d: DataConfig, splitName: 'train' | 'valid' | '
 export function openDataSources(recipe: DistillationRecipe, vocabSize: number): DataSources {
   const train = openSampleSource(recipe.data, 'train', vocabSize);
   if (train.numSamples === 0) {
+    // Built before close(): it reads the source's token counts, so the message says what the split holds, as evaluate's.
+    const message = noSamplesMessage(train, { split: recipe.data.split, splitName: 'train' });
     train.close();
-    throw new ConfigError(`--data_paths ${recipe.data.dataPaths}: no training samples of seq_length ${recipe.data.seqLength} + 1 tokens with --split ${recipe.data.split}`);
+    throw new ConfigError(message);
   }
   let valid: SampleSource | null = openSampleSource(recipe.data, 'valid', vocabSize);
   if (valid.numSamples === 0) {

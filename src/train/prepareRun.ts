@@ -63,7 +63,8 @@ export class PreparedRun {
   constructor(readonly recipe: DistillationRecipe, private readonly o: PrepareRunOptions) {
     this.runDir = join(recipe.logDir, recipe.name);
     this.leader = o.leader;
-    mkdirSync(this.runDir, { recursive: true });
+    // The folder itself is made by resume(), once the models and the data have opened: a run refused before
+    // then leaves no empty <log_dir>/<name>/ that looks like a run.
     // A killed run may have left hidden temporaries (and, before 0.1, a half-deleted old checkpoint).
     if (o.leader) removeIncompleteCheckpoints(this.runDir);
     this.checkpoint = latestCheckpoint(this.runDir);
@@ -76,8 +77,10 @@ export class PreparedRun {
   /**
    * Checks the checkpoint against this run and takes its position: another run's checkpoint is refused, a changed
    * recipe is named with what it does, and `loadOptimizer` reads the saved AdamW state. Then opens the logs.
+   * Call it once the models and the data have opened: it makes the run folder.
    */
   resume(fingerprint: RunFingerprint, loadOptimizer: (ref: CheckpointRef) => void, layout = ''): void {
+    mkdirSync(this.runDir, { recursive: true });
     this.fingerprint = fingerprint;
     const ref = this.checkpoint;
     if (ref) {

@@ -42,10 +42,10 @@ test('a Llama whose max_position_embeddings is below --seq_length is refused, as
 test('a run that fails leaves no empty run folder, and no log_dir it created; an existing log_dir stays', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'distill-failed-'));
   try {
-    // 5% of 20 documents for training: no sample of 100 + 1 tokens, found after the backend started and the folder was made.
+    // 5% of 20 documents for training: no sample of 100 + 1 tokens, found after the backend started and the models loaded.
     const tooShort = ['--seq_length', '100', '--split', '5,95,0'];
     const fresh = join(dir, 'fresh-log-dir');
-    await assert.rejects(runMain(runArgs(fresh, tooShort)), (e: unknown) => e instanceof ConfigError && /no training samples/.test(e.message));
+    await assert.rejects(runMain(runArgs(fresh, tooShort)), (e: unknown) => e instanceof ConfigError && /no sample of --seq_length 100 \+ 1 = 101 tokens in the train split/.test(e.message));
     assert.ok(!existsSync(fresh), `${fresh} left behind`);
     const existing = join(dir, 'existing');
     mkdirSync(existing);
