@@ -36,7 +36,7 @@ export async function openTeacher(recipe: DistillationRecipe, student: CausalLM,
     const cache = TeacherCache.open(recipe.teacherCache);
     const t = recipe.trainer;
     log(checkCacheForRun(cache.fingerprint, {
-      cacheDir: cache.dir, dataFingerprint: sources.fingerprint, seqLength: recipe.data.seqLength, studentVocab: student.config.vocabSize,
+      cacheDir: cache.dir, dataFingerprint: sources.fingerprint, data: { dataPaths: recipe.data.dataPaths, split: recipe.data.split, seed: recipe.data.seed }, seqLength: recipe.data.seqLength, studentVocab: student.config.vocabSize,
       samplesNeeded: Math.min(t.maxSteps * t.globalBatchSize, sources.train.numSamples), loss: recipe.loss,
       teacherPath: recipe.teacherPath, teacherSha256: recipe.teacherPath ? hashModelFiles(recipe.teacherPath) : undefined,
     }));

@@ -26,7 +26,7 @@ function refusal(parts: string[], pattern: RegExp, absent?: RegExp): (e: unknown
   };
 }
 
-test('distill run --teacher_cache at another --seq_length: only seq_length differs', async () => {
+test('distill run --teacher_cache at another --seq_length: only seq_length differs; at another --split, the --split', async () => {
   const tmp = tempDir('cache-names-');
   try {
     const data = { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 };
@@ -36,6 +36,9 @@ test('distill run --teacher_cache at another --seq_length: only seq_length diffe
       '--split', data.split, '--seed', String(data.seed), '--max_steps', '2', '--gbs', '2', '--mbs', '1', '--val_check_interval', '0', '--backend', 'cpu'];
     await assert.rejects(runMain([...argv, '--seq_length', '8']),
       refusal(['seq_length'], /does not fit this run: seq_length differs: the run's --seq_length 8, the cache's 16\.$/, /data differs|sample range/));
+    // The run hands the cache check its data flags, so a data refusal names the flag that differs.
+    await assert.rejects(runMain([...argv.map((a) => (a === data.split ? '70,30,0' : a)), '--seq_length', '16']),
+      refusal(['data'], /does not fit this run: data differs: the run's --split 70,30,0, the cache's 80,20,0\.$/, /--data_paths|--seed|fingerprint/));
   } finally {
     tmp.remove();
   }
@@ -56,7 +59,7 @@ test('checkCacheForRun with the run\'s data flags names the flag that differs, o
   // At another seq_length the fingerprint cannot be compared; a seed that differs still can.
   assert.throws(() => checkCacheForRun(fp, run({ dataFingerprint: other, seqLength: 8, data: { dataPaths: 'x', split: '80,20,0', seed: 8 } })),
     refusal(['seq_length', 'data'], /seq_length differs: the run's --seq_length 8, the cache's 16; data differs: the run's --seed 8, the cache's 7\.$/));
-  // Without the flags (as pipelines/run.ts calls it today) the fingerprint line stays, at the same seq_length only.
+  // Without the flags (a caller that has only the fingerprint) the fingerprint line stays, at the same seq_length only.
   assert.throws(() => checkCacheForRun(fp, run({ dataFingerprint: other, data: undefined })), refusal(['data'], /made from --data_paths "a\/b 2 c\/d" --split 80,20,0 --seed 7/));
   assert.throws(() => checkCacheForRun(fp, run({ dataFingerprint: other, seqLength: 8, samplesNeeded: 9, data: undefined })), refusal(['seq_length'], /seq_length differs/));
 });
