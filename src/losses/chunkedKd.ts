@@ -13,7 +13,7 @@ import { type ChunkCache, RECOMPUTE } from './chunkCache.ts';
 import { tokenCrossEntropy, tokenCrossEntropyGradient } from './crossEntropy.ts';
 import { divergenceFromLogProbs, divergenceGradient, logSoftmax } from './divergences.ts';
 import { fusedKdTerm } from './fusedKdTerm.ts';
-import { mixLosses, validateKdOptions } from './mixing.ts';
+import { kdRatioOf, mixLosses, validateKdOptions } from './mixing.ts';
 import type { KdLossOptions } from './types.ts';
 import { sharedVocab } from './vocabAlignment.ts';
 
@@ -214,8 +214,8 @@ function teacherSource(args: KdFromHiddenArgs): TeacherSource {
 export function kdLossFromHidden(args: KdFromHiddenArgs): KdLossResult {
   const { options, labels, mask } = args;
   validateKdOptions(options);
-  const alpha = options.alpha ?? 1;
-  if (alpha < 1 && !labels) throw new ConfigError(`KD alpha ${alpha} < 1 needs labels for the cross-entropy term`);
+  const kdRatio = kdRatioOf(options);
+  if (kdRatio < 1 && !labels) throw new ConfigError(`KD kdRatio ${kdRatio} < 1 needs labels for the cross-entropy term`);
   if (labels && (labels.shape[0] !== mask.shape[0] || labels.dtype !== 'int32')) {
     throw new ConfigError(`kdLossFromHidden: labels must be int32 [${mask.shape[0]}], got ${labels.dtype} [${labels.shape}]`);
   }

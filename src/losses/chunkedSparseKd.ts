@@ -7,7 +7,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { ConfigError } from '../errors.ts';
 import type { ChunkTerm } from './chunkedHead.ts';
 import { kdWithCe, type KdLossResult } from './chunkedKd.ts';
-import { validateKdOptions } from './mixing.ts';
+import { kdRatioOf, validateKdOptions } from './mixing.ts';
 import { type SparseTargets, sliceTargets, sparseGradient, sparsePerPosition, validateSparseTargets } from './sparseTargets.ts';
 import type { KdLossOptions } from './types.ts';
 
@@ -21,7 +21,7 @@ export interface SparseKdFromHiddenArgs {
   labels?: tf.Tensor1D;
   /** [N] float32. */
   mask: tf.Tensor1D;
-  /** Only temperature, scaleByTemperatureSquared and alpha apply (the estimator is `targets.kind`). */
+  /** Only temperature, scaleByTemperatureSquared and kdRatio apply (the estimator is `targets.kind`). */
   options: KdLossOptions;
   chunkSize?: number;
 }
@@ -53,8 +53,8 @@ export function sparseKdLossFromHidden(args: SparseKdFromHiddenArgs): KdLossResu
   const { options, labels, mask, targets } = args;
   validateKdOptions(options);
   validateSparseTargets(targets, args.studentHidden.shape[0], options.temperature);
-  const alpha = options.alpha ?? 1;
-  if (alpha < 1 && !labels) throw new ConfigError(`KD alpha ${alpha} < 1 needs labels for the cross-entropy term`);
+  const kdRatio = kdRatioOf(options);
+  if (kdRatio < 1 && !labels) throw new ConfigError(`KD kdRatio ${kdRatio} < 1 needs labels for the cross-entropy term`);
   const kd = sparseTerm(targets, options.temperature);
   return { ...kdWithCe(args.studentHidden, args.studentHead, mask, kd, labels, options, args.chunkSize), notes: [] };
 }

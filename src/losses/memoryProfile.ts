@@ -39,7 +39,7 @@ export interface ChunkedKdProfile {
  */
 export async function profileChunkedKd(args: ChunkedKdProfileArgs): Promise<ChunkedKdProfile> {
   const { vocab, tokens, hidden, chunkSize } = args;
-  const options = args.options ?? { ...DEFAULT_KD_LOSS, alpha: 0.5 };
+  const options = args.options ?? { ...DEFAULT_KD_LOSS, kdRatio: 0.5 };
   // The heads are variables, as in a model: the loss does not save (copy) variables for the backward pass.
   const inputs = tf.tidy(() => ({
     h: tf.randomNormal([tokens, hidden], 0, 1, 'float32', 1) as tf.Tensor2D,

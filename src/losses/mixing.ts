@@ -6,10 +6,19 @@ import * as tf from '@tensorflow/tfjs-core';
 import { ConfigError } from '../errors.ts';
 import type { KdLossOptions } from './types.ts';
 
+/** α of the options: `kdRatio`, or its 0.1 name `alpha` (one release); 1 (pure KD) when neither is given. */
+export function kdRatioOf(options: Pick<KdLossOptions, 'kdRatio' | 'alpha'>): number {
+  const { kdRatio, alpha } = options;
+  if (kdRatio !== undefined && alpha !== undefined && kdRatio !== alpha) {
+    throw new ConfigError(`KD options give kdRatio ${kdRatio} and alpha ${alpha}, its 0.1 name: give kdRatio only`);
+  }
+  return kdRatio ?? alpha ?? 1;
+}
+
 /** Throws a ConfigError naming the option when it cannot work. */
 export function validateKdOptions(options: KdLossOptions): void {
   const { temperature, jsdBeta, skewLambda } = options;
-  const alpha = options.alpha ?? 1;
+  const kdRatio = kdRatioOf(options);
   if (!(temperature > 0) || !Number.isFinite(temperature)) {
     throw new ConfigError(`KD temperature ${temperature}: must be a finite number > 0`);
   }
@@ -21,8 +30,8 @@ export function validateKdOptions(options: KdLossOptions): void {
   if (options.kind === 'skew_kl' && !(skewLambda >= 0 && skewLambda < 1)) {
     throw new ConfigError(`KD skewLambda ${skewLambda}: must be in [0, 1) (λ = 1 makes the loss identically 0)`);
   }
-  if (!(alpha >= 0 && alpha <= 1)) {
-    throw new ConfigError(`KD alpha ${alpha}: must be in [0, 1]`);
+  if (!(kdRatio >= 0 && kdRatio <= 1)) {
+    throw new ConfigError(`KD kdRatio ${kdRatio}: must be in [0, 1]`);
   }
 }
 
@@ -34,11 +43,11 @@ export function kdScale(options: KdLossOptions): number {
 
 /** (1 − α)·CE + α·KD·kdScale. With α = 1 the CE is not needed and may be null. */
 export function mixLosses(ce: tf.Scalar | null, kd: tf.Scalar, options: KdLossOptions): tf.Scalar {
-  const alpha = options.alpha ?? 1;
+  const kdRatio = kdRatioOf(options);
   return tf.tidy(() => {
-    const kdPart = tf.mul(kd, alpha * kdScale(options)) as tf.Scalar;
-    if (alpha === 1) return kdPart;
-    if (ce === null) throw new ConfigError(`KD alpha ${alpha} < 1 mixes in the cross-entropy, but no labels were given`);
-    return tf.add(kdPart, tf.mul(ce, 1 - alpha)) as tf.Scalar;
+    const kdPart = tf.mul(kd, kdRatio * kdScale(options)) as tf.Scalar;
+    if (kdRatio === 1) return kdPart;
+    if (ce === null) throw new ConfigError(`KD kdRatio ${kdRatio} < 1 mixes in the cross-entropy, but no labels were given`);
+    return tf.add(kdPart, tf.mul(ce, 1 - kdRatio)) as tf.Scalar;
   });
 }

@@ -16,17 +16,22 @@ export interface KdLossOptions {
   /** λ of the skew KL (DistiLLM). */
   skewLambda: number;
   /**
-   * Weight of the KD term against the student's own next-token cross-entropy: (1 − α)·CE + α·KD. Optional so
-   * that existing option literals stay valid; absent means 1 (pure distillation, as NeMo/Megatron train).
+   * α, the weight of the KD term against the student's own next-token cross-entropy: (1 − α)·CE + α·KD, the
+   * recipe's `kdRatio` and the CLI's `--kd_ratio`. Absent means 1 (pure distillation, as NeMo/Megatron train).
+   */
+  kdRatio?: number;
+  /**
+   * @deprecated The 0.1 name of `kdRatio`, accepted for one release: give `kdRatio`. Giving both with different
+   * values is refused (kdRatioOf in mixing.ts).
    */
   alpha?: number;
 }
 
+/** The defaults of every option but α, which is absent (1) so that spreading them under `kdRatio` or `alpha` works. */
 export const DEFAULT_KD_LOSS: KdLossOptions = {
   kind: 'forward_kl',
   temperature: 1,
   scaleByTemperatureSquared: true,
   jsdBeta: 0.5,
   skewLambda: 0.1,
-  alpha: 1,
 };

@@ -3,8 +3,7 @@
  * teacher, the CE alone without one. The [tokens, vocab] logits are formed chunk by chunk inside the losses
  * (src/losses/chunkedKd.ts). The `klLoss` operator and the model-parallel trainer's last stage both call it.
  *
- * α has one name in the recipe, the operators and the CLI: `kdRatio` (`--kd_ratio`); the losses underneath call
- * it `alpha`, and this is the one place that hands it over.
+ * α has one name in the recipe, the operators, the losses and the CLI: `kdRatio` (`--kd_ratio`).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { SparseTeacherTargets, TeacherTargets } from './batch.ts';
@@ -13,7 +12,7 @@ import { kdLossFromHidden, ceTerm, lossChunkRows } from '../losses/chunkedKd.ts'
 import { sparseKdLossFromHidden } from '../losses/chunkedSparseKd.ts';
 import { chunkedHeadMeans } from '../losses/chunkedHead.ts';
 
-export interface MeanLossOptions extends Omit<KdLossOptions, 'alpha'> {
+export interface MeanLossOptions extends Omit<KdLossOptions, 'alpha' | 'kdRatio'> {
   /** α: the weight of the KD term in (1 − α)·CE + α·KD; 0 trains on CE alone. */
   kdRatio: number;
   /** Token positions per chunk of the vocabulary-wide loss; 0 sizes chunks by memory (lossChunkRows). */
@@ -35,7 +34,8 @@ export interface MeanLossInputs {
 
 /** The masked-mean loss of one micro-batch, unweighted: the KD mix with a teacher, the CE alone without one. */
 export function meanLoss(o: MeanLossOptions, a: MeanLossInputs): { loss: tf.Scalar; kd?: tf.Scalar; ce?: tf.Scalar } {
-  const options: KdLossOptions = { ...o, alpha: o.kdRatio };
+  // kdRatio is α here: an `alpha` (its 0.1 name) spread in from older options is not read.
+  const options: KdLossOptions = { ...o, alpha: undefined };
   const chunkSize = lossChunkRows(o.chunkSize, a.studentHead.shape[0]);
   const labels = o.kdRatio < 1 ? a.labels : undefined;
   const t = a.teacher;

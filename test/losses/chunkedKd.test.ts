@@ -85,9 +85,9 @@ test('chunked == unchunked autodiff: every divergence, τ 1 and 2, CE mixed in, 
     const worst = { v: 0 };
     for (const kind of KD_LOSS_KINDS) {
       for (const temperature of [1, 2]) {
-        const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind, temperature, jsdBeta: 0.3, skewLambda: 0.2, alpha: 0.6 };
+        const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind, temperature, jsdBeta: 0.3, skewLambda: 0.2, kdRatio: 0.6 };
         for (const chunk of [1, 4, 5, 13, 20]) await compare(`${backend} ${kind} τ=${temperature} +CE`, x, opts, true, chunk, worst);
-        await compare(`${backend} ${kind} τ=${temperature} pure KD`, x, { ...opts, alpha: 1 }, false, 5, worst);
+        await compare(`${backend} ${kind} τ=${temperature} pure KD`, x, { ...opts, kdRatio: 1 }, false, 5, worst);
       }
     }
     console.log(`${backend}: worst relative error over values and gradients ${worst.v.toExponential(2)}`);
@@ -102,7 +102,7 @@ test('vocabulary mismatch: KD on the shared ids [0, min), CE on the student full
     const worst = { v: 0 };
     for (const [vs, vt] of [[37, 41], [37, 31]]) {
       const x = inputs(vs, vt, 23);
-      const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind: 'jsd', temperature: 2, alpha: 0.5 };
+      const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind: 'jsd', temperature: 2, kdRatio: 0.5 };
       await compare(`${backend} Vs ${vs} Vt ${vt}`, x, opts, true, 4, worst);
       const notes: string[] = [];
       tf.tidy(() => {
@@ -126,7 +126,7 @@ test('zero mask: loss 0, count 0, gradients 0 and finite', async () => {
     const x = inputs(37, 37, 5);
     const counts: tf.Tensor[] = [];
     const out = tf.tidy(() => {
-      const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind: 'reverse_kl', alpha: 0.5 };
+      const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind: 'reverse_kl', kdRatio: 0.5 };
       const f = (h: tf.Tensor, w: tf.Tensor): tf.Scalar => {
         const r = kdLossFromHidden({
           studentHidden: h as tf.Tensor2D, studentHead: w as tf.Tensor2D, teacherHidden: x.th, teacherHead: x.tw,
@@ -154,7 +154,7 @@ test('the teacher is never differentiated and the parts are reported', async () 
   await onEachBackend(async () => {
     const x = inputs(37, 37, 7);
     const parts = tf.tidy(() => {
-      const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind: 'forward_kl', alpha: 0.25, temperature: 2 };
+      const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind: 'forward_kl', kdRatio: 0.25, temperature: 2 };
       // The teacher's tensors are not inputs of the custom gradient: tfjs finds no path from them to the loss.
       assert.throws(
         () =>
@@ -178,7 +178,7 @@ test('tensors made inside the loss closure (hidden, mask, labels, teacher) survi
   await onEachBackend(async (backend) => {
     const before = tf.memory().numTensors;
     const x = inputs(37, 37, 31);
-    const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind: 'skew_kl', alpha: 0.7, temperature: 2 };
+    const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind: 'skew_kl', kdRatio: 0.7, temperature: 2 };
     const out = tf.tidy(() => {
       const ref = tf.valueAndGrads((h: tf.Tensor, w: tf.Tensor) => reference(x, h as tf.Tensor2D, w as tf.Tensor2D, opts, true))([x.h, x.w]);
       const got = tf.valueAndGrads((h: tf.Tensor, w: tf.Tensor) =>
@@ -210,7 +210,7 @@ test('heads as tf.Variables (not saved for the backward pass) give the same grad
     const w = tf.variable(x.w);
     const tw = tf.variable(x.tw, false);
     const before = tf.memory().numTensors;
-    const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind: 'forward_kl', alpha: 0.5 };
+    const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind: 'forward_kl', kdRatio: 0.5 };
     const out = tf.tidy(() => {
       const ref = tf.valueAndGrads((h: tf.Tensor, ww: tf.Tensor) => reference(x, h as tf.Tensor2D, ww as tf.Tensor2D, opts, true))([x.h, x.w]);
       const got = tf.variableGrads(() =>

@@ -11,7 +11,7 @@ import { asTensor, logits2d, lossFixture } from './lossFixtures.ts';
 import { perPositionDivergence } from '../../src/losses/divergences.ts';
 import { maskedMean } from '../../src/losses/maskedMean.ts';
 import { nextTokenCrossEntropy } from '../../src/losses/crossEntropy.ts';
-import { kdScale, mixLosses, validateKdOptions } from '../../src/losses/mixing.ts';
+import { kdRatioOf, kdScale, mixLosses, validateKdOptions } from '../../src/losses/mixing.ts';
 import { teacherTopK, topKGhostKl, topKRenormKl } from '../../src/losses/sparseTargets.ts';
 import { DEFAULT_KD_LOSS, type KdLossOptions } from '../../src/losses/types.ts';
 import { ConfigError } from '../../src/errors.ts';
@@ -79,7 +79,7 @@ test('zero mask: loss 0 and count 0, no NaN; mixing follows (1 − α)·CE + α�
       const s = tf.randomNormal([5, 11], 0, 1, 'float32', 2) as tf.Tensor2D;
       const { loss, count } = maskedMean(perPositionDivergence(t, s, opts({})), tf.zeros([5]));
       const withNaN = maskedMean(tf.tensor1d([1, NaN, 3]), tf.tensor1d([1, 0, 1]));
-      const o = opts({ temperature: 2, scaleByTemperatureSquared: true, alpha: 0.25 });
+      const o = opts({ temperature: 2, scaleByTemperatureSquared: true, kdRatio: 0.25 });
       const mixed = mixLosses(tf.scalar(3), tf.scalar(0.5), o);
       const kdOnly = mixLosses(null, tf.scalar(0.5), opts({ temperature: 2, scaleByTemperatureSquared: false }));
       return [loss, count, withNaN.loss, mixed, kdOnly];
@@ -99,6 +99,21 @@ test('option checks name the option', () => {
   assert.throws(() => validateKdOptions(opts({ kind: 'jsd', jsdBeta: 0 })), (e: unknown) => e instanceof ConfigError && /jsdBeta/.test(String(e)));
   assert.throws(() => validateKdOptions(opts({ temperature: 0 })), ConfigError);
   assert.throws(() => validateKdOptions(opts({ kind: 'skew_kl', skewLambda: 1 })), ConfigError);
-  assert.throws(() => validateKdOptions(opts({ alpha: 1.5 })), ConfigError);
+  assert.throws(() => validateKdOptions(opts({ kdRatio: 1.5 })), ConfigError);
   validateKdOptions(DEFAULT_KD_LOSS);
+});
+
+test('α is kdRatio; its 0.1 name alpha is read for one release, and both names with different values are refused', async () => {
+  assert.equal(kdRatioOf(DEFAULT_KD_LOSS), 1, 'absent: pure KD');
+  assert.equal(kdRatioOf(opts({ kdRatio: 0.25 })), 0.25);
+  assert.equal(kdRatioOf(opts({ alpha: 0.25 })), 0.25);
+  assert.equal(kdRatioOf(opts({ kdRatio: 0.25, alpha: 0.25 })), 0.25);
+  assert.throws(() => validateKdOptions(opts({ kdRatio: 0.25, alpha: 0.5 })), (e: unknown) => e instanceof ConfigError && /kdRatio 0\.25 and alpha 0\.5.*give kdRatio only/.test(e.message));
+  assert.throws(() => validateKdOptions(opts({ alpha: 1.5 })), (e: unknown) => e instanceof ConfigError && /kdRatio 1\.5: must be in \[0, 1\]/.test(e.message));
+  const [byNew, byOld] = await readScalars(tf.tidy(() => [
+    mixLosses(tf.scalar(3), tf.scalar(0.5), opts({ kdRatio: 0.25 })),
+    mixLosses(tf.scalar(3), tf.scalar(0.5), opts({ alpha: 0.25 })),
+  ]));
+  assert.equal(byOld, byNew);
+  assert.equal(byNew, 0.75 * 3 + 0.25 * 0.5);
 });

@@ -34,7 +34,7 @@ test('kept logits give the gradients of recomputed ones, with two fewer head pro
           grads = tf.grads((h: tf.Tensor, w: tf.Tensor) =>
             kdLossFromHidden({
               studentHidden: tf.mul(h, 1) as tf.Tensor2D, studentHead: w as tf.Tensor2D, teacherHidden: x.th, teacherHead: x.tw,
-              labels: x.labels, mask: x.mask, options: { ...DEFAULT_KD_LOSS, alpha: 0.5 }, chunkSize: 16,
+              labels: x.labels, mask: x.mask, options: { ...DEFAULT_KD_LOSS, kdRatio: 0.5 }, chunkSize: 16,
             }).loss,
           )([x.h, x.w]);
           return grads;

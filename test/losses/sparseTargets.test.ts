@@ -102,7 +102,7 @@ test('sparse targets: chunked == unchunked autodiff (renorm, ghost, sampled), CE
       { kind: 'sampled', ids: sampled.ids, counts: sampled.counts, temperature },
     ];
     const { h, w, labels, mask } = x;
-    const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, temperature, alpha: 0.7 };
+    const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, temperature, kdRatio: 0.7 };
     for (const targets of all) {
       const [rv, rh, rw] = await readAndDispose(tf.tidy(() => {
         const ref = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor) => {

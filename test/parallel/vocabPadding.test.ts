@@ -87,7 +87,7 @@ test('a teacher and a student padded to different sizes (loaded each alone) are 
   const w = tf.zeros([500, 4]);
   const teacherHead = tf.zeros([501, 4]) as tf.Tensor2D;
   const op = vocabParallelLossOp({ hidden: 'h', teacherHidden: 'ht', labels: 'labels', mask: 'mask', head: 'w', outputs: ['loss', 'kd', 'ce'] }, {
-    options: fixtureLoss(), alpha: 1, coll: new Collectives(t0), tpGroup: [0, 1], teacherHead, globalTokens: () => 2,
+    options: fixtureLoss(), kdRatio: 1, coll: new Collectives(t0), tpGroup: [0, 1], teacherHead, globalTokens: () => 2,
     vocab: { student: vocabShard(999, 1000, 2, 0), teacher: vocabShard(1002, 1002, 2, 0) },
   });
   const inputs = [tf.zeros([2, 4]), tf.zeros([2, 4]), tf.zeros([2], 'int32'), tf.ones([2])];

@@ -90,18 +90,18 @@ export class ModelParallelTrainer {
     const tHeadName = this.o.teacher ? (this.o.teacher.config.tieWordEmbeddings ? embeddingName(this.o.teacher.config) : 'lm_head.weight') : null;
     const teacherHead = tHeadName ? (this.o.teacher!.params.get(tHeadName) as tf.Tensor2D) : null;
     const inputs = { hidden: this.studentStage.lossInputName, teacherHidden: 't.hidden', labels: 'labels', mask: 'mask' };
-    const alpha = !teacherHead ? 0 : evaluation ? 0.5 : this.o.loss.kdRatio;
+    const kdRatio = !teacherHead ? 0 : evaluation ? 0.5 : this.o.loss.kdRatio;
     if (this.o.layout.tp > 1) {
       // The padding of each head slice, from the shard spec it was loaded by: only the last stage holds the heads.
       const studentVocab = this.o.student.spec.get(head)?.vocab;
       const teacherVocab = tHeadName ? this.o.teacher!.spec.get(tHeadName)?.vocab ?? null : null;
       const vocab = studentVocab ? { student: studentVocab, teacher: teacherVocab } : undefined;
       op = vocabParallelLossOp({ ...inputs, head, outputs: LOSS_OUTPUTS }, {
-        options: this.o.loss, alpha, coll: this.o.coll, tpGroup: groupOf(this.o.layout, this.o.rank, ['tp']),
+        options: this.o.loss, kdRatio, coll: this.o.coll, tpGroup: groupOf(this.o.layout, this.o.rank, ['tp']),
         vocab, teacherHead, globalTokens: () => this.globalTokens,
       });
     } else {
-      const loss = { ...this.o.loss, kdRatio: alpha };
+      const loss = { ...this.o.loss, kdRatio };
       op = computeOp('loss', { inputs: Object.values(inputs), outputs: LOSS_OUTPUTS, params: [head], differentiable: [true, false, false, false] }, ([h, ht, labels, mask], [w]) => {
         const r = meanLoss(loss, {
           studentHidden: h as tf.Tensor2D, studentHead: w as tf.Tensor2D, mask: mask as tf.Tensor1D, labels: labels as tf.Tensor1D,

@@ -28,8 +28,8 @@ import { vocabShard, vocabShardOf, type VocabShard } from './vocabPadding.ts';
 export interface VocabParallelLossOptions {
   /** The divergence; `log` (as klLoss's option) receives the vocabulary-alignment note once, on the first TP rank. */
   options: KdLossOptions & { log?: (line: string) => void };
-  /** α: weight of the KD term. */
-  alpha: number;
+  /** α: the weight of the KD term in (1 − α)·CE + α·KD (the recipe's kdRatio; `options.kdRatio` is not read). */
+  kdRatio: number;
   coll: Collectives;
   tpGroup: number[];
   /**
@@ -113,8 +113,8 @@ function labelOneHot(labels: tf.Tensor, first: number, cols: number): tf.Tensor2
 export function vocabParallelLossOp(names: { hidden: string; teacherHidden: string; labels: string; mask: string; head: string; outputs: [string, string, string] }, o: VocabParallelLossOptions): Op {
   const saved = new WeakMap<tf.Tensor, Saved>();
   const tau = o.options.temperature;
-  const kd = o.alpha > 0 && o.teacherHead !== null;
-  const ce = o.alpha < 1;
+  const kd = o.kdRatio > 0 && o.teacherHead !== null;
+  const ce = o.kdRatio < 1;
   const g = o.tpGroup;
   const tpRank = g.indexOf(o.coll.rank);
   if (tpRank < 0) throw new RangeError(`vocabulary-parallel loss: worker ${o.coll.rank} is not in its TP group [${g.join(', ')}]`);
@@ -212,7 +212,7 @@ export function vocabParallelLossOp(names: { hidden: string; teacherHidden: stri
         const kdSum = dRow ? tf.sum(tf.mul(dRow, m)) : tf.scalar(0);
         const ceSum = ceRow ? tf.sum(tf.mul(ceRow, m)) : tf.scalar(0);
         const G = o.globalTokens();
-        const total = G > 0 ? tf.div(tf.add(tf.mul(kdSum, o.alpha * kdScale(o.options)), tf.mul(ceSum, 1 - o.alpha)), G) : tf.scalar(0);
+        const total = G > 0 ? tf.div(tf.add(tf.mul(kdSum, o.kdRatio * kdScale(o.options)), tf.mul(ceSum, 1 - o.kdRatio)), G) : tf.scalar(0);
         return [total, kdSum, ceSum];
       });
       summed.dispose();
@@ -235,12 +235,12 @@ export function vocabParallelLossOp(names: { hidden: string; teacherHidden: stri
           const lpS = tf.sub(firstColumns(tf.div(z, tau) as tf.Tensor2D, cols.shared)!, s.logZs!) as tf.Tensor2D;
           const lpT = tf.sub(firstColumns(tf.div(logits(ht, o.teacherHead!), tau) as tf.Tensor2D, cols.shared)!, s.logZt!) as tf.Tensor2D;
           const gradS = tf.sub(uOf(lpT, lpS, o.options), tf.mul(tf.exp(lpS), s.sumU!)) as tf.Tensor2D;
-          dz = tf.add(dz, padColumns(tf.mul(gradS, o.alpha * kdScale(o.options) / tau) as tf.Tensor2D, cols.rows)) as tf.Tensor2D;
+          dz = tf.add(dz, padColumns(tf.mul(gradS, o.kdRatio * kdScale(o.options) / tau) as tf.Tensor2D, cols.rows)) as tf.Tensor2D;
         }
         if (ce && cols.student > 0) {
           const z1 = firstColumns(z, cols.student)!;
           const dCe = tf.sub(tf.exp(tf.sub(z1, s.logZ1!)), labelOneHot(labels, cols.first, cols.student));
-          dz = tf.add(dz, padColumns(tf.mul(dCe, 1 - o.alpha) as tf.Tensor2D, cols.rows)) as tf.Tensor2D;
+          dz = tf.add(dz, padColumns(tf.mul(dCe, 1 - o.kdRatio) as tf.Tensor2D, cols.rows)) as tf.Tensor2D;
         }
         dz = tf.mul(dz, rowW) as tf.Tensor2D;
         return { dh: tf.matMul(dz, w as tf.Tensor2D), dw: tf.matMul(dz, h as tf.Tensor2D, true, false) };
