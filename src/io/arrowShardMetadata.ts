@@ -4,7 +4,19 @@
  */
 import type { Schema } from 'apache-arrow';
 import { FormatError } from '../errors.ts';
-import { SHARD_FORMAT, SHARD_FORMAT_VERSION, type ShardMetadata } from './arrowShards.ts';
+
+// The format's names and the metadata's shape live here, below the reader and writer (arrowShards.ts), which both use them.
+export const SHARD_FORMAT = 'logit-distill-tokens';
+export const SHARD_FORMAT_VERSION = '1';
+export type ShardDtype = 'uint8' | 'uint16' | 'uint32';
+
+export interface ShardMetadata {
+  tokenizerSha256: string;
+  vocabSize: number;
+  dtype: ShardDtype;
+  sourceFiles: string[];
+  formatVersion: string;
+}
 
 export function parseMetadata(file: string, schema: Schema): ShardMetadata {
   const m = schema.metadata;

@@ -21,22 +21,11 @@ import {
   Uint16, Uint32, Uint8, type Data,
 } from 'apache-arrow';
 import { checkArrowIpc } from './arrowGuard.ts';
-import { parseMetadata } from './arrowShardMetadata.ts';
+import { parseMetadata, SHARD_FORMAT, SHARD_FORMAT_VERSION, type ShardDtype, type ShardMetadata } from './arrowShardMetadata.ts';
 import { FormatError } from '../errors.ts';
 import { tempSibling, writeFileAtomic } from './atomicWrite.ts';
 
-export const SHARD_FORMAT = 'logit-distill-tokens';
-export const SHARD_FORMAT_VERSION = '1';
-export type ShardDtype = 'uint8' | 'uint16' | 'uint32';
 type TokenArray = Uint8Array | Uint16Array | Uint32Array;
-
-export interface ShardMetadata {
-  tokenizerSha256: string;
-  vocabSize: number;
-  dtype: ShardDtype;
-  sourceFiles: string[];
-  formatVersion: string;
-}
 
 /** The narrowest unsigned dtype that holds ids 0..vocabSize-1. */
 export function shardDtypeFor(vocabSize: number): ShardDtype {

@@ -15,6 +15,7 @@ import { divergenceFromLogProbs, divergenceGradient, logSoftmax } from './diverg
 import { fusedKdTerm } from './fusedKdTerm.ts';
 import { kdRatioOf, mixLosses, validateKdOptions } from './mixing.ts';
 import type { KdLossOptions } from './types.ts';
+import type { TeacherSource } from './teacherSource.ts';
 import { sharedVocab } from './vocabAlignment.ts';
 
 /** Default rows per chunk: 128 × 151,936 × 4 B ≈ 78 MB per [chunk, V] tensor. */
@@ -67,12 +68,6 @@ export interface KdLossResult {
   count: tf.Scalar;
   /** Things the caller should log once (vocabulary alignment). */
   notes: string[];
-}
-
-/** Where a chunk's teacher logits come from: `tensors` are saved for the backward and handed back as `data`. */
-export interface TeacherSource {
-  tensors: tf.Tensor[];
-  logits(start: number, end: number, data: tf.Tensor[]): tf.Tensor2D;
 }
 
 /**

@@ -14,9 +14,9 @@ import { ConfigError } from '../errors.ts';
 import { hasSoftmaxKlKernels, softmaxKlBackward, softmaxKlForward, STAT, type SoftmaxKlArgs } from '../ops/softmaxKl.ts';
 import type { ChunkTerm } from './chunkedHead.ts';
 import { type ChunkCache, RECOMPUTE } from './chunkCache.ts';
-import type { TeacherSource } from './chunkedKd.ts';
 import { perPositionDivergence } from './divergences.ts';
 import { validateKdOptions } from './mixing.ts';
+import type { TeacherSource } from './teacherSource.ts';
 import type { KdLossOptions } from './types.ts';
 import { sharedVocab } from './vocabAlignment.ts';
 
