@@ -1,7 +1,7 @@
 /**
  * Our side of the benchmark: end-to-end online distillation throughput of the project's own pipeline, with the
- * operators composed exactly as pipelines/distill.ts composes them (readBatches → teacherLogits → studentForward →
- * klLoss → backward), on random-init Llama teacher and student built from benchmarks/configs.json and a synthetic
+ * operators composed exactly as pipelines/distill.ts composes them (readBatches → teacherTargets → attachStudent →
+ * klLoss → backward → optimizerStep), on random-init Llama teacher and student built from benchmarks/configs.json and a synthetic
  * source of random token windows. Only the taps of the StageClock are added between the stages.
  */
 import { lastValueFrom, tap, toArray } from 'rxjs';
@@ -16,10 +16,11 @@ import { AdamW, NEMO_ADAMW_DEFAULTS } from '../src/optim/adamw.ts';
 import { DEFAULT_KD_LOSS } from '../src/losses/types.ts';
 import { DEFAULTS } from '../src/recipe/config.ts';
 import { readBatches, type SampleSource } from '../operators/readBatches.ts';
-import { teacherLogits } from '../operators/teacherLogits.ts';
-import { studentForward } from '../operators/studentForward.ts';
+import { teacherTargets } from '../operators/teacherTargets.ts';
+import { attachStudent } from '../operators/attachStudent.ts';
 import { klLoss } from '../operators/klLoss.ts';
 import { backward } from '../operators/backward.ts';
+import { optimizerStep } from '../operators/optimizerStep.ts';
 import { llamaConfigJson, tokensPerStep, type BenchShape } from './configs.ts';
 import { StageClock, STAGES, TimedCredits, type MemoryPeak, type Stage } from './stageClock.ts';
 
@@ -107,13 +108,15 @@ export async function runOurs(shape: BenchShape, o: OursOptions): Promise<OursRe
         seqLength: shape.seq, globalBatchSize: shape.batch, microBatchSize: shape.batch, startStep: 0, maxSteps: total, credits,
       }).pipe(
         clock.afterRead(),
-        teacherLogits(teacher),
+        teacherTargets(teacher),
         clock.afterTeacher(),
-        studentForward(student),
+        attachStudent(student),
         // Forward KL at τ = 1 without a τ² factor, as NeMo/Megatron train and as the peer computes it.
         klLoss({ ...DEFAULT_KD_LOSS, scaleByTemperatureSquared: false, kdRatio: 1, chunkSize: DEFAULTS.loss.chunkSize }),
         clock.beforeBackward(),
-        backward(student, { optimizer, lrAt: () => 1e-4, clipGrad: 1.0, nanPolicy: 'stop', credits, globalBatchSize: shape.batch }),
+        // backward then the optimizer step: the composition the 0.1 `backward(student, { optimizer, ... })` made in one.
+        backward(student, { credits }),
+        optimizerStep({ optimizer, lrAt: () => 1e-4, clipGrad: 1.0, nanPolicy: 'stop', globalBatchSize: shape.batch }),
         clock.afterStep(),
       ).pipe(
         // One line per step: an S or M run takes minutes, and a silent one looks hung.

@@ -1,7 +1,7 @@
 /**
  * Our side of the benchmark with `--devices N` (N > 1): the same online-KD step, run as N data-parallel worker
  * processes through the project's own entry point, `run(recipe)` from pipelines/run.ts, which forks the workers
- * through src/parallel/launcher.ts exactly as `distill run --devices N` does (each worker streams the pipeline of
+ * through src/runtime/launcher.ts exactly as `distill run --devices N` does (each worker streams the pipeline of
  * pipelines/distill.ts as one rank; gradients are summed by the ring all-reduce).
  *
  * The work is the single-process path's: the same random-init teacher and student (buildModel, same seed), written
@@ -24,7 +24,7 @@ import { ConfigError } from '../src/errors.ts';
 import { writeMegatronIndexed } from '../src/io/megatronIndexed.ts';
 import { DEFAULTS } from '../src/recipe/config.ts';
 import { DEFAULT_KD_LOSS } from '../src/losses/types.ts';
-import type { LaunchHooks } from '../src/parallel/launcher.ts';
+import type { LaunchHooks } from '../src/runtime/launcher.ts';
 import { distillationRecipe } from '../src/recipe/config.ts';
 import { run, type RunHooks } from '../pipelines/run.ts';
 import { tokensPerStep, type BenchShape } from './configs.ts';

@@ -1,7 +1,7 @@
 /**
  * `distill slurm`: writes (and with --submit, submits) an sbatch script that runs `distill run` on several nodes,
  * as NeMo-Run's Slurm executor does. One task per node: each `distill run` forks --devices workers on its node,
- * finds its node rank in SLURM_PROCID and node 0 in SLURM_JOB_NODELIST (src/parallel/launchEnv.ts).
+ * finds its node rank in SLURM_PROCID and node 0 in SLURM_JOB_NODELIST (src/runtime/launchEnv.ts).
  *
  *   distill slurm --nodes 2 --gpus_per_node 8 --partition gpu --time 04:00:00 --account proj [--submit] -- \
  *     --name kd --student_path S --teacher_path T --data_paths D --backend tensorflow

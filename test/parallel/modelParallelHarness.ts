@@ -10,7 +10,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { from, lastValueFrom, toArray } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
-import { backward, klLoss, studentForward, teacherLogits } from '../../operators/index.ts';
+import { attachStudent, backward, klLoss, optimizerStep, teacherTargets } from '../../operators/index.ts';
 import type { KlLossOptions } from '../../operators/klLoss.ts';
 import { loadModel } from '../../src/checkpoint/load.ts';
 import { mulberry32 } from '../../src/data/prng.ts';
@@ -20,7 +20,7 @@ import { parseModelConfig } from '../../src/model/config.ts';
 import { expectedParamShapes } from '../../src/model/params.ts';
 import { AdamW, type AdamWState } from '../../src/optim/adamw.ts';
 import { coordsOf, worldSize, type ParallelLayout } from '../../src/parallel/layout.ts';
-import { localTransports } from '../../src/parallel/localTransport.ts';
+import { localTransports } from '../../src/runtime/localTransport.ts';
 import { Collectives } from '../../src/parallel/modelParallel/collectives.ts';
 import { ModelParallelTrainer, type ShardedModel } from '../../src/parallel/modelParallel/modelParallelTrainer.ts';
 import { gatherFullState, loadShardedPair } from '../../src/parallel/modelParallel/shardedWeights.ts';
@@ -104,8 +104,8 @@ export async function oneWorker(steps: number, microPerStep: number, loss = fixt
   const optimizer = optimizerFor(student.params);
   try {
     const results = await lastValueFrom(from(pairBatches(steps, microPerStep, pair)).pipe(
-      teacherLogits(teacher), studentForward(student), klLoss(loss),
-      backward(student, { optimizer, lrAt: () => tr.lr, clipGrad: pair.clipGrad ?? tr.clip_grad_norm, nanPolicy: 'stop', globalBatchSize: 2 }),
+      teacherTargets(teacher), attachStudent(student), klLoss(loss), backward(student),
+      optimizerStep({ optimizer, lrAt: () => tr.lr, clipGrad: pair.clipGrad ?? tr.clip_grad_norm, nanPolicy: 'stop', globalBatchSize: 2 }),
       toArray(),
     ));
     const weights = new Map<string, Float32Array>();

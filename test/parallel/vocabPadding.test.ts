@@ -26,7 +26,7 @@ import { readAllSafetensors } from '../../src/io/safetensors.ts';
 import type { KdLossKind } from '../../src/losses/types.ts';
 import { sharedVocab } from '../../src/losses/vocabAlignment.ts';
 import { worldSize, type ParallelLayout } from '../../src/parallel/layout.ts';
-import { localTransports } from '../../src/parallel/localTransport.ts';
+import { localTransports } from '../../src/runtime/localTransport.ts';
 import { Collectives } from '../../src/parallel/modelParallel/collectives.ts';
 import { loadShardedModel, loadShardedOptimizerState, loadShardedPair } from '../../src/parallel/modelParallel/shardedWeights.ts';
 import { vocabParallelLossOp } from '../../src/parallel/modelParallel/vocabParallelLoss.ts';
