@@ -12,7 +12,7 @@ import { readModelConfig } from '../src/checkpoint/load.ts';
 import { saveModel } from '../src/checkpoint/save.ts';
 import { coordsOf, type ParallelLayout } from '../src/parallel/layout.ts';
 import { checkModelParallelRecipe } from '../src/recipe/validateLayout.ts';
-import { Collectives } from '../src/parallel/modelParallel/collectives.ts';
+import { DeviceCollectives } from '../src/parallel/nccl/deviceCollectives.ts';
 import { ModelParallelTrainer } from '../src/parallel/modelParallel/modelParallelTrainer.ts';
 import { gatherFullState, loadShardedOptimizerState, loadShardedPair } from '../src/parallel/modelParallel/shardedWeights.ts';
 import type { Transport } from '../src/runtime/transport.ts';
@@ -65,7 +65,8 @@ export async function runModelParallelRank(recipe: DistillationRecipe, o: ModelP
   prepared.resume(runFingerprint(recipe, sources.fingerprint), (ref) => optimizer.loadState(loadShardedOptimizerState(ref, student)),
     `, now as tp ${layout.tp} × pp ${layout.pp} × cp ${layout.cp} × dp ${layout.dp}`);
   const { startStep, stopAt } = prepared;
-  const coll = new Collectives(o.transport);
+  // Each group's reductions go over NCCL where the backend is cuda and NCCL loads, over our frames elsewhere.
+  const coll = new DeviceCollectives(o.transport, { log: leader ? log : undefined });
   const trainer = new ModelParallelTrainer({
     layout, rank, coll, student, teacher, optimizer,
     loss: { ...recipe.loss, kdRatio: teacher ? recipe.loss.kdRatio : 0 },
@@ -133,6 +134,7 @@ export async function runModelParallelRank(recipe: DistillationRecipe, o: ModelP
     if (full) await saveModel(full.model, dir, { dtype: 'float32' });
   });
   trainer.dispose();
+  await coll.dispose();
   optimizer.dispose();
   for (const v of student.params.values()) v.dispose();
   for (const v of teacher?.params.values() ?? []) v.dispose();

@@ -30,6 +30,7 @@ const program: WorkerProgram = {
       onStep: dp.leader ? (r) => transport.send(LAUNCHER, { kind: 'step', result: r }) : undefined,
     }, dp);
     dp.remoteTeacher?.dispose();
+    await dp.dispose();
     return dp.leader ? result : null;
   },
 
