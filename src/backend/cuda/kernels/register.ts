@@ -14,7 +14,10 @@ import { topK } from './topK.ts';
 import { layerNorm, layerNormGrad, rmsNorm, rmsNormGrad } from './fused/norms.ts';
 import { causalSoftmax, rotaryEmbedding, swiglu, swigluGrad } from './fused/attention.ts';
 import { softmaxKl } from './fused/softmaxKl.ts';
-import { adamwUpdate, type AdamWUpdateAttrs } from './fused/adamw.ts';
+import { adamwUpdate } from './fused/adamw.ts';
+import type { AdamWUpdateAttrs } from '../../../ops/adamwUpdate.ts';
+import type { SoftmaxKlAttrs } from '../../../ops/softmaxKl.ts';
+import type { CausalSoftmaxAttrs } from '../../../ops/causalSoftmax.ts';
 
 /** Named inputs as the kernel reads them: an optional input the call lacks reads as undefined. */
 type NamedInputs = Record<string, tf.TensorInfo>;
@@ -49,7 +52,6 @@ function sliceAlong(backend: CudaBackend, x: tf.TensorInfo, axis: number, start:
 }
 
 const eps = (attrs: Record<string, unknown>): number => attrs.eps as number;
-type SoftmaxKlAttrs = Parameters<typeof softmaxKl>[2];
 
 /** Our fused ops' kernels, under the contracts written in src/ops/*.ts. */
 const FUSED: Record<string, Kernel> = {
@@ -61,8 +63,8 @@ const FUSED: Record<string, Kernel> = {
   SwigluGrad: (b, _l, _a, n) => swigluGrad(b, n.dy, n.gate, n.up),
   RotaryEmbedding: (b, _l, _a, n) => rotaryEmbedding(b, n.x, n.cosTable, n.sinTable, false),
   RotaryEmbeddingGrad: (b, _l, _a, n) => rotaryEmbedding(b, n.x, n.cosTable, n.sinTable, true),
-  CausalSoftmax: (b, _l, attrs, n) => causalSoftmax(b, n, attrs as { scale: number; window: number }, false),
-  CausalSoftmaxGrad: (b, _l, attrs, n) => causalSoftmax(b, n, attrs as { scale: number; window: number }, true),
+  CausalSoftmax: (b, _l, attrs, n) => causalSoftmax(b, n, attrs as unknown as CausalSoftmaxAttrs, false),
+  CausalSoftmaxGrad: (b, _l, attrs, n) => causalSoftmax(b, n, attrs as unknown as CausalSoftmaxAttrs, true),
   SoftmaxKlForward: (b, _l, attrs, n) => softmaxKl(b, n, attrs as unknown as SoftmaxKlAttrs, false),
   SoftmaxKlBackward: (b, _l, attrs, n) => softmaxKl(b, n, attrs as unknown as SoftmaxKlAttrs, true),
   AdamWUpdate: (b, _l, attrs, n) => adamwUpdate(b, n.param, n.grad, n.m, n.v, attrs as unknown as AdamWUpdateAttrs),

@@ -6,6 +6,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { arg, type CudaBackend } from '../../backend.ts';
 import { gridFor, PRELUDE } from '../prelude.ts';
+import type { AdamWUpdateAttrs } from '../../../../ops/adamwUpdate.ts';
 
 export function adamwSource(): string {
   return `${PRELUDE}
@@ -22,15 +23,6 @@ extern "C" __global__ void adamw_update(float *__restrict__ pOut, float *__restr
     mOut[i] = mi; vOut[i] = vi;
   }
 }`;
-}
-
-export interface AdamWUpdateAttrs {
-  beta1: number;
-  beta2: number;
-  eps: number;
-  decayFactor: number;
-  stepSize: number;
-  sqrtBc2: number;
 }
 
 export function adamwUpdate(backend: CudaBackend, p: tf.TensorInfo, g: tf.TensorInfo, m: tf.TensorInfo, v: tf.TensorInfo, a: AdamWUpdateAttrs): tf.TensorInfo[] {

@@ -6,6 +6,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { arg, type CudaBackend } from '../../backend.ts';
 import { gridFor, PRELUDE } from '../prelude.ts';
+import type { CausalSoftmaxAttrs } from '../../../../ops/causalSoftmax.ts';
 
 export function swigluSource(): string {
   return `${PRELUDE}
@@ -91,7 +92,7 @@ extern "C" __global__ void causal_softmax_grad(float *__restrict__ dScores, cons
 }`;
 }
 
-export function causalSoftmax(backend: CudaBackend, inputs: Record<string, tf.TensorInfo>, attrs: { scale: number; window: number }, grad: boolean): tf.TensorInfo {
+export function causalSoftmax(backend: CudaBackend, inputs: Record<string, tf.TensorInfo>, attrs: CausalSoftmaxAttrs, grad: boolean): tf.TensorInfo {
   const main = grad ? inputs.probs : inputs.scores;
   const [, , q, k] = main.shape;
   const rows = tf.util.sizeFromShape(main.shape) / k;

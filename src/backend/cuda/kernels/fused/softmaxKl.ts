@@ -7,6 +7,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { arg, type CudaBackend } from '../../backend.ts';
 import { PRELUDE } from '../prelude.ts';
+import type { SoftmaxKlAttrs } from '../../../../ops/softmaxKl.ts';
 
 const KINDS = ['forward_kl', 'reverse_kl', 'jsd', 'skew_kl'] as const;
 const CES = ['none', 'shared', 'own'] as const;
@@ -107,21 +108,12 @@ extern "C" __global__ void ${name('backward', kind, ce)}(float *__restrict__ g, 
 }`;
 }
 
-interface Attrs {
-  kind: Kind;
-  ce: Ce;
-  invTau: number;
-  mixW: number;
-  rowOffset: number;
-  layout: 'values' | 'stats';
-}
-
 function mixture(w: number): [number, number, number] {
   const wp = w > 0 && w < 1 ? w : 0.5;
   return [wp, Math.log(wp), Math.log(1 - wp)];
 }
 
-export function softmaxKl(backend: CudaBackend, inputs: Record<string, tf.TensorInfo>, attrs: Attrs, backward: boolean): tf.TensorInfo {
+export function softmaxKl(backend: CudaBackend, inputs: Record<string, tf.TensorInfo>, attrs: SoftmaxKlAttrs, backward: boolean): tf.TensorInfo {
   const { s, t, mask, labels } = inputs;
   const [rows, vs] = s.shape;
   const vt = t.shape[1];
