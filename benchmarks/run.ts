@@ -18,8 +18,9 @@ import { benchShape, CONFIG_NAMES, scalingPoints, tokensPerStep, type BenchShape
 import { runOurs } from './ours.ts';
 import { runOursParallel } from './oursParallel.ts';
 import { DEFAULT_PYTHON, runPeer, type PeerOutcome } from './peer.ts';
-import { appendResult, readResults, type BenchRecord, type Machine } from './results.ts';
-import { markdownRow, TABLE_HEADER, writeResultsReadme } from './table.ts';
+import { appendResult, type BenchRecord, type Machine } from './results.ts';
+import { markdownRow, TABLE_HEADER } from './table.ts';
+import { writeResultsPage } from './results/render.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -130,13 +131,15 @@ async function main(argv: string[]): Promise<void> {
   }
   if (flags.regenerate) {
     const dir = resolve(ROOT, flags.results ?? 'benchmarks/results');
-    log(`wrote ${writeResultsReadme(dir, readResults(dir)).join(', ')}`);
+    log(`wrote ${writeResultsPage(dir).join(', ')}`);
     return;
   }
   const configName = flags.config ?? 'S';
   const devices = flags.devices ?? 1;
   const base = benchShape(configName);
-  const command = `npm run bench -- ${argv.join(' ')}`.trim();
+  // Shell-quoted, so that the recorded command can be pasted back (--peer_args "--device cuda" keeps its quotes).
+  const quote = (a: string): string => (/^[\w@%+=:,./-]+$/.test(a) ? a : `"${a.replace(/(["\\$`])/g, '\\$1')}"`);
+  const command = `npm run bench -- ${argv.map(quote).join(' ')}`.trim();
   const runId = new Date().toISOString();
   const resultsDir = resolve(ROOT, flags.results ?? 'benchmarks/results');
   const backend = await selectBackend((flags.backend ?? 'auto') as BackendChoice, { log, precision: flags.precision as Precision });
@@ -167,7 +170,7 @@ async function main(argv: string[]): Promise<void> {
     appendResult(resultsDir, record);
     records.push(record);
   }
-  const written = writeResultsReadme(resultsDir, readResults(resultsDir));
+  const written = writeResultsPage(resultsDir);
   log(`wrote ${join(resultsDir, 'results.jsonl')} and ${written.map((w) => w.replace(ROOT + '/', '')).join(', ')}`);
 
   process.stdout.write([...TABLE_HEADER, ...records.map(markdownRow)].join('\n') + '\n');
