@@ -26,7 +26,7 @@ export function checkpointSink(o: CheckpointSinkOptions): OperatorFunction<StepR
         lastDone = r;
         if ((r.step + 1) % o.saveInterval === 0 || r.step === o.lastStep) {
           saving = o.save(r).catch((e: unknown) => {
-            throw e instanceof StageError ? e : new StageError('checkpointSink', `step ${r.step} (the previous checkpoint is intact)`, e);
+            throw e instanceof StageError ? e : new StageError('checkpointSink', `step ${r.step + 1} (the previous checkpoint is intact)`, e);
           });
           await saving;
           lastSaved = r.step;

@@ -31,7 +31,7 @@ export function klLoss(o: KlLossOptions): OperatorFunction<ForwardBatch, LossBat
         const r = meanLoss(o, {
           studentHidden: batch.studentForward(), studentHead: batch.studentHead(), teacher: batch.teacher,
           mask: tf.reshape(batch.lossMask, [-1]) as tf.Tensor1D, labels: tf.reshape(batch.labels, [-1]) as tf.Tensor1D,
-          what: `batch at step ${batch.position.step}`, log,
+          what: `batch at step ${batch.position.step + 1}`, log,
         });
         return { total: tf.mul(r.loss, share) as tf.Scalar, kd: r.kd, ce: r.ce };
       }),

@@ -6,7 +6,8 @@ import { StageError } from '../src/errors.ts';
 import type { BatchPosition } from '../src/train/batch.ts';
 
 export function describePosition(p: BatchPosition): string {
-  return `step ${p.step}, micro-batch ${p.micro + 1} of ${p.numMicro}, first sample ${p.firstSample}`;
+  // Steps count from 1 in every message, as on the console, in metrics.jsonl and in checkpoint names.
+  return `step ${p.step + 1}, micro-batch ${p.micro + 1} of ${p.numMicro}, first sample ${p.firstSample}`;
 }
 
 /** Runs `f`, rethrowing any error as a StageError of `stage` at `position`. */

@@ -77,7 +77,7 @@ export class OptimizerStep {
         this.consecutiveNonFinite = 0;
       } else {
         this.consecutiveNonFinite++;
-        const what = `step ${step}: loss ${sums.loss}, grad_norm ${gradNorm}`;
+        const what = `step ${step + 1}: loss ${sums.loss}, grad_norm ${gradNorm}`;
         if (this.o.nanPolicy === 'stop') {
           throw new NonFiniteLossError(`${what} is not finite; stopping (--nan_policy stop). Check the data batch at sample ${g.firstSample} and the teacher's weights.`);
         }

@@ -94,7 +94,7 @@ for (const layout of [{ tp: 2, pp: 1, cp: 1, dp: 1 }, { tp: 1, pp: 2, cp: 1, dp:
       const r = await runUntilStopped(layout, nanTeacher(root));
       for (const [rank, e] of r.errors.entries()) {
         assert.ok(e instanceof NonFiniteLossError, `rank ${rank} ended with ${String(e)}`);
-        assert.match((e as Error).message, new RegExp(`^step ${LIMIT - 1}: loss NaN, grad_norm NaN: ${LIMIT} non-finite steps in a row; stopping\\. The weights are unchanged since the last finite step\\.$`));
+        assert.match((e as Error).message, new RegExp(`^step ${LIMIT}: loss NaN, grad_norm NaN: ${LIMIT} non-finite steps in a row; stopping\\. The weights are unchanged since the last finite step\\.$`));
         assert.deepEqual(r.skipped[rank], Array.from({ length: LIMIT - 1 }, (_, i) => i), `rank ${rank}'s skipped steps before the stop`);
         assert.ok(r.unchanged[rank], `rank ${rank}'s weights changed although every step was skipped`);
       }

@@ -120,7 +120,7 @@ test('an error in a stage ends the pipeline with the stage name and the batch po
       teacherTargets(broken), attachStudent(student), klLoss({ ...DEFAULT_KD_LOSS, kdRatio: 1, chunkSize: 16 }),
       backward(student, { optimizer, lrAt: () => 1e-3, clipGrad: 1, nanPolicy: 'stop', globalBatchSize: 2 }),
     )),
-    /teacherTargets failed at step 3, micro-batch 1 of 2, first sample 6: teacher exploded/,
+    /teacherTargets failed at step 4, micro-batch 1 of 2, first sample 6: teacher exploded/,
   );
   dispose();
 });

@@ -64,7 +64,7 @@ test('ENOSPC while writing a checkpoint: clear error, previous checkpoint intact
       // onStep runs before the step's checkpoint (metrics first): arming at step 2 makes the write of step-000003 fail.
       await assert.rejects(run(recipe(dir, 'full'), { log: null, onStep: (r) => { if (r.step === 2) seam.arm(); } }), (e: unknown) => {
         assert.ok(e instanceof StageError, String(e));
-        assert.match((e as Error).message, /checkpointSink failed at step 2 \(the previous checkpoint is intact\): ENOSPC/);
+        assert.match((e as Error).message, /checkpointSink failed at step 3 \(the previous checkpoint is intact\): ENOSPC/);
         return true;
       });
     } finally {

@@ -50,7 +50,7 @@ test('--nan_policy stop: the CLI ends with the NonFiniteLossError message and ex
       '--gbs', '2', '--mbs', '1', '--max_steps', '3', '--val_check_interval', '0', '--nan_policy', 'stop', '--backend', 'cpu'],
     { encoding: 'utf8', cwd: ROOT, env: { ...process.env, DISTILL_NO_PROGRESS: '1' } });
     assert.equal(r.status, 2, r.stderr);
-    assert.match(r.stderr, /step 0: loss NaN.* is not finite; stopping \(--nan_policy stop\)\. Check the data batch at sample \d+ and the teacher's weights/);
+    assert.match(r.stderr, /step 1: loss NaN.* is not finite; stopping \(--nan_policy stop\)\. Check the data batch at sample \d+ and the teacher's weights/);
     assert.doesNotMatch(r.stderr, /internal error/);
   } finally {
     rmSync(root, { recursive: true, force: true });

@@ -60,7 +60,7 @@ test('the limit on non-finite steps in a row: skipped steps leave AdamW alone, a
   assert.equal(applied.length, 1, 'only the finite step reached AdamW');
   await assert.rejects(step.take(batch(3, [1, 1], Infinity)), (e: unknown) => {
     assert.ok(e instanceof NonFiniteLossError);
-    assert.equal((e as Error).message, 'step 3: loss Infinity, grad_norm 1.4142135381698608: 2 non-finite steps in a row; stopping. The weights are unchanged since the last finite step.');
+    assert.equal((e as Error).message, 'step 4: loss Infinity, grad_norm 1.4142135381698608: 2 non-finite steps in a row; stopping. The weights are unchanged since the last finite step.');
     return true;
   });
 });
