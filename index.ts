@@ -3,7 +3,16 @@
  * stand on (backends, models, checkpoints, data, losses, optimizer).
  */
 export { distillationRecipe, pretrainRecipe, DEFAULTS, type DistillationRecipe } from './src/recipe/config.ts';
-export { run, distillPipeline, pretrainPipeline, evaluateOn, type RunHooks, type RunResult, type TeacherStage, type TrainingContext } from './pipelines/index.ts';
+export {
+  run,
+  distillPipeline,
+  pretrainPipeline,
+  evaluateOn,
+  type RunHooks,
+  type RunResult,
+  type TeacherStage,
+  type TrainingContext,
+} from './pipelines/index.ts';
 export * from './operators/index.ts';
 export { selectBackend, type BackendChoice, type BackendReport } from './src/backend/select.ts';
 export { loadModel } from './src/checkpoint/load.ts';

@@ -105,28 +105,37 @@ export async function runOurs(shape: BenchShape, o: OursOptions): Promise<OursRe
   try {
     const results = await lastValueFrom(
       readBatches(randomTokenSource(shape.vocab, shape.seq, seed), {
-        seqLength: shape.seq, globalBatchSize: shape.batch, microBatchSize: shape.batch, startStep: 0, maxSteps: total, credits,
-      }).pipe(
-        clock.afterRead(),
-        teacherTargets(teacher),
-        clock.afterTeacher(),
-        attachStudent(student),
-        // Forward KL at τ = 1 without a τ² factor, as NeMo/Megatron train and as the peer computes it.
-        klLoss({ ...DEFAULT_KD_LOSS, scaleByTemperatureSquared: false, kdRatio: 1, chunkSize: DEFAULTS.loss.chunkSize }),
-        clock.beforeBackward(),
-        // backward then the optimizer step: the composition the 0.1 `backward(student, { optimizer, ... })` made in one.
-        backward(student, { credits }),
-        optimizerStep({ optimizer, lrAt: () => 1e-4, clipGrad: 1.0, nanPolicy: 'stop', globalBatchSize: shape.batch }),
-        clock.afterStep(),
-      ).pipe(
-        // One line per step: an S or M run takes minutes, and a silent one looks hung.
-        tap((r) => {
-          log(`ours: step ${r.step + 1}/${total}${r.step < o.warmup ? ' (warm-up)' : ''}: ${(r.elapsedMs / 1000).toFixed(2)} s in backward, loss ${r.loss.toFixed(4)}`);
-          // The cuda kernel profile (DISTILL_CUDA_PROFILE=1) covers the measured steps only.
-          if (r.step === o.warmup - 1) kernelProfile()?.reset();
-        }),
-        toArray(),
-      ),
+        seqLength: shape.seq,
+        globalBatchSize: shape.batch,
+        microBatchSize: shape.batch,
+        startStep: 0,
+        maxSteps: total,
+        credits,
+      })
+        .pipe(
+          clock.afterRead(),
+          teacherTargets(teacher),
+          clock.afterTeacher(),
+          attachStudent(student),
+          // Forward KL at τ = 1 without a τ² factor, as NeMo/Megatron train and as the peer computes it.
+          klLoss({ ...DEFAULT_KD_LOSS, scaleByTemperatureSquared: false, kdRatio: 1, chunkSize: DEFAULTS.loss.chunkSize }),
+          clock.beforeBackward(),
+          // backward then the optimizer step: the composition the 0.1 `backward(student, { optimizer, ... })` made in one.
+          backward(student, { credits }),
+          optimizerStep({ optimizer, lrAt: () => 1e-4, clipGrad: 1.0, nanPolicy: 'stop', globalBatchSize: shape.batch }),
+          clock.afterStep(),
+        )
+        .pipe(
+          // One line per step: an S or M run takes minutes, and a silent one looks hung.
+          tap((r) => {
+            log(
+              `ours: step ${r.step + 1}/${total}${r.step < o.warmup ? ' (warm-up)' : ''}: ${(r.elapsedMs / 1000).toFixed(2)} s in backward, loss ${r.loss.toFixed(4)}`,
+            );
+            // The cuda kernel profile (DISTILL_CUDA_PROFILE=1) covers the measured steps only.
+            if (r.step === o.warmup - 1) kernelProfile()?.reset();
+          }),
+          toArray(),
+        ),
     );
     clock.finish();
     const profile = kernelProfile();

@@ -78,7 +78,8 @@ function randomDocuments(vocab: number, seq: number, count: number, seed: number
 export async function runOursParallel(shape: BenchShape, o: OursParallelOptions): Promise<OursParallelResult> {
   const log = o.log ?? (() => {});
   const seed = o.seed ?? 1234;
-  if (o.warmup < 1) throw new ConfigError('bench: --devices > 1 needs --warmup >= 1 (worker start-up and model loading are not timed; they end with the first step)');
+  if (o.warmup < 1)
+    throw new ConfigError('bench: --devices > 1 needs --warmup >= 1 (worker start-up and model loading are not timed; they end with the first step)');
   if (shape.batch % o.devices !== 0) throw new ConfigError(`bench: batch ${shape.batch} does not split over --devices ${o.devices}`);
   const microBatchSize = o.microBatchSize ?? shape.batch / o.devices;
   const dir = mkdtempSync(join(tmpdir(), 'bench-dp-'));
@@ -97,12 +98,26 @@ export async function runOursParallel(shape: BenchShape, o: OursParallelOptions)
     // Samples of an epoch are (tokens - 1) / seq: two documents more than the run reads, so it never wraps.
     mkdirSync(join(dir, 'data'));
     writeMegatronIndexed(paths.data, randomDocuments(shape.vocab, shape.seq, total * shape.batch + 2, seed), shape.vocab <= 65536 ? 'uint16' : 'int32');
-    log(`ours: wrote teacher, student and ${total * shape.batch + 2} random windows in ${((performance.now() - t0) / 1000).toFixed(1)} s; ${o.devices} worker processes on ${o.backend.chosen}, ${o.warmup} warm-up + ${o.steps} measured steps`);
+    log(
+      `ours: wrote teacher, student and ${total * shape.batch + 2} random windows in ${((performance.now() - t0) / 1000).toFixed(1)} s; ${o.devices} worker processes on ${o.backend.chosen}, ${o.warmup} warm-up + ${o.steps} measured steps`,
+    );
 
     const recipe = distillationRecipe({
-      name: 'bench', dir, studentPath: paths.student, teacherPath: paths.teacher, backend: o.backend.chosen,
+      name: 'bench',
+      dir,
+      studentPath: paths.student,
+      teacherPath: paths.teacher,
+      backend: o.backend.chosen,
       data: { dataPaths: paths.data, seqLength: shape.seq, split: '100,0,0', seed },
-      trainer: { maxSteps: total, globalBatchSize: shape.batch, microBatchSize, valCheckInterval: 0, saveInterval: total + 1, logInterval: 1, precision: o.backend.precision },
+      trainer: {
+        maxSteps: total,
+        globalBatchSize: shape.batch,
+        microBatchSize,
+        valCheckInterval: 0,
+        saveInterval: total + 1,
+        logInterval: 1,
+        precision: o.backend.precision,
+      },
       optim: { lr: 1e-4, minLr: 1e-4, warmupSteps: 0, clipGrad: 1.0, weightDecay: 0.01 },
       loss: { ...DEFAULT_KD_LOSS, scaleByTemperatureSquared: false, kdRatio: 1, chunkSize: DEFAULTS.loss.chunkSize },
       parallel: { devicesPerNode: o.devices },
@@ -122,7 +137,9 @@ export async function runOursParallel(shape: BenchShape, o: OursParallelOptions)
     const hooks: RunHooks & Pick<LaunchHooks, 'onWorkers'> = {
       log: (line) => log(`ours: ${line}`),
       progress: false,
-      onWorkers: (ws) => { pids = ws.map((w) => w.pid).filter((p) => p > 0); },
+      onWorkers: (ws) => {
+        pids = ws.map((w) => w.pid).filter((p) => p > 0);
+      },
       onStep: (r) => {
         ends.push({ step: r.step, at: performance.now(), tokens: r.tokens, loss: r.loss });
         sample();
@@ -136,7 +153,8 @@ export async function runOursParallel(shape: BenchShape, o: OursParallelOptions)
     }
     const start = ends.find((e) => e.step === o.warmup - 1);
     const measured = ends.filter((e) => e.step >= o.warmup);
-    if (!start || measured.length !== o.steps) throw new Error(`bench: expected steps ${o.warmup - 1}..${total - 1} from the workers, got ${ends.map((e) => e.step).join(', ')}`);
+    if (!start || measured.length !== o.steps)
+      throw new Error(`bench: expected steps ${o.warmup - 1}..${total - 1} from the workers, got ${ends.map((e) => e.step).join(', ')}`);
     const wallMs = measured[measured.length - 1].at - start.at;
     return {
       tokensPerS: (tokensPerStep(shape) * o.steps) / (wallMs / 1000),

@@ -44,7 +44,20 @@ function isPeerJson(v: unknown): v is Record<string, unknown> & { tokens_per_s: 
 }
 
 export function peerArgs(shape: BenchShape, o: PeerOptions): string[] {
-  return [PEER_SCRIPT, '--config', o.configName, '--spec', JSON.stringify(shape), '--steps', String(o.steps), '--warmup', String(o.warmup), '--threads', String(o.threads), ...(o.extraArgs ?? [])];
+  return [
+    PEER_SCRIPT,
+    '--config',
+    o.configName,
+    '--spec',
+    JSON.stringify(shape),
+    '--steps',
+    String(o.steps),
+    '--warmup',
+    String(o.warmup),
+    '--threads',
+    String(o.threads),
+    ...(o.extraArgs ?? []),
+  ];
 }
 
 export function runPeer(shape: BenchShape, o: PeerOptions): Promise<PeerOutcome> {

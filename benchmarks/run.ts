@@ -27,12 +27,22 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const FLAGS = {
   config: { kind: 'string', help: 'model and batch shapes from benchmarks/configs.json', default: 'S', choices: CONFIG_NAMES },
   backend: { kind: 'string', help: 'tfjs backend for ours', default: 'auto', choices: BACKEND_CHOICES },
-  precision: { kind: 'string', help: 'ours: 32, or bf16-mixed / 16-mixed for f16 tensor-core matmuls on webgpu (pair with --peer_args "--precision bf16" for the peer)', default: '32', choices: PRECISIONS },
-  devices: { kind: 'int', help: 'run ours as N data-parallel worker processes, as `distill run --devices N` (1: in this process, with per-stage times)', default: 1, min: 1 },
+  precision: {
+    kind: 'string',
+    help: 'ours: 32, or bf16-mixed / 16-mixed for f16 tensor-core matmuls on webgpu (pair with --peer_args "--precision bf16" for the peer)',
+    default: '32',
+    choices: PRECISIONS,
+  },
+  devices: {
+    kind: 'int',
+    help: 'run ours as N data-parallel worker processes, as `distill run --devices N` (1: in this process, with per-stage times)',
+    default: 1,
+    min: 1,
+  },
   json: { kind: 'boolean', help: 'print one JSON object as the last line of stdout' },
   peer: { kind: 'string', help: 'the peer to run beside ours', default: 'torch', choices: ['torch', 'none'] },
-  steps: { kind: 'int', help: 'measured steps (default: the config\'s; 2 per point with --scaling)', min: 1 },
-  warmup: { kind: 'int', help: 'warm-up steps before measuring (default: the config\'s; 1 with --scaling)', min: 0 },
+  steps: { kind: 'int', help: "measured steps (default: the config's; 2 per point with --scaling)", min: 1 },
+  warmup: { kind: 'int', help: "warm-up steps before measuring (default: the config's; 1 with --scaling)", min: 0 },
   scaling: { kind: 'boolean', help: 'sweep seq length, vocabulary and width from --config, ours vs peer' },
   results: { kind: 'string', help: 'where results.jsonl, README.md and the charts go', default: 'benchmarks/results' },
   python: { kind: 'string', help: 'python interpreter with torch, for the peer', default: DEFAULT_PYTHON },
@@ -50,7 +60,11 @@ function log(line: string): void {
 function machineInfo(torch: string | null, loadBefore: number): Machine {
   const c = cpus();
   return {
-    cpu: c[0]?.model.trim() ?? 'unknown', cores: c.length, os: `${platform()} ${release()} ${arch()}`, node: process.version, torch,
+    cpu: c[0]?.model.trim() ?? 'unknown',
+    cores: c.length,
+    os: `${platform()} ${release()} ${arch()}`,
+    node: process.version,
+    torch,
     load_avg: { before: loadBefore, after: loadavg()[0] },
   };
 }
@@ -77,33 +91,65 @@ async function measureOurs(m: Measure, backend: BackendReport): Promise<OursFigu
     const ours = await runOurs(m.shape, { backend, steps: m.steps, warmup: m.warmup, log });
     log(`ours: ${ours.tokensPerS.toFixed(1)} tokens/s (${ours.wallMsPerStep.toFixed(0)} ms/step, last loss ${ours.lastLoss.toFixed(4)})`);
     return {
-      tokensPerS: ours.tokensPerS, wallMsPerStep: ours.wallMsPerStep, lastLoss: ours.lastLoss, stages: ours.stagesMsPerStep,
+      tokensPerS: ours.tokensPerS,
+      wallMsPerStep: ours.wallMsPerStep,
+      lastLoss: ours.lastLoss,
+      stages: ours.stagesMsPerStep,
       memory: { peak_rss_bytes: ours.memory.rssBytes, peak_tf_bytes: ours.memory.tfBytes, peak_tf_tensors: ours.memory.tfTensors },
     };
   }
   const dp = await runOursParallel(m.shape, { backend, devices: m.devices, steps: m.steps, warmup: m.warmup, log });
   const expected = tokensPerStep(m.shape) * m.steps;
-  log(`ours: ${dp.tokensPerS.toFixed(1)} tokens/s on ${dp.workers} worker processes (${dp.wallMsPerStep.toFixed(0)} ms/step, last loss ${dp.lastLoss.toFixed(4)}; the ranks reported ${dp.reportedTokens} tokens for the measured steps, the global batch holds ${expected})`);
+  log(
+    `ours: ${dp.tokensPerS.toFixed(1)} tokens/s on ${dp.workers} worker processes (${dp.wallMsPerStep.toFixed(0)} ms/step, last loss ${dp.lastLoss.toFixed(4)}; the ranks reported ${dp.reportedTokens} tokens for the measured steps, the global batch holds ${expected})`,
+  );
   return {
-    tokensPerS: dp.tokensPerS, wallMsPerStep: dp.wallMsPerStep, lastLoss: dp.lastLoss, stages: null,
+    tokensPerS: dp.tokensPerS,
+    wallMsPerStep: dp.wallMsPerStep,
+    lastLoss: dp.lastLoss,
+    stages: null,
     memory: { peak_rss_bytes: dp.peakRssBytes, peak_tf_bytes: null, peak_tf_tensors: null },
   };
 }
 
-async function measure(m: Measure, backend: BackendReport, flags: { peer: string; python: string; threads: number; timeoutMs: number; extraArgs: string[] }): Promise<Omit<BenchRecord, 'kind' | 'date' | 'run_id' | 'config' | 'command' | 'machine'> & { torch: string | null }> {
-  log(`— ${m.configName}${m.devices > 1 ? ` (ours on ${m.devices} data-parallel worker processes)` : ''}: vocab ${m.shape.vocab}, seq ${m.shape.seq}, batch ${m.shape.batch}, student ${JSON.stringify(m.shape.student)}, teacher ${JSON.stringify(m.shape.teacher)}`);
+async function measure(
+  m: Measure,
+  backend: BackendReport,
+  flags: { peer: string; python: string; threads: number; timeoutMs: number; extraArgs: string[] },
+): Promise<Omit<BenchRecord, 'kind' | 'date' | 'run_id' | 'config' | 'command' | 'machine'> & { torch: string | null }> {
+  log(
+    `— ${m.configName}${m.devices > 1 ? ` (ours on ${m.devices} data-parallel worker processes)` : ''}: vocab ${m.shape.vocab}, seq ${m.shape.seq}, batch ${m.shape.batch}, student ${JSON.stringify(m.shape.student)}, teacher ${JSON.stringify(m.shape.teacher)}`,
+  );
   const ours = await measureOurs(m, backend);
   let peer: PeerOutcome | null = null;
   if (flags.peer === 'torch') {
     log(`peer: running ${flags.python} benchmarks/peer/kd_step.py on ${flags.threads} threads`);
-    peer = await runPeer(m.shape, { python: flags.python, threads: flags.threads, steps: m.steps, warmup: m.warmup, configName: m.configName, timeoutMs: flags.timeoutMs, log, extraArgs: flags.extraArgs });
-    if (peer.ok) log(`peer: ${peer.result.tokensPerS.toFixed(1)} tokens/s (${peer.result.wallMsPerStep.toFixed(0)} ms/step, last loss ${peer.result.lastLoss.toFixed(4)})`);
+    peer = await runPeer(m.shape, {
+      python: flags.python,
+      threads: flags.threads,
+      steps: m.steps,
+      warmup: m.warmup,
+      configName: m.configName,
+      timeoutMs: flags.timeoutMs,
+      log,
+      extraArgs: flags.extraArgs,
+    });
+    if (peer.ok)
+      log(
+        `peer: ${peer.result.tokensPerS.toFixed(1)} tokens/s (${peer.result.wallMsPerStep.toFixed(0)} ms/step, last loss ${peer.result.lastLoss.toFixed(4)})`,
+      );
     else log(`peer: not measured: ${peer.reason}; reporting ours alone`);
   }
   const p = peer?.ok ? peer.result : null;
   return {
     backend: backend.chosen,
-    backend_detail: [backend.detail, m.devices > 1 ? `${m.devices} data-parallel worker processes` : '', backend.precision !== '32' ? `precision ${backend.precision}` : ''].filter(Boolean).join('; '),
+    backend_detail: [
+      backend.detail,
+      m.devices > 1 ? `${m.devices} data-parallel worker processes` : '',
+      backend.precision !== '32' ? `precision ${backend.precision}` : '',
+    ]
+      .filter(Boolean)
+      .join('; '),
     devices: m.devices,
     shape: m.shape,
     tokens_per_step: tokensPerStep(m.shape),
@@ -143,11 +189,19 @@ async function main(argv: string[]): Promise<void> {
   const runId = new Date().toISOString();
   const resultsDir = resolve(ROOT, flags.results ?? 'benchmarks/results');
   const backend = await selectBackend((flags.backend ?? 'auto') as BackendChoice, { log, precision: flags.precision as Precision });
-  const peerFlags = { peer: flags.peer ?? 'torch', python: flags.python ?? DEFAULT_PYTHON, threads: flags.threads ?? 2, timeoutMs: (flags.peer_timeout_s ?? 3600) * 1000, extraArgs: flags.peer_args ? flags.peer_args.split(/\s+/).filter(Boolean) : [] };
+  const peerFlags = {
+    peer: flags.peer ?? 'torch',
+    python: flags.python ?? DEFAULT_PYTHON,
+    threads: flags.threads ?? 2,
+    timeoutMs: (flags.peer_timeout_s ?? 3600) * 1000,
+    extraArgs: flags.peer_args ? flags.peer_args.split(/\s+/).filter(Boolean) : [],
+  };
 
   const points: { name: string; axis?: BenchRecord['axis']; x?: number; m: Measure }[] = flags.scaling
     ? scalingPoints(base, flags.steps ?? 2, flags.warmup ?? 1).map((p) => ({
-        name: `${configName} ${p.axis}=${p.x}`, axis: p.axis, x: p.x,
+        name: `${configName} ${p.axis}=${p.x}`,
+        axis: p.axis,
+        x: p.x,
         m: { configName: `${configName} ${p.axis}=${p.x}`, shape: p.shape, steps: p.shape.steps, warmup: p.shape.warmup, devices },
       }))
     : [{ name: configName, m: { configName, shape: base, steps: flags.steps ?? base.steps, warmup: flags.warmup ?? base.warmup, devices } }];

@@ -6,7 +6,8 @@
 import { PALETTE, type ChartSpec } from '../src/logging/chart.ts';
 import type { BenchRecord } from './results.ts';
 
-const fmt = (v: number | null, digits = 0): string => (v === null || !Number.isFinite(v) ? '–' : v.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }));
+const fmt = (v: number | null, digits = 0): string =>
+  v === null || !Number.isFinite(v) ? '–' : v.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits });
 /** Tokens/s: one decimal below 100, where a rounded integer would hide a 5% difference. */
 const tps = (v: number | null): string => fmt(v, v !== null && v < 100 ? 1 : 0);
 const mib = (b: number | null | undefined): string => (b == null ? '–' : `${Math.round(b / 2 ** 20).toLocaleString('en-US')}`);
@@ -19,7 +20,9 @@ export const TABLE_HEADER = [
 export function markdownRow(r: BenchRecord): string {
   const s = r.stages.ours;
   // With devices > 1 the stages run in the workers; the wall time per step is all the bench sees.
-  const stages = s ? [s.read, s.teacherLogits, s['student fwd+bwd'], s.optimizer].map((v) => fmt(v)).join(' · ') : `– (${fmt(r.wall_ms_per_step.ours)} wall, ${devicesOf(r)} processes)`;
+  const stages = s
+    ? [s.read, s.teacherLogits, s['student fwd+bwd'], s.optimizer].map((v) => fmt(v)).join(' · ')
+    : `– (${fmt(r.wall_ms_per_step.ours)} wall, ${devicesOf(r)} processes)`;
   const peer = r.peer_tokens_per_s === null ? `– (${r.peer === 'none' ? 'not run' : 'unavailable'})` : tps(r.peer_tokens_per_s);
   // Older records have no load average; a load above the core count means the figures were taken on a busy machine.
   const load = r.machine.load_avg ? `; load ${r.machine.load_avg.before.toFixed(1)}→${r.machine.load_avg.after.toFixed(1)}` : '';
@@ -70,7 +73,10 @@ export function throughputSvg(records: BenchRecord[]): string {
   const bw = Math.min(60, group / 3);
   rows.forEach((r, i) => {
     const cx = pad.l + group * (i + 0.5);
-    const bars: [number | null, string][] = [[r.ours_tokens_per_s, PALETTE[0]], [r.peer_tokens_per_s, PALETTE[1]]];
+    const bars: [number | null, string][] = [
+      [r.ours_tokens_per_s, PALETTE[0]],
+      [r.peer_tokens_per_s, PALETTE[1]],
+    ];
     bars.forEach(([v, color], j) => {
       const x = cx - bw + j * bw;
       if (v === null || v <= 0) {
@@ -81,7 +87,9 @@ export function throughputSvg(records: BenchRecord[]): string {
       parts.push(`<rect x="${x + 2}" y="${top}" width="${bw - 4}" height="${pad.t + plotH - top}" fill="${color}"><title>${fmt(v)} tokens/s</title></rect>`);
       parts.push(`<text x="${x + bw / 2}" y="${top - 4}" text-anchor="middle" font-size="10">${tps(v)}</text>`);
     });
-    parts.push(`<text x="${cx}" y="${pad.t + plotH + 18}" text-anchor="middle">${escapeXml(r.config)} · ${escapeXml(r.backend)}${devicesOf(r) > 1 ? ` · DP ${devicesOf(r)}` : ''}</text>`);
+    parts.push(
+      `<text x="${cx}" y="${pad.t + plotH + 18}" text-anchor="middle">${escapeXml(r.config)} · ${escapeXml(r.backend)}${devicesOf(r) > 1 ? ` · DP ${devicesOf(r)}` : ''}</text>`,
+    );
     parts.push(`<text x="${cx}" y="${pad.t + plotH + 34}" text-anchor="middle" fill="#555">ratio ${fmt(r.ratio, 2)}</text>`);
   });
   parts.push(`<line x1="${pad.l}" x2="${pad.l}" y1="${pad.t}" y2="${pad.t + plotH}" stroke="#999"/>`);
@@ -93,9 +101,12 @@ export function throughputSvg(records: BenchRecord[]): string {
   return parts.join('\n') + '\n';
 }
 
-
 export function scalingCharts(sweep: BenchRecord[]): ChartSpec[] {
-  const axes: [NonNullable<BenchRecord['axis']>, string][] = [['seq', 'sequence length'], ['vocab', 'vocabulary size'], ['width', 'student hidden size (teacher 2x)']];
+  const axes: [NonNullable<BenchRecord['axis']>, string][] = [
+    ['seq', 'sequence length'],
+    ['vocab', 'vocabulary size'],
+    ['width', 'student hidden size (teacher 2x)'],
+  ];
   return axes
     .map(([axis, label]): ChartSpec => {
       const pts = sweep.filter((r) => r.axis === axis).sort((a, b) => (a.x ?? 0) - (b.x ?? 0));
@@ -105,11 +116,13 @@ export function scalingCharts(sweep: BenchRecord[]): ChartSpec[] {
         yLabel: 'tokens/s',
         series: [
           { label: 'ours (tfjs)', color: PALETTE[0], points: pts.map((r) => ({ x: r.x ?? 0, y: r.ours_tokens_per_s })) },
-          { label: 'PyTorch', color: PALETTE[1], points: pts.filter((r) => r.peer_tokens_per_s !== null).map((r) => ({ x: r.x ?? 0, y: r.peer_tokens_per_s ?? 0 })) },
+          {
+            label: 'PyTorch',
+            color: PALETTE[1],
+            points: pts.filter((r) => r.peer_tokens_per_s !== null).map((r) => ({ x: r.x ?? 0, y: r.peer_tokens_per_s ?? 0 })),
+          },
         ],
       };
     })
     .filter((c) => c.series[0].points.length > 0);
 }
-
-

@@ -40,7 +40,10 @@ export type BackwardOptions = OptimizerStepOperatorOptions & BackwardGradientOpt
 export function backward(student: CausalLM, o: BackwardOptions): OperatorFunction<LossBatch, StepResult>;
 /** The gradients of each global batch, for `optimizerStep`. */
 export function backward(student: CausalLM, o?: BackwardGradientOptions): OperatorFunction<LossBatch, GradientBatch>;
-export function backward(student: CausalLM, o: BackwardGradientOptions | BackwardOptions = {}): OperatorFunction<LossBatch, GradientBatch> | OperatorFunction<LossBatch, StepResult> {
+export function backward(
+  student: CausalLM,
+  o: BackwardGradientOptions | BackwardOptions = {},
+): OperatorFunction<LossBatch, GradientBatch> | OperatorFunction<LossBatch, StepResult> {
   if ('optimizer' in o) {
     const gradients = backwardGradients(student, { credits: o.credits });
     const step = optimizerStep(o);
@@ -66,79 +69,100 @@ interface OpenStep {
 function backwardGradients(student: CausalLM, o: BackwardGradientOptions): OperatorFunction<LossBatch, GradientBatch> {
   const names = new Map<string, string>();
   for (const [name, v] of student.params) names.set(v.name, name);
-  return (source) => defer(() => {
-    // State per subscription: two subscriptions of one pipeline never share a step.
-    let open: OpenStep | null = null;
+  return (source) =>
+    defer(() => {
+      // State per subscription: two subscriptions of one pipeline never share a step.
+      let open: OpenStep | null = null;
 
-    /** Emits the open step's gradients and completes once optimizerStep has taken the step. */
-    const handOn = (): Observable<GradientBatch> => {
-      const s = open;
-      open = null;
-      if (!s) return EMPTY;
-      return new Observable<GradientBatch>((subscriber) => {
-        finishStep(s).then((g) => {
-          subscriber.next({ ...g, stepTaken: () => subscriber.complete() });
-        }).catch((e: unknown) => subscriber.error(e));
-      });
-    };
-
-    const onBatch = (batch: LossBatch): Observable<GradientBatch> => {
-      const { position } = batch;
-      // A micro-batch of a later global batch: the open one lost its last micro-batches upstream and is complete.
-      const before = open && open.position.step !== position.step ? handOn() : EMPTY;
-      return concat(before, defer(() => {
-        accumulate(batch);
-        return position.micro === position.numMicro - 1 ? handOn() : EMPTY;
-      }));
-    };
-
-    const accumulate = (batch: LossBatch): void => {
-      const { position } = batch;
-      const s: OpenStep = open ??= {
-        position, grads: new Map(), scalars: [], hasKd: false, hasCe: false, micros: 0, tokens: 0,
-        globalBatchTokens: batch.globalBatchTokens, startedAt: performance.now(),
-      };
-      let kd: tf.Scalar | undefined;
-      let ce: tf.Scalar | undefined;
-      const { value, grads } = inStage('backward', position, () =>
-        tf.variableGrads(() => {
-          const parts = batch.loss();
-          kd = parts.kd ? tf.keep(parts.kd) : undefined;
-          ce = parts.ce ? tf.keep(parts.ce) : undefined;
-          return parts.total;
-        }, student.trainableVariables()),
-      );
-      for (const [varName, g] of Object.entries(grads)) {
-        const name = names.get(varName) ?? varName;
-        const prev = s.grads.get(name);
-        if (prev) {
-          s.grads.set(name, tf.add(prev, g));
-          prev.dispose();
-          g.dispose();
-        } else {
-          s.grads.set(name, g);
-        }
-      }
-      // The step's scalars stay on the device until the step ends: one asynchronous readback per step, none per
-      // micro-batch (webgpu in Node cannot read synchronously at all).
-      const w = batch.tokens;
-      s.scalars.push(value);
-      if (kd) { s.scalars.push(tf.mul(kd as tf.Scalar, w)); s.hasKd = true; (kd as tf.Scalar).dispose(); }
-      if (ce) { s.scalars.push(tf.mul(ce as tf.Scalar, w)); s.hasCe = true; (ce as tf.Scalar).dispose(); }
-      s.micros++;
-      s.tokens += w;
-      disposeBatch(batch);
-      o.credits?.release();
-    };
-
-    return concat(source.pipe(concatMap(onBatch)), defer(handOn)).pipe(
-      // A stream torn down mid-global-batch (an error, a caller's take) leaves gradients for a step never taken.
-      finalize(() => {
-        if (open) disposeOpen(open);
+      /** Emits the open step's gradients and completes once optimizerStep has taken the step. */
+      const handOn = (): Observable<GradientBatch> => {
+        const s = open;
         open = null;
-      }),
-    );
-  });
+        if (!s) return EMPTY;
+        return new Observable<GradientBatch>((subscriber) => {
+          finishStep(s)
+            .then((g) => {
+              subscriber.next({ ...g, stepTaken: () => subscriber.complete() });
+            })
+            .catch((e: unknown) => subscriber.error(e));
+        });
+      };
+
+      const onBatch = (batch: LossBatch): Observable<GradientBatch> => {
+        const { position } = batch;
+        // A micro-batch of a later global batch: the open one lost its last micro-batches upstream and is complete.
+        const before = open && open.position.step !== position.step ? handOn() : EMPTY;
+        return concat(
+          before,
+          defer(() => {
+            accumulate(batch);
+            return position.micro === position.numMicro - 1 ? handOn() : EMPTY;
+          }),
+        );
+      };
+
+      const accumulate = (batch: LossBatch): void => {
+        const { position } = batch;
+        const s: OpenStep = (open ??= {
+          position,
+          grads: new Map(),
+          scalars: [],
+          hasKd: false,
+          hasCe: false,
+          micros: 0,
+          tokens: 0,
+          globalBatchTokens: batch.globalBatchTokens,
+          startedAt: performance.now(),
+        });
+        let kd: tf.Scalar | undefined;
+        let ce: tf.Scalar | undefined;
+        const { value, grads } = inStage('backward', position, () =>
+          tf.variableGrads(() => {
+            const parts = batch.loss();
+            kd = parts.kd ? tf.keep(parts.kd) : undefined;
+            ce = parts.ce ? tf.keep(parts.ce) : undefined;
+            return parts.total;
+          }, student.trainableVariables()),
+        );
+        for (const [varName, g] of Object.entries(grads)) {
+          const name = names.get(varName) ?? varName;
+          const prev = s.grads.get(name);
+          if (prev) {
+            s.grads.set(name, tf.add(prev, g));
+            prev.dispose();
+            g.dispose();
+          } else {
+            s.grads.set(name, g);
+          }
+        }
+        // The step's scalars stay on the device until the step ends: one asynchronous readback per step, none per
+        // micro-batch (webgpu in Node cannot read synchronously at all).
+        const w = batch.tokens;
+        s.scalars.push(value);
+        if (kd) {
+          s.scalars.push(tf.mul(kd as tf.Scalar, w));
+          s.hasKd = true;
+          (kd as tf.Scalar).dispose();
+        }
+        if (ce) {
+          s.scalars.push(tf.mul(ce as tf.Scalar, w));
+          s.hasCe = true;
+          (ce as tf.Scalar).dispose();
+        }
+        s.micros++;
+        s.tokens += w;
+        disposeBatch(batch);
+        o.credits?.release();
+      };
+
+      return concat(source.pipe(concatMap(onBatch)), defer(handOn)).pipe(
+        // A stream torn down mid-global-batch (an error, a caller's take) leaves gradients for a step never taken.
+        finalize(() => {
+          if (open) disposeOpen(open);
+          open = null;
+        }),
+      );
+    });
 }
 
 /** Reads the step's loss scalars back (one readback) and, when micro-batches were dropped, reweights to the tokens that came. */

@@ -35,7 +35,11 @@ export function cachedTeacherTargets(cache: TeacherCache, o: CachedTeacherTarget
     const rows = batch.inputIds.shape[0];
     const samples = Array.from({ length: rows }, (_, r) => (batch.position.firstSample + r) % o.numSamples);
     const teacher = teacherTargetsFromRows(cache.rowsOf(samples), fp, {
-      loss: o.loss, studentVocab: o.studentVocab, topk: o.topk ?? 'topk_ghost', identity: eye, samples,
+      loss: o.loss,
+      studentVocab: o.studentVocab,
+      topk: o.topk ?? 'topk_ghost',
+      identity: eye,
+      samples,
     });
     return { ...batch, teacher };
   });

@@ -17,24 +17,32 @@ export interface KlLossOptions extends MeanLossOptions {
 }
 
 export function klLoss(o: KlLossOptions): OperatorFunction<ForwardBatch, LossBatch> {
-  return (source) => defer(() => {
-    // Per subscription: each run notes the vocabulary alignment once.
-    let noted = false;
-    const log = (line: string): void => {
-      if (!noted) o.log?.(line);
-      noted = true;
-    };
-    return source.pipe(map((batch): LossBatch => ({
-      ...batch,
-      loss: (): LossParts => inStage('klLoss', batch.position, () => {
-        const share = batch.globalBatchTokens > 0 ? batch.tokens / batch.globalBatchTokens : 0;
-        const r = meanLoss(o, {
-          studentHidden: batch.studentForward(), studentHead: batch.studentHead(), teacher: batch.teacher,
-          mask: tf.reshape(batch.lossMask, [-1]) as tf.Tensor1D, labels: tf.reshape(batch.labels, [-1]) as tf.Tensor1D,
-          what: `batch at step ${batch.position.step + 1}`, log,
-        });
-        return { total: tf.mul(r.loss, share) as tf.Scalar, kd: r.kd, ce: r.ce };
-      }),
-    })));
-  });
+  return (source) =>
+    defer(() => {
+      // Per subscription: each run notes the vocabulary alignment once.
+      let noted = false;
+      const log = (line: string): void => {
+        if (!noted) o.log?.(line);
+        noted = true;
+      };
+      return source.pipe(
+        map((batch): LossBatch => ({
+          ...batch,
+          loss: (): LossParts =>
+            inStage('klLoss', batch.position, () => {
+              const share = batch.globalBatchTokens > 0 ? batch.tokens / batch.globalBatchTokens : 0;
+              const r = meanLoss(o, {
+                studentHidden: batch.studentForward(),
+                studentHead: batch.studentHead(),
+                teacher: batch.teacher,
+                mask: tf.reshape(batch.lossMask, [-1]) as tf.Tensor1D,
+                labels: tf.reshape(batch.labels, [-1]) as tf.Tensor1D,
+                what: `batch at step ${batch.position.step + 1}`,
+                log,
+              });
+              return { total: tf.mul(r.loss, share) as tf.Scalar, kd: r.kd, ce: r.ce };
+            }),
+        })),
+      );
+    });
 }

@@ -20,40 +20,50 @@ export interface ModelParallelBackwardOptions {
 }
 
 export function modelParallelBackward(trainer: ModelParallelTrainer, o: ModelParallelBackwardOptions = {}): OperatorFunction<TokenBatch, GradientBatch> {
-  return (source) => defer(() => {
-    let open: TokenBatch[] = [];
+  return (source) =>
+    defer(() => {
+      let open: TokenBatch[] = [];
 
-    const drop = (batches: TokenBatch[]): Observable<GradientBatch> => {
-      for (const b of batches) disposeBatch(b);
-      o.credits?.release(batches.length);
-      return EMPTY;
-    };
+      const drop = (batches: TokenBatch[]): Observable<GradientBatch> => {
+        for (const b of batches) disposeBatch(b);
+        o.credits?.release(batches.length);
+        return EMPTY;
+      };
 
-    const takeStep = (micros: TokenBatch[]): Observable<GradientBatch> => {
-      if (o.stopped?.() || micros.length < micros[0].position.numMicro) return drop(micros);
-      return new Observable<GradientBatch>((subscriber) => {
-        trainer.gradients(micros).then((g) => {
-          drop(micros);
-          subscriber.next({ ...g, stepTaken: () => subscriber.complete() });
-        }).catch((e: unknown) => {
-          drop(micros);
-          subscriber.error(e);
+      const takeStep = (micros: TokenBatch[]): Observable<GradientBatch> => {
+        if (o.stopped?.() || micros.length < micros[0].position.numMicro) return drop(micros);
+        return new Observable<GradientBatch>((subscriber) => {
+          trainer
+            .gradients(micros)
+            .then((g) => {
+              drop(micros);
+              subscriber.next({ ...g, stepTaken: () => subscriber.complete() });
+            })
+            .catch((e: unknown) => {
+              drop(micros);
+              subscriber.error(e);
+            });
         });
-      });
-    };
+      };
 
-    const onBatch = (batch: TokenBatch): Observable<GradientBatch> => {
-      const { step, micro, numMicro } = batch.position;
-      const before = open.length && open[0].position.step !== step ? takeStep(open.splice(0)) : EMPTY;
-      open.push(batch);
-      return concat(before, defer(() => (micro === numMicro - 1 ? takeStep(open.splice(0)) : EMPTY)));
-    };
+      const onBatch = (batch: TokenBatch): Observable<GradientBatch> => {
+        const { step, micro, numMicro } = batch.position;
+        const before = open.length && open[0].position.step !== step ? takeStep(open.splice(0)) : EMPTY;
+        open.push(batch);
+        return concat(
+          before,
+          defer(() => (micro === numMicro - 1 ? takeStep(open.splice(0)) : EMPTY)),
+        );
+      };
 
-    return concat(source.pipe(concatMap(onBatch)), defer(() => (open.length ? takeStep(open.splice(0)) : EMPTY))).pipe(
-      finalize(() => {
-        for (const b of open) disposeBatch(b);
-        open = [];
-      }),
-    );
-  });
+      return concat(
+        source.pipe(concatMap(onBatch)),
+        defer(() => (open.length ? takeStep(open.splice(0)) : EMPTY)),
+      ).pipe(
+        finalize(() => {
+          for (const b of open) disposeBatch(b);
+          open = [];
+        }),
+      );
+    });
 }

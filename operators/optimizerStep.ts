@@ -26,16 +26,25 @@ export interface OptimizerStepOperatorOptions extends OptimizerStepOptions {
  * @return an operator from each global batch's gradients to its StepResult
  */
 export function optimizerStep(o: OptimizerStepOperatorOptions): OperatorFunction<GradientBatch, StepResult> {
-  return (source) => defer(() => {
-    // One per subscription: it counts the non-finite steps in a row of this run only.
-    const step = new OptimizerStep(o);
-    return source.pipe(concatMap((g) => new Observable<StepResult>((subscriber) => {
-      step.take(g).then(async (r) => {
-        subscriber.next(r);
-        if (o.barrier) await o.barrier.wait(r.step);
-        g.stepTaken();
-        subscriber.complete();
-      }).catch((e: unknown) => subscriber.error(e));
-    })));
-  });
+  return (source) =>
+    defer(() => {
+      // One per subscription: it counts the non-finite steps in a row of this run only.
+      const step = new OptimizerStep(o);
+      return source.pipe(
+        concatMap(
+          (g) =>
+            new Observable<StepResult>((subscriber) => {
+              step
+                .take(g)
+                .then(async (r) => {
+                  subscriber.next(r);
+                  if (o.barrier) await o.barrier.wait(r.step);
+                  g.stepTaken();
+                  subscriber.complete();
+                })
+                .catch((e: unknown) => subscriber.error(e));
+            }),
+        ),
+      );
+    });
 }

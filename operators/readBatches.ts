@@ -82,10 +82,7 @@ export function tokenBatchFromRecords(records: TokenBatch['records'], position: 
   const { ids, rows, width } = tokenRecordIds(records);
   const seq = width - 1;
   const windows = tf.tensor2d(ids, [rows, width], 'int32');
-  const [inputIds, labels] = tf.tidy(() => [
-    tf.slice(windows, [0, 0], [rows, seq]) as tf.Tensor2D,
-    tf.slice(windows, [0, 1], [rows, seq]) as tf.Tensor2D,
-  ]);
+  const [inputIds, labels] = tf.tidy(() => [tf.slice(windows, [0, 0], [rows, seq]) as tf.Tensor2D, tf.slice(windows, [0, 1], [rows, seq]) as tf.Tensor2D]);
   windows.dispose();
   return {
     position,

@@ -84,9 +84,19 @@ export async function writeTeacherCache(o: WriteCacheOptions): Promise<CacheTeac
   if (!(end >= 1)) throw new ConfigError(`nothing to cache: --num_samples ${o.numSamples}, ${o.source.numSamples} training samples per epoch`);
   const fp: CacheFingerprint = {
     ...o.spec,
-    teacherSha256: o.teacherSha256, vocabSize: o.teacher.config.vocabSize, tokenizerSha256: o.tokenizerSha256,
-    dataFingerprint: o.dataFingerprint, dataPaths: o.data.dataPaths, split: o.data.split, dataSeed: o.data.seed,
-    samplesPerEpoch: o.source.numSamples, seqLength: seq, sampleStart: 0, sampleEnd: end, partSamples, batchSamples,
+    teacherSha256: o.teacherSha256,
+    vocabSize: o.teacher.config.vocabSize,
+    tokenizerSha256: o.tokenizerSha256,
+    dataFingerprint: o.dataFingerprint,
+    dataPaths: o.data.dataPaths,
+    split: o.data.split,
+    dataSeed: o.data.seed,
+    samplesPerEpoch: o.source.numSamples,
+    seqLength: seq,
+    sampleStart: 0,
+    sampleEnd: end,
+    partSamples,
+    batchSamples,
   };
   const all = partRanges(0, end, partSamples);
   const mine = o.shard ? shardParts(all, o.shard) : all;
@@ -95,7 +105,9 @@ export async function writeTeacherCache(o: WriteCacheOptions): Promise<CacheTeac
   const have = new Set(existing.map((p) => `${p.start}:${p.end}`));
   const todo = mine.filter((r) => !have.has(`${r.start}:${r.end}`));
   const skipped = mine.filter((r) => have.has(`${r.start}:${r.end}`));
-  log(`cache-teacher: ${o.out}: cache ${cacheId(fp)}, samples [0, ${end}) in ${all.length} parts; this job: ${mine.length} parts${o.shard ? ` (shard ${o.shard.index}/${o.shard.count})` : ''}, ${skipped.length} already written`);
+  log(
+    `cache-teacher: ${o.out}: cache ${cacheId(fp)}, samples [0, ${end}) in ${all.length} parts; this job: ${mine.length} parts${o.shard ? ` (shard ${o.shard.index}/${o.shard.count})` : ''}, ${skipped.length} already written`,
+  );
 
   const t0 = performance.now();
   const written: PartRange[] = [];
@@ -124,7 +136,14 @@ async function writePart(o: WriteCacheOptions, fp: CacheFingerprint, part: PartR
   try {
     // readBatches' step s reads samples [s·b, (s + 1)·b): the run's indexing. The last batch of the range may run
     // past its end (readBatches wraps at the epoch); those rows are dropped.
-    const batches = readBatches(o.source, { seqLength: seq, globalBatchSize: b, microBatchSize: b, startStep: part.start / b, maxSteps: Math.ceil(part.end / b), credits });
+    const batches = readBatches(o.source, {
+      seqLength: seq,
+      globalBatchSize: b,
+      microBatchSize: b,
+      startStep: part.start / b,
+      maxSteps: Math.ceil(part.end / b),
+      credits,
+    });
     await lastValueFrom(
       batches.pipe(
         teacherTargets(o.teacher),
@@ -191,20 +210,27 @@ export function writeCacheManifest(dir: string): { parts: number; samples: numbe
   const fp = parts[0].fp;
   const { missing, overlaps } = coverage(parts, fp.sampleStart, fp.sampleEnd);
   if (missing.length > 0 || overlaps.length > 0) {
-    throw new CacheIncompleteError(`${dir}: cannot merge: ${missing.length > 0 ? `samples ${describeRanges(missing)} have no part` : `samples ${describeRanges(overlaps)} are in two parts`}. ` +
-      'Run (or re-run) the cache-teacher shard jobs that write them, then --merge again.');
+    throw new CacheIncompleteError(
+      `${dir}: cannot merge: ${missing.length > 0 ? `samples ${describeRanges(missing)} have no part` : `samples ${describeRanges(overlaps)} are in two parts`}. ` +
+        'Run (or re-run) the cache-teacher shard jobs that write them, then --merge again.',
+    );
   }
   // Complete: no writer has work left here, so what is left under temporary names is debris of killed jobs.
   for (const t of temporaries) rmSync(join(dir, t), { force: true });
   const sorted = [...parts].sort((a, b) => a.start - b.start);
   writeManifest(join(dir, MANIFEST_FILE), {
-    cache_id: cacheId(fp), sample_start: fp.sampleStart, sample_end: fp.sampleEnd,
+    cache_id: cacheId(fp),
+    sample_start: fp.sampleStart,
+    sample_end: fp.sampleEnd,
     parts: sorted.map(({ file, start, end, bytes }) => ({ file, start, end, bytes })),
   });
   return { parts: parts.length, samples: fp.sampleEnd - fp.sampleStart };
 }
 
-export interface CacheTeacherArgs extends Omit<WriteCacheOptions, 'teacher' | 'teacherSha256' | 'source' | 'dataFingerprint' | 'tokenizerSha256' | 'numSamples'> {
+export interface CacheTeacherArgs extends Omit<
+  WriteCacheOptions,
+  'teacher' | 'teacherSha256' | 'source' | 'dataFingerprint' | 'tokenizerSha256' | 'numSamples'
+> {
   teacherPath: string;
   /** Default: one epoch of the training split. */
   numSamples?: number;
@@ -230,7 +256,12 @@ export async function cacheTeacher(a: CacheTeacherArgs): Promise<CacheTeacherRes
       }
     });
     return await writeTeacherCache({
-      ...a, teacher, teacherSha256, source: sources.train, dataFingerprint: sources.fingerprint, tokenizerSha256: tokenizers.join(','),
+      ...a,
+      teacher,
+      teacherSha256,
+      source: sources.train,
+      dataFingerprint: sources.fingerprint,
+      tokenizerSha256: tokenizers.join(','),
       numSamples: a.numSamples ?? sources.train.numSamples,
     });
   } catch (e) {

@@ -53,28 +53,60 @@ export interface ContextParts {
 export function trainingContext(p: ContextParts): TrainingContext {
   const { recipe, run, student, sources, dp } = p;
   const t = recipe.trainer;
-  const sinks: MetricsSink[] = [...(run.logs ? [run.logs] : []), { onStep: (r) => { run.onStep(r); p.onStep?.(r); } }];
+  const sinks: MetricsSink[] = [
+    ...(run.logs ? [run.logs] : []),
+    {
+      onStep: (r) => {
+        run.onStep(r);
+        p.onStep?.(r);
+      },
+    },
+  ];
   return {
     read: {
-      seqLength: recipe.data.seqLength, globalBatchSize: t.globalBatchSize, microBatchSize: t.microBatchSize,
-      startStep: run.startStep, maxSteps: run.stopAt + 1, credits: p.credits, ...dp?.readSlice,
+      seqLength: recipe.data.seqLength,
+      globalBatchSize: t.globalBatchSize,
+      microBatchSize: t.microBatchSize,
+      startStep: run.startStep,
+      maxSteps: run.stopAt + 1,
+      credits: p.credits,
+      ...dp?.readSlice,
     },
     loss: recipe.loss,
     step: {
-      optimizer: p.optimizer, clipGrad: recipe.optim.clipGrad, nanPolicy: t.nanPolicy, globalBatchSize: t.globalBatchSize,
-      lrAt: learningRate(recipe), reduceGradients: dp?.reduceGradients, barrier: p.barrier,
+      optimizer: p.optimizer,
+      clipGrad: recipe.optim.clipGrad,
+      nanPolicy: t.nanPolicy,
+      globalBatchSize: t.globalBatchSize,
+      lrAt: learningRate(recipe),
+      reduceGradients: dp?.reduceGradients,
+      barrier: p.barrier,
     },
     validation: {
       interval: sources.valid && run.leader ? t.valCheckInterval : 0,
       lastStep: run.stopAt,
-      validate: async (step) => ({ step, ...(await evaluateOn(student, p.teacher, sources.valid!, { ...recipe.loss, seqLength: recipe.data.seqLength, microBatchSize: t.microBatchSize, limitBatches: t.limitValBatches })) }),
+      validate: async (step) => ({
+        step,
+        ...(await evaluateOn(student, p.teacher, sources.valid!, {
+          ...recipe.loss,
+          seqLength: recipe.data.seqLength,
+          microBatchSize: t.microBatchSize,
+          limitBatches: t.limitValBatches,
+        })),
+      }),
       onValidation: (v) => run.onValidation(v),
     },
     // A data-parallel rank's sinks see each step once rank 0 has summed the ranks' losses.
     sinks: dp ? [dp.gatherSteps(sinks)] : sinks,
     checkpoint: {
-      saveInterval: t.saveInterval, lastStep: run.stopAt, pending: p.pending,
-      save: run.leader ? async (r) => { await saveTrainingCheckpoint(run.runDir, student, p.optimizer, run.trainingState(r)); } : async () => {},
+      saveInterval: t.saveInterval,
+      lastStep: run.stopAt,
+      pending: p.pending,
+      save: run.leader
+        ? async (r) => {
+            await saveTrainingCheckpoint(run.runDir, student, p.optimizer, run.trainingState(r));
+          }
+        : async () => {},
     },
   };
 }

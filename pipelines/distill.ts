@@ -70,7 +70,7 @@ export interface DistillHooks {
 
 /** A recipe's run in this process: the whole run, or (with `dp`) one data-parallel rank of a launched run. */
 export async function distillInThisProcess(recipe: DistillationRecipe, hooks: DistillHooks = {}, dp?: DataParallelRank): Promise<RunResult> {
-  const log = hooks.log === undefined ? (l: string) => process.stderr.write(l + '\n') : hooks.log ?? (() => {});
+  const log = hooks.log === undefined ? (l: string) => process.stderr.write(l + '\n') : (hooks.log ?? (() => {}));
   const leader = !dp || dp.leader; // only rank 0 writes checkpoints, logs and the final student
   const backend = await selectBackend(recipe.backend, { log, adapterIndex: dp?.deviceIndex, precision: recipe.trainer.precision });
   const run = prepareRun(recipe, { leader, log, progress: hooks.progress, stopAfterSteps: hooks.stopAfterSteps });
@@ -101,15 +101,24 @@ export async function distillInThisProcess(recipe: DistillationRecipe, hooks: Di
   }
 
   // 4. Save only the student, in the Hugging Face layout.
-  const finished = await run.finish(stoppedEarly, async (dir) => { if (leader) await saveModel(student, dir, { dtype: 'float32' }); });
+  const finished = await run.finish(stoppedEarly, async (dir) => {
+    if (leader) await saveModel(student, dir, { dtype: 'float32' });
+  });
   optimizer.dispose();
   student.dispose();
   sources.train.close();
   sources.valid?.close();
   const steps = run.steps;
   return {
-    runDir: run.runDir, studentDir: run.finalDir, steps, validations: run.validations, resumedFromStep: run.startStep, backend,
-    stoppedEarly: !finished, alreadyFinished: run.alreadyFinished, lastStep: steps[steps.length - 1] ?? run.savedLastStep,
+    runDir: run.runDir,
+    studentDir: run.finalDir,
+    steps,
+    validations: run.validations,
+    resumedFromStep: run.startStep,
+    backend,
+    stoppedEarly: !finished,
+    alreadyFinished: run.alreadyFinished,
+    lastStep: steps[steps.length - 1] ?? run.savedLastStep,
   };
 }
 

@@ -12,7 +12,13 @@ import { cachedTeacherTargets } from '../operators/cachedTeacherTargets.ts';
 import { distillPipeline } from './distill.ts';
 import type { TrainingContext } from './context.ts';
 
-export function distillFromCachePipeline(student: CausalLM, cache: TeacherCache, source: SampleSource, c: TrainingContext, o: { topk?: TopKLoss } = {}): Observable<StepResult> {
+export function distillFromCachePipeline(
+  student: CausalLM,
+  cache: TeacherCache,
+  source: SampleSource,
+  c: TrainingContext,
+  o: { topk?: TopKLoss } = {},
+): Observable<StepResult> {
   const teacher = cachedTeacherTargets(cache, { numSamples: source.numSamples, loss: c.loss, studentVocab: student.config.vocabSize, topk: o.topk });
   return distillPipeline(student, teacher, source, c).pipe(finalize(() => teacher.release()));
 }

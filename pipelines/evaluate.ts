@@ -29,17 +29,34 @@ export interface EvaluationResult {
   tokens: number;
 }
 
-interface Sums { ce: number; tce: number; kd: number; tokens: number }
+interface Sums {
+  ce: number;
+  tce: number;
+  kd: number;
+  tokens: number;
+}
 
 export async function evaluateOn(student: CausalLM, teacher: CausalLM | null, source: SampleSource, o: EvaluationOptions): Promise<EvaluationResult> {
-  if (source.numSamples === 0) throw new ConfigError(`evaluate: the data holds no sample of seq_length + 1 = ${o.seqLength + 1} tokens; use a shorter seq_length or more data`);
+  if (source.numSamples === 0)
+    throw new ConfigError(`evaluate: the data holds no sample of seq_length + 1 = ${o.seqLength + 1} tokens; use a shorter seq_length or more data`);
   const available = Math.floor(source.numSamples / o.microBatchSize);
   const batches = Math.max(1, Math.min(o.limitBatches ?? available, available));
-  const stream = readBatches(source, { seqLength: o.seqLength, globalBatchSize: o.microBatchSize, microBatchSize: o.microBatchSize, startStep: 0, maxSteps: batches });
+  const stream = readBatches(source, {
+    seqLength: o.seqLength,
+    globalBatchSize: o.microBatchSize,
+    microBatchSize: o.microBatchSize,
+    startStep: 0,
+    maxSteps: batches,
+  });
   const sums = await lastValueFrom(
     stream.pipe(
       concatMap((b) => evaluateBatch(student, teacher, b, o)),
-      reduce((a: Sums, s: Sums) => ({ ce: a.ce + s.ce, tce: a.tce + s.tce, kd: a.kd + s.kd, tokens: a.tokens + s.tokens }), { ce: 0, tce: 0, kd: 0, tokens: 0 }),
+      reduce((a: Sums, s: Sums) => ({ ce: a.ce + s.ce, tce: a.tce + s.tce, kd: a.kd + s.kd, tokens: a.tokens + s.tokens }), {
+        ce: 0,
+        tce: 0,
+        kd: 0,
+        tokens: 0,
+      }),
     ),
   );
   const n = Math.max(1, sums.tokens);
@@ -86,4 +103,3 @@ async function evaluateBatch(student: CausalLM, teacher: CausalLM | null, b: Tok
   out.dispose();
   return { ce, tce, kd, tokens };
 }
-

@@ -58,19 +58,33 @@ export async function runModelParallelRank(recipe: DistillationRecipe, o: ModelP
   if (leader && vocabLine) log(vocabLine);
   // Both padded to the pair's one vocabulary size under TP, so each rank holds the same ids of each (vocabPadding.ts).
   const { student, teacher } = loadShardedPair({
-    student: prepared.studentDir, teacher: teacherPath, layout, rank, makeVocabSizeDivisibleBy: recipe.parallel.makeVocabSizeDivisibleBy,
+    student: prepared.studentDir,
+    teacher: teacherPath,
+    layout,
+    rank,
+    makeVocabSizeDivisibleBy: recipe.parallel.makeVocabSizeDivisibleBy,
   });
   const sources = openDataSources(recipe, student.config.vocabSize);
   const optimizer = studentOptimizer(recipe, student.params);
-  prepared.resume(runFingerprint(recipe, sources.fingerprint), (ref) => optimizer.loadState(loadShardedOptimizerState(ref, student)),
-    `, now as tp ${layout.tp} × pp ${layout.pp} × cp ${layout.cp} × dp ${layout.dp}`);
+  prepared.resume(
+    runFingerprint(recipe, sources.fingerprint),
+    (ref) => optimizer.loadState(loadShardedOptimizerState(ref, student)),
+    `, now as tp ${layout.tp} × pp ${layout.pp} × cp ${layout.cp} × dp ${layout.dp}`,
+  );
   const { startStep, stopAt } = prepared;
   // Each group's reductions go over NCCL where the backend is cuda and NCCL loads, over our frames elsewhere.
   const coll = new DeviceCollectives(o.transport, { log: leader ? log : undefined });
   const trainer = new ModelParallelTrainer({
-    layout, rank, coll, student, teacher, optimizer,
+    layout,
+    rank,
+    coll,
+    student,
+    teacher,
+    optimizer,
     loss: { ...recipe.loss, kdRatio: teacher ? recipe.loss.kdRatio : 0 },
-    clipGrad: recipe.optim.clipGrad, nanPolicy: t.nanPolicy, globalBatchSize: t.globalBatchSize,
+    clipGrad: recipe.optim.clipGrad,
+    nanPolicy: t.nanPolicy,
+    globalBatchSize: t.globalBatchSize,
     lrAt: learningRate(recipe),
     stopRequested: o.stopRequested,
   });
@@ -88,7 +102,15 @@ export async function runModelParallelRank(recipe: DistillationRecipe, o: ModelP
       const valid = sources.valid!;
       const available = Math.floor(valid.numSamples / t.microBatchSize);
       const count = Math.max(1, Math.min(t.limitValBatches ?? available, available));
-      const micros = await lastValueFrom(readBatches(valid, { seqLength: recipe.data.seqLength, globalBatchSize: t.microBatchSize, microBatchSize: t.microBatchSize, startStep: 0, maxSteps: count }).pipe(toArray()));
+      const micros = await lastValueFrom(
+        readBatches(valid, {
+          seqLength: recipe.data.seqLength,
+          globalBatchSize: t.microBatchSize,
+          microBatchSize: t.microBatchSize,
+          startStep: 0,
+          maxSteps: count,
+        }).pipe(toArray()),
+      );
       try {
         return { step, ...(await trainer.evaluate(micros, validations++)) };
       } finally {
@@ -99,34 +121,54 @@ export async function runModelParallelRank(recipe: DistillationRecipe, o: ModelP
       const full = await gatherFullState(coll, layout, rank, student, optimizer, `checkpoint ${tag++}`);
       if (full) await saveTrainingCheckpoint(prepared.runDir, full.model, full.optimizer, prepared.trainingState(r));
     };
-    await lastValueFrom(readBatches(sources.train, {
-      seqLength: recipe.data.seqLength, globalBatchSize: t.globalBatchSize, microBatchSize: t.microBatchSize,
-      startStep, maxSteps: stopAt + 1, credits, dpRank: coordsOf(layout, rank).dp, dpSize: layout.dp,
-    }).pipe(
-      modelParallelBackward(trainer, { credits, stopped: () => stoppedEarly }),
-      optimizerStep({
-        optimizer, lrAt: learningRate(recipe), clipGrad: recipe.optim.clipGrad, nanPolicy: t.nanPolicy, globalBatchSize: t.globalBatchSize,
-        reduce: trainer.reduction, barrier,
-      }),
-      validationTap({
-        interval: sources.valid ? t.valCheckInterval : 0, lastStep: stopAt, validate,
-        onValidation: (v) => { if (leader) prepared.onValidation(v); },
-      }),
-      metricsTap([...(prepared.logs ? [prepared.logs] : []), {
-        onStep: (r) => {
-          prepared.onStep(r);
-          if (leader) o.onStep?.(r);
-          // Some rank asked to stop during this step (agreed in its all-reduce): every rank ends after it.
-          if (trainer.stopAgreed && r.step < stopAt) {
-            stoppedEarly = true;
-            credits.close();
-          }
-        },
-      }]),
-      checkpointSink({ saveInterval: t.saveInterval, lastStep: stopAt, save: checkpoint, pending }),
-      tap((r) => barrier.release(r.step)),
-      toArray(),
-    )).finally(() => barrier.releaseAll());
+    await lastValueFrom(
+      readBatches(sources.train, {
+        seqLength: recipe.data.seqLength,
+        globalBatchSize: t.globalBatchSize,
+        microBatchSize: t.microBatchSize,
+        startStep,
+        maxSteps: stopAt + 1,
+        credits,
+        dpRank: coordsOf(layout, rank).dp,
+        dpSize: layout.dp,
+      }).pipe(
+        modelParallelBackward(trainer, { credits, stopped: () => stoppedEarly }),
+        optimizerStep({
+          optimizer,
+          lrAt: learningRate(recipe),
+          clipGrad: recipe.optim.clipGrad,
+          nanPolicy: t.nanPolicy,
+          globalBatchSize: t.globalBatchSize,
+          reduce: trainer.reduction,
+          barrier,
+        }),
+        validationTap({
+          interval: sources.valid ? t.valCheckInterval : 0,
+          lastStep: stopAt,
+          validate,
+          onValidation: (v) => {
+            if (leader) prepared.onValidation(v);
+          },
+        }),
+        metricsTap([
+          ...(prepared.logs ? [prepared.logs] : []),
+          {
+            onStep: (r) => {
+              prepared.onStep(r);
+              if (leader) o.onStep?.(r);
+              // Some rank asked to stop during this step (agreed in its all-reduce): every rank ends after it.
+              if (trainer.stopAgreed && r.step < stopAt) {
+                stoppedEarly = true;
+                credits.close();
+              }
+            },
+          },
+        ]),
+        checkpointSink({ saveInterval: t.saveInterval, lastStep: stopAt, save: checkpoint, pending }),
+        tap((r) => barrier.release(r.step)),
+        toArray(),
+      ),
+    ).finally(() => barrier.releaseAll());
     await Promise.all(pending);
   }
   const finished = await prepared.finish(stoppedEarly, async (dir) => {
@@ -141,8 +183,17 @@ export async function runModelParallelRank(recipe: DistillationRecipe, o: ModelP
   sources.train.close();
   sources.valid?.close();
   const steps = prepared.steps;
-  return leader ? {
-    runDir: prepared.runDir, studentDir: prepared.finalDir, steps, validations: prepared.validations, resumedFromStep: startStep, backend,
-    stoppedEarly: !finished, alreadyFinished: prepared.alreadyFinished, lastStep: steps[steps.length - 1] ?? prepared.savedLastStep,
-  } : null;
+  return leader
+    ? {
+        runDir: prepared.runDir,
+        studentDir: prepared.finalDir,
+        steps,
+        validations: prepared.validations,
+        resumedFromStep: startStep,
+        backend,
+        stoppedEarly: !finished,
+        alreadyFinished: prepared.alreadyFinished,
+        lastStep: steps[steps.length - 1] ?? prepared.savedLastStep,
+      }
+    : null;
 }

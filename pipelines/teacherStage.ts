@@ -30,18 +30,40 @@ export interface RunTeacher {
   close(): void;
 }
 
-export async function openTeacher(recipe: DistillationRecipe, student: CausalLM, sources: DataSources, log: (line: string) => void, remote?: RemoteTeacher): Promise<RunTeacher> {
+export async function openTeacher(
+  recipe: DistillationRecipe,
+  student: CausalLM,
+  sources: DataSources,
+  log: (line: string) => void,
+  remote?: RemoteTeacher,
+): Promise<RunTeacher> {
   if (recipe.kind !== 'distill') return { stage: null, model: null, close: () => {} };
   if (recipe.teacherCache) {
     const cache = TeacherCache.open(recipe.teacherCache);
     const t = recipe.trainer;
-    log(checkCacheForRun(cache.fingerprint, {
-      cacheDir: cache.dir, dataFingerprint: sources.fingerprint, data: { dataPaths: recipe.data.dataPaths, split: recipe.data.split, seed: recipe.data.seed }, seqLength: recipe.data.seqLength, studentVocab: student.config.vocabSize,
-      samplesNeeded: Math.min(t.maxSteps * t.globalBatchSize, sources.train.numSamples), loss: recipe.loss,
-      teacherPath: recipe.teacherPath, teacherSha256: recipe.teacherPath ? hashModelFiles(recipe.teacherPath) : undefined,
-    }));
+    log(
+      checkCacheForRun(cache.fingerprint, {
+        cacheDir: cache.dir,
+        dataFingerprint: sources.fingerprint,
+        data: { dataPaths: recipe.data.dataPaths, split: recipe.data.split, seed: recipe.data.seed },
+        seqLength: recipe.data.seqLength,
+        studentVocab: student.config.vocabSize,
+        samplesNeeded: Math.min(t.maxSteps * t.globalBatchSize, sources.train.numSamples),
+        loss: recipe.loss,
+        teacherPath: recipe.teacherPath,
+        teacherSha256: recipe.teacherPath ? hashModelFiles(recipe.teacherPath) : undefined,
+      }),
+    );
     const stage = cachedTeacherTargets(cache, { numSamples: sources.train.numSamples, loss: recipe.loss, studentVocab: student.config.vocabSize });
-    return { stage, model: null, cacheId: cache.id, close: () => { stage.release(); cache.close(); } };
+    return {
+      stage,
+      model: null,
+      cacheId: cache.id,
+      close: () => {
+        stage.release();
+        cache.close();
+      },
+    };
   }
   if (!recipe.teacherPath) return { stage: null, model: null, close: () => {} };
   if (remote) {

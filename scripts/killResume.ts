@@ -16,13 +16,17 @@ import { join } from 'node:path';
 import { parseFlags } from '../src/cli/flags.ts';
 import { cacheChain, prng, referenceCache, referenceTrain, trainChain, type ChainReport } from '../test/reliability/killHarness.ts';
 
-const { flags } = parseFlags(process.argv.slice(2), {
-  points: { kind: 'int', help: 'kill points to land', default: 24, min: 1 },
-  seed: { kind: 'int', help: 'seed of the kill points', default: 11 },
-  backend: { kind: 'string', help: 'cpu or wasm', default: 'cpu', choices: ['cpu', 'wasm'] },
-  cache_share: { kind: 'number', help: 'share of the points aimed at cache-teacher', default: 0.25 },
-  keep: { kind: 'boolean', help: 'keep the temporary folder' },
-}, 'killResume');
+const { flags } = parseFlags(
+  process.argv.slice(2),
+  {
+    points: { kind: 'int', help: 'kill points to land', default: 24, min: 1 },
+    seed: { kind: 'int', help: 'seed of the kill points', default: 11 },
+    backend: { kind: 'string', help: 'cpu or wasm', default: 'cpu', choices: ['cpu', 'wasm'] },
+    cache_share: { kind: 'number', help: 'share of the points aimed at cache-teacher', default: 0.25 },
+    keep: { kind: 'boolean', help: 'keep the temporary folder' },
+  },
+  'killResume',
+);
 
 const root = mkdtempSync(join(tmpdir(), 'kill-resume-'));
 const started = Date.now();
@@ -42,7 +46,9 @@ try {
     const r = await trainChain(root, `chain-${c}`, refStudent, rng, Math.min(6, wantTrain - landed), backend);
     landed += r.kills.length;
     reports.push({ what: `train chain ${c}`, r });
-    say(`train chain ${c}: ${r.kills.map((k) => k.point).join('; ')} | missed ${r.missed.length} | attempts ${r.attempts} | max |Δw| ${r.maxDiff} | metrics records lost ${r.metricsGaps.length} | problems ${r.problems.length}`);
+    say(
+      `train chain ${c}: ${r.kills.map((k) => k.point).join('; ')} | missed ${r.missed.length} | attempts ${r.attempts} | max |Δw| ${r.maxDiff} | metrics records lost ${r.metricsGaps.length} | problems ${r.problems.length}`,
+    );
     if (r.kills.length === 0 && r.problems.length > 0) break;
   }
   landed = 0;
@@ -50,7 +56,9 @@ try {
     const r = await cacheChain(join(root, `cache-${c}`), refCache, rng, Math.min(4, wantCache - landed), backend);
     landed += r.kills.length;
     reports.push({ what: `cache chain ${c}`, r });
-    say(`cache chain ${c}: ${r.kills.map((k) => k.point).join('; ')} | missed ${r.missed.length} | attempts ${r.attempts} | parts identical ${r.maxDiff === 0} | problems ${r.problems.length}`);
+    say(
+      `cache chain ${c}: ${r.kills.map((k) => k.point).join('; ')} | missed ${r.missed.length} | attempts ${r.attempts} | parts identical ${r.maxDiff === 0} | problems ${r.problems.length}`,
+    );
     if (r.kills.length === 0 && r.problems.length > 0) break;
   }
 } finally {
@@ -63,10 +71,18 @@ const temporaries = reports.reduce((n, x) => n + x.r.kills.reduce((m, k) => m + 
 const metricsGaps = reports.reduce((n, x) => n + x.r.metricsGaps.length, 0);
 const maxDiff = Math.max(0, ...reports.filter((x) => x.what.startsWith('train')).map((x) => x.r.maxDiff));
 for (const p of problems) say(`PROBLEM ${p}`);
-console.log(JSON.stringify({
-  kill_points: kills, train_kills: reports.filter((x) => x.what.startsWith('train')).reduce((n, x) => n + x.r.kills.length, 0),
-  cache_kills: reports.filter((x) => x.what.startsWith('cache')).reduce((n, x) => n + x.r.kills.length, 0),
-  missed_points: reports.reduce((n, x) => n + x.r.missed.length, 0), attempts: reports.reduce((n, x) => n + x.r.attempts, 0),
-  max_abs_weight_diff: maxDiff, temporaries_seen_after_kills: temporaries, metrics_records_lost: metricsGaps, problems: problems.length, seconds: Math.round((Date.now() - started) / 1000),
-}));
+console.log(
+  JSON.stringify({
+    kill_points: kills,
+    train_kills: reports.filter((x) => x.what.startsWith('train')).reduce((n, x) => n + x.r.kills.length, 0),
+    cache_kills: reports.filter((x) => x.what.startsWith('cache')).reduce((n, x) => n + x.r.kills.length, 0),
+    missed_points: reports.reduce((n, x) => n + x.r.missed.length, 0),
+    attempts: reports.reduce((n, x) => n + x.r.attempts, 0),
+    max_abs_weight_diff: maxDiff,
+    temporaries_seen_after_kills: temporaries,
+    metrics_records_lost: metricsGaps,
+    problems: problems.length,
+    seconds: Math.round((Date.now() - started) / 1000),
+  }),
+);
 process.exit(problems.length === 0 && kills >= flags.points! ? 0 : 1);

@@ -40,8 +40,20 @@ const FLAGS = {
   keep: { kind: 'boolean', help: 'keep the temp folder' },
 } as const;
 
-interface CacheRow { method: string; dtype: ValueDtype; bytesPerToken: number; writeTokensPerS: number; dir: string }
-interface TrainRow { label: string; seconds: number; tokensPerS: number; validKl: number; finalLoss: number }
+interface CacheRow {
+  method: string;
+  dtype: ValueDtype;
+  bytesPerToken: number;
+  writeTokensPerS: number;
+  dir: string;
+}
+interface TrainRow {
+  label: string;
+  seconds: number;
+  tokensPerS: number;
+  validKl: number;
+  finalLoss: number;
+}
 
 async function main(): Promise<void> {
   const { flags: f } = parseFlags(process.argv.slice(2), FLAGS, 'benchmarks/cache/run.ts');
@@ -68,7 +80,16 @@ async function main(): Promise<void> {
       for (const dtype of ['float32', 'float16', 'uint8'] as ValueDtype[]) {
         const dir = join(tmp, `cache-${m.method}-${dtype}`);
         const t0 = performance.now();
-        const r = await cacheTeacher({ teacherPath: join(tmp, 'teacher'), data, out: dir, spec: { ...m, valueDtype: dtype }, numSamples, backend: 'wasm', batchSamples: f.gbs, partSamples: f.gbs! * 8 });
+        const r = await cacheTeacher({
+          teacherPath: join(tmp, 'teacher'),
+          data,
+          out: dir,
+          spec: { ...m, valueDtype: dtype },
+          numSamples,
+          backend: 'wasm',
+          batchSamples: f.gbs,
+          partSamples: f.gbs! * 8,
+        });
         const s = (performance.now() - t0) / 1000;
         caches.push({ method: label, dtype, bytesPerToken: r.bytes / r.tokens, writeTokensPerS: r.tokens / s, dir });
         say(`cache ${label} ${dtype}: ${(r.bytes / r.tokens).toFixed(1)} B/token, ${(r.tokens / s).toFixed(0)} tokens/s`);
@@ -83,11 +104,17 @@ async function main(): Promise<void> {
     topkCache.close();
 
     // 2–3. Training: online, then from the caches; validation KL of each student against the teacher.
-    const recipe = (name: string, teacher: { teacherPath?: string; teacherCache?: string }): DistillationRecipe => distillationRecipe({
-      name, dir: tmp, studentPath: join(tmp, 'student'), ...teacher, backend: 'wasm', data,
-      trainer: { maxSteps: f.steps, globalBatchSize: f.gbs, microBatchSize: f.gbs, saveInterval: f.steps, valCheckInterval: 0, logInterval: 1 },
-      optim: { lr: 3e-3, minLr: 3e-4, warmupSteps: 2 },
-    });
+    const recipe = (name: string, teacher: { teacherPath?: string; teacherCache?: string }): DistillationRecipe =>
+      distillationRecipe({
+        name,
+        dir: tmp,
+        studentPath: join(tmp, 'student'),
+        ...teacher,
+        backend: 'wasm',
+        data,
+        trainer: { maxSteps: f.steps, globalBatchSize: f.gbs, microBatchSize: f.gbs, saveInterval: f.steps, valCheckInterval: 0, logInterval: 1 },
+        optim: { lr: 3e-3, minLr: 3e-4, warmupSteps: 2 },
+      });
     const teacher = await loadModel(join(tmp, 'teacher'), { trainable: false });
     const valid = openSampleSource(data, 'valid', teacher.config.vocabSize);
     const evalOpts = { ...DEFAULT_KD_LOSS, seqLength: f.seq!, microBatchSize: 8, limitBatches: f.val_batches, chunkSize: 256 };
@@ -133,7 +160,10 @@ async function main(): Promise<void> {
       `| run (${f.steps} steps) | wall s | tokens/s | speed-up vs online | final train loss | validation forward KL |`,
       '|---|---:|---:|---:|---:|---:|',
       `| untrained student | | | | | ${untrained.toFixed(4)} |`,
-      ...trains.map((t) => `| ${t.label} | ${t.seconds.toFixed(1)} | ${t.tokensPerS.toFixed(0)} | ${(online / t.seconds).toFixed(2)}× | ${t.finalLoss.toFixed(4)} | ${t.validKl.toFixed(4)} |`),
+      ...trains.map(
+        (t) =>
+          `| ${t.label} | ${t.seconds.toFixed(1)} | ${t.tokensPerS.toFixed(0)} | ${(online / t.seconds).toFixed(2)}× | ${t.finalLoss.toFixed(4)} | ${t.validKl.toFixed(4)} |`,
+      ),
     ];
     console.log(lines.join('\n'));
   } finally {
@@ -142,7 +172,10 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(() => process.exit(0), (e: unknown) => {
-  process.stderr.write(`${e instanceof Error ? e.stack : String(e)}\n`);
-  process.exit(1);
-});
+main().then(
+  () => process.exit(0),
+  (e: unknown) => {
+    process.stderr.write(`${e instanceof Error ? e.stack : String(e)}\n`);
+    process.exit(1);
+  },
+);

@@ -78,21 +78,56 @@ async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'bench-parallel-'));
   try {
     const s: { student: Record<string, number>; teacher: Record<string, number>; data: string; seq: number; gbs: number; mbs: number; label: string } = SHAPE_S
-      ? { student: { hidden_size: 256, intermediate_size: 704, num_hidden_layers: 4, num_attention_heads: 4, num_key_value_heads: 4, head_dim: 64, vocab_size: 8192, max_position_embeddings: 512 },
-          teacher: { hidden_size: 512, intermediate_size: 1408, num_hidden_layers: 8, num_attention_heads: 8, num_key_value_heads: 8, head_dim: 64, vocab_size: 8192, max_position_embeddings: 512 },
-          data: defaultDataPaths(), seq: 256, gbs: 8, mbs: 4, label: 'S: student 256 × 4, teacher 512 × 8, vocab 8192, seq 256, gbs 8, mbs 4, Brown data' }
-      : { student: { hidden_size: 128, intermediate_size: 344, num_hidden_layers: 2, num_attention_heads: 8, num_key_value_heads: 4 },
+      ? {
+          student: {
+            hidden_size: 256,
+            intermediate_size: 704,
+            num_hidden_layers: 4,
+            num_attention_heads: 4,
+            num_key_value_heads: 4,
+            head_dim: 64,
+            vocab_size: 8192,
+            max_position_embeddings: 512,
+          },
+          teacher: {
+            hidden_size: 512,
+            intermediate_size: 1408,
+            num_hidden_layers: 8,
+            num_attention_heads: 8,
+            num_key_value_heads: 8,
+            head_dim: 64,
+            vocab_size: 8192,
+            max_position_embeddings: 512,
+          },
+          data: defaultDataPaths(),
+          seq: 256,
+          gbs: 8,
+          mbs: 4,
+          label: 'S: student 256 × 4, teacher 512 × 8, vocab 8192, seq 256, gbs 8, mbs 4, Brown data',
+        }
+      : {
+          student: { hidden_size: 128, intermediate_size: 344, num_hidden_layers: 2, num_attention_heads: 8, num_key_value_heads: 4 },
           teacher: { hidden_size: 256, intermediate_size: 688, num_hidden_layers: 4, num_attention_heads: 16, num_key_value_heads: 8 },
-          data: join(FIXTURES, 'megatron', 'small_text_document'), seq: 32, gbs: 4, mbs: 1, label: 'student 128 hidden × 2 layers, teacher 256 × 4, vocab 1000, seq 32, gbs 4, mbs 1' };
+          data: join(FIXTURES, 'megatron', 'small_text_document'),
+          seq: 32,
+          gbs: 4,
+          mbs: 1,
+          label: 'student 128 hidden × 2 layers, teacher 256 × 4, vocab 1000, seq 32, gbs 4, mbs 1',
+        };
     const student = await makeModel(mkdtempSync(join(dir, 's-')), s.student);
     const teacher = await makeModel(mkdtempSync(join(dir, 't-')), s.teacher);
-    const recipe = (name: string, devices: number, parallel: Partial<DistillationRecipe['parallel']> = {}): DistillationRecipe => distillationRecipe({
-      name, dir, studentPath: student, teacherPath: teacher, backend: 'wasm',
-      data: { dataPaths: s.data, seqLength: s.seq, split: '1,0,0', seed: 7 },
-      trainer: { maxSteps: STEPS, globalBatchSize: s.gbs, microBatchSize: s.mbs, saveInterval: 1000, valCheckInterval: 0, logInterval: 1 },
-      optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
-      parallel: { devicesPerNode: devices, ...parallel },
-    });
+    const recipe = (name: string, devices: number, parallel: Partial<DistillationRecipe['parallel']> = {}): DistillationRecipe =>
+      distillationRecipe({
+        name,
+        dir,
+        studentPath: student,
+        teacherPath: teacher,
+        backend: 'wasm',
+        data: { dataPaths: s.data, seqLength: s.seq, split: '1,0,0', seed: 7 },
+        trainer: { maxSteps: STEPS, globalBatchSize: s.gbs, microBatchSize: s.mbs, saveInterval: 1000, valCheckInterval: 0, logInterval: 1 },
+        optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
+        parallel: { devicesPerNode: devices, ...parallel },
+      });
     const rows: Row[] = [];
     const li = process.argv.indexOf('--layouts');
     if (li >= 0) {
@@ -117,11 +152,18 @@ async function main(): Promise<void> {
 
 function report(rows: Row[], label: string): void {
   const base = rows[0].tokensPerS;
-  console.log(`\nmachine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')} (shared)`);
+  console.log(
+    `\nmachine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, load average ${loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')} (shared)`,
+  );
   console.log(`wasm backend; ${label}; ${STEPS} steps, first ${WARMUP} not timed\n`);
   console.log(`| layout | processes | tokens/s | vs ${rows[0].layout} | peak RSS per worker (MiB) | last loss |`);
   console.log('|---|---:|---:|---:|---|---:|');
-  for (const r of rows) console.log(`| ${r.layout} | ${r.processes} | ${r.tokensPerS.toFixed(0)} | ${(r.tokensPerS / base).toFixed(2)}× | ${r.rssMiB.sort((a, b) => a - b).join(', ')} | ${r.lossLast.toFixed(4)} |`);
+  for (const r of rows)
+    console.log(
+      `| ${r.layout} | ${r.processes} | ${r.tokensPerS.toFixed(0)} | ${(r.tokensPerS / base).toFixed(2)}× | ${r.rssMiB.sort((a, b) => a - b).join(', ')} | ${r.lossLast.toFixed(4)} |`,
+    );
 }
 
 await main();

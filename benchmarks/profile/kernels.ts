@@ -30,14 +30,23 @@ const FLAGS = {
   precision: { kind: 'string', help: 'matmul precision (32, bf16-mixed)', default: '32', choices: PRECISIONS },
 } as const;
 
-interface Agg { ms: number; count: number }
-
-function top(m: Map<string, Agg>, n: number): string {
-  return [...m].sort((a, b) => b[1].ms - a[1].ms).slice(0, n)
-    .map(([k, v]) => `${v.ms.toFixed(2).padStart(10)} ms  x${String(v.count).padEnd(5)} ${k}`).join('\n');
+interface Agg {
+  ms: number;
+  count: number;
 }
 
-interface ProfileNode { id: number; callFrame: { functionName: string; url: string; lineNumber: number } }
+function top(m: Map<string, Agg>, n: number): string {
+  return [...m]
+    .sort((a, b) => b[1].ms - a[1].ms)
+    .slice(0, n)
+    .map(([k, v]) => `${v.ms.toFixed(2).padStart(10)} ms  x${String(v.count).padEnd(5)} ${k}`)
+    .join('\n');
+}
+
+interface ProfileNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+}
 
 async function main(): Promise<void> {
   const { flags: f } = parseFlags(process.argv.slice(2), FLAGS, 'benchmarks/profile/kernels.ts');
@@ -56,8 +65,14 @@ async function main(): Promise<void> {
     const { value, grads } = tf.variableGrads(() => {
       const h = tf.reshape(student.hidden(ids), [B * S, -1]) as tf.Tensor2D;
       return kdLossFromHidden({
-        studentHidden: h, studentHead: student.headWeight(), teacherHidden, teacherHead: teacher.headWeight(),
-        teacherHeadTransposed: teacher.frozenHeadTransposed() ?? undefined, mask, options: DEFAULT_KD_LOSS, chunkSize: f.chunk!,
+        studentHidden: h,
+        studentHead: student.headWeight(),
+        teacherHidden,
+        teacherHead: teacher.headWeight(),
+        teacherHeadTransposed: teacher.frozenHeadTransposed() ?? undefined,
+        mask,
+        options: DEFAULT_KD_LOSS,
+        chunkSize: f.chunk!,
       }).loss;
     }, student.trainableVariables());
     const g = new Map(Object.entries(grads).map(([k, v]) => [names.get(k) ?? k, v]));
@@ -69,23 +84,32 @@ async function main(): Promise<void> {
   for (let i = 0; i < 3; i++) await microBatch();
   const t0 = performance.now();
   for (let i = 0; i < 5; i++) await microBatch();
-  console.log(`config ${f.config}, ${B} × ${S} tokens: ${((performance.now() - t0) / 5).toFixed(1)} ms per micro-batch (student forward, KD loss, backward, AdamW), wall`);
+  console.log(
+    `config ${f.config}, ${B} × ${S} tokens: ${((performance.now() - t0) / 5).toFixed(1)} ms per micro-batch (student forward, KD loss, backward, AdamW), wall`,
+  );
 
-  const prof = await tf.profile(async () => { await microBatch(); });
+  const prof = await tf.profile(async () => {
+    await microBatch();
+  });
   const byKernel = new Map<string, Agg>();
   const byShape = new Map<string, Agg>();
   let total = 0;
   for (const k of prof.kernels) {
     const ms = typeof k.kernelTimeMs === 'number' ? k.kernelTimeMs : 0;
     total += ms;
-    for (const [map, key] of [[byKernel, k.name], [byShape, `${k.name} ${JSON.stringify(k.inputShapes)}`]] as const) {
+    for (const [map, key] of [
+      [byKernel, k.name],
+      [byShape, `${k.name} ${JSON.stringify(k.inputShapes)}`],
+    ] as const) {
       const a = map.get(key) ?? { ms: 0, count: 0 };
       a.ms += ms;
       a.count++;
       map.set(key, a);
     }
   }
-  console.log(`\n${prof.kernels.length} kernels, ${total.toFixed(1)} ms summed kernel time\n\nby kernel:\n${top(byKernel, 20)}\n\nby kernel and input shapes:\n${top(byShape, 20)}`);
+  console.log(
+    `\n${prof.kernels.length} kernels, ${total.toFixed(1)} ms summed kernel time\n\nby kernel:\n${top(byKernel, 20)}\n\nby kernel and input shapes:\n${top(byShape, 20)}`,
+  );
 
   if (f.host_profile) {
     const session = new Session();

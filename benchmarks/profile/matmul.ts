@@ -51,7 +51,9 @@ async function time(a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean, repeat
 async function main(): Promise<void> {
   const { flags: f } = parseFlags(process.argv.slice(2), FLAGS, 'benchmarks/profile/matmul.ts');
   await selectBackend('webgpu', { log: (l) => console.log(l) });
-  console.log(`${'shape'.padEnd(28)} ${'fp32 ms'.padStart(9)} ${'TFLOP/s'.padStart(8)} ${'mixed ms'.padStart(9)} ${'TFLOP/s'.padStart(8)} ${'speed-up'.padStart(8)}  worst rel. err (mixed vs fp32)`);
+  console.log(
+    `${'shape'.padEnd(28)} ${'fp32 ms'.padStart(9)} ${'TFLOP/s'.padStart(8)} ${'mixed ms'.padStart(9)} ${'TFLOP/s'.padStart(8)} ${'speed-up'.padStart(8)}  worst rel. err (mixed vs fp32)`,
+  );
   for (const [name, as, bs, ta, tb] of SHAPES) {
     let label = name;
     const a = tf.randomNormal(as);
@@ -78,7 +80,9 @@ async function main(): Promise<void> {
     const fl = flops(as, bs, ta, tb);
     const tfl = (t: number): string => (fl / t / 1e9).toFixed(1).padStart(8);
     const [fp32, mixedMs] = [ms['32']!, ms['bf16-mixed']!];
-    console.log(`${label.padEnd(28)} ${fp32.toFixed(3).padStart(9)} ${tfl(fp32)} ${mixedMs.toFixed(3).padStart(9)} ${tfl(mixedMs)} ${(fp32 / mixedMs).toFixed(2).padStart(7)}×  ${worst.toExponential(2)}`);
+    console.log(
+      `${label.padEnd(28)} ${fp32.toFixed(3).padStart(9)} ${tfl(fp32)} ${mixedMs.toFixed(3).padStart(9)} ${tfl(mixedMs)} ${(fp32 / mixedMs).toFixed(2).padStart(7)}×  ${worst.toExponential(2)}`,
+    );
     a.dispose();
     b.dispose();
   }

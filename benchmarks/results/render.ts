@@ -18,7 +18,8 @@ import { CONFIG_NAMES } from '../configs.ts';
 
 export const RESULTS_DIR = dirname(fileURLToPath(import.meta.url));
 
-const fmt = (v: number | null, digits = 0): string => (v === null || !Number.isFinite(v) ? '–' : v.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }));
+const fmt = (v: number | null, digits = 0): string =>
+  v === null || !Number.isFinite(v) ? '–' : v.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits });
 /** Tokens/s: one decimal below 100, where a rounded integer would hide a 5% difference. */
 const tps = (v: number | null): string => fmt(v, v !== null && v < 100 ? 1 : 0);
 
@@ -47,7 +48,9 @@ export function latestPerConfig(records: readonly BenchRecord[]): BenchRecord[] 
   const m = new Map<string, BenchRecord>();
   for (const r of records) if (r.kind === 'config') m.set(configKey(r), r);
   const size = (r: BenchRecord): number => (CONFIG_NAMES as readonly string[]).indexOf(r.config);
-  return [...m.values()].sort((a, b) => size(a) - size(b) || a.backend.localeCompare(b.backend) || devicesOf(a) - devicesOf(b) || precisionOf(a).localeCompare(precisionOf(b)));
+  return [...m.values()].sort(
+    (a, b) => size(a) - size(b) || a.backend.localeCompare(b.backend) || devicesOf(a) - devicesOf(b) || precisionOf(a).localeCompare(precisionOf(b)),
+  );
 }
 
 /**
@@ -95,7 +98,12 @@ function stageComparison(rows: readonly BenchRecord[]): string[] {
   const out = ['## Where a step goes (ms per step, newest run per configuration)', ''];
   for (const r of withPeer) {
     const precision = precisionOf(r);
-    out.push(`**${r.config}** on ${r.backend}${precision === '32' ? '' : `, ${precision}`} (${r.date.slice(0, 10)}):`, '', '| stage | ours | PyTorch | ours / PyTorch time |', '|---|---:|---:|---:|');
+    out.push(
+      `**${r.config}** on ${r.backend}${precision === '32' ? '' : `, ${precision}`} (${r.date.slice(0, 10)}):`,
+      '',
+      '| stage | ours | PyTorch | ours / PyTorch time |',
+      '|---|---:|---:|---:|',
+    );
     for (const [k, v] of Object.entries(r.stages.ours ?? {})) {
       const p = r.stages.peer?.[k as Stage] ?? null;
       out.push(`| ${k} | ${fmt(v, 1)} | ${fmt(p, 1)} | ${p ? fmt(v / p, 2) : '–'} |`);
@@ -125,7 +133,7 @@ export function renderResultsReadme(records: readonly BenchRecord[]): string {
     'End-to-end online distillation throughput (tokens/s): random-init Llama teacher and student (shapes in',
     '`benchmarks/configs.json`), random token windows, forward KL at τ = 1, backward through the student only,',
     'global-norm clipping at 1.0 and AdamW; fp32 unless the backend says `bf16-mixed` (tensor-core matmuls, see',
-    '[docs/backends.md](../../docs/backends.md)). **Ours** is this project\'s pipeline, the operators composed as in',
+    "[docs/backends.md](../../docs/backends.md)). **Ours** is this project's pipeline, the operators composed as in",
     '`pipelines/distill.ts`; the **PyTorch peer** (`benchmarks/peer/kd_step.py`) is the same step in plain torch, run',
     'in the same invocation on the same machine, after ours. Figures are over the measured steps, after warm-up.',
     'Stage times are busy milliseconds per step; "student fwd+bwd" is the student\'s forward, the loss and the',

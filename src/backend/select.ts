@@ -56,7 +56,10 @@ function applyPrecision(backend: BackendName, asked: Precision, log: ((line: str
   if (backend === 'webgpu') setMatMulPrecision('32');
   if (backend === 'cuda') {
     setCudaMatMulPrecision(asked);
-    if (asked !== '32') log?.(`precision: ${asked} (cuBLAS matmuls on ${asked === 'bf16-mixed' ? 'bf16' : 'f16'} operands, fp32 accumulation and output; weights, optimizer state and loss in fp32)`);
+    if (asked !== '32')
+      log?.(
+        `precision: ${asked} (cuBLAS matmuls on ${asked === 'bf16-mixed' ? 'bf16' : 'f16'} operands, fp32 accumulation and output; weights, optimizer state and loss in fp32)`,
+      );
     return asked;
   }
   if (asked === '32') return '32';
@@ -88,10 +91,17 @@ async function tryTensorflow(): Promise<Attempt> {
       return { ok: true, detail: pkg };
     } catch (e) {
       const msg = (e as Error).message.split('\n')[0];
-      return { ok: false, reason: `${pkg} is installed but failed to load (${msg}); on a GPU machine it needs CUDA 11.2 and cuDNN 8.1 libraries on LD_LIBRARY_PATH` };
+      return {
+        ok: false,
+        reason: `${pkg} is installed but failed to load (${msg}); on a GPU machine it needs CUDA 11.2 and cuDNN 8.1 libraries on LD_LIBRARY_PATH`,
+      };
     }
   }
-  return { ok: false, reason: 'neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is installed (npm skips the optional tfjs-node-gpu when its libtensorflow download fails)' };
+  return {
+    ok: false,
+    reason:
+      'neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is installed (npm skips the optional tfjs-node-gpu when its libtensorflow download fails)',
+  };
 }
 
 /** The cuda backend, made once per process: it holds the device's context, stream and memory pools. */
@@ -125,7 +135,12 @@ async function tryCuda(): Promise<Attempt> {
  */
 function vulkanDrivers(): 'none' | 'software' | 'hardware' {
   if (process.platform !== 'linux' || process.env.VK_DRIVER_FILES || process.env.VK_ICD_FILENAMES || process.env.VK_ADD_DRIVER_FILES) return 'hardware';
-  const dirs = ['/usr/share/vulkan/icd.d', '/etc/vulkan/icd.d', '/usr/local/share/vulkan/icd.d', join(process.env.XDG_DATA_HOME ?? join(process.env.HOME ?? '/root', '.local/share'), 'vulkan/icd.d')];
+  const dirs = [
+    '/usr/share/vulkan/icd.d',
+    '/etc/vulkan/icd.d',
+    '/usr/local/share/vulkan/icd.d',
+    join(process.env.XDG_DATA_HOME ?? join(process.env.HOME ?? '/root', '.local/share'), 'vulkan/icd.d'),
+  ];
   const manifests = dirs.flatMap((d) => (existsSync(d) ? readdirSync(d).filter((f) => f.endsWith('.json')) : []));
   if (manifests.length === 0) return 'none';
   // Without a GPU device node only a CPU driver (Mesa's lavapipe) can answer; Dawn also prints warnings about its
@@ -150,10 +165,18 @@ let webgpuDeviceRegistered = false;
 async function tryWebgpu(opts: BackendOptions): Promise<Attempt> {
   const drivers = dawnGpu ? 'hardware' : vulkanDrivers();
   if (drivers === 'none') {
-    return { ok: false, reason: 'no Vulkan driver is installed (no ICD manifest in /usr/share/vulkan/icd.d or /etc/vulkan/icd.d); on a CPU machine install Mesa 25 mesa-vulkan-drivers from bookworm-backports' };
+    return {
+      ok: false,
+      reason:
+        'no Vulkan driver is installed (no ICD manifest in /usr/share/vulkan/icd.d or /etc/vulkan/icd.d); on a CPU machine install Mesa 25 mesa-vulkan-drivers from bookworm-backports',
+    };
   }
   if (drivers === 'software' && !opts.allowSoftwareAdapter) {
-    return { ok: false, reason: 'no GPU device here (/dev/dri/renderD*, /dev/nvidia0), so only a software Vulkan driver such as Mesa\'s lavapipe could run WebGPU, slower than wasm' };
+    return {
+      ok: false,
+      reason:
+        "no GPU device here (/dev/dri/renderD*, /dev/nvidia0), so only a software Vulkan driver such as Mesa's lavapipe could run WebGPU, slower than wasm",
+    };
   }
   let webgpu: { create: (flags: string[]) => GpuLike; globals: Record<string, unknown> };
   try {
@@ -168,7 +191,8 @@ async function tryWebgpu(opts: BackendOptions): Promise<Attempt> {
     Object.defineProperty(globalThis, 'navigator', { value: { gpu: dawnGpu }, configurable: true, writable: true });
   }
   const adapter = await dawnGpu.requestAdapter({ powerPreference: 'high-performance' });
-  if (!adapter) return { ok: false, reason: 'no WebGPU adapter (no Vulkan driver found; on a CPU machine install Mesa 25 mesa-vulkan-drivers from bookworm-backports)' };
+  if (!adapter)
+    return { ok: false, reason: 'no WebGPU adapter (no Vulkan driver found; on a CPU machine install Mesa 25 mesa-vulkan-drivers from bookworm-backports)' };
   const info = adapter.info ?? (adapter.requestAdapterInfo ? await adapter.requestAdapterInfo() : {});
   const name = [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(' ');
   const software = /llvmpipe|lavapipe|swiftshader|software|cpu/i.test(name);
@@ -228,11 +252,16 @@ async function tryCpu(): Promise<Attempt> {
 
 function attempt(name: BackendName, opts: BackendOptions): Promise<Attempt> {
   switch (name) {
-    case 'tensorflow': return tryTensorflow();
-    case 'cuda': return tryCuda();
-    case 'webgpu': return tryWebgpu(opts);
-    case 'wasm': return tryWasm();
-    case 'cpu': return tryCpu();
+    case 'tensorflow':
+      return tryTensorflow();
+    case 'cuda':
+      return tryCuda();
+    case 'webgpu':
+      return tryWebgpu(opts);
+    case 'wasm':
+      return tryWasm();
+    case 'cpu':
+      return tryCpu();
   }
 }
 

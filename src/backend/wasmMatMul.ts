@@ -19,8 +19,7 @@ interface WasmBackendLike {
 let wrapped = false;
 
 const batchOf = (x: tf.TensorInfo): number => x.shape.slice(0, -2).reduce((p, d) => p * d, 1);
-const sameBatch = (a: tf.TensorInfo, b: tf.TensorInfo): boolean =>
-  a.shape.length === b.shape.length && a.shape.slice(0, -2).every((d, i) => d === b.shape[i]);
+const sameBatch = (a: tf.TensorInfo, b: tf.TensorInfo): boolean => a.shape.length === b.shape.length && a.shape.slice(0, -2).every((d, i) => d === b.shape[i]);
 
 type KernelArgs = Parameters<tf.KernelFunc>[0];
 const run = (name: string, inputs: KernelArgs['inputs'], backend: KernelArgs['backend'], attrs: object): tf.TensorInfo =>
@@ -76,9 +75,10 @@ export function registerWasmMatMul(): void {
       const a2 = transposeA ? materialise(a) : a;
       const b2 = transposeB ? materialise(b) : b;
       const plain = { ...attrs, transposeA: false, transposeB: false };
-      const out = batchOf(a2) > 1 && sameBatch(a2, b2)
-        ? perMatrix(a2, b2, backend, plain)
-        : (original.kernelFunc({ inputs: { a: a2, b: b2 }, backend, attrs: plain }) as tf.TensorInfo);
+      const out =
+        batchOf(a2) > 1 && sameBatch(a2, b2)
+          ? perMatrix(a2, b2, backend, plain)
+          : (original.kernelFunc({ inputs: { a: a2, b: b2 }, backend, attrs: plain }) as tf.TensorInfo);
       if (a2 !== a) wb.disposeData(a2.dataId);
       if (b2 !== b) wb.disposeData(b2.dataId);
       return out;

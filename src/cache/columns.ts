@@ -16,8 +16,20 @@
  * ID is the narrowest of Uint8/Uint16/Uint32 that holds the vocabulary; VAL is Float32, Float16 or Uint8.
  */
 import {
-  Field, FixedSizeList, Float16, Float32, List, makeData, RecordBatch, Schema, Struct, Uint16, Uint32, Uint8,
-  type Data, type DataType,
+  Field,
+  FixedSizeList,
+  Float16,
+  Float32,
+  List,
+  makeData,
+  RecordBatch,
+  Schema,
+  Struct,
+  Uint16,
+  Uint32,
+  Uint8,
+  type Data,
+  type DataType,
 } from 'apache-arrow';
 import { FormatError } from '../errors.ts';
 import { shardDtypeFor } from '../io/arrowShards.ts';
@@ -81,15 +93,38 @@ export function buildRecordBatch(schema: Schema, fp: CacheFingerprint, firstSamp
   const children: Data[] = [];
   for (const f of schema.fields) {
     switch (f.name) {
-      case 'sample': children.push(flat(new Uint32(), sample, n)); break;
-      case 'position': { const t = f.type as UintType; children.push(flat(t, uintArray(t, position), n)); break; }
-      case 'ids': { const t = idType(fp); children.push(listOf(t, f.type, uintArray(t, rows.ids as Int32Array))); break; }
-      case 'counts': { const t = countType(fp); children.push(listOf(t, f.type, uintArray(t, rows.counts as Int32Array))); break; }
-      case 'logprobs': children.push(listOf(valueType(fp), f.type, encoded.data)); break;
-      case 'ghost': children.push(flat(new Float32(), rows.ghost as Float32Array, n)); break;
-      case 'logprobs_min': children.push(flat(new Float32(), encoded.min as Float32Array, n)); break;
-      case 'logprobs_scale': children.push(flat(new Float32(), encoded.scale as Float32Array, n)); break;
-      default: throw new Error(`unknown cache column ${f.name}`);
+      case 'sample':
+        children.push(flat(new Uint32(), sample, n));
+        break;
+      case 'position': {
+        const t = f.type as UintType;
+        children.push(flat(t, uintArray(t, position), n));
+        break;
+      }
+      case 'ids': {
+        const t = idType(fp);
+        children.push(listOf(t, f.type, uintArray(t, rows.ids as Int32Array)));
+        break;
+      }
+      case 'counts': {
+        const t = countType(fp);
+        children.push(listOf(t, f.type, uintArray(t, rows.counts as Int32Array)));
+        break;
+      }
+      case 'logprobs':
+        children.push(listOf(valueType(fp), f.type, encoded.data));
+        break;
+      case 'ghost':
+        children.push(flat(new Float32(), rows.ghost as Float32Array, n));
+        break;
+      case 'logprobs_min':
+        children.push(flat(new Float32(), encoded.min as Float32Array, n));
+        break;
+      case 'logprobs_scale':
+        children.push(flat(new Float32(), encoded.scale as Float32Array, n));
+        break;
+      default:
+        throw new Error(`unknown cache column ${f.name}`);
     }
   }
   return new RecordBatch(schema, makeData({ type: new Struct(schema.fields), length: n, nullCount: 0, children }));
@@ -130,7 +165,9 @@ export function decodeRecordBatch(file: string, at: number, batch: RecordBatch, 
   const total = offsets[n];
   // Corrupt offsets (a flipped byte in the list column) that decrease or go negative would make the per-row decode
   // loop over billions of positions; non-decreasing from 0 to `total` keeps every row inside the values checked below.
-  for (let r = 0; r < n; r++) if (!(offsets[r] >= 0 && offsets[r] <= offsets[r + 1])) fail(`logprobs offsets go from ${offsets[r]} to ${offsets[r + 1]} at row ${r}; they must not decrease`);
+  for (let r = 0; r < n; r++)
+    if (!(offsets[r] >= 0 && offsets[r] <= offsets[r + 1]))
+      fail(`logprobs offsets go from ${offsets[r]} to ${offsets[r + 1]} at row ${r}; they must not decrease`);
   const rawValues = childValues(lp);
   if (rawValues.length !== total) fail(`logprobs hold ${rawValues.length} values, expected ${total}`);
   const enc: EncodedValues = { dtype: fp.valueDtype, data: rawValues as EncodedValues['data'] };

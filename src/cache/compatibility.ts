@@ -38,7 +38,10 @@ export function checkCacheForRun(fp: CacheFingerprint, run: RunView): string {
     lines.push(`${part} differs: ${line}`);
   };
   if (run.teacherSha256 !== undefined && run.teacherSha256 !== fp.teacherSha256) {
-    refuse('teacher', `${run.teacherPath} hashes to ${run.teacherSha256.slice(0, 12)}, the cache was made from ${fp.teacherSha256.slice(0, 12)} (the teacher's weights or config changed)`);
+    refuse(
+      'teacher',
+      `${run.teacherPath} hashes to ${run.teacherSha256.slice(0, 12)}, the cache was made from ${fp.teacherSha256.slice(0, 12)} (the teacher's weights or config changed)`,
+    );
   }
   // The data fingerprint counts samples of seq_length + 1 tokens, and sample i is another window at another
   // seq_length: both compare only at the same seq_length, else the one real difference would be reported three times.
@@ -46,25 +49,42 @@ export function checkCacheForRun(fp: CacheFingerprint, run: RunView): string {
   if (!sameSeqLength) refuse('seq_length', `the run's --seq_length ${run.seqLength}, the cache's ${fp.seqLength}`);
   if (sameSeqLength && run.dataFingerprint !== fp.dataFingerprint) {
     const flags = run.data ? dataFlagsThatDiffer(fp, run.data, true) : [];
-    refuse('data', flags.length > 0 ? flags.join(', ')
-      : run.data ? `the same --data_paths, --split and --seed, but the files changed since the cache was made (fingerprint ${run.dataFingerprint.slice(0, 12)}, the cache's ${fp.dataFingerprint.slice(0, 12)}); re-make the cache`
-      : `the run's --data_paths/--split/--seed fingerprint ${run.dataFingerprint.slice(0, 12)}, the cache's ${fp.dataFingerprint.slice(0, 12)} (made from --data_paths "${fp.dataPaths}" --split ${fp.split} --seed ${fp.dataSeed})`);
+    refuse(
+      'data',
+      flags.length > 0
+        ? flags.join(', ')
+        : run.data
+          ? `the same --data_paths, --split and --seed, but the files changed since the cache was made (fingerprint ${run.dataFingerprint.slice(0, 12)}, the cache's ${fp.dataFingerprint.slice(0, 12)}); re-make the cache`
+          : `the run's --data_paths/--split/--seed fingerprint ${run.dataFingerprint.slice(0, 12)}, the cache's ${fp.dataFingerprint.slice(0, 12)} (made from --data_paths "${fp.dataPaths}" --split ${fp.split} --seed ${fp.dataSeed})`,
+    );
   } else if (!sameSeqLength && run.data) {
     // Paths are compared as text only to explain a fingerprint that differs (the same files have many spellings).
     const flags = dataFlagsThatDiffer(fp, run.data, false);
     if (flags.length > 0) refuse('data', flags.join(', '));
   }
   if (Math.abs(run.studentVocab - fp.vocabSize) > MAX_PADDING_DIFFERENCE) {
-    refuse('vocabulary', `the student has ${run.studentVocab} ids, the cache's teacher ${fp.vocabSize}: more than padding apart, so they likely use different tokenizers`);
+    refuse(
+      'vocabulary',
+      `the student has ${run.studentVocab} ids, the cache's teacher ${fp.vocabSize}: more than padding apart, so they likely use different tokenizers`,
+    );
   }
   if (sameSeqLength && (fp.sampleStart > 0 || fp.sampleEnd < run.samplesNeeded)) {
-    refuse('sample range', `the run reads samples [0, ${run.samplesNeeded}), the cache holds [${fp.sampleStart}, ${fp.sampleEnd}); re-make it with --num_samples ${run.samplesNeeded} (or --max_steps/--gbs of the run)`);
+    refuse(
+      'sample range',
+      `the run reads samples [0, ${run.samplesNeeded}), the cache holds [${fp.sampleStart}, ${fp.sampleEnd}); re-make it with --num_samples ${run.samplesNeeded} (or --max_steps/--gbs of the run)`,
+    );
   }
   if (fp.method !== 'full' && run.loss.kind !== 'forward_kl') {
-    refuse('loss', `a ${fp.method} cache gives forward-KL targets only, the run asks for --kd_loss ${run.loss.kind}; use --kd_loss forward_kl or a --method full cache`);
+    refuse(
+      'loss',
+      `a ${fp.method} cache gives forward-KL targets only, the run asks for --kd_loss ${run.loss.kind}; use --kd_loss forward_kl or a --method full cache`,
+    );
   }
   if (fp.method !== 'full' && run.loss.temperature !== fp.temperature) {
-    refuse('temperature', `the run's --temperature ${run.loss.temperature}, the ${fp.method} cache's ${fp.temperature} (its ${fp.method === 'topk' ? 'ghost mass' : 'draws'} hold only at that τ); re-make it with --temperature ${run.loss.temperature}`);
+    refuse(
+      'temperature',
+      `the run's --temperature ${run.loss.temperature}, the ${fp.method} cache's ${fp.temperature} (its ${fp.method === 'topk' ? 'ghost mass' : 'draws'} hold only at that τ); re-make it with --temperature ${run.loss.temperature}`,
+    );
   }
   if (parts.length > 0) {
     throw new CacheMismatchError(parts, `--teacher_cache ${run.cacheDir} does not fit this run: ${lines.join('; ')}.`);

@@ -38,7 +38,10 @@ export interface CacheFingerprint extends CacheSpec {
 
 /** The cache refused for a run or a resume: `parts` names what differs (teacher, data, seq_length, ...). */
 export class CacheMismatchError extends DistillError {
-  constructor(readonly parts: string[], message: string) {
+  constructor(
+    readonly parts: string[],
+    message: string,
+  ) {
     super(message);
   }
 }
@@ -48,24 +51,69 @@ export class CacheIncompleteError extends DistillError {}
 
 type Key = keyof CacheFingerprint;
 const KEYS: Record<Key, string> = {
-  teacherSha256: 'teacher_sha256', vocabSize: 'vocab_size', tokenizerSha256: 'tokenizer_sha256',
-  dataFingerprint: 'data_fingerprint', dataPaths: 'data_paths', split: 'split', dataSeed: 'data_seed',
-  samplesPerEpoch: 'samples_per_epoch', seqLength: 'seq_length', sampleStart: 'sample_start', sampleEnd: 'sample_end',
-  partSamples: 'part_samples', batchSamples: 'batch_samples', method: 'method', topK: 'top_k', samples: 'samples',
-  sampleSeed: 'sample_seed', valueDtype: 'value_dtype', temperature: 'temperature',
+  teacherSha256: 'teacher_sha256',
+  vocabSize: 'vocab_size',
+  tokenizerSha256: 'tokenizer_sha256',
+  dataFingerprint: 'data_fingerprint',
+  dataPaths: 'data_paths',
+  split: 'split',
+  dataSeed: 'data_seed',
+  samplesPerEpoch: 'samples_per_epoch',
+  seqLength: 'seq_length',
+  sampleStart: 'sample_start',
+  sampleEnd: 'sample_end',
+  partSamples: 'part_samples',
+  batchSamples: 'batch_samples',
+  method: 'method',
+  topK: 'top_k',
+  samples: 'samples',
+  sampleSeed: 'sample_seed',
+  valueDtype: 'value_dtype',
+  temperature: 'temperature',
 };
-const NUMERIC = new Set<Key>(['vocabSize', 'dataSeed', 'samplesPerEpoch', 'seqLength', 'sampleStart', 'sampleEnd', 'partSamples', 'batchSamples', 'topK', 'samples', 'sampleSeed', 'temperature']);
+const NUMERIC = new Set<Key>([
+  'vocabSize',
+  'dataSeed',
+  'samplesPerEpoch',
+  'seqLength',
+  'sampleStart',
+  'sampleEnd',
+  'partSamples',
+  'batchSamples',
+  'topK',
+  'samples',
+  'sampleSeed',
+  'temperature',
+]);
 
 /** What each field is called in a refusal: the part of the setup a user would change. */
 const PART: Record<Key, string> = {
-  teacherSha256: 'teacher', vocabSize: 'vocabulary', tokenizerSha256: 'tokenizer', dataFingerprint: 'data', dataPaths: 'data',
-  split: 'data', dataSeed: 'data', samplesPerEpoch: 'data', seqLength: 'seq_length', sampleStart: 'sample range',
-  sampleEnd: 'sample range', partSamples: 'part layout', batchSamples: 'part layout', method: 'method', topK: 'method',
-  samples: 'method', sampleSeed: 'method', valueDtype: 'value_dtype', temperature: 'temperature',
+  teacherSha256: 'teacher',
+  vocabSize: 'vocabulary',
+  tokenizerSha256: 'tokenizer',
+  dataFingerprint: 'data',
+  dataPaths: 'data',
+  split: 'data',
+  dataSeed: 'data',
+  samplesPerEpoch: 'data',
+  seqLength: 'seq_length',
+  sampleStart: 'sample range',
+  sampleEnd: 'sample range',
+  partSamples: 'part layout',
+  batchSamples: 'part layout',
+  method: 'method',
+  topK: 'method',
+  samples: 'method',
+  sampleSeed: 'method',
+  valueDtype: 'value_dtype',
+  temperature: 'temperature',
 };
 
 export function fingerprintMetadata(fp: CacheFingerprint): Map<string, string> {
-  const m = new Map<string, string>([['format', CACHE_FORMAT], ['format_version', CACHE_FORMAT_VERSION]]);
+  const m = new Map<string, string>([
+    ['format', CACHE_FORMAT],
+    ['format_version', CACHE_FORMAT_VERSION],
+  ]);
   for (const [k, name] of Object.entries(KEYS) as [Key, string][]) m.set(name, String(fp[k]));
   m.set('cache_id', cacheId(fp));
   return m;
@@ -73,10 +121,16 @@ export function fingerprintMetadata(fp: CacheFingerprint): Map<string, string> {
 
 export function parseFingerprint(file: string, m: Map<string, string>): CacheFingerprint {
   if (m.get('format') !== CACHE_FORMAT) {
-    throw new FormatError(file, `schema metadata format is ${JSON.stringify(m.get('format'))}, expected "${CACHE_FORMAT}": not a teacher-cache part. Remove it from the cache folder.`);
+    throw new FormatError(
+      file,
+      `schema metadata format is ${JSON.stringify(m.get('format'))}, expected "${CACHE_FORMAT}": not a teacher-cache part. Remove it from the cache folder.`,
+    );
   }
   if (m.get('format_version') !== CACHE_FORMAT_VERSION) {
-    throw new FormatError(file, `teacher-cache format_version ${m.get('format_version')}, expected ${CACHE_FORMAT_VERSION}: written by another version; re-run cache-teacher.`);
+    throw new FormatError(
+      file,
+      `teacher-cache format_version ${m.get('format_version')}, expected ${CACHE_FORMAT_VERSION}: written by another version; re-run cache-teacher.`,
+    );
   }
   const out: Record<string, string | number> = {};
   for (const [k, name] of Object.entries(KEYS) as [Key, string][]) {
@@ -93,7 +147,10 @@ export function parseFingerprint(file: string, m: Map<string, string>): CacheFin
 
 /** A short stable id of the cache's content (every field but the part layout). */
 export function cacheId(fp: CacheFingerprint): string {
-  const content = (Object.keys(KEYS) as Key[]).filter((k) => PART[k] !== 'part layout').sort().map((k) => [k, fp[k]]);
+  const content = (Object.keys(KEYS) as Key[])
+    .filter((k) => PART[k] !== 'part layout')
+    .sort()
+    .map((k) => [k, fp[k]]);
   return createHash('sha256').update(JSON.stringify(content)).digest('hex').slice(0, 16);
 }
 

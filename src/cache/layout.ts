@@ -84,7 +84,10 @@ export function coverage(ranges: PartRange[], start: number, end: number): { mis
 }
 
 export const describeRanges = (rs: PartRange[], max = 5): string =>
-  rs.slice(0, max).map((r) => `[${r.start}, ${r.end})`).join(', ') + (rs.length > max ? ` and ${rs.length - max} more` : '');
+  rs
+    .slice(0, max)
+    .map((r) => `[${r.start}, ${r.end})`)
+    .join(', ') + (rs.length > max ? ` and ${rs.length - max} more` : '');
 
 export interface ManifestPart extends PartRange {
   file: string;
@@ -109,7 +112,10 @@ export function readManifest(path: string): Manifest {
   try {
     m = unpack(readFileSync(path)) as Partial<Manifest>;
   } catch (e) {
-    throw new FormatError(path, `cannot decode the msgpack manifest (${(e as Error).message}); delete it and run \`distill cache-teacher --out DIR --merge\` to rewrite it.`);
+    throw new FormatError(
+      path,
+      `cannot decode the msgpack manifest (${(e as Error).message}); delete it and run \`distill cache-teacher --out DIR --merge\` to rewrite it.`,
+    );
   }
   if (m.format !== CACHE_FORMAT || !Array.isArray(m.parts) || typeof m.cache_id !== 'string') {
     throw new FormatError(path, 'not a teacher-cache manifest; delete it and run `distill cache-teacher --out DIR --merge` to rewrite it.');

@@ -66,7 +66,9 @@ export function teacherTargetsFromRows(rows: CacheRows, fp: CacheFingerprint, o:
   for (let i = 0; i < ids.length; i++) {
     if (ids[i] >= o.studentVocab) {
       const r = rows.offsets.findIndex((off) => off > i) - 1;
-      throw new ConfigError(`teacher cache: sample ${o.samples[Math.floor(r / fp.seqLength)]} position ${r % fp.seqLength} holds id ${ids[i]}, outside the student's vocabulary of ${o.studentVocab}`);
+      throw new ConfigError(
+        `teacher cache: sample ${o.samples[Math.floor(r / fp.seqLength)]} position ${r % fp.seqLength} holds id ${ids[i]}, outside the student's vocabulary of ${o.studentVocab}`,
+      );
     }
   }
   if (fp.method === 'topk') {
@@ -92,6 +94,12 @@ export function teacherTargetsFromRows(rows: CacheRows, fp: CacheFingerprint, o:
   }
   return {
     kind: 'sparse',
-    targets: { kind: 'sampled', ids: tf.tensor2d(pid, [n, width], 'int32'), counts: tf.tensor2d(pc, [n, width]), logProbs: tf.tensor2d(plp, [n, width]), temperature: fp.temperature },
+    targets: {
+      kind: 'sampled',
+      ids: tf.tensor2d(pid, [n, width], 'int32'),
+      counts: tf.tensor2d(pc, [n, width]),
+      logProbs: tf.tensor2d(plp, [n, width]),
+      temperature: fp.temperature,
+    },
   };
 }

@@ -30,7 +30,9 @@ const PICKLED = /^(pytorch_model.*\.bin|.*\.pt|.*\.pth|.*\.ckpt|pytorch_model\.b
 export function readModelConfig(dir: string): ModelConfig {
   const file = join(dir, CONFIG_FILE);
   if (!existsSync(file)) {
-    throw new CheckpointError(`${dir}: no ${CONFIG_FILE}; a Hugging Face checkpoint directory holds config.json and model.safetensors (as save_pretrained writes them)`);
+    throw new CheckpointError(
+      `${dir}: no ${CONFIG_FILE}; a Hugging Face checkpoint directory holds config.json and model.safetensors (as save_pretrained writes them)`,
+    );
   }
   let json: unknown;
   try {
@@ -97,7 +99,9 @@ function openWeights(dir: string, readers: SafetensorsReader[]): Map<string, Loc
   }
   const pickled = existsSync(dir) && statSync(dir).isDirectory() ? readdirSync(dir).filter((n) => PICKLED.test(n)) : [];
   if (pickled.length > 0) {
-    throw new CheckpointError(`${dir}: holds pickled PyTorch weights (${pickled.join(', ')}), which this project does not read (unpickling runs code); ${conversionHint(dir)}`);
+    throw new CheckpointError(
+      `${dir}: holds pickled PyTorch weights (${pickled.join(', ')}), which this project does not read (unpickling runs code); ${conversionHint(dir)}`,
+    );
   }
   throw new CheckpointError(`${dir}: no ${WEIGHTS_FILE} or ${INDEX_FILE}; save the model with save_pretrained(..., safe_serialization=True)`);
 }
@@ -126,16 +130,25 @@ function matchNames(dir: string, config: ModelConfig, located: Map<string, Locat
   const missing = [...expected.keys()].filter((n) => !byModelName.has(n));
   if (missing.length > 0) {
     const where = [...new Set([...located.values()].map((l) => l.reader.path))].join(', ') || dir;
-    const list = missing.slice(0, 5).map((n) => `"${n}" [${expected.get(n)}]`).join(', ');
-    throw new CheckpointError(`${where}: missing tensor ${list}${missing.length > 5 ? ` and ${missing.length - 5} more` : ''}, which ${join(dir, CONFIG_FILE)} (${what}) requires; is this the checkpoint that config describes?`);
+    const list = missing
+      .slice(0, 5)
+      .map((n) => `"${n}" [${expected.get(n)}]`)
+      .join(', ');
+    throw new CheckpointError(
+      `${where}: missing tensor ${list}${missing.length > 5 ? ` and ${missing.length - 5} more` : ''}, which ${join(dir, CONFIG_FILE)} (${what}) requires; is this the checkpoint that config describes?`,
+    );
   }
   if (unexpected.length > 0) {
-    throw new CheckpointError(`unexpected tensor ${unexpected.slice(0, 5).join(', ')}${unexpected.length > 5 ? ` and ${unexpected.length - 5} more` : ''}: not part of the model ${join(dir, CONFIG_FILE)} describes (${what})`);
+    throw new CheckpointError(
+      `unexpected tensor ${unexpected.slice(0, 5).join(', ')}${unexpected.length > 5 ? ` and ${unexpected.length - 5} more` : ''}: not part of the model ${join(dir, CONFIG_FILE)} describes (${what})`,
+    );
   }
   for (const [name, shape] of expected) {
     const { reader, entry } = byModelName.get(name)!;
     if (entry.shape.length !== shape.length || entry.shape.some((d, i) => d !== shape[i])) {
-      throw new CheckpointError(`${reader.path}: tensor "${entry.name}" has shape [${entry.shape}] but ${join(dir, CONFIG_FILE)} (${what}) requires [${shape}]`);
+      throw new CheckpointError(
+        `${reader.path}: tensor "${entry.name}" has shape [${entry.shape}] but ${join(dir, CONFIG_FILE)} (${what}) requires [${shape}]`,
+      );
     }
     if (!FLOAT_DTYPES.has(entry.dtype)) {
       throw new CheckpointError(`${reader.path}: tensor "${entry.name}" is ${entry.dtype}; model weights must be F32, F16, BF16 or F64`);

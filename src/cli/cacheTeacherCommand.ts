@@ -27,15 +27,20 @@ const FLAGS = {
   split: { kind: 'string', help: 'train,valid,test weights, as the run', default: DEFAULTS.data.split },
   seed: { kind: 'int', help: 'data shuffle seed, as the run', default: DEFAULTS.data.seed },
   out: { kind: 'string', help: 'the cache folder (parts are added to it; a rerun skips the parts already there)' },
-  method: { kind: 'string', help: 'topk: K largest log-probs + ghost mass; sample: N seeded draws from p_t; full: the whole log-softmax', default: 'topk', choices: CACHE_METHODS },
+  method: {
+    kind: 'string',
+    help: 'topk: K largest log-probs + ghost mass; sample: N seeded draws from p_t; full: the whole log-softmax',
+    default: 'topk',
+    choices: CACHE_METHODS,
+  },
   top_k: { kind: 'int', help: 'K for --method topk', default: 32, min: 1 },
   samples: { kind: 'int', help: 'N draws per position for --method sample', default: 50, min: 1 },
   sample_seed: { kind: 'int', help: 'seed of the draws (--method sample)', default: 1234 },
   value_dtype: { kind: 'string', help: 'how log-probs are stored', default: 'float32', choices: VALUE_DTYPES },
   temperature: { kind: 'number', help: 'τ of the cached softmax (the run must use the same τ for topk/sample)', default: 1 },
   num_samples: { kind: 'int', help: 'training samples to cache (default: --max_steps × --gbs, else one epoch)', min: 1 },
-  max_steps: { kind: 'int', help: 'the run\'s --max_steps, to cache max_steps × gbs samples', min: 1 },
-  gbs: { kind: 'int', help: 'the run\'s --gbs', default: DEFAULTS.trainer.globalBatchSize, min: 1 },
+  max_steps: { kind: 'int', help: "the run's --max_steps, to cache max_steps × gbs samples", min: 1 },
+  gbs: { kind: 'int', help: "the run's --gbs", default: DEFAULTS.trainer.globalBatchSize, min: 1 },
   shard: { kind: 'string', help: 'i/n: write only the i-th of n blocks of parts (0-based; Slurm array / indexed Job)' },
   merge: { kind: 'boolean', help: 'check that every sample is covered once and write manifest.msgpack (alone: no teacher run)' },
   part_samples: { kind: 'int', help: 'samples per part file (the unit of resume and sharding)', default: 1024, min: 1 },
@@ -63,18 +68,32 @@ export async function cacheTeacherMain(argv: string[]): Promise<void> {
     data: { dataPaths: f.data_paths ?? defaultDataPaths(), seqLength: f.seq_length!, split: f.split!, seed: f.seed! },
     out,
     spec: {
-      method: f.method as CacheMethod, topK: f.top_k!, samples: f.samples!, sampleSeed: f.sample_seed!,
-      valueDtype: f.value_dtype as ValueDtype, temperature: f.temperature!,
+      method: f.method as CacheMethod,
+      topK: f.top_k!,
+      samples: f.samples!,
+      sampleSeed: f.sample_seed!,
+      valueDtype: f.value_dtype as ValueDtype,
+      temperature: f.temperature!,
     },
     numSamples: f.num_samples ?? (f.max_steps !== undefined ? f.max_steps * f.gbs! : undefined),
-    partSamples: f.part_samples, batchSamples: f.batch_samples, chunkSize: f.loss_chunk,
+    partSamples: f.part_samples,
+    batchSamples: f.batch_samples,
+    chunkSize: f.loss_chunk,
     shard: f.shard ? parseShard(f.shard) : undefined,
     backend: f.backend as BackendChoice,
     log: (l) => process.stderr.write(l + '\n'),
   });
   if (f.merge && !r.complete) writeCacheManifest(out); // throws, naming the parts still missing
-  console.log(JSON.stringify({
-    cache: out, written_parts: r.written.length, skipped_parts: r.skipped.length, tokens: r.tokens, bytes: r.bytes,
-    bytes_per_token: r.tokens > 0 ? r.bytes / r.tokens : null, seconds: r.seconds, complete: r.complete,
-  }));
+  console.log(
+    JSON.stringify({
+      cache: out,
+      written_parts: r.written.length,
+      skipped_parts: r.skipped.length,
+      tokens: r.tokens,
+      bytes: r.bytes,
+      bytes_per_token: r.tokens > 0 ? r.bytes / r.tokens : null,
+      seconds: r.seconds,
+      complete: r.complete,
+    }),
+  );
 }

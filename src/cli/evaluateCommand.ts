@@ -25,8 +25,17 @@ const FLAGS = {
   teacher_path: { ...RUN_FLAGS.teacher_path, help: 'a teacher to compare with: adds its CE and the KD divergence between the two' },
   data_paths: RUN_FLAGS.data_paths,
   seq_length: RUN_FLAGS.seq_length,
-  split: { kind: 'string', help: 'train,valid,test weights over documents, as the run; --eval_split picks the part read (0,1,0: all the data)', default: '0,1,0' },
-  eval_split: { kind: 'string', help: 'which part of --split to evaluate (e.g. --split 99,1,0 --eval_split valid: the run\'s held-out documents)', default: 'valid', choices: SPLIT_NAMES },
+  split: {
+    kind: 'string',
+    help: 'train,valid,test weights over documents, as the run; --eval_split picks the part read (0,1,0: all the data)',
+    default: '0,1,0',
+  },
+  eval_split: {
+    kind: 'string',
+    help: "which part of --split to evaluate (e.g. --split 99,1,0 --eval_split valid: the run's held-out documents)",
+    default: 'valid',
+    choices: SPLIT_NAMES,
+  },
   seed: { ...RUN_FLAGS.seed, help: 'seed of the document shuffle that cuts the samples (as the run)' },
   mbs: { kind: 'int', help: 'samples per forward pass', default: 4, min: 1 },
   kd_loss: { ...RUN_FLAGS.kd_loss, help: 'the divergence reported with --teacher_path' },
@@ -60,14 +69,22 @@ export async function evaluateMain(argv: string[]): Promise<void> {
     const student = await loadModel(studentPath, { trainable: false });
     const teacher = f.teacher_path ? await loadModel(f.teacher_path, { trainable: false }) : null;
     const r = await evaluateOn(student, teacher, source, {
-      ...DEFAULT_KD_LOSS, kind: f.kd_loss as typeof DEFAULT_KD_LOSS.kind, temperature: f.temperature!, jsdBeta: f.jsd_beta!, skewLambda: f.skew_lambda!,
+      ...DEFAULT_KD_LOSS,
+      kind: f.kd_loss as typeof DEFAULT_KD_LOSS.kind,
+      temperature: f.temperature!,
+      jsdBeta: f.jsd_beta!,
+      skewLambda: f.skew_lambda!,
       // Fewer samples than --mbs: one smaller batch, rather than a full one that reads a sample twice.
-      seqLength, microBatchSize: Math.min(f.mbs!, source.numSamples), chunkSize: f.loss_chunk!,
+      seqLength,
+      microBatchSize: Math.min(f.mbs!, source.numSamples),
+      chunkSize: f.loss_chunk!,
     });
     if (f.json) {
       console.log(JSON.stringify({ kd_loss: r.kdLoss ?? null, student_ce: r.studentCe, teacher_ce: r.teacherCe ?? null, tokens: r.tokens }));
     } else {
-      console.log(`student CE ${r.studentCe.toFixed(4)}${teacher ? `  teacher CE ${r.teacherCe!.toFixed(4)}  KD ${r.kdLoss!.toFixed(5)}` : ''}  over ${r.tokens} tokens`);
+      console.log(
+        `student CE ${r.studentCe.toFixed(4)}${teacher ? `  teacher CE ${r.teacherCe!.toFixed(4)}  KD ${r.kdLoss!.toFixed(5)}` : ''}  over ${r.tokens} tokens`,
+      );
     }
   } finally {
     source.close();

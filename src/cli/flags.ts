@@ -65,7 +65,11 @@ export function parseFlags<S extends FlagSpecs>(argv: string[], specs: S, comman
     if (negated) key = key.slice(3);
     const spec = specOf(key);
     if (!spec) {
-      throw new ConfigError(`${command}: unknown flag --${name}. Known flags: ${Object.keys(specs).map((k) => '--' + k).join(' ')}`);
+      throw new ConfigError(
+        `${command}: unknown flag --${name}. Known flags: ${Object.keys(specs)
+          .map((k) => '--' + k)
+          .join(' ')}`,
+      );
     }
     given.add(key);
     if (spec.kind === 'boolean') {
@@ -111,9 +115,8 @@ export function usage(command: string, summary: string, specs: FlagSpecs): strin
   const width = Math.max(...Object.keys(specs).map((k) => k.length)) + 4;
   for (const [k, s] of Object.entries(specs)) {
     const choices = s.choices ? ` {${s.choices.join('|')}}` : '';
-    const def = s.kind === 'boolean'
-      ? (s.default === true ? ` (default on; --no-${k} turns it off)` : '')
-      : s.default === undefined ? '' : ` (default ${s.default})`;
+    const def =
+      s.kind === 'boolean' ? (s.default === true ? ` (default on; --no-${k} turns it off)` : '') : s.default === undefined ? '' : ` (default ${s.default})`;
     lines.push(`  --${k.padEnd(width)}${s.help}${choices}${def}`);
   }
   return lines.join('\n');

@@ -50,9 +50,24 @@ export function prepare(argv: string[]): TokenizeResult | null {
   const tokenizer = loadTokenizer(required(CMD, 'tokenizer', f.tokenizer));
   const outDir = required(CMD, 'out', f.out);
   const result = tokenizeToShards(readDocuments(inputs, { documentPerFile: f.document_per_file, textKey: f.text_key }), {
-    tokenizer, outDir, sourceFiles: inputs, appendEod: f.append_eod, shardTokens: f.shard_tokens, batchTokens: f.batch_tokens,
-    totalBytes: totalBytes(inputs), progress: f.quiet ? null : process.stderr,
+    tokenizer,
+    outDir,
+    sourceFiles: inputs,
+    appendEod: f.append_eod,
+    shardTokens: f.shard_tokens,
+    batchTokens: f.batch_tokens,
+    totalBytes: totalBytes(inputs),
+    progress: f.quiet ? null : process.stderr,
   });
-  console.log(JSON.stringify({ out: outDir, shards: result.shards.length, documents: result.documents, tokens: result.tokens, seconds: +result.seconds.toFixed(2), tokens_per_second: Math.round(result.tokensPerSecond) }));
+  console.log(
+    JSON.stringify({
+      out: outDir,
+      shards: result.shards.length,
+      documents: result.documents,
+      tokens: result.tokens,
+      seconds: +result.seconds.toFixed(2),
+      tokens_per_second: Math.round(result.tokensPerSecond),
+    }),
+  );
   return result;
 }

@@ -13,9 +13,11 @@ import { checkModelsFitSequence } from '../train/sequenceLengthCheck.ts';
 async function runKind(kind: 'distill' | 'pretrain', argv: string[]): Promise<void> {
   const command = `distill ${kind === 'distill' ? 'run' : 'pretrain'}`;
   if (parseFlags(argv, RUN_FLAGS, command).flags.help) {
-    console.log(kind === 'distill'
-      ? usage(command, 'Distil a student from a frozen teacher.', RUN_FLAGS)
-      : usage(command, 'Train a model on next-token cross-entropy (no teacher).', PRETRAIN_FLAGS));
+    console.log(
+      kind === 'distill'
+        ? usage(command, 'Distil a student from a frozen teacher.', RUN_FLAGS)
+        : usage(command, 'Train a model on next-token cross-entropy (no teacher).', PRETRAIN_FLAGS),
+    );
     return;
   }
   const recipe = recipeFromFlags(kind, argv, defaultDataPaths);
@@ -26,7 +28,16 @@ async function runKind(kind: 'distill' | 'pretrain', argv: string[]): Promise<vo
   const r = await removingEmptyRunDir(recipe, () => run(recipe));
   // lastStep, not this invocation's steps: a finished run run again trains nothing and still reports where it ended.
   const last = r.lastStep;
-  if (last) console.log(JSON.stringify({ run_dir: r.runDir, student: r.stoppedEarly ? null : r.studentDir, steps: last.step + 1, loss: last.loss, resumed_from_step: r.resumedFromStep }));
+  if (last)
+    console.log(
+      JSON.stringify({
+        run_dir: r.runDir,
+        student: r.stoppedEarly ? null : r.studentDir,
+        steps: last.step + 1,
+        loss: last.loss,
+        resumed_from_step: r.resumedFromStep,
+      }),
+    );
 }
 
 /**

@@ -28,7 +28,12 @@ export const RUN_FLAGS = {
   log_interval: { kind: 'int', help: 'log every N steps', default: D.trainer.logInterval, min: 1 },
   save_interval: { kind: 'int', help: 'checkpoint every N steps', default: D.trainer.saveInterval, min: 1 },
   in_flight: { kind: 'int', help: 'micro-batches allowed in flight between the data source and the optimizer', default: D.trainer.inFlight, min: 1 },
-  nan_policy: { kind: 'string', help: 'on a non-finite loss or gradient: skip the step (and stop after 10 in a row) or stop', default: D.trainer.nanPolicy, choices: ['skip', 'stop'] },
+  nan_policy: {
+    kind: 'string',
+    help: 'on a non-finite loss or gradient: skip the step (and stop after 10 in a row) or stop',
+    default: D.trainer.nanPolicy,
+    choices: ['skip', 'stop'],
+  },
   lr: { kind: 'number', help: 'peak learning rate', default: D.optim.lr },
   min_lr: { kind: 'number', help: 'final learning rate of the cosine decay', default: D.optim.minLr },
   warmup_steps: { kind: 'int', help: 'linear warm-up steps', default: D.optim.warmupSteps, min: 0 },
@@ -44,22 +49,50 @@ export const RUN_FLAGS = {
   kd_ratio: { kind: 'number', help: 'α in (1 − α)·CE + α·KD', default: D.loss.kdRatio },
   jsd_beta: { kind: 'number', help: 'β of the generalised JSD', default: D.loss.jsdBeta },
   skew_lambda: { kind: 'number', help: 'λ of the skew KL', default: D.loss.skewLambda },
-  loss_chunk: { kind: 'int', help: 'token positions per chunk of the vocabulary-wide loss (0: as many as fit 64 MiB per [chunk, vocab] tensor)', default: D.loss.chunkSize, min: 0 },
+  loss_chunk: {
+    kind: 'int',
+    help: 'token positions per chunk of the vocabulary-wide loss (0: as many as fit 64 MiB per [chunk, vocab] tensor)',
+    default: D.loss.chunkSize,
+    min: 0,
+  },
   tp_size: { kind: 'int', help: 'tensor parallel size', default: 1, min: 1 },
   pp_size: { kind: 'int', help: 'pipeline parallel size', default: 1, min: 1 },
   cp_size: { kind: 'int', help: 'context parallel size', default: 1, min: 1 },
-  make_vocab_size_divisible_by: { kind: 'int', help: 'under --tp_size > 1, pad the vocabulary rows to a multiple of this × tp (Megatron; padding is masked and never saved)', default: 128, min: 1 },
+  make_vocab_size_divisible_by: {
+    kind: 'int',
+    help: 'under --tp_size > 1, pad the vocabulary rows to a multiple of this × tp (Megatron; padding is masked and never saved)',
+    default: 128,
+    min: 1,
+  },
   devices: { kind: 'int', help: 'workers per node', default: 1, min: 1 },
   num_nodes: { kind: 'int', help: 'nodes', default: 1, min: 1 },
-  teacher_devices: { kind: 'int', help: 'workers of their own for the teacher forward pass, streaming to the students (0: in each student worker)', default: 0, min: 0 },
+  teacher_devices: {
+    kind: 'int',
+    help: 'workers of their own for the teacher forward pass, streaming to the students (0: in each student worker)',
+    default: 0,
+    min: 0,
+  },
   backend: { kind: 'string', help: 'compute backend', default: 'auto', choices: BACKEND_CHOICES },
-  precision: { kind: 'string', help: "NeMo's trainer.precision: 32, or bf16-mixed / 16-mixed for f16 tensor-core matmuls on webgpu (f32 weights, optimizer and loss)", default: '32', choices: PRECISIONS },
+  precision: {
+    kind: 'string',
+    help: "NeMo's trainer.precision: 32, or bf16-mixed / 16-mixed for f16 tensor-core matmuls on webgpu (f32 weights, optimizer and loss)",
+    default: '32',
+    choices: PRECISIONS,
+  },
   help: { kind: 'boolean', help: 'print this help' },
 } as const satisfies FlagSpecs;
 
 /** The flags that only distillation reads: `distill pretrain` neither lists nor accepts them. */
 export const DISTILLATION_ONLY_FLAGS = [
-  'teacher_path', 'teacher_cache', 'teacher_devices', 'kd_loss', 'temperature', 'temperature_scaling', 'kd_ratio', 'jsd_beta', 'skew_lambda',
+  'teacher_path',
+  'teacher_cache',
+  'teacher_devices',
+  'kd_loss',
+  'temperature',
+  'temperature_scaling',
+  'kd_ratio',
+  'jsd_beta',
+  'skew_lambda',
 ] as const satisfies readonly (keyof typeof RUN_FLAGS)[];
 
 type DistillationOnlyFlag = (typeof DISTILLATION_ONLY_FLAGS)[number];
@@ -76,7 +109,9 @@ export function recipeFromFlags(kind: 'distill' | 'pretrain', argv: string[], de
     // Pretraining has no teacher and no KD term: a teacher flag here is a mix-up that would otherwise be ignored.
     const kdFlags = DISTILLATION_ONLY_FLAGS.filter((k) => given.has(k));
     if (kdFlags.length > 0) {
-      throw new ConfigError(`${command} trains on next-token cross-entropy alone, with no teacher: ${kdFlags.map((k) => '--' + k).join(', ')} ${kdFlags.length > 1 ? 'are distillation flags' : 'is a distillation flag'}. Drop ${kdFlags.length > 1 ? 'them' : 'it'}, or use \`distill run\` to distil from a teacher.`);
+      throw new ConfigError(
+        `${command} trains on next-token cross-entropy alone, with no teacher: ${kdFlags.map((k) => '--' + k).join(', ')} ${kdFlags.length > 1 ? 'are distillation flags' : 'is a distillation flag'}. Drop ${kdFlags.length > 1 ? 'them' : 'it'}, or use \`distill run\` to distil from a teacher.`,
+      );
     }
   }
   const common = {
@@ -86,20 +121,47 @@ export function recipeFromFlags(kind: 'distill' | 'pretrain', argv: string[], de
     backend: f.backend as DistillationRecipe['backend'],
     data: { dataPaths: f.data_paths ?? defaultDataPaths(), seqLength: f.seq_length, split: f.split, seed: f.seed },
     trainer: {
-      maxSteps: f.max_steps, globalBatchSize: f.gbs, microBatchSize: f.mbs, valCheckInterval: f.val_check_interval,
-      limitValBatches: f.limit_val_batches, logInterval: f.log_interval, saveInterval: f.save_interval,
-      inFlight: f.in_flight, nanPolicy: f.nan_policy as 'skip' | 'stop', precision: f.precision as Precision,
+      maxSteps: f.max_steps,
+      globalBatchSize: f.gbs,
+      microBatchSize: f.mbs,
+      valCheckInterval: f.val_check_interval,
+      limitValBatches: f.limit_val_batches,
+      logInterval: f.log_interval,
+      saveInterval: f.save_interval,
+      inFlight: f.in_flight,
+      nanPolicy: f.nan_policy as 'skip' | 'stop',
+      precision: f.precision as Precision,
     },
     optim: {
-      lr: f.lr, minLr: f.min_lr, warmupSteps: f.warmup_steps, adamBeta1: f.adam_beta1, adamBeta2: f.adam_beta2,
-      adamEps: f.adam_eps, weightDecay: f.weight_decay, weightDecayAll: f.weight_decay_all, clipGrad: f.clip_grad,
+      lr: f.lr,
+      minLr: f.min_lr,
+      warmupSteps: f.warmup_steps,
+      adamBeta1: f.adam_beta1,
+      adamBeta2: f.adam_beta2,
+      adamEps: f.adam_eps,
+      weightDecay: f.weight_decay,
+      weightDecayAll: f.weight_decay_all,
+      clipGrad: f.clip_grad,
     },
     loss: {
-      kind: f.kd_loss as DistillationRecipe['loss']['kind'], temperature: f.temperature, scaleByTemperatureSquared: f.temperature_scaling,
-      kdRatio: f.kd_ratio, jsdBeta: f.jsd_beta, skewLambda: f.skew_lambda, chunkSize: f.loss_chunk,
+      kind: f.kd_loss as DistillationRecipe['loss']['kind'],
+      temperature: f.temperature,
+      scaleByTemperatureSquared: f.temperature_scaling,
+      kdRatio: f.kd_ratio,
+      jsdBeta: f.jsd_beta,
+      skewLambda: f.skew_lambda,
+      chunkSize: f.loss_chunk,
     },
     // teacherDevices is src/parallel/placement.ts's PlacementConfig field (read with teacherDevicesOf).
-    parallel: { numNodes: f.num_nodes, devicesPerNode: f.devices, tpSize: f.tp_size, ppSize: f.pp_size, cpSize: f.cp_size, teacherDevices: f.teacher_devices, makeVocabSizeDivisibleBy: f.make_vocab_size_divisible_by },
+    parallel: {
+      numNodes: f.num_nodes,
+      devicesPerNode: f.devices,
+      tpSize: f.tp_size,
+      ppSize: f.pp_size,
+      cpSize: f.cp_size,
+      teacherDevices: f.teacher_devices,
+      makeVocabSizeDivisibleBy: f.make_vocab_size_divisible_by,
+    },
   } as const;
   if (kind === 'pretrain') return pretrainRecipe(common);
   return distillationRecipe({ ...common, teacherPath: f.teacher_path, teacherCache: f.teacher_cache });

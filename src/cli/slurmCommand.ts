@@ -25,7 +25,7 @@ const FLAGS = {
   job_name: { kind: 'string', help: 'sbatch --job-name (default: distill-<run name>)' },
   master_port: { kind: 'int', help: 'rendezvous port on node 0 (default: 20000 + job id mod 20000)', min: 1 },
   stop_before_s: { kind: 'int', help: 'seconds before the time limit at which Slurm sends SIGINT: the run checkpoints and stops', default: 180, min: 0 },
-  distill: { kind: 'string', help: 'how the nodes start distill (default: this node binary and this checkout\'s bin/distill.js)' },
+  distill: { kind: 'string', help: "how the nodes start distill (default: this node binary and this checkout's bin/distill.js)" },
   script: { kind: 'string', help: 'where to write the script (default: <log_dir>/<name>/distill.sbatch)' },
   submit: { kind: 'boolean', help: 'run sbatch on the script and print the job id' },
   help: { kind: 'boolean', help: 'print this help' },
@@ -83,12 +83,16 @@ export function sbatchScript(j: SlurmJob): string {
 export async function slurmMain(argv: string[]): Promise<void> {
   const cmd = 'distill slurm';
   const { flags: f, rest, positional } = parseFlags(argv, FLAGS, cmd);
-  if (f.help) return void console.log(usage(`${cmd} -- <distill run flags>`, 'Write (and with --submit, submit) an sbatch script that runs `distill run` on several nodes.', FLAGS));
+  if (f.help)
+    return void console.log(
+      usage(`${cmd} -- <distill run flags>`, 'Write (and with --submit, submit) an sbatch script that runs `distill run` on several nodes.', FLAGS),
+    );
   if (positional.length) throw new ConfigError(`${cmd}: unexpected ${positional.join(' ')}; \`distill run\` flags go after a bare --`);
   const nodes = required(cmd, 'nodes', f.nodes);
   const gpus = required(cmd, 'gpus_per_node', f.gpus_per_node);
   for (const clash of ['--num_nodes', '--devices', '--num-nodes']) {
-    if (rest.some((a) => a === clash || a.startsWith(clash + '='))) throw new ConfigError(`${cmd}: give --nodes and --gpus_per_node, not ${clash} after --: they become --num_nodes and --devices`);
+    if (rest.some((a) => a === clash || a.startsWith(clash + '=')))
+      throw new ConfigError(`${cmd}: give --nodes and --gpus_per_node, not ${clash} after --: they become --num_nodes and --devices`);
   }
   const runArgs = [...rest, '--num_nodes', String(nodes), '--devices', String(gpus)];
   // Parse and check the run's flags here, so a typo fails now and not after hours in the queue.
@@ -99,9 +103,18 @@ export async function slurmMain(argv: string[]): Promise<void> {
   mkdirSync(runDir, { recursive: true });
   const bin = fileURLToPath(new URL('../../bin/distill.js', import.meta.url));
   const job: SlurmJob = {
-    nodes, gpusPerNode: gpus, partition: f.partition, time: f.time, account: f.account, jobName: f.job_name ?? `distill-${recipe.name}`,
-    masterPort: f.master_port, stopBeforeS: f.stop_before_s ?? 0, distill: f.distill ?? `${shellQuote(process.execPath)} ${shellQuote(bin)}`,
-    runArgs, output: join(runDir, 'slurm-%j.out'), chdir: process.cwd(),
+    nodes,
+    gpusPerNode: gpus,
+    partition: f.partition,
+    time: f.time,
+    account: f.account,
+    jobName: f.job_name ?? `distill-${recipe.name}`,
+    masterPort: f.master_port,
+    stopBeforeS: f.stop_before_s ?? 0,
+    distill: f.distill ?? `${shellQuote(process.execPath)} ${shellQuote(bin)}`,
+    runArgs,
+    output: join(runDir, 'slurm-%j.out'),
+    chdir: process.cwd(),
   };
   const script = resolve(f.script ?? join(runDir, 'distill.sbatch'));
   mkdirSync(dirname(script), { recursive: true });

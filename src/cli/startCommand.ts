@@ -39,11 +39,21 @@ const FLAGS = {
   help: { kind: 'boolean', help: 'print this help' },
 } as const;
 
-interface Evaluated { label: string; r: EvaluationResult }
+interface Evaluated {
+  label: string;
+  r: EvaluationResult;
+}
 
 export async function startMain(argv: string[]): Promise<void> {
   const { flags: f } = parseFlags(argv, FLAGS, 'distill start');
-  if (f.help) return void console.log(usage('distill start', 'Distil the bundled student and compare it with plain CE training (what `npm start` runs; there, flags go after `npm start --`).', FLAGS));
+  if (f.help)
+    return void console.log(
+      usage(
+        'distill start',
+        'Distil the bundled student and compare it with plain CE training (what `npm start` runs; there, flags go after `npm start --`).',
+        FLAGS,
+      ),
+    );
   if (!existsSync(join(BUNDLED_TEACHER, 'model.safetensors'))) {
     throw new DistillError(`the bundled teacher is missing from ${BUNDLED_TEACHER}; it is part of the repository (see README: "The bundled teacher")`);
   }
@@ -51,16 +61,44 @@ export async function startMain(argv: string[]): Promise<void> {
   const steps = f.max_steps!;
   const init = join(logDir, 'student-init');
   const report = await selectBackend(f.backend as BackendChoice);
-  console.error(`npm start: distilling ${BUNDLED_STUDENT_CONFIG} from ${BUNDLED_TEACHER} on the Brown corpus, ${steps} steps of ${f.gbs} × ${f.seq_length} tokens;`);
+  console.error(
+    `npm start: distilling ${BUNDLED_STUDENT_CONFIG} from ${BUNDLED_TEACHER} on the Brown corpus, ${steps} steps of ${f.gbs} × ${f.seq_length} tokens;`,
+  );
   console.error('           the CE-only baseline trains the same student at the same time on the other core.');
   for (const run of ['kd', 'ce']) rmSync(join(logDir, run), { recursive: true, force: true });
   await initModelDir(BUNDLED_STUDENT_CONFIG, init, 1234);
 
   const common = [
-    '--student_path', init, '--log_dir', logDir, '--seq_length', String(f.seq_length), '--gbs', String(f.gbs), '--mbs', String(f.gbs),
-    '--max_steps', String(steps), '--lr', String(f.lr), '--min_lr', String(f.lr! / 10), '--warmup_steps', String(Math.min(20, Math.floor(steps / 10))),
-    '--split', '99,1,0', '--val_check_interval', String(Math.max(1, Math.floor(steps / 5))), '--limit_val_batches', '4', '--log_interval', '1',
-    '--save_interval', String(steps), '--backend', report.chosen,
+    '--student_path',
+    init,
+    '--log_dir',
+    logDir,
+    '--seq_length',
+    String(f.seq_length),
+    '--gbs',
+    String(f.gbs),
+    '--mbs',
+    String(f.gbs),
+    '--max_steps',
+    String(steps),
+    '--lr',
+    String(f.lr),
+    '--min_lr',
+    String(f.lr! / 10),
+    '--warmup_steps',
+    String(Math.min(20, Math.floor(steps / 10))),
+    '--split',
+    '99,1,0',
+    '--val_check_interval',
+    String(Math.max(1, Math.floor(steps / 5))),
+    '--limit_val_batches',
+    '4',
+    '--log_interval',
+    '1',
+    '--save_interval',
+    String(steps),
+    '--backend',
+    report.chosen,
   ];
   const t0 = performance.now();
   await Promise.all([
@@ -75,7 +113,10 @@ export async function startMain(argv: string[]): Promise<void> {
   const valid = openSampleSource({ dataPaths: defaultDataPaths(), seqLength: f.seq_length!, split: '99,1,0', seed: 1234 }, 'valid', teacher.config.vocabSize);
   const opts = { ...DEFAULT_KD_LOSS, seqLength: f.seq_length!, microBatchSize: 8, limitBatches: f.val_batches, chunkSize: 256 };
   const results: Evaluated[] = [];
-  for (const [label, dir] of [['distilled student (KD)', join(logDir, 'kd/student')], ['same student, plain CE', join(logDir, 'ce/student')]]) {
+  for (const [label, dir] of [
+    ['distilled student (KD)', join(logDir, 'kd/student')],
+    ['same student, plain CE', join(logDir, 'ce/student')],
+  ]) {
     const student = await loadModel(dir, { trainable: false });
     results.push({ label, r: await evaluateOn(student, teacher, valid, opts) });
     student.dispose();
@@ -84,14 +125,24 @@ export async function startMain(argv: string[]): Promise<void> {
   valid.close();
   teacher.dispose();
 
-  const reportPath = writeReport(logDir, [
-    { label: 'distilled student (KD)', records: readMetrics(join(logDir, 'kd')) },
-    { label: 'same student, plain CE', records: readMetrics(join(logDir, 'ce')) },
-  ], { teacher: { label: 'teacher (validation CE)', loss: teacherCe } });
-  const pngs = writeChartPngs(logDir, runCharts([
-    { label: 'distilled student (KD)', records: readMetrics(join(logDir, 'kd')) },
-    { label: 'same student, plain CE', records: readMetrics(join(logDir, 'ce')) },
-  ], { teacher: { label: 'teacher (validation CE)', loss: teacherCe } }));
+  const reportPath = writeReport(
+    logDir,
+    [
+      { label: 'distilled student (KD)', records: readMetrics(join(logDir, 'kd')) },
+      { label: 'same student, plain CE', records: readMetrics(join(logDir, 'ce')) },
+    ],
+    { teacher: { label: 'teacher (validation CE)', loss: teacherCe } },
+  );
+  const pngs = writeChartPngs(
+    logDir,
+    runCharts(
+      [
+        { label: 'distilled student (KD)', records: readMetrics(join(logDir, 'kd')) },
+        { label: 'same student, plain CE', records: readMetrics(join(logDir, 'ce')) },
+      ],
+      { teacher: { label: 'teacher (validation CE)', loss: teacherCe } },
+    ),
+  );
   console.log(summary(results, teacherCe, steps, trainSeconds, report.chosen));
   console.log(`\nstudent: ${join(logDir, 'kd/student')}   (loads with transformers: AutoModelForCausalLM.from_pretrained)`);
   console.log(`report:  ${reportPath}\ncharts:  ${pngs.join(', ')}`);
@@ -107,10 +158,19 @@ function summary(results: Evaluated[], teacherCe: number, steps: number, seconds
   const w = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
   const line = (r: string[]): string => r.map((x, c) => (c === 0 ? x.padEnd(w[c]) : x.padStart(w[c]))).join('   ');
   const gain = ce.r.studentCe - kd.r.studentCe;
-  const verdict = gain > 0
-    ? `Distillation wins: after the same ${steps} steps the distilled student's validation CE is ${gain.toFixed(4)} nats/token lower than plain CE training's (${((1 - Math.exp(-gain)) * 100).toFixed(1)}% lower perplexity).`
-    : `Distillation did not win this time: the distilled student's validation CE is ${(-gain).toFixed(4)} nats/token higher than plain CE training's after ${steps} steps.`;
-  return ['', `Validation on ${kd.r.tokens} held-out tokens of the Brown corpus (${backend}, trained ${seconds.toFixed(0)} s):`, '', line(rows[0]), ...rows.slice(1).map(line), '', verdict].join('\n');
+  const verdict =
+    gain > 0
+      ? `Distillation wins: after the same ${steps} steps the distilled student's validation CE is ${gain.toFixed(4)} nats/token lower than plain CE training's (${((1 - Math.exp(-gain)) * 100).toFixed(1)}% lower perplexity).`
+      : `Distillation did not win this time: the distilled student's validation CE is ${(-gain).toFixed(4)} nats/token higher than plain CE training's after ${steps} steps.`;
+  return [
+    '',
+    `Validation on ${kd.r.tokens} held-out tokens of the Brown corpus (${backend}, trained ${seconds.toFixed(0)} s):`,
+    '',
+    line(rows[0]),
+    ...rows.slice(1).map(line),
+    '',
+    verdict,
+  ].join('\n');
 }
 
 /** Runs a `distill` subcommand in its own process (one core each: wasm runs one thread per process). */
@@ -121,8 +181,12 @@ function child(args: string[]): Promise<void> {
       env: { ...process.env, DISTILL_NO_PROGRESS: '1' },
     });
     let err = '';
-    p.stderr.on('data', (d: Buffer) => { err += d.toString(); });
-    p.on('exit', (code) => (code === 0 ? resolvePromise() : reject(new DistillError(`distill ${args[0]} ${args[2]} failed (exit ${code}):\n${err.slice(-4000)}`))));
+    p.stderr.on('data', (d: Buffer) => {
+      err += d.toString();
+    });
+    p.on('exit', (code) =>
+      code === 0 ? resolvePromise() : reject(new DistillError(`distill ${args[0]} ${args[2]} failed (exit ${code}):\n${err.slice(-4000)}`)),
+    );
   });
 }
 

@@ -37,8 +37,8 @@ class Check {
 
 function checkField(c: Check, bb: ByteBuffer, f: Field, depth: number): void {
   if (depth > MAX_FIELD_DEPTH) c.fail(0, `fields nested deeper than ${MAX_FIELD_DEPTH}`);
-  c.vector(bb, f.childrenLength(), 4, 'a field\'s children');
-  c.vector(bb, f.customMetadataLength(), 4, 'a field\'s metadata');
+  c.vector(bb, f.childrenLength(), 4, "a field's children");
+  c.vector(bb, f.customMetadataLength(), 4, "a field's metadata");
   for (let i = 0; i < f.childrenLength(); i++) {
     const child = f.children(i);
     if (!child) c.fail(0, `field child ${i} is missing`);
@@ -47,9 +47,9 @@ function checkField(c: Check, bb: ByteBuffer, f: Field, depth: number): void {
 }
 
 function checkSchema(c: Check, bb: ByteBuffer, s: Schema): void {
-  c.vector(bb, s.fieldsLength(), 4, 'the schema\'s fields');
-  c.vector(bb, s.customMetadataLength(), 4, 'the schema\'s metadata');
-  c.vector(bb, s.featuresLength(), 8, 'the schema\'s features');
+  c.vector(bb, s.fieldsLength(), 4, "the schema's fields");
+  c.vector(bb, s.customMetadataLength(), 4, "the schema's metadata");
+  c.vector(bb, s.featuresLength(), 8, "the schema's features");
   for (let i = 0; i < s.fieldsLength(); i++) {
     const f = s.fields(i);
     if (!f) c.fail(0, `schema field ${i} is missing`);
@@ -58,9 +58,9 @@ function checkSchema(c: Check, bb: ByteBuffer, s: Schema): void {
 }
 
 function checkRecordBatch(c: Check, bb: ByteBuffer, rb: RecordBatch, bodyLength: number): void {
-  c.vector(bb, rb.nodesLength(), 16, 'a record batch\'s field nodes');
-  c.vector(bb, rb.buffersLength(), 16, 'a record batch\'s buffers');
-  c.vector(bb, rb.variadicBufferCountsLength(), 8, 'a record batch\'s variadic counts');
+  c.vector(bb, rb.nodesLength(), 16, "a record batch's field nodes");
+  c.vector(bb, rb.buffersLength(), 16, "a record batch's buffers");
+  c.vector(bb, rb.variadicBufferCountsLength(), 8, "a record batch's variadic counts");
   // A field node's length counts values; no column can hold more values than its body has bits.
   const maxValues = BigInt(bodyLength) * 8n + 64n;
   if (rb.length() < 0n || rb.length() > maxValues) c.fail(0, `a record batch claims ${rb.length()} rows for a ${bodyLength}-byte body`);
@@ -95,7 +95,7 @@ function walkMessages(file: string, bytes: Uint8Array, at: number, end: number):
     const m = Message.getRootAsMessage(bb);
     const body = m.bodyLength();
     if (body < 0n || BigInt(start + metaLen) + body > BigInt(end)) c.fail(0, `a message claims a ${body}-byte body with ${end - start - metaLen} bytes left`);
-    c.vector(bb, m.customMetadataLength(), 4, 'a message\'s metadata');
+    c.vector(bb, m.customMetadataLength(), 4, "a message's metadata");
     const type = m.headerType();
     if (type === MessageHeader.Schema) checkSchema(c, bb, m.header(new Schema())!);
     else if (type === MessageHeader.RecordBatch) checkRecordBatch(c, bb, m.header(new RecordBatch())!, Number(body));
@@ -138,8 +138,8 @@ export function checkArrowFooter(file: string, footerBytes: Uint8Array, dataEnd:
   const schema = footer.schema();
   if (!schema) return c.fail(0, 'the footer has no schema');
   checkSchema(c, bb, schema);
-  c.vector(bb, footer.recordBatchesLength(), 24, 'the footer\'s record batch blocks');
-  c.vector(bb, footer.dictionariesLength(), 24, 'the footer\'s dictionary blocks');
+  c.vector(bb, footer.recordBatchesLength(), 24, "the footer's record batch blocks");
+  c.vector(bb, footer.dictionariesLength(), 24, "the footer's dictionary blocks");
   const blocks = [
     ...Array.from({ length: footer.recordBatchesLength() }, (_, i) => footer.recordBatches(i)!),
     ...Array.from({ length: footer.dictionariesLength() }, (_, i) => footer.dictionaries(i)!),

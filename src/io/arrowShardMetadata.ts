@@ -22,14 +22,17 @@ export function parseMetadata(file: string, schema: Schema): ShardMetadata {
   const m = schema.metadata;
   const need = (k: string): string => {
     const v = m.get(k);
-    if (v === undefined) throw new FormatError(file, `schema metadata has no "${k}": not a shard written by \`distill prepare\`. Re-run prepare on the source text.`);
+    if (v === undefined)
+      throw new FormatError(file, `schema metadata has no "${k}": not a shard written by \`distill prepare\`. Re-run prepare on the source text.`);
     return v;
   };
   if (need('format') !== SHARD_FORMAT) throw new FormatError(file, `schema metadata format is "${m.get('format')}", expected "${SHARD_FORMAT}".`);
   const version = need('format_version');
-  if (version !== SHARD_FORMAT_VERSION) throw new FormatError(file, `shard format_version ${version}, expected ${SHARD_FORMAT_VERSION}: written by another version of this tool; re-run prepare.`);
+  if (version !== SHARD_FORMAT_VERSION)
+    throw new FormatError(file, `shard format_version ${version}, expected ${SHARD_FORMAT_VERSION}: written by another version of this tool; re-run prepare.`);
   const dtype = need('dtype');
-  if (dtype !== 'uint8' && dtype !== 'uint16' && dtype !== 'uint32') throw new FormatError(file, `schema metadata dtype "${dtype}", expected uint8, uint16 or uint32.`);
+  if (dtype !== 'uint8' && dtype !== 'uint16' && dtype !== 'uint32')
+    throw new FormatError(file, `schema metadata dtype "${dtype}", expected uint8, uint16 or uint32.`);
   let sourceFiles: string[] = [];
   try {
     sourceFiles = JSON.parse(need('source_files')) as string[];

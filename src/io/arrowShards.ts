@@ -17,8 +17,20 @@ import { closeSync, fsyncSync, openSync, readdirSync, readFileSync, readSync, re
 import { basename, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import {
-  AsyncByteQueue, Field, List, makeData, RecordBatch, RecordBatchFileWriter, RecordBatchReader, RecordBatchStreamWriter, Schema, Struct,
-  Uint16, Uint32, Uint8, type Data,
+  AsyncByteQueue,
+  Field,
+  List,
+  makeData,
+  RecordBatch,
+  RecordBatchFileWriter,
+  RecordBatchReader,
+  RecordBatchStreamWriter,
+  Schema,
+  Struct,
+  Uint16,
+  Uint32,
+  Uint8,
+  type Data,
 } from 'apache-arrow';
 import { checkArrowIpc } from './arrowGuard.ts';
 import { parseMetadata, SHARD_FORMAT, SHARD_FORMAT_VERSION, type ShardDtype, type ShardMetadata } from './arrowShardMetadata.ts';
@@ -104,7 +116,9 @@ export class ArrowShardWriter {
     for (let k = 0; k < tokens.length; k++) {
       const t = tokens[k];
       if (!Number.isInteger(t) || t < 0 || t >= this.opts.vocabSize) {
-        throw new RangeError(`document ${this.documents}: token ${k} is ${t}, outside the vocabulary [0, ${this.opts.vocabSize}); the tokenizer and --vocab_size disagree`);
+        throw new RangeError(
+          `document ${this.documents}: token ${k} is ${t}, outside the vocabulary [0, ${this.opts.vocabSize}); the tokenizer and --vocab_size disagree`,
+        );
       }
     }
     if (this.pendingTokens + tokens.length > this.pending.length) {
@@ -133,11 +147,24 @@ export class ArrowShardWriter {
       if (/^shard-\d+\.arrow$/.test(f) && !keep.has(f)) rmSync(join(this.opts.outDir, f));
     }
     const summary: ShardSummary = { shards: this.written, documents: this.documents, tokens: this.tokens };
-    writeFileAtomic(join(this.opts.outDir, 'manifest.json'), JSON.stringify({
-      format: SHARD_FORMAT, format_version: SHARD_FORMAT_VERSION, tokenizer_sha256: this.opts.tokenizerSha256,
-      vocab_size: this.opts.vocabSize, dtype: this.dtype, source_files: this.opts.sourceFiles,
-      shards: this.written.map((p) => basename(p)), documents: this.documents, tokens: this.tokens,
-    }, null, 2) + '\n');
+    writeFileAtomic(
+      join(this.opts.outDir, 'manifest.json'),
+      JSON.stringify(
+        {
+          format: SHARD_FORMAT,
+          format_version: SHARD_FORMAT_VERSION,
+          tokenizer_sha256: this.opts.tokenizerSha256,
+          vocab_size: this.opts.vocabSize,
+          dtype: this.dtype,
+          source_files: this.opts.sourceFiles,
+          shards: this.written.map((p) => basename(p)),
+          documents: this.documents,
+          tokens: this.tokens,
+        },
+        null,
+        2,
+      ) + '\n',
+    );
     return summary;
   }
 
@@ -214,9 +241,15 @@ export class ArrowShardDataset {
   private readonly cache = new Map<number, LoadedBatch>();
   private readonly fds: (number | null)[] = [];
 
-  constructor(readonly path: string, private readonly cacheBatches = 4) {
+  constructor(
+    readonly path: string,
+    private readonly cacheBatches = 4,
+  ) {
     this.files = statSync(path).isDirectory()
-      ? readdirSync(path).filter((f) => f.endsWith('.arrow') && !f.startsWith('.')).sort().map((f) => join(path, f))
+      ? readdirSync(path)
+          .filter((f) => f.endsWith('.arrow') && !f.startsWith('.'))
+          .sort()
+          .map((f) => join(path, f))
       : [path];
     if (this.files.length === 0) throw new FormatError(path, 'no .arrow shard files in this directory. Run `distill prepare --out DIR` to make them.');
     const lengths: number[] = [];
@@ -226,7 +259,10 @@ export class ArrowShardDataset {
       const m = this.scanShard(file, si, lengths);
       tokens += m.tokens;
       if (meta && (meta.tokenizerSha256 !== m.meta.tokenizerSha256 || meta.vocabSize !== m.meta.vocabSize)) {
-        throw new FormatError(file, `tokenizer ${m.meta.tokenizerSha256.slice(0, 12)}/vocab ${m.meta.vocabSize} differs from ${this.files[0]} (${meta.tokenizerSha256.slice(0, 12)}/vocab ${meta.vocabSize}). Shards of one dataset must come from one tokenizer; re-run prepare.`);
+        throw new FormatError(
+          file,
+          `tokenizer ${m.meta.tokenizerSha256.slice(0, 12)}/vocab ${m.meta.vocabSize} differs from ${this.files[0]} (${meta.tokenizerSha256.slice(0, 12)}/vocab ${meta.vocabSize}). Shards of one dataset must come from one tokenizer; re-run prepare.`,
+        );
       }
       meta ??= m.meta;
     });
@@ -254,9 +290,12 @@ export class ArrowShardDataset {
     const b = this.loadBatch(lo);
     const row = i - this.batches[lo].firstDoc;
     const tokens = b.values.subarray(b.offsets[row], b.offsets[row + 1]);
-    if ((crc32(bytesOf(tokens)) >>> 0) !== b.crcs[row]) {
+    if (crc32(bytesOf(tokens)) >>> 0 !== b.crcs[row]) {
       const file = this.files[this.batches[lo].shard];
-      throw new FormatError(file, `document ${i} (batch at byte ${this.batches[lo].offset}, row ${row}): token bytes fail their CRC-32 (found ${crc32(bytesOf(tokens)) >>> 0}, expected ${b.crcs[row]}). The shard is corrupt; re-run prepare.`);
+      throw new FormatError(
+        file,
+        `document ${i} (batch at byte ${this.batches[lo].offset}, row ${row}): token bytes fail their CRC-32 (found ${crc32(bytesOf(tokens)) >>> 0}, expected ${b.crcs[row]}). The shard is corrupt; re-run prepare.`,
+      );
     }
     return Int32Array.from(tokens);
   }
@@ -279,7 +318,10 @@ export class ArrowShardDataset {
     const buf = readFileSync(file);
     const magic = 'ARROW1';
     if (buf.length < 16 || buf.toString('latin1', 0, 6) !== magic || buf.toString('latin1', buf.length - 6) !== magic) {
-      throw new FormatError(file, `not an Arrow IPC file at byte ${buf.toString('latin1', 0, 6) !== magic ? 0 : buf.length - 6}: found ${JSON.stringify(buf.toString('latin1', 0, 6))}…${JSON.stringify(buf.toString('latin1', Math.max(0, buf.length - 6)))}, expected "ARROW1" at both ends. The shard is truncated or not a shard; re-run prepare.`);
+      throw new FormatError(
+        file,
+        `not an Arrow IPC file at byte ${buf.toString('latin1', 0, 6) !== magic ? 0 : buf.length - 6}: found ${JSON.stringify(buf.toString('latin1', 0, 6))}…${JSON.stringify(buf.toString('latin1', Math.max(0, buf.length - 6)))}, expected "ARROW1" at both ends. The shard is truncated or not a shard; re-run prepare.`,
+      );
     }
     let tokens = 0;
     let meta: ShardMetadata;
@@ -300,8 +342,11 @@ export class ArrowShardDataset {
         const b = extractBatch(file, batch, loc.offset, meta.dtype);
         for (let r = 0; r + 1 < b.offsets.length; r++) {
           const t = b.values.subarray(b.offsets[r], b.offsets[r + 1]);
-          if ((crc32(bytesOf(t)) >>> 0) !== b.crcs[r]) {
-            throw new FormatError(file, `document ${lengths.length} (batch ${k} at byte ${block.offset}, row ${r}): token bytes fail their CRC-32 (found ${crc32(bytesOf(t)) >>> 0}, expected ${b.crcs[r]}). The shard is corrupt; re-run prepare.`);
+          if (crc32(bytesOf(t)) >>> 0 !== b.crcs[r]) {
+            throw new FormatError(
+              file,
+              `document ${lengths.length} (batch ${k} at byte ${block.offset}, row ${r}): token bytes fail their CRC-32 (found ${crc32(bytesOf(t)) >>> 0}, expected ${b.crcs[r]}). The shard is corrupt; re-run prepare.`,
+            );
           }
           lengths.push(t.length);
           tokens += t.length;
@@ -346,7 +391,10 @@ export class ArrowShardDataset {
       loaded = extractBatch(file, batch, loc.offset, this.metadata.dtype);
     } catch (e) {
       if (e instanceof FormatError) throw e;
-      throw new FormatError(file, `cannot decode the record batch at byte ${loc.offset} (${(e as Error).message}). The shard changed or is corrupt; re-run prepare.`);
+      throw new FormatError(
+        file,
+        `cannot decode the record batch at byte ${loc.offset} (${(e as Error).message}). The shard changed or is corrupt; re-run prepare.`,
+      );
     }
     this.cache.set(bi, loaded);
     if (this.cache.size > this.cacheBatches) this.cache.delete(this.cache.keys().next().value as number);
@@ -380,7 +428,10 @@ function extractBatch(file: string, batch: RecordBatch, at: number, dtype: Shard
   const offsets = list.valueOffsets.subarray(list.offset, list.offset + list.length + 1);
   for (let r = 0; r < list.length; r++) {
     if (offsets[r] > offsets[r + 1] || offsets[r] < 0 || offsets[r + 1] > values.length) {
-      throw new FormatError(file, `record batch at byte ${at}, row ${r}: list offsets [${offsets[r]}, ${offsets[r + 1]}) are not within the ${values.length} token values. The shard is corrupt; re-run prepare.`);
+      throw new FormatError(
+        file,
+        `record batch at byte ${at}, row ${r}: list offsets [${offsets[r]}, ${offsets[r + 1]}) are not within the ${values.length} token values. The shard is corrupt; re-run prepare.`,
+      );
     }
   }
   const crcs = (crcCol.data[0].values as Uint32Array).subarray(0, list.length);

@@ -17,13 +17,34 @@ export type MegatronDtype = 'uint8' | 'int8' | 'int16' | 'int32' | 'int64' | 'fl
 
 /** Megatron's DType codes (megatron/core/datasets/indexed_dataset.py). */
 export const MEGATRON_DTYPE_CODES: Readonly<Record<number, MegatronDtype>> = {
-  1: 'uint8', 2: 'int8', 3: 'int16', 4: 'int32', 5: 'int64', 6: 'float64', 7: 'float32', 8: 'uint16',
+  1: 'uint8',
+  2: 'int8',
+  3: 'int16',
+  4: 'int32',
+  5: 'int64',
+  6: 'float64',
+  7: 'float32',
+  8: 'uint16',
 };
 const CODE_OF: Record<MegatronDtype, number> = {
-  uint8: 1, int8: 2, int16: 3, int32: 4, int64: 5, float64: 6, float32: 7, uint16: 8,
+  uint8: 1,
+  int8: 2,
+  int16: 3,
+  int32: 4,
+  int64: 5,
+  float64: 6,
+  float32: 7,
+  uint16: 8,
 };
 export const MEGATRON_ITEM_SIZE: Readonly<Record<MegatronDtype, number>> = {
-  uint8: 1, int8: 1, int16: 2, int32: 4, int64: 8, float64: 8, float32: 4, uint16: 2,
+  uint8: 1,
+  int8: 1,
+  int16: 2,
+  int32: 4,
+  int64: 8,
+  float64: 8,
+  float32: 4,
+  uint16: 2,
 };
 
 const MAGIC = Buffer.from('MMIDIDX\x00\x00', 'latin1');
@@ -51,21 +72,35 @@ export class MegatronIndexedDataset {
     const idx = readOrExplain(this.idxPath);
     const f = this.idxPath;
     if (idx.length < HEADER_BYTES) {
-      throw new FormatError(f, `truncated header at byte ${idx.length}: found ${idx.length} bytes, expected at least ${HEADER_BYTES}. The file was cut short; rebuild the dataset (prefix ${prefix}).`);
+      throw new FormatError(
+        f,
+        `truncated header at byte ${idx.length}: found ${idx.length} bytes, expected at least ${HEADER_BYTES}. The file was cut short; rebuild the dataset (prefix ${prefix}).`,
+      );
     }
     const magic = idx.subarray(0, 9);
     if (!magic.equals(MAGIC)) {
-      throw new FormatError(f, `bad magic at byte 0: found ${JSON.stringify(magic.toString('latin1'))}, expected "MMIDIDX\\x00\\x00". This is not a Megatron indexed-dataset index (mmap format); pass the prefix of a .idx/.bin pair written by Megatron's preprocess_data.py.`);
+      throw new FormatError(
+        f,
+        `bad magic at byte 0: found ${JSON.stringify(magic.toString('latin1'))}, expected "MMIDIDX\\x00\\x00". This is not a Megatron indexed-dataset index (mmap format); pass the prefix of a .idx/.bin pair written by Megatron's preprocess_data.py.`,
+      );
     }
     const dv = new DataView(idx.buffer, idx.byteOffset, idx.byteLength);
     const version = dv.getBigUint64(9, true);
     if (version !== 1n) {
-      throw new FormatError(f, `unsupported version at byte 9: found ${version}, expected 1. Re-export the dataset with a Megatron-LM version that writes version 1.`);
+      throw new FormatError(
+        f,
+        `unsupported version at byte 9: found ${version}, expected 1. Re-export the dataset with a Megatron-LM version that writes version 1.`,
+      );
     }
     const code = dv.getUint8(17);
     const dtype = MEGATRON_DTYPE_CODES[code];
     if (dtype === undefined) {
-      throw new FormatError(f, `unknown dtype code at byte 17: found ${code}, expected one of 1..8 (${Object.entries(MEGATRON_DTYPE_CODES).map(([k, v]) => `${k} ${v}`).join(', ')}). The index is corrupt or from an unknown writer.`);
+      throw new FormatError(
+        f,
+        `unknown dtype code at byte 17: found ${code}, expected one of 1..8 (${Object.entries(MEGATRON_DTYPE_CODES)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(', ')}). The index is corrupt or from an unknown writer.`,
+      );
     }
     this.dtype = dtype;
     this.itemSize = MEGATRON_ITEM_SIZE[dtype];
@@ -73,7 +108,10 @@ export class MegatronIndexedDataset {
     const D = safeNumber(f, dv.getBigUint64(26, true), 26, 'document count');
     const expected = HEADER_BYTES + 12 * S + 8 * D;
     if (idx.length !== expected) {
-      throw new FormatError(f, `size mismatch at byte ${Math.min(idx.length, expected)}: found ${idx.length} bytes, expected ${expected} (34-byte header + 12 bytes x ${S} sequences + 8 bytes x ${D} document indices). The index is ${idx.length < expected ? 'truncated' : 'followed by extra bytes'}; rebuild it.`);
+      throw new FormatError(
+        f,
+        `size mismatch at byte ${Math.min(idx.length, expected)}: found ${idx.length} bytes, expected ${expected} (34-byte header + 12 bytes x ${S} sequences + 8 bytes x ${D} document indices). The index is ${idx.length < expected ? 'truncated' : 'followed by extra bytes'}; rebuild it.`,
+      );
     }
     if (D < 1) {
       throw new FormatError(f, `document count at byte 26: found 0, expected at least 1 (the leading 0 of the document indices). Rebuild the index.`);
@@ -89,11 +127,15 @@ export class MegatronIndexedDataset {
     const docAt = ptrAt + 8 * S;
     for (let i = 0; i < S; i++) {
       const len = dv.getInt32(lenAt + 4 * i, true);
-      if (len < 0) throw new FormatError(f, `negative length at byte ${lenAt + 4 * i} (sequence ${i}): found ${len}, expected >= 0. The index is corrupt; rebuild it.`);
+      if (len < 0)
+        throw new FormatError(f, `negative length at byte ${lenAt + 4 * i} (sequence ${i}): found ${len}, expected >= 0. The index is corrupt; rebuild it.`);
       const ptr = Number(dv.getBigInt64(ptrAt + 8 * i, true));
       const end = ptr + len * this.itemSize;
       if (ptr < 0 || end > binSize) {
-        throw new FormatError(f, `pointer out of range at byte ${ptrAt + 8 * i} (sequence ${i}): found bytes [${ptr}, ${end}) of ${this.binPath}, expected within its ${binSize} bytes. The .bin is truncated or belongs to another index; rebuild the pair.`);
+        throw new FormatError(
+          f,
+          `pointer out of range at byte ${ptrAt + 8 * i} (sequence ${i}): found bytes [${ptr}, ${end}) of ${this.binPath}, expected within its ${binSize} bytes. The .bin is truncated or belongs to another index; rebuild the pair.`,
+        );
       }
       this.sequenceLengths[i] = len;
       this.sequencePointers[i] = ptr;
@@ -110,7 +152,10 @@ export class MegatronIndexedDataset {
       prev = v;
     }
     if (prev !== S) {
-      throw new FormatError(f, `bad last document index at byte ${docAt + 8 * (D - 1)}: found ${prev}, expected ${S} (the sequence count), so that every sequence belongs to a document. The index is corrupt; rebuild it.`);
+      throw new FormatError(
+        f,
+        `bad last document index at byte ${docAt + 8 * (D - 1)}: found ${prev}, expected ${S} (the sequence count), so that every sequence belongs to a document. The index is corrupt; rebuild it.`,
+      );
     }
     this.fd = openSync(this.binPath, 'r');
   }
@@ -135,7 +180,10 @@ export class MegatronIndexedDataset {
     while (got < bytes.length) {
       const n = readSync(this.fd, bytes, got, bytes.length - got, this.sequencePointers[s] + got);
       if (n === 0) {
-        throw new FormatError(this.binPath, `short read at byte ${this.sequencePointers[s] + got} (sequence ${s}): found end of file, expected ${bytes.length - got} more bytes. The .bin shrank after the index was opened; rebuild the pair.`);
+        throw new FormatError(
+          this.binPath,
+          `short read at byte ${this.sequencePointers[s] + got} (sequence ${s}): found end of file, expected ${bytes.length - got} more bytes. The .bin shrank after the index was opened; rebuild the pair.`,
+        );
       }
       got += n;
     }
@@ -188,15 +236,31 @@ function decodeTokens(bytes: Buffer, dtype: MegatronDtype, n: number): Int32Arra
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const out = new Int32Array(n);
   switch (dtype) {
-    case 'uint8': for (let i = 0; i < n; i++) out[i] = dv.getUint8(i); break;
-    case 'int8': for (let i = 0; i < n; i++) out[i] = dv.getInt8(i); break;
-    case 'int16': for (let i = 0; i < n; i++) out[i] = dv.getInt16(2 * i, true); break;
-    case 'uint16': for (let i = 0; i < n; i++) out[i] = dv.getUint16(2 * i, true); break;
-    case 'int32': for (let i = 0; i < n; i++) out[i] = dv.getInt32(4 * i, true); break;
+    case 'uint8':
+      for (let i = 0; i < n; i++) out[i] = dv.getUint8(i);
+      break;
+    case 'int8':
+      for (let i = 0; i < n; i++) out[i] = dv.getInt8(i);
+      break;
+    case 'int16':
+      for (let i = 0; i < n; i++) out[i] = dv.getInt16(2 * i, true);
+      break;
+    case 'uint16':
+      for (let i = 0; i < n; i++) out[i] = dv.getUint16(2 * i, true);
+      break;
+    case 'int32':
+      for (let i = 0; i < n; i++) out[i] = dv.getInt32(4 * i, true);
+      break;
     // Token ids fit in int32; wider dtypes are accepted because Megatron allows them for small vocabularies too.
-    case 'int64': for (let i = 0; i < n; i++) out[i] = Number(dv.getBigInt64(8 * i, true)); break;
-    case 'float32': for (let i = 0; i < n; i++) out[i] = dv.getFloat32(4 * i, true); break;
-    case 'float64': for (let i = 0; i < n; i++) out[i] = dv.getFloat64(8 * i, true); break;
+    case 'int64':
+      for (let i = 0; i < n; i++) out[i] = Number(dv.getBigInt64(8 * i, true));
+      break;
+    case 'float32':
+      for (let i = 0; i < n; i++) out[i] = dv.getFloat32(4 * i, true);
+      break;
+    case 'float64':
+      for (let i = 0; i < n; i++) out[i] = dv.getFloat64(8 * i, true);
+      break;
   }
   return out;
 }
@@ -208,14 +272,30 @@ function encodeTokens(tokens: ArrayLike<number>, dtype: MegatronDtype): Buffer {
   for (let i = 0; i < tokens.length; i++) {
     const t = tokens[i];
     switch (dtype) {
-      case 'uint8': dv.setUint8(i, t); break;
-      case 'int8': dv.setInt8(i, t); break;
-      case 'int16': dv.setInt16(2 * i, t, true); break;
-      case 'uint16': dv.setUint16(2 * i, t, true); break;
-      case 'int32': dv.setInt32(4 * i, t, true); break;
-      case 'int64': dv.setBigInt64(8 * i, BigInt(t), true); break;
-      case 'float32': dv.setFloat32(4 * i, t, true); break;
-      case 'float64': dv.setFloat64(8 * i, t, true); break;
+      case 'uint8':
+        dv.setUint8(i, t);
+        break;
+      case 'int8':
+        dv.setInt8(i, t);
+        break;
+      case 'int16':
+        dv.setInt16(2 * i, t, true);
+        break;
+      case 'uint16':
+        dv.setUint16(2 * i, t, true);
+        break;
+      case 'int32':
+        dv.setInt32(4 * i, t, true);
+        break;
+      case 'int64':
+        dv.setBigInt64(8 * i, BigInt(t), true);
+        break;
+      case 'float32':
+        dv.setFloat32(4 * i, t, true);
+        break;
+      case 'float64':
+        dv.setFloat64(8 * i, t, true);
+        break;
     }
   }
   return buf;

@@ -13,11 +13,22 @@ import { writeFileAtomic } from './atomicWrite.ts';
 /** The spec's upper bound on the header, checked before anything is allocated. */
 export const MAX_HEADER_BYTES = 100_000_000;
 
-export type SafetensorsDtype =
-  | 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'U16' | 'U32' | 'U64' | 'BOOL';
+export type SafetensorsDtype = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'U16' | 'U32' | 'U64' | 'BOOL';
 
 const BYTES_PER_ELEMENT: Record<SafetensorsDtype, number> = {
-  F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, U16: 2, U32: 4, U64: 8, BOOL: 1,
+  F64: 8,
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  I64: 8,
+  I32: 4,
+  I16: 2,
+  I8: 1,
+  U8: 1,
+  U16: 2,
+  U32: 4,
+  U64: 8,
+  BOOL: 1,
 };
 
 export interface TensorEntry {
@@ -137,12 +148,18 @@ function parseHeader(path: string, fd: number): { entries: Map<string, TensorEnt
   let at = dataStart;
   for (const e of sorted) {
     if (e.begin !== at) {
-      throw new FormatError(path, `tensor "${e.name}" starts at data offset ${e.begin - dataStart} but the previous tensor ends at ${at - dataStart}: offsets must tile the buffer (a gap or an overlap)`);
+      throw new FormatError(
+        path,
+        `tensor "${e.name}" starts at data offset ${e.begin - dataStart} but the previous tensor ends at ${at - dataStart}: offsets must tile the buffer (a gap or an overlap)`,
+      );
     }
     at = e.end;
   }
   if (at !== size) {
-    throw new FormatError(path, `tensors end at data offset ${at - dataStart} but the data holds ${dataLen} bytes: the file is truncated or has trailing bytes`);
+    throw new FormatError(
+      path,
+      `tensors end at data offset ${at - dataStart} but the data holds ${dataLen} bytes: the file is truncated or has trailing bytes`,
+    );
   }
   return { entries, metadata };
 }
@@ -218,14 +235,22 @@ function decode(path: string, e: TensorEntry, bytes: Buffer): { dtype: 'float32'
 
 function readInteger(dv: DataView, dtype: SafetensorsDtype, i: number): number | bigint {
   switch (dtype) {
-    case 'I64': return dv.getBigInt64(i * 8, true);
-    case 'U64': return dv.getBigUint64(i * 8, true);
-    case 'I32': return dv.getInt32(i * 4, true);
-    case 'U32': return dv.getUint32(i * 4, true);
-    case 'I16': return dv.getInt16(i * 2, true);
-    case 'U16': return dv.getUint16(i * 2, true);
-    case 'I8': return dv.getInt8(i);
-    default: return dv.getUint8(i);
+    case 'I64':
+      return dv.getBigInt64(i * 8, true);
+    case 'U64':
+      return dv.getBigUint64(i * 8, true);
+    case 'I32':
+      return dv.getInt32(i * 4, true);
+    case 'U32':
+      return dv.getUint32(i * 4, true);
+    case 'I16':
+      return dv.getInt16(i * 2, true);
+    case 'U16':
+      return dv.getUint16(i * 2, true);
+    case 'I8':
+      return dv.getInt8(i);
+    default:
+      return dv.getUint8(i);
   }
 }
 

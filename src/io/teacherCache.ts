@@ -17,11 +17,15 @@ import { FormatError } from '../errors.ts';
 import { tempSibling } from './atomicWrite.ts';
 import { buildRecordBatch, cacheFields, decodeRecordBatch } from '../cache/columns.ts';
 import {
-  CacheIncompleteError, CacheMismatchError, cacheId, differences, fingerprintMetadata, parseFingerprint, type CacheFingerprint,
+  CacheIncompleteError,
+  CacheMismatchError,
+  cacheId,
+  differences,
+  fingerprintMetadata,
+  parseFingerprint,
+  type CacheFingerprint,
 } from '../cache/fingerprint.ts';
-import {
-  coverage, describeRanges, MANIFEST_FILE, parsePartFileName, partFileName, readManifest, type ManifestPart, type PartRange,
-} from '../cache/layout.ts';
+import { coverage, describeRanges, MANIFEST_FILE, parsePartFileName, partFileName, readManifest, type ManifestPart, type PartRange } from '../cache/layout.ts';
 import { concatRows, sliceRows } from '../cache/sparsify.ts';
 import type { CacheRows } from '../cache/spec.ts';
 
@@ -50,7 +54,11 @@ export class TeacherCachePartWriter {
   private readonly schema: Schema;
   private next: number;
 
-  constructor(dir: string, private readonly fp: CacheFingerprint, private readonly range: PartRange) {
+  constructor(
+    dir: string,
+    private readonly fp: CacheFingerprint,
+    private readonly range: PartRange,
+  ) {
     mkdirSync(dir, { recursive: true });
     this.path = join(dir, partFileName(range));
     this.tmp = tempSibling(this.path);
@@ -157,7 +165,8 @@ export function indexPart(dir: string, file: string): PartIndex {
     if (start !== claimed.start || end !== claimed.end) fail(`metadata says samples [${start}, ${end}) but the name says [${claimed.start}, ${claimed.end})`);
     const blocks: PartIndex['blocks'] = [];
     const want = Math.ceil((end - start) / fp.batchSamples);
-    if (reader.numRecordBatches !== want) fail(`${reader.numRecordBatches} record batches, expected ${want} (${end - start} samples, ${fp.batchSamples} per batch)`);
+    if (reader.numRecordBatches !== want)
+      fail(`${reader.numRecordBatches} record batches, expected ${want} (${end - start} samples, ${fp.batchSamples} per batch)`);
     for (let k = 0; k < reader.numRecordBatches; k++) {
       const b = reader.footer.getRecordBatch(k);
       if (!b) return fail(`record batch ${k} missing from the footer`);
@@ -187,8 +196,11 @@ export function checkSameCache(dir: string, parts: PartIndex[], expected?: Cache
   for (const p of parts) {
     const d = differences(p.fp, ref);
     if (d.parts.length > 0) {
-      throw new CacheMismatchError(d.parts, `${p.path} belongs to another cache than ${expected ? 'the one being written' : parts[0].path} (${d.lines.join('; ')}). ` +
-        `Write this cache to another --out folder, or delete ${dir} to start over.`);
+      throw new CacheMismatchError(
+        d.parts,
+        `${p.path} belongs to another cache than ${expected ? 'the one being written' : parts[0].path} (${d.lines.join('; ')}). ` +
+          `Write this cache to another --out folder, or delete ${dir} to start over.`,
+      );
     }
   }
 }
@@ -202,7 +214,11 @@ export class TeacherCache {
   private readonly fds = new Map<string, number>();
   private readonly decoded = new Map<string, CacheRows>();
 
-  private constructor(readonly dir: string, parts: PartIndex[], private readonly keepBatches: number) {
+  private constructor(
+    readonly dir: string,
+    parts: PartIndex[],
+    private readonly keepBatches: number,
+  ) {
     this.index = [...parts].sort((a, b) => a.start - b.start);
     this.fingerprint = this.index[0].fp;
     this.id = cacheId(this.fingerprint);
@@ -211,17 +227,26 @@ export class TeacherCache {
 
   /** Opens `dir`, refusing it unless its parts tile the cache's sample range exactly once (and match its manifest). */
   static open(dir: string, opts: { keepBatches?: number } = {}): TeacherCache {
-    if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new CacheIncompleteError(`--teacher_cache ${dir}: no such folder. Make one with \`distill cache-teacher --out ${dir}\`.`);
+    if (!existsSync(dir) || !statSync(dir).isDirectory())
+      throw new CacheIncompleteError(`--teacher_cache ${dir}: no such folder. Make one with \`distill cache-teacher --out ${dir}\`.`);
     const { parts, temporaries } = listParts(dir);
-    const leftovers = temporaries.length > 0 ? ` (${temporaries.length} temporary file(s) of interrupted writers are there, e.g. ${temporaries[0]}: those parts were never completed)` : '';
+    const leftovers =
+      temporaries.length > 0
+        ? ` (${temporaries.length} temporary file(s) of interrupted writers are there, e.g. ${temporaries[0]}: those parts were never completed)`
+        : '';
     if (parts.length === 0) throw new CacheIncompleteError(`${dir}: no complete part files${leftovers}. Run \`distill cache-teacher --out ${dir}\`.`);
     checkSameCache(dir, parts);
     const fp = parts[0].fp;
     const { missing, overlaps } = coverage(parts, fp.sampleStart, fp.sampleEnd);
-    if (overlaps.length > 0) throw new CacheIncompleteError(`${dir}: samples ${describeRanges(overlaps)} are in more than one part; parts of two layouts are mixed. Delete the folder and re-run cache-teacher.`);
+    if (overlaps.length > 0)
+      throw new CacheIncompleteError(
+        `${dir}: samples ${describeRanges(overlaps)} are in more than one part; parts of two layouts are mixed. Delete the folder and re-run cache-teacher.`,
+      );
     if (missing.length > 0) {
-      throw new CacheIncompleteError(`${dir}: the cache is incomplete: samples ${describeRanges(missing)} of [${fp.sampleStart}, ${fp.sampleEnd}) have no part${leftovers}. ` +
-        'Re-run the cache-teacher job(s) with the same flags: each writes only its missing parts.');
+      throw new CacheIncompleteError(
+        `${dir}: the cache is incomplete: samples ${describeRanges(missing)} of [${fp.sampleStart}, ${fp.sampleEnd}) have no part${leftovers}. ` +
+          'Re-run the cache-teacher job(s) with the same flags: each writes only its missing parts.',
+      );
     }
     const manifestPath = join(dir, MANIFEST_FILE);
     if (existsSync(manifestPath)) {
@@ -229,8 +254,10 @@ export class TeacherCache {
       const files = new Map(parts.map((p) => [p.file, p.bytes]));
       const bad = m.parts.filter((p) => files.get(p.file) !== p.bytes);
       if (m.cache_id !== cacheId(fp) || bad.length > 0 || m.parts.length !== parts.length) {
-        throw new CacheIncompleteError(`${manifestPath} does not describe the parts in ${dir} (${bad.length > 0 ? `${bad[0].file} is missing or has another size` : 'another cache or part list'}). ` +
-          `Run \`distill cache-teacher --out ${dir} --merge\` to rewrite it.`);
+        throw new CacheIncompleteError(
+          `${manifestPath} does not describe the parts in ${dir} (${bad.length > 0 ? `${bad[0].file} is missing or has another size` : 'another cache or part list'}). ` +
+            `Run \`distill cache-teacher --out ${dir} --merge\` to rewrite it.`,
+        );
       }
     }
     return new TeacherCache(dir, parts, opts.keepBatches ?? 8);
@@ -291,7 +318,10 @@ export class TeacherCache {
       reader.open();
       batch = reader.next().value as RecordBatch | undefined;
     } catch (e) {
-      throw new FormatError(part.path, `cannot decode the record batch at byte ${block.offset} (${(e as Error).message}). The part is corrupt: delete it and re-run cache-teacher.`);
+      throw new FormatError(
+        part.path,
+        `cannot decode the record batch at byte ${block.offset} (${(e as Error).message}). The part is corrupt: delete it and re-run cache-teacher.`,
+      );
     }
     if (!batch) throw new FormatError(part.path, `no record batch at byte ${block.offset}. The part is corrupt: delete it and re-run cache-teacher.`);
     const rows = decodeRecordBatch(part.path, block.offset, batch, part.fp, first, count);

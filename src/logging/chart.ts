@@ -245,7 +245,10 @@ export function layoutChart(spec: ChartSpec, width: number, height: number, tm: 
     const labels = tickLabels(values);
     return values.map((value, i) => ({ value, pos: map(value), label: labels[i] }));
   };
-  const xTicks = tickList(niceTicks(xMin, xMax, Math.max(2, Math.floor(plot.w / (tm.charW * 10))), spec.integerX).filter((v) => v >= xMin && v <= xMax), sx);
+  const xTicks = tickList(
+    niceTicks(xMin, xMax, Math.max(2, Math.floor(plot.w / (tm.charW * 10))), spec.integerX).filter((v) => v >= xMin && v <= xMax),
+    sx,
+  );
   const yTicks = tickList(yTickValues, sy);
   return { width, height, plot, xTicks, yTicks, legend, sx, sy, xMin, xMax };
 }

@@ -57,7 +57,7 @@ const SHAPES: Readonly<Record<string, string>> = {
   ']': '01110 00010 00010 00010 00010 00010 01110',
   '<': '00010 00100 01000 10000 01000 00100 00010',
   '>': '01000 00100 00010 00001 00010 00100 01000',
-  '_': '00000 00000 00000 00000 00000 00000 11111',
+  _: '00000 00000 00000 00000 00000 00000 11111',
   '%': '11000 11001 00010 00100 01000 10011 00011',
   '=': '00000 00000 11111 00000 11111 00000 00000',
   '*': '00000 00100 10101 01110 10101 00100 00000',
@@ -72,9 +72,7 @@ const SHAPES: Readonly<Record<string, string>> = {
 };
 
 /** Decoded once: GLYPHS[ch][row] is a 5-bit mask, bit 4 = leftmost column. */
-const GLYPHS = new Map<string, readonly number[]>(
-  Object.entries(SHAPES).map(([ch, rows]) => [ch, rows.split(' ').map((r) => parseInt(r, 2))]),
-);
+const GLYPHS = new Map<string, readonly number[]>(Object.entries(SHAPES).map(([ch, rows]) => [ch, rows.split(' ').map((r) => parseInt(r, 2))]));
 
 /** Rows of `ch`; unknown characters render as '?' so a missing glyph is visible rather than silently blank. */
 export function glyph(ch: string): readonly number[] {

@@ -68,10 +68,27 @@ export interface MetricsLogOptions {
   now?: () => number;
 }
 
-const NUMERIC_FIELDS = ['step', 'loss', 'kd_loss', 'ce_loss', 'grad_norm', 'lr', 'tokens_per_s', 'ppl', 'val_ce_loss', 'val_kd_loss', 'val_ppl', 'time'] as const;
+const NUMERIC_FIELDS = [
+  'step',
+  'loss',
+  'kd_loss',
+  'ce_loss',
+  'grad_norm',
+  'lr',
+  'tokens_per_s',
+  'ppl',
+  'val_ce_loss',
+  'val_kd_loss',
+  'val_ppl',
+  'time',
+] as const;
 
 /** Validation fields as files written before the val_ names call them (`loss` was the student's CE there). */
-const LEGACY_VALID_FIELDS = [['loss', 'val_ce_loss'], ['kd_loss', 'val_kd_loss'], ['ppl', 'val_ppl']] as const;
+const LEGACY_VALID_FIELDS = [
+  ['loss', 'val_ce_loss'],
+  ['kd_loss', 'val_kd_loss'],
+  ['ppl', 'val_ppl'],
+] as const;
 
 export class MetricsLog {
   readonly path: string;

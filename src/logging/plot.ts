@@ -60,14 +60,31 @@ export function renderChart(spec: ChartSpec, opts: PlotOptions = {}): Raster {
 
   for (const h of spec.hlines ?? []) {
     const y = L.sy(h.y);
-    r.polyline([{ x: plot.x, y }, { x: plot.x + plot.w, y }], parseHex(h.color), lineWidth, DASH, plot);
+    r.polyline(
+      [
+        { x: plot.x, y },
+        { x: plot.x + plot.w, y },
+      ],
+      parseHex(h.color),
+      lineWidth,
+      DASH,
+      plot,
+    );
   }
   for (const series of spec.series) {
     const pts = series.points.map((p) => ({ x: L.sx(p.x), y: L.sy(p.y) }));
     r.polyline(pts, parseHex(series.color), lineWidth, series.dashed ? DASH : undefined, plot);
   }
   for (const it of L.legend) {
-    r.polyline([{ x: it.x, y: it.y }, { x: it.x + SWATCH_W, y: it.y }], parseHex(it.color), 3, it.dashed ? DASH : undefined);
+    r.polyline(
+      [
+        { x: it.x, y: it.y },
+        { x: it.x + SWATCH_W, y: it.y },
+      ],
+      parseHex(it.color),
+      3,
+      it.dashed ? DASH : undefined,
+    );
     r.text(it.x + SWATCH_W + 6, Math.round(it.y - glyphH / 2), it.label, INK, s);
   }
   return r;
@@ -80,7 +97,12 @@ export function renderChartPng(spec: ChartSpec, opts: PlotOptions = {}): Buffer 
 
 /** File-name stem for a chart title: "KD and CE loss" → "kd-and-ce-loss". */
 export function chartFileStem(title: string): string {
-  return title.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '') || 'chart';
+  return (
+    title
+      .toLowerCase()
+      .replace(/[^a-z0-9]+/g, '-')
+      .replace(/^-|-$/g, '') || 'chart'
+  );
 }
 
 /** Writes each chart to `<dir>/<stem>.png` and returns the paths (e.g. the charts of runCharts()). */

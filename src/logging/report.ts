@@ -54,7 +54,9 @@ export function chartSvg(spec: ChartSpec, width = 760, height = 360): string {
   const L = layoutChart(spec, width, height, SVG_TEXT);
   const { plot } = L;
   const out: string[] = [];
-  out.push(`<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" role="img" aria-label="${esc(spec.title)}">`);
+  out.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" role="img" aria-label="${esc(spec.title)}">`,
+  );
   out.push(`<title>${esc(spec.title)}</title>`);
   out.push(`<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`);
   out.push(`<text x="${plot.x}" y="${SVG_TEXT.lineH + 2}" class="t">${esc(spec.title)}</text>`);
@@ -74,11 +76,15 @@ export function chartSvg(spec: ChartSpec, width = 760, height = 360): string {
   out.push(`<g clip-path="url(#clip-${clipId++})">`);
   for (const h of spec.hlines ?? []) {
     const y = num(L.sy(h.y));
-    out.push(`<line x1="${plot.x}" x2="${plot.x + plot.w}" y1="${y}" y2="${y}" stroke="${h.color}" stroke-width="2" stroke-dasharray="${DASH}" class="hline"><title>${esc(h.label)}: ${h.y}</title></line>`);
+    out.push(
+      `<line x1="${plot.x}" x2="${plot.x + plot.w}" y1="${y}" y2="${y}" stroke="${h.color}" stroke-width="2" stroke-dasharray="${DASH}" class="hline"><title>${esc(h.label)}: ${h.y}</title></line>`,
+    );
   }
   for (const s of spec.series) {
     const dash = s.dashed ? ` stroke-dasharray="${DASH}"` : '';
-    out.push(`<path class="series" d="${pathData(s.points, L)}" fill="none" stroke="${s.color}" stroke-width="2" stroke-linejoin="round"${dash}><title>${esc(s.label)}</title></path>`);
+    out.push(
+      `<path class="series" d="${pathData(s.points, L)}" fill="none" stroke="${s.color}" stroke-width="2" stroke-linejoin="round"${dash}><title>${esc(s.label)}</title></path>`,
+    );
   }
   out.push('</g>');
   for (const it of L.legend) {
@@ -113,9 +119,12 @@ function fmt(v: number | undefined, digits = 4): string {
 export function buildReportHtml(runs: readonly RunMetrics[], opts: ReportOptions = {}): string {
   const title = opts.title ?? 'Training report';
   const charts = runCharts(runs, opts);
-  const rows = runs.map(summarizeRun).map(
-    (s) => `<tr><td>${esc(s.label)}</td><td>${s.steps}</td><td>${fmt(s.finalTrainLoss)}</td><td>${fmt(s.bestValidLoss)}${s.bestValidStep !== undefined ? ` @ ${s.bestValidStep}` : ''}</td><td>${fmt(s.meanTokensPerS, 3)}</td></tr>`,
-  );
+  const rows = runs
+    .map(summarizeRun)
+    .map(
+      (s) =>
+        `<tr><td>${esc(s.label)}</td><td>${s.steps}</td><td>${fmt(s.finalTrainLoss)}</td><td>${fmt(s.bestValidLoss)}${s.bestValidStep !== undefined ? ` @ ${s.bestValidStep}` : ''}</td><td>${fmt(s.meanTokensPerS, 3)}</td></tr>`,
+    );
   if (opts.teacher) rows.push(`<tr><td>${esc(opts.teacher.label ?? 'teacher')}</td><td>–</td><td>–</td><td>${fmt(opts.teacher.loss)}</td><td>–</td></tr>`);
   const facts = Object.entries(opts.facts ?? {})
     .map(([k, v]) => `<b>${esc(k)}</b>: ${esc(String(v))}`)
@@ -155,12 +164,7 @@ export function writeReport(dir: string, runs: readonly RunMetrics[], opts: Repo
  * Convenience for the end of a run: reads `metrics.jsonl` of this run and of any runs to compare
  * against (e.g. the CE-only baseline) and writes the report into `runDir`.
  */
-export function writeRunReport(
-  runDir: string,
-  label: string,
-  compare: readonly { label: string; dir: string }[] = [],
-  opts: ReportOptions = {},
-): string {
+export function writeRunReport(runDir: string, label: string, compare: readonly { label: string; dir: string }[] = [], opts: ReportOptions = {}): string {
   const runs: RunMetrics[] = [{ label, records: readMetrics(runDir) }, ...compare.map((c) => ({ label: c.label, records: readMetrics(c.dir) }))];
   return writeReport(runDir, runs, opts);
 }

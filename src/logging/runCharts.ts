@@ -56,14 +56,11 @@ function validPoints(records: readonly MetricsRecord[], field: ValidField): Poin
 export function runCharts(runs: readonly RunMetrics[], opts: RunChartOptions = {}): ChartSpec[] {
   const max = opts.maxPoints ?? 1500;
   const colorOf = (i: number): string => runs[i].color ?? PALETTE[i % PALETTE.length];
-  const teacherLines: HLine[] = opts.teacher && Number.isFinite(opts.teacher.loss)
-    ? [{ label: opts.teacher.label ?? 'teacher', y: opts.teacher.loss, color: TEACHER_COLOR }]
-    : [];
+  const teacherLines: HLine[] =
+    opts.teacher && Number.isFinite(opts.teacher.loss) ? [{ label: opts.teacher.label ?? 'teacher', y: opts.teacher.loss, color: TEACHER_COLOR }] : [];
 
   const perRun = (extract: (r: RunMetrics) => Point[], suffix = '', dashed = false): Series[] =>
-    runs
-      .map((run, i) => ({ label: run.label + suffix, points: decimate(extract(run), max), color: colorOf(i), dashed }))
-      .filter((s) => s.points.length > 0);
+    runs.map((run, i) => ({ label: run.label + suffix, points: decimate(extract(run), max), color: colorOf(i), dashed })).filter((s) => s.points.length > 0);
 
   const charts: ChartSpec[] = [];
   const add = (spec: ChartSpec): void => {
@@ -71,19 +68,41 @@ export function runCharts(runs: readonly RunMetrics[], opts: RunChartOptions = {
   };
 
   // Every x axis counts optimizer steps: integer ticks only.
-  const stepChart = (title: string, yLabel: string, series: Series[], hlines?: HLine[]): void => add({ title, xLabel: 'step', yLabel, series, hlines, integerX: true });
+  const stepChart = (title: string, yLabel: string, series: Series[], hlines?: HLine[]): void =>
+    add({ title, xLabel: 'step', yLabel, series, hlines, integerX: true });
 
   // The teacher's line goes on the validation chart only: its CE and a KD run's training loss are not one quantity.
-  stepChart('Training loss', 'loss', perRun((r) => trainPoints(r.records, 'loss')));
+  stepChart(
+    'Training loss',
+    'loss',
+    perRun((r) => trainPoints(r.records, 'loss')),
+  );
   // KD and CE components of the distillation loss: solid KD, dashed CE, in the run's colour.
   stepChart('KD and CE loss', 'loss', [
     ...perRun((r) => trainPoints(r.records, 'kd_loss'), ' KD'),
     ...perRun((r) => trainPoints(r.records, 'ce_loss'), ' CE', true),
   ]);
-  stepChart('Validation CE', 'student CE (nats/token)', perRun((r) => validPoints(r.records, 'val_ce_loss')), teacherLines);
-  stepChart('Learning rate', 'lr', perRun((r) => trainPoints(r.records, 'lr')));
-  stepChart('Throughput', 'tokens/s', perRun((r) => trainPoints(r.records, 'tokens_per_s')));
-  stepChart('Gradient norm', 'grad norm', perRun((r) => trainPoints(r.records, 'grad_norm')));
+  stepChart(
+    'Validation CE',
+    'student CE (nats/token)',
+    perRun((r) => validPoints(r.records, 'val_ce_loss')),
+    teacherLines,
+  );
+  stepChart(
+    'Learning rate',
+    'lr',
+    perRun((r) => trainPoints(r.records, 'lr')),
+  );
+  stepChart(
+    'Throughput',
+    'tokens/s',
+    perRun((r) => trainPoints(r.records, 'tokens_per_s')),
+  );
+  stepChart(
+    'Gradient norm',
+    'grad norm',
+    perRun((r) => trainPoints(r.records, 'grad_norm')),
+  );
   return charts;
 }
 

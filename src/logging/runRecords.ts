@@ -58,7 +58,12 @@ export function stepRecords(r: StepFigures): StepRecords {
   const tokensPerS = r.tokens / (r.elapsedMs / 1000);
   const record: TrainRecord = { step, loss: r.loss, kd_loss: r.kdLoss, ce_loss: r.ceLoss, grad_norm: r.gradNorm, lr: r.lr, tokens_per_s: tokensPerS };
   const scalars: Scalars = {
-    'train/loss': r.loss, 'train/kd_loss': r.kdLoss, 'train/ce_loss': r.ceLoss, 'train/grad_norm': r.gradNorm, 'train/lr': r.lr, 'train/tokens_per_s': tokensPerS,
+    'train/loss': r.loss,
+    'train/kd_loss': r.kdLoss,
+    'train/ce_loss': r.ceLoss,
+    'train/grad_norm': r.gradNorm,
+    'train/lr': r.lr,
+    'train/tokens_per_s': tokensPerS,
   };
   return { step, record, scalars };
 }

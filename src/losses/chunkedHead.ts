@@ -70,13 +70,7 @@ function accumulate<T extends tf.Tensor>(acc: T, x: T): T {
  * in the terms' order, then Σ mask. Differentiable w.r.t. `hidden` [N, h] and `head` [V, h] (the student's); the
  * count is not. The mask and the terms' tensors are saved for the backward pass (clones share the data: no copy).
  */
-export function chunkedHeadMeans(
-  hidden: tf.Tensor2D,
-  head: tf.Tensor2D,
-  mask: tf.Tensor1D,
-  terms: ChunkTerm[],
-  chunkSize: number,
-): tf.Tensor1D {
+export function chunkedHeadMeans(hidden: tf.Tensor2D, head: tf.Tensor2D, mask: tf.Tensor1D, terms: ChunkTerm[], chunkSize: number): tf.Tensor1D {
   checkShapes(hidden, head, mask, chunkSize);
   const n = hidden.shape[0];
   const widths = terms.map((t) => t.width ?? 1);
@@ -159,9 +153,7 @@ export function chunkedHeadMeans(
           const parts: tf.Tensor2D[] = [];
           for (let i = 0; i < terms.length; i++) {
             const t = terms[i];
-            const g = tf.tidy(() =>
-              t.gradient(z, s, e, tf.mul(wC, tf.slice(dy, [firsts[i]], [widths[i]])) as tf.Tensor2D, dataOf(saved, i), memoB),
-            );
+            const g = tf.tidy(() => t.gradient(z, s, e, tf.mul(wC, tf.slice(dy, [firsts[i]], [widths[i]])) as tf.Tensor2D, dataOf(saved, i), memoB));
             parts.push(parts.length === 0 ? g : accumulate(parts.pop() as tf.Tensor2D, g));
           }
           const dzC: tf.Tensor2D = parts[0] ?? tf.zerosLike(z);

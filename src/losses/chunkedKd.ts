@@ -74,12 +74,7 @@ export interface KdLossResult {
  * The KD term of a chunk: aligned teacher and student log-probabilities at τ, and the divergence between them (the
  * composition, on every backend without the softmaxKl kernels; kdLossFromHidden takes fusedKdTerm on the others).
  */
-export function kdTerm(
-  teacher: TeacherSource,
-  studentVocab: number,
-  options: KdLossOptions,
-  onNote: (note: string) => void,
-): ChunkTerm {
+export function kdTerm(teacher: TeacherSource, studentVocab: number, options: KdLossOptions, onNote: (note: string) => void): ChunkTerm {
   let noted = false;
   const logProbs = (z: tf.Tensor2D, s: number, e: number, data: tf.Tensor[], cache: ChunkCache): [tf.Tensor2D, tf.Tensor2D, number] => {
     // Teacher first, each in its own tidy: the raw teacher logits are dropped before the student's are made.
@@ -96,9 +91,7 @@ export function kdTerm(
       const zTs = zT.shape[1] > shared ? tf.slice(zT, [0, 0], [e - s, shared]) : zT;
       return logSoftmax(zTs as tf.Tensor2D, options.temperature);
     });
-    const lpS = tf.tidy(() =>
-      logSoftmax(studentVocab > shared ? (tf.slice(z, [0, 0], [e - s, shared]) as tf.Tensor2D) : z, options.temperature),
-    );
+    const lpS = tf.tidy(() => logSoftmax(studentVocab > shared ? (tf.slice(z, [0, 0], [e - s, shared]) as tf.Tensor2D) : z, options.temperature));
     return [lpT, lpS, shared];
   };
   return {
@@ -121,7 +114,10 @@ export function kdTerm(
       const scaled = tf.mul(g, tf.div(rowScale, options.temperature)) as tf.Tensor2D;
       g.dispose();
       if (shared === studentVocab) return scaled;
-      const padded = tf.pad(scaled, [[0, 0], [0, studentVocab - shared]]);
+      const padded = tf.pad(scaled, [
+        [0, 0],
+        [0, studentVocab - shared],
+      ]);
       scaled.dispose();
       return padded;
     },

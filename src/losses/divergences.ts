@@ -63,10 +63,14 @@ export function skewKl(logPt: tf.Tensor2D, logPs: tf.Tensor2D, lambda: number): 
 /** The divergence that `options.kind` names, from the two sides' log-probabilities at temperature τ. */
 export function divergenceFromLogProbs(logPt: tf.Tensor2D, logPs: tf.Tensor2D, options: KdLossOptions): tf.Tensor1D {
   switch (options.kind) {
-    case 'forward_kl': return forwardKl(logPt, logPs);
-    case 'reverse_kl': return reverseKl(logPt, logPs);
-    case 'jsd': return generalizedJsd(logPt, logPs, options.jsdBeta);
-    case 'skew_kl': return skewKl(logPt, logPs, options.skewLambda);
+    case 'forward_kl':
+      return forwardKl(logPt, logPs);
+    case 'reverse_kl':
+      return reverseKl(logPt, logPs);
+    case 'jsd':
+      return generalizedJsd(logPt, logPs, options.jsdBeta);
+    case 'skew_kl':
+      return skewKl(logPt, logPs, options.skewLambda);
   }
 }
 
@@ -74,18 +78,8 @@ export function divergenceFromLogProbs(logPt: tf.Tensor2D, logPs: tf.Tensor2D, o
  * Per-position divergence [N] between teacher and student logits [N, V], both divided by τ. Not multiplied by
  * τ² (see kdScale): the fixtures' `forward_kl_T2` is the plain KL at τ = 2.
  */
-export function perPositionDivergence(
-  teacherLogits: tf.Tensor2D,
-  studentLogits: tf.Tensor2D,
-  options: KdLossOptions,
-): tf.Tensor1D {
-  return tf.tidy(() =>
-    divergenceFromLogProbs(
-      logSoftmax(teacherLogits, options.temperature),
-      logSoftmax(studentLogits, options.temperature),
-      options,
-    ),
-  );
+export function perPositionDivergence(teacherLogits: tf.Tensor2D, studentLogits: tf.Tensor2D, options: KdLossOptions): tf.Tensor1D {
+  return tf.tidy(() => divergenceFromLogProbs(logSoftmax(teacherLogits, options.temperature), logSoftmax(studentLogits, options.temperature), options));
 }
 
 /**

@@ -56,11 +56,18 @@ export async function profileChunkedKd(args: ChunkedKdProfileArgs): Promise<Chun
   let info: Awaited<ReturnType<typeof tf.profile>>;
   try {
     info = await tf.profile(async () => {
-      const { value, grads } = tf.valueAndGrads((h: tf.Tensor, w: tf.Tensor) =>
-        kdLossFromHidden({
-          studentHidden: h as tf.Tensor2D, studentHead: w as tf.Tensor2D, teacherHidden: inputs.th, teacherHead: inputs.tw,
-          labels: inputs.labels, mask: inputs.mask, options, chunkSize,
-        }).loss,
+      const { value, grads } = tf.valueAndGrads(
+        (h: tf.Tensor, w: tf.Tensor) =>
+          kdLossFromHidden({
+            studentHidden: h as tf.Tensor2D,
+            studentHead: w as tf.Tensor2D,
+            teacherHidden: inputs.th,
+            teacherHead: inputs.tw,
+            labels: inputs.labels,
+            mask: inputs.mask,
+            options,
+            chunkSize,
+          }).loss,
       )([inputs.h, inputs.w]);
       loss = (await value.data())[0];
       await grads[1].data();

@@ -40,10 +40,7 @@ export interface SampledTargets {
   temperature: number;
 }
 
-export type SparseTargets =
-  | ({ kind: 'topk_renorm' } & TopKTargets)
-  | ({ kind: 'topk_ghost' } & TopKTargets)
-  | ({ kind: 'sampled' } & SampledTargets);
+export type SparseTargets = ({ kind: 'topk_renorm' } & TopKTargets) | ({ kind: 'topk_ghost' } & TopKTargets) | ({ kind: 'sampled' } & SampledTargets);
 
 /** The teacher's top-K ids and log-probabilities at τ, from its full logits [N, V] (what the cache would store). */
 export function teacherTopK(teacherLogits: tf.Tensor2D, k: number, temperature = 1): TopKTargets {

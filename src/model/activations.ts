@@ -25,10 +25,14 @@ export function geluErf<T extends tf.Tensor>(x: T): T {
 
 export function activate<T extends tf.Tensor>(name: Activation, x: T): T {
   switch (name) {
-    case 'gelu_new': return geluNew(x);
-    case 'gelu': return geluErf(x);
-    case 'relu': return tf.relu(x);
-    case 'silu': return tf.tidy(() => tf.mul(x, tf.sigmoid(x)) as T);
+    case 'gelu_new':
+      return geluNew(x);
+    case 'gelu':
+      return geluErf(x);
+    case 'relu':
+      return tf.relu(x);
+    case 'silu':
+      return tf.tidy(() => tf.mul(x, tf.sigmoid(x)) as T);
   }
 }
 

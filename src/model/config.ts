@@ -74,14 +74,19 @@ class FieldReader {
     const got = pick(this.json, names);
     if (!got) {
       if (fallback !== undefined) return fallback;
-      throw new FormatError(this.file, `missing field "${names[0]}"${names.length > 1 ? ` (or ${names.slice(1).join(', ')})` : ''}; a transformers config.json has it`);
+      throw new FormatError(
+        this.file,
+        `missing field "${names[0]}"${names.length > 1 ? ` (or ${names.slice(1).join(', ')})` : ''}; a transformers config.json has it`,
+      );
     }
     const v = got.value;
     if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) {
       throw new FormatError(this.file, `field "${got.name}" is ${JSON.stringify(v)}, expected a positive integer`);
     }
     if (v > MAX_DIM) {
-      throw new ConfigError(`${this.file}: field "${got.name}" is ${v}, over the limit of ${MAX_DIM} (2^24); the config is corrupt or not a model this project can hold`);
+      throw new ConfigError(
+        `${this.file}: field "${got.name}" is ${v}, over the limit of ${MAX_DIM} (2^24); the config is corrupt or not a model this project can hold`,
+      );
     }
     return v;
   }
@@ -144,7 +149,8 @@ function parseRope(file: string, json: Record<string, unknown>): { theta: number
   const type = p.rope_type ?? p.type ?? 'default';
   const num = (k: string): number => {
     const v = p[k];
-    if (typeof v !== 'number' || !(v > 0)) throw new FormatError(file, `field "${field}.${k}" is ${JSON.stringify(v)}; rope type "${String(type)}" needs a positive number`);
+    if (typeof v !== 'number' || !(v > 0))
+      throw new FormatError(file, `field "${field}.${k}" is ${JSON.stringify(v)}; rope type "${String(type)}" needs a positive number`);
     return v;
   };
   switch (type) {
@@ -230,7 +236,9 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
   let slidingWindow: number | null = null;
   if (mt === 'mistral' && pick(raw, ['sliding_window'])) slidingWindow = f.int(['sliding_window']);
   if (qwen2 && f.bool(['use_sliding_window'], false)) {
-    throw new ConfigError(`${file}: field "use_sliding_window" is true; Qwen2's per-layer sliding window is not supported (set it false for sequences shorter than the window)`);
+    throw new ConfigError(
+      `${file}: field "use_sliding_window" is true; Qwen2's per-layer sliding window is not supported (set it false for sequences shorter than the window)`,
+    );
   }
 
   const config: ModelConfig = {
@@ -258,7 +266,9 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
   };
   const n = countParams(config);
   if (n > MAX_PARAMS) {
-    throw new ConfigError(`${file}: the sizes (vocab_size ${vocabSize}, hidden ${hiddenSize}, ${numLayers} layers, intermediate ${intermediateSize}) give ${n.toExponential(3)} parameters, over the limit of 2^34; the config is corrupt or too large for tfjs`);
+    throw new ConfigError(
+      `${file}: the sizes (vocab_size ${vocabSize}, hidden ${hiddenSize}, ${numLayers} layers, intermediate ${intermediateSize}) give ${n.toExponential(3)} parameters, over the limit of 2^34; the config is corrupt or too large for tfjs`,
+    );
   }
   return config;
 }
@@ -272,8 +282,8 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
 export function checkSequenceLength(c: ModelConfig, seqLength: number, role: string, file: string): void {
   if (seqLength <= c.maxPositions) return;
   const field = c.modelType === 'gpt2' ? 'n_positions' : 'max_position_embeddings';
-  const why = c.modelType === 'gpt2'
-    ? "GPT-2's learned position table has no row past it"
-    : 'RoPE would run at positions the model never saw in training';
-  throw new ConfigError(`--seq_length ${seqLength} is longer than ${role}'s ${field} ${c.maxPositions} (${file}): ${why}. Use --seq_length ${c.maxPositions} or less${c.modelType === 'gpt2' ? '' : `, or raise ${field} (with rope_scaling) in config.json if the model was trained for longer contexts`}.`);
+  const why = c.modelType === 'gpt2' ? "GPT-2's learned position table has no row past it" : 'RoPE would run at positions the model never saw in training';
+  throw new ConfigError(
+    `--seq_length ${seqLength} is longer than ${role}'s ${field} ${c.maxPositions} (${file}): ${why}. Use --seq_length ${c.maxPositions} or less${c.modelType === 'gpt2' ? '' : `, or raise ${field} (with rope_scaling) in config.json if the model was trained for longer contexts`}.`,
+  );
 }

@@ -25,7 +25,10 @@ export function createModel(config: ModelConfig, source: WeightSource, opts: Mod
       const data = source(name, shape);
       const n = shape.reduce((a, d) => a * d, 1);
       if (data.length !== n) throw new CheckpointError(`parameter "${name}": expected ${n} values for shape [${shape}], got ${data.length}`);
-      params.set(name, tf.tidy(() => tf.variable(tf.tensor(data, shape, 'float32'), opts.trainable)));
+      params.set(
+        name,
+        tf.tidy(() => tf.variable(tf.tensor(data, shape, 'float32'), opts.trainable)),
+      );
     }
   } catch (e) {
     for (const v of params.values()) v.dispose();

@@ -17,7 +17,9 @@ export function checkTokenIds(ids: ArrayLike<number>, seqLen: number, vocabSize:
     const id = ids[i];
     if (!(id >= 0 && id < vocabSize) || !Number.isInteger(id)) {
       const b = Math.floor(i / seqLen);
-      throw new TokenIdError(`${what}[${b}, ${i - b * seqLen}] = ${id} is outside the vocabulary [0, ${vocabSize}); the tokenizer does not match the model's vocab_size`);
+      throw new TokenIdError(
+        `${what}[${b}, ${i - b * seqLen}] = ${id} is outside the vocabulary [0, ${vocabSize}); the tokenizer does not match the model's vocab_size`,
+      );
     }
   }
 }

@@ -27,7 +27,9 @@ export class Gpt2LM extends TransformerLM {
     const c = this.config;
     const [b, t] = inputIds.shape;
     if (t > c.maxPositions) {
-      throw new TokenIdError(`input_ids has ${t} positions but GPT-2's learned position table (n_positions) holds ${c.maxPositions}; use --seq_length ≤ ${c.maxPositions}`);
+      throw new TokenIdError(
+        `input_ids has ${t} positions but GPT-2's learned position table (n_positions) holds ${c.maxPositions}; use --seq_length ≤ ${c.maxPositions}`,
+      );
     }
     const mask = this.masks.get(t);
     return tf.tidy(() => {

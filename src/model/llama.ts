@@ -45,8 +45,7 @@ export class LlamaLM extends TransformerLM {
     const P = <R extends tf.Rank>(n: string): tf.Variable<R> => this.p<R>(pre + n);
     const B = (n: string): tf.Tensor1D | undefined => this.maybe<tf.Rank.R1>(pre + n);
     const x = rmsNorm(h, P('input_layernorm.weight'), c.normEps);
-    const proj = (n: string, heads: number): tf.Tensor4D =>
-      splitHeads(linear(x, P(`self_attn.${n}.weight`), B(`self_attn.${n}.bias`)), b, t, heads, c.headDim);
+    const proj = (n: string, heads: number): tf.Tensor4D => splitHeads(linear(x, P(`self_attn.${n}.weight`), B(`self_attn.${n}.bias`)), b, t, heads, c.headDim);
     const q = applyRope(proj('q_proj', c.numHeads), rope);
     const k = applyRope(proj('k_proj', c.numKvHeads), rope);
     const v = proj('v_proj', c.numKvHeads);

@@ -94,7 +94,8 @@ export function causalSoftmax(scores: tf.Tensor4D, scale: number, layout: Causal
     (save as tf.GradSaveFunc)([probs]);
     return {
       value: probs,
-      gradFunc: (dy: tf.Tensor4D, [saved]: tf.Tensor[]) => runKernel<tf.Tensor4D>(CAUSAL_SOFTMAX_GRAD_KERNEL, { dProbs: dy, probs: saved, ...positions }, attrs),
+      gradFunc: (dy: tf.Tensor4D, [saved]: tf.Tensor[]) =>
+        runKernel<tf.Tensor4D>(CAUSAL_SOFTMAX_GRAD_KERNEL, { dProbs: dy, probs: saved, ...positions }, attrs),
     };
   });
   return fused(scores) as tf.Tensor4D;

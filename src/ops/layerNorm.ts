@@ -53,10 +53,11 @@ export function layerNorm<T extends tf.Tensor>(x: T, weight: tf.Tensor1D, bias: 
     const y = runKernel<tf.Tensor2D>(LAYER_NORM_KERNEL, { x: x2, weight: w as tf.Tensor1D, bias: b as tf.Tensor1D }, attrs);
     return {
       value: tf.reshape(y, x.shape),
-      gradFunc: (dy: tf.Tensor, [xs, ws]: tf.Tensor[]) => tf.tidy(() => {
-        const [dx, dWeight, dBias] = runKernel<tf.Tensor[]>(LAYER_NORM_GRAD_KERNEL, { dy: tf.reshape(dy, shape2d), x: xs, weight: ws }, attrs);
-        return [tf.reshape(dx, x.shape), dWeight, dBias];
-      }),
+      gradFunc: (dy: tf.Tensor, [xs, ws]: tf.Tensor[]) =>
+        tf.tidy(() => {
+          const [dx, dWeight, dBias] = runKernel<tf.Tensor[]>(LAYER_NORM_GRAD_KERNEL, { dy: tf.reshape(dy, shape2d), x: xs, weight: ws }, attrs);
+          return [tf.reshape(dx, x.shape), dWeight, dBias];
+        }),
     };
   });
   return fused(x, weight, bias) as T;

@@ -49,10 +49,11 @@ export function rmsNorm<T extends tf.Tensor>(x: T, weight: tf.Tensor1D, eps: num
     const y = runKernel<tf.Tensor2D>(RMS_NORM_KERNEL, { x: x2, weight: w as tf.Tensor1D }, attrs);
     return {
       value: tf.reshape(y, x.shape),
-      gradFunc: (dy: tf.Tensor, [xs, ws]: tf.Tensor[]) => tf.tidy(() => {
-        const [dx, dWeight] = runKernel<tf.Tensor[]>(RMS_NORM_GRAD_KERNEL, { dy: tf.reshape(dy, shape2d), x: xs, weight: ws }, attrs);
-        return [tf.reshape(dx, x.shape), dWeight];
-      }),
+      gradFunc: (dy: tf.Tensor, [xs, ws]: tf.Tensor[]) =>
+        tf.tidy(() => {
+          const [dx, dWeight] = runKernel<tf.Tensor[]>(RMS_NORM_GRAD_KERNEL, { dy: tf.reshape(dy, shape2d), x: xs, weight: ws }, attrs);
+          return [tf.reshape(dx, x.shape), dWeight];
+        }),
     };
   });
   return fused(x, weight) as T;

@@ -68,7 +68,15 @@ export type SoftmaxKlLayout = 'values' | 'stats';
 
 /** The columns of the forward's 'stats' layout. */
 export const STAT = {
-  value: 0, ce: 1, maxStudent: 2, logZStudent: 3, maxTeacher: 4, logZTeacher: 5, rowSum: 6, maxCe: 7, logZCe: 8,
+  value: 0,
+  ce: 1,
+  maxStudent: 2,
+  logZStudent: 3,
+  maxTeacher: 4,
+  logZTeacher: 5,
+  rowSum: 6,
+  maxCe: 7,
+  logZCe: 8,
 } as const;
 export const STAT_COLUMNS = 9;
 
@@ -119,7 +127,10 @@ function check(a: SoftmaxKlArgs): void {
     throw new OpInputError(`softmaxKl: student [${a.student.shape}] and teacher [${a.teacher.shape}] must be [rows, V] with the same rows`);
   }
   const end = (a.rowOffset ?? 0) + rows;
-  for (const [name, x] of [['mask', a.mask], ['labels', a.labels]] as const) {
+  for (const [name, x] of [
+    ['mask', a.mask],
+    ['labels', a.labels],
+  ] as const) {
     if (x && (x.rank !== 1 || x.shape[0] < end)) throw new OpInputError(`softmaxKl: ${name} [${x.shape}] must be 1-D and reach row ${end}`);
   }
   if (a.labels && a.labels.dtype !== 'int32') throw new OpInputError(`softmaxKl: labels must be int32, got ${a.labels.dtype}`);
@@ -247,9 +258,8 @@ export function composedSoftmaxKlForward(inputs: SoftmaxKlTensors, attrs: Softma
       const picked = tf.reshape(tf.gather(tf.reshape(inputs.s, [-1]), at), [r.rows, 1]);
       ce = tf.add(tf.sub(maxCe, picked), logZCe) as tf.Tensor2D;
     }
-    const columns = attrs.layout === 'stats'
-      ? [value, ce, r.maxS, r.logZS, r.maxT, r.logZT, rowSum, maxCe, logZCe]
-      : attrs.ce === 'none' ? [value] : [value, ce];
+    const columns =
+      attrs.layout === 'stats' ? [value, ce, r.maxS, r.logZS, r.maxT, r.logZT, rowSum, maxCe, logZCe] : attrs.ce === 'none' ? [value] : [value, ce];
     return onLiveRows(tf.concat(columns, 1) as tf.Tensor2D, r.live);
   });
 }
@@ -283,7 +293,11 @@ export function composedSoftmaxKlBackward(inputs: SoftmaxKlTensors, stats: tf.Te
     const zero = tf.zeros([rows, shared]);
     // Rows whose scale is 0 get exactly 0, whatever their logits hold (0 · NaN would be NaN).
     let g: tf.Tensor2D = tf.where(tf.broadcastTo(tf.notEqual(kdScale, 0), [rows, shared]), tf.mul(gk, kdScale), zero) as tf.Tensor2D;
-    if (vs > shared) g = tf.pad(g, [[0, 0], [0, vs - shared]]);
+    if (vs > shared)
+      g = tf.pad(g, [
+        [0, 0],
+        [0, vs - shared],
+      ]);
     if (attrs.ce !== 'none') {
       const ceScale = tf.slice(scale, [0, 1], [rows, 1]);
       // Compared with the ids rather than tf.oneHot, whose float32 output is all zeros on wasm (tfjs 4.22).
@@ -293,7 +307,7 @@ export function composedSoftmaxKlBackward(inputs: SoftmaxKlTensors, stats: tf.Te
       const ceGrad = tf.mul(tf.sub(softmax, hot), ceScale);
       g = tf.add(g, tf.where(tf.broadcastTo(tf.notEqual(ceScale, 0), [rows, vs]), ceGrad, tf.zerosLike(ceGrad))) as tf.Tensor2D;
     }
-    const live = inputs.mask ? tf.reshape(tf.greater(tf.slice(inputs.mask, [attrs.rowOffset], [rows]), 0), [rows, 1]) as tf.Tensor2D : null;
+    const live = inputs.mask ? (tf.reshape(tf.greater(tf.slice(inputs.mask, [attrs.rowOffset], [rows]), 0), [rows, 1]) as tf.Tensor2D) : null;
     return onLiveRows(g, live);
   });
 }

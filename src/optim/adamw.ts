@@ -66,8 +66,14 @@ export class AdamW {
     this.v = tf.tidy(() => tf.variable(tf.zeros([this.flat ? total : 0]), false));
     if (!this.flat) {
       for (const [name, p] of params) {
-        this.mOf.set(name, tf.tidy(() => tf.variable(tf.zerosLike(p), false)));
-        this.vOf.set(name, tf.tidy(() => tf.variable(tf.zerosLike(p), false)));
+        this.mOf.set(
+          name,
+          tf.tidy(() => tf.variable(tf.zerosLike(p), false)),
+        );
+        this.vOf.set(
+          name,
+          tf.tidy(() => tf.variable(tf.zerosLike(p), false)),
+        );
       }
     }
     const mask = new Float32Array(total);

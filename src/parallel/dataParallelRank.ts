@@ -96,7 +96,10 @@ export class DataParallelRank {
       const bucketBytes = this.o.bucketBytes ?? DEFAULT_BUCKET_BYTES;
       if (collectives.kind === 'nccl') {
         // Device to device on the backend's stream, in buckets from the last layer back.
-        const plan = planGradientBuckets([...grads].map(([name, t]) => ({ name, size: t.size })), bucketBytes);
+        const plan = planGradientBuckets(
+          [...grads].map(([name, t]) => ({ name, size: t.size })),
+          bucketBytes,
+        );
         [stop] = await allReduceGradientBuckets(grads, collectives.comm, plan, [flag]);
       } else {
         const tagBase = step * 4096;
@@ -111,7 +114,9 @@ export class DataParallelRank {
   };
 
   private async agreeOnCollectives(): Promise<GroupCollectives> {
-    const c: GroupCollectives = this.o.communicator ? { kind: 'nccl', comm: this.o.communicator } : await groupCollectives(this.o.transport, this.o.group, 'dp');
+    const c: GroupCollectives = this.o.communicator
+      ? { kind: 'nccl', comm: this.o.communicator }
+      : await groupCollectives(this.o.transport, this.o.group, 'dp');
     if (this.leader) {
       const line = collectivesLine('dp', this.size, c);
       if (this.o.log) this.o.log(line);
@@ -133,13 +138,24 @@ export class DataParallelRank {
    */
   gatherSteps(sinks: StepSink[]): StepSink {
     const { transport, group } = this.o;
-    if (this.size === 1) return { onStep: (r) => { for (const s of sinks) s.onStep(r); } };
+    if (this.size === 1)
+      return {
+        onStep: (r) => {
+          for (const s of sinks) s.onStep(r);
+        },
+      };
     if (!this.leader) {
       return {
         onStep: (r) => {
           transport.send(group[0], {
-            kind: 'stepStats', step: r.step, loss: r.loss, kdLoss: r.kdLoss ?? null, ceLoss: r.ceLoss ?? null,
-            tokens: r.tokens, elapsedMs: r.elapsedMs, skipped: r.skipped,
+            kind: 'stepStats',
+            step: r.step,
+            loss: r.loss,
+            kdLoss: r.kdLoss ?? null,
+            ceLoss: r.ceLoss ?? null,
+            tokens: r.tokens,
+            elapsedMs: r.elapsedMs,
+            skipped: r.skipped,
           });
           for (const s of sinks) s.onStep(r);
         },
@@ -147,30 +163,35 @@ export class DataParallelRank {
     }
     return {
       onStep: (own) => {
-        this.gathered = this.gathered.then(async () => {
-          if (this.gatherError) return;
-          const all = [{ loss: own.loss, kdLoss: own.kdLoss ?? null, ceLoss: own.ceLoss ?? null, tokens: own.tokens, elapsedMs: own.elapsedMs, skipped: own.skipped }];
-          for (const w of group.slice(1)) {
-            const m = await transport.receive(w, 'stepStats');
-            if (m.step !== own.step) throw new Error(`rank 0 got step ${m.step}'s metrics from worker ${w} while summing step ${own.step}: the ranks are out of step (a bug)`);
-            all.push(m);
-          }
-          const tokens = all.reduce((a, x) => a + x.tokens, 0);
-          const mean = (k: 'kdLoss' | 'ceLoss'): number | undefined =>
-            all.every((x) => x[k] !== null) ? all.reduce((a, x) => a + x[k]! * x.tokens, 0) / tokens : undefined;
-          const result: StepResult = {
-            ...own,
-            loss: all.reduce((a, x) => a + x.loss, 0),
-            kdLoss: mean('kdLoss'),
-            ceLoss: mean('ceLoss'),
-            tokens,
-            elapsedMs: Math.max(...all.map((x) => x.elapsedMs)),
-            skipped: all.some((x) => x.skipped),
-          };
-          for (const s of sinks) s.onStep(result);
-        }).catch((e: unknown) => {
-          this.gatherError ??= e instanceof Error ? e : new Error(String(e));
-        });
+        this.gathered = this.gathered
+          .then(async () => {
+            if (this.gatherError) return;
+            const all = [
+              { loss: own.loss, kdLoss: own.kdLoss ?? null, ceLoss: own.ceLoss ?? null, tokens: own.tokens, elapsedMs: own.elapsedMs, skipped: own.skipped },
+            ];
+            for (const w of group.slice(1)) {
+              const m = await transport.receive(w, 'stepStats');
+              if (m.step !== own.step)
+                throw new Error(`rank 0 got step ${m.step}'s metrics from worker ${w} while summing step ${own.step}: the ranks are out of step (a bug)`);
+              all.push(m);
+            }
+            const tokens = all.reduce((a, x) => a + x.tokens, 0);
+            const mean = (k: 'kdLoss' | 'ceLoss'): number | undefined =>
+              all.every((x) => x[k] !== null) ? all.reduce((a, x) => a + x[k]! * x.tokens, 0) / tokens : undefined;
+            const result: StepResult = {
+              ...own,
+              loss: all.reduce((a, x) => a + x.loss, 0),
+              kdLoss: mean('kdLoss'),
+              ceLoss: mean('ceLoss'),
+              tokens,
+              elapsedMs: Math.max(...all.map((x) => x.elapsedMs)),
+              skipped: all.some((x) => x.skipped),
+            };
+            for (const s of sinks) s.onStep(result);
+          })
+          .catch((e: unknown) => {
+            this.gatherError ??= e instanceof Error ? e : new Error(String(e));
+          });
       },
     };
   }

@@ -82,14 +82,20 @@ export function stagePlan(numLayers: number, stages: number, stage: number): Sta
  */
 export function checkModelLayout(l: ParallelLayout, c: ModelConfig, which: string): void {
   const bad = (why: string): never => {
-    throw new ConfigError(`${which} (${c.sourceModelType}, ${c.numLayers} layers, ${c.numHeads} heads, ${c.numKvHeads} KV heads, vocab ${c.vocabSize}) cannot take tp ${l.tp} × pp ${l.pp} × cp ${l.cp}: ${why}`);
+    throw new ConfigError(
+      `${which} (${c.sourceModelType}, ${c.numLayers} layers, ${c.numHeads} heads, ${c.numKvHeads} KV heads, vocab ${c.vocabSize}) cannot take tp ${l.tp} × pp ${l.pp} × cp ${l.cp}: ${why}`,
+    );
   };
   if (c.numHeads % l.tp !== 0) bad(`${c.numHeads} attention heads do not split over --tp_size ${l.tp} (${c.numHeads} mod ${l.tp} = ${c.numHeads % l.tp})`);
   if (c.numKvHeads % l.tp !== 0 && l.tp % c.numKvHeads !== 0) {
     bad(`${c.numKvHeads} KV heads neither split over --tp_size ${l.tp} nor replicate evenly (${l.tp} mod ${c.numKvHeads} = ${l.tp % c.numKvHeads})`);
   }
-  if (c.vocabSize % l.tp !== 0) bad(`the vocabulary of ${c.vocabSize} does not split over --tp_size ${l.tp} (${c.vocabSize} mod ${l.tp} = ${c.vocabSize % l.tp}); pad it to a multiple of ${l.tp}`);
+  if (c.vocabSize % l.tp !== 0)
+    bad(
+      `the vocabulary of ${c.vocabSize} does not split over --tp_size ${l.tp} (${c.vocabSize} mod ${l.tp} = ${c.vocabSize % l.tp}); pad it to a multiple of ${l.tp}`,
+    );
   if (c.intermediateSize % l.tp !== 0) bad(`the MLP width ${c.intermediateSize} does not split over --tp_size ${l.tp}`);
-  if (l.pp > c.numLayers + 1) bad(`--pp_size ${l.pp} stages need at least ${l.pp - 1} transformer layers (one per stage, the last stage may hold only the head); it has ${c.numLayers}`);
+  if (l.pp > c.numLayers + 1)
+    bad(`--pp_size ${l.pp} stages need at least ${l.pp - 1} transformer layers (one per stage, the last stage may hold only the head); it has ${c.numLayers}`);
   if (c.slidingWindow !== null && l.cp > 1) bad('sliding-window attention is not supported with --cp_size > 1');
 }

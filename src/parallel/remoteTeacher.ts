@@ -44,7 +44,10 @@ export class RemoteTeacher {
         concatMap(async ({ batch, id }): Promise<TeacherBatch> => {
           await ready;
           const m = await this.transport.receive(this.teacherWorker, 'teacherHidden');
-          if (m.id !== id) throw new Error(`teacher worker ${this.teacherWorker} answered request ${m.id} while request ${id} was due (step ${batch.position.step}): the teacher stream is out of order (a bug)`);
+          if (m.id !== id)
+            throw new Error(
+              `teacher worker ${this.teacherWorker} answered request ${m.id} while request ${id} was due (step ${batch.position.step}): the teacher stream is out of order (a bug)`,
+            );
           return { ...batch, teacher: { kind: 'hidden', hidden: frameToTensor(m.hidden) as tf.Tensor2D, head: this.head! } };
         }),
       );

@@ -30,12 +30,16 @@ export async function ringAllReduce(t: Transport, group: readonly number[], data
     t.send(right, { kind: 'ring', tag, chunk: index(sendChunk), data: arrayToFrame(out, [out.length]) });
     const m = await t.receive(left, 'ring');
     if (m.tag !== tag || m.chunk !== index(recvChunk)) {
-      throw new Error(`ring all-reduce out of step on worker ${t.rank}: expected reduction ${tag} chunk ${index(recvChunk)} from worker ${left}, got reduction ${m.tag} chunk ${m.chunk}. The workers disagree on the gradients' layout or step; this is a bug.`);
+      throw new Error(
+        `ring all-reduce out of step on worker ${t.rank}: expected reduction ${tag} chunk ${index(recvChunk)} from worker ${left}, got reduction ${m.tag} chunk ${m.chunk}. The workers disagree on the gradients' layout or step; this is a bug.`,
+      );
     }
     const got = frameToArray(m.data);
     const into = chunk(recvChunk);
     if (!(got instanceof Float32Array) || got.length !== into.length) {
-      throw new Error(`ring all-reduce on worker ${t.rank}: chunk ${index(recvChunk)} from worker ${left} has ${got.length} values, expected ${into.length} (the workers' gradient sizes differ)`);
+      throw new Error(
+        `ring all-reduce on worker ${t.rank}: chunk ${index(recvChunk)} from worker ${left} has ${got.length} values, expected ${into.length} (the workers' gradient sizes differ)`,
+      );
     }
     return got;
   };

@@ -26,7 +26,9 @@ export function arrayToFrame(data: FrameArray, shape: readonly number[]): Tensor
 export function frameToArray(f: TensorFrame): FrameArray {
   const size = f.shape.reduce((a, b) => a * b, 1);
   if (f.bytes.byteLength !== size * 4) {
-    throw new RangeError(`tensor frame: ${f.bytes.byteLength} bytes for shape [${f.shape.join(', ')}] of ${f.dtype} (expected ${size * 4}); the frame is truncated or from another version`);
+    throw new RangeError(
+      `tensor frame: ${f.bytes.byteLength} bytes for shape [${f.shape.join(', ')}] of ${f.dtype} (expected ${size * 4}); the frame is truncated or from another version`,
+    );
   }
   const copy = new Uint8Array(f.bytes.byteLength);
   copy.set(f.bytes);

@@ -51,7 +51,9 @@ export function describeResumeChanges(saved: DistillationRecipe, now: Distillati
   if (schedule.length) {
     const before = learningRate(saved)(step);
     const after = learningRate(now)(step);
-    lines.push(`the learning-rate schedule changed (${schedule.join(', ')}): step ${step + 1} runs at lr ${after.toExponential(2)} where the checkpoint's schedule gives ${before.toExponential(2)}`);
+    lines.push(
+      `the learning-rate schedule changed (${schedule.join(', ')}): step ${step + 1} runs at lr ${after.toExponential(2)} where the checkpoint's schedule gives ${before.toExponential(2)}`,
+    );
   }
   const optimizer = changed(OPTIMIZER, saved, now);
   if (optimizer.length) lines.push(`the optimizer changed (${optimizer.join(', ')}): AdamW continues from the saved moments with the new settings`);

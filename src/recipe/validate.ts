@@ -23,19 +23,32 @@ export function validateRecipe(r: DistillationRecipe): void {
   positiveInt('log_interval', t.logInterval);
   if (t.inFlight < 1) throw new ConfigError(`--in_flight must be at least 1, got ${t.inFlight}`);
   const p = r.parallel;
-  for (const [flag, v] of [['tp_size', p.tpSize], ['pp_size', p.ppSize], ['cp_size', p.cpSize], ['devices', p.devicesPerNode], ['num_nodes', p.numNodes]] as const) positiveInt(flag, v);
+  for (const [flag, v] of [
+    ['tp_size', p.tpSize],
+    ['pp_size', p.ppSize],
+    ['cp_size', p.cpSize],
+    ['devices', p.devicesPerNode],
+    ['num_nodes', p.numNodes],
+  ] as const)
+    positiveInt(flag, v);
   const workers = p.devicesPerNode * p.numNodes;
   const modelParallel = p.tpSize * p.ppSize * p.cpSize;
   if (workers % modelParallel !== 0) {
-    throw new ConfigError(`--devices ${p.devicesPerNode} × --num_nodes ${p.numNodes} = ${workers} workers is not a multiple of tp × pp × cp = ${p.tpSize} × ${p.ppSize} × ${p.cpSize} = ${modelParallel}`);
+    throw new ConfigError(
+      `--devices ${p.devicesPerNode} × --num_nodes ${p.numNodes} = ${workers} workers is not a multiple of tp × pp × cp = ${p.tpSize} × ${p.ppSize} × ${p.cpSize} = ${modelParallel}`,
+    );
   }
   const teacherDevices = teacherDevicesOf(r);
   if (modelParallel > 1 && teacherDevices > 0) {
-    throw new ConfigError(`--teacher_devices ${teacherDevices} with tp × pp × cp = ${modelParallel}: under model parallelism the teacher is split the same way as the student and runs on the same workers; drop --teacher_devices`);
+    throw new ConfigError(
+      `--teacher_devices ${teacherDevices} with tp × pp × cp = ${modelParallel}: under model parallelism the teacher is split the same way as the student and runs on the same workers; drop --teacher_devices`,
+    );
   }
   if (!Number.isInteger(teacherDevices) || teacherDevices < 0) throw new ConfigError(`--teacher_devices must be a non-negative integer, got ${teacherDevices}`);
   if (teacherDevices > 0 && (r.kind !== 'distill' || !r.teacherPath)) {
-    throw new ConfigError(`--teacher_devices ${teacherDevices} places the teacher's forward pass on its own workers, so it needs --teacher_path (not pretraining, not --teacher_cache)`);
+    throw new ConfigError(
+      `--teacher_devices ${teacherDevices} places the teacher's forward pass on its own workers, so it needs --teacher_path (not pretraining, not --teacher_cache)`,
+    );
   }
   const dp = workers / modelParallel;
   if (t.globalBatchSize % (t.microBatchSize * dp) !== 0) {
@@ -45,7 +58,8 @@ export function validateRecipe(r: DistillationRecipe): void {
   if (!(o.lr > 0)) throw new ConfigError(`--lr must be positive, got ${o.lr}`);
   if (!(o.minLr >= 0 && o.minLr <= o.lr)) throw new ConfigError(`--min_lr ${o.minLr} must be in [0, --lr ${o.lr}]`);
   if (!(o.warmupSteps >= 0)) throw new ConfigError(`--warmup_steps must be ≥ 0, got ${o.warmupSteps}`);
-  if (!(o.adamBeta1 >= 0 && o.adamBeta1 < 1) || !(o.adamBeta2 >= 0 && o.adamBeta2 < 1)) throw new ConfigError(`--adam_beta1/--adam_beta2 must be in [0, 1), got ${o.adamBeta1}, ${o.adamBeta2}`);
+  if (!(o.adamBeta1 >= 0 && o.adamBeta1 < 1) || !(o.adamBeta2 >= 0 && o.adamBeta2 < 1))
+    throw new ConfigError(`--adam_beta1/--adam_beta2 must be in [0, 1), got ${o.adamBeta1}, ${o.adamBeta2}`);
   if (!(o.adamEps > 0)) throw new ConfigError(`--adam_eps must be positive, got ${o.adamEps}`);
   if (!(o.clipGrad >= 0)) throw new ConfigError(`--clip_grad must be ≥ 0 (0 turns clipping off), got ${o.clipGrad}`);
   const l = r.loss;
@@ -54,7 +68,8 @@ export function validateRecipe(r: DistillationRecipe): void {
   if (!(l.kdRatio >= 0 && l.kdRatio <= 1)) throw new ConfigError(`--kd_ratio must be in [0, 1], got ${l.kdRatio}`);
   if (!(l.jsdBeta > 0 && l.jsdBeta < 1)) throw new ConfigError(`--jsd_beta must be in (0, 1), got ${l.jsdBeta}`);
   if (!(l.skewLambda >= 0 && l.skewLambda < 1)) throw new ConfigError(`--skew_lambda must be in [0, 1), got ${l.skewLambda}`);
-  if (!Number.isInteger(l.chunkSize) || l.chunkSize < 0) throw new ConfigError(`--loss_chunk must be 0 (size chunks by memory) or a positive integer, got ${l.chunkSize}`);
+  if (!Number.isInteger(l.chunkSize) || l.chunkSize < 0)
+    throw new ConfigError(`--loss_chunk must be 0 (size chunks by memory) or a positive integer, got ${l.chunkSize}`);
   const split = r.data.split.split(',').map(Number);
   if (split.length !== 3 || split.some((x) => !(x >= 0)) || split.reduce((a, b) => a + b, 0) <= 0) {
     throw new ConfigError(`--split ${r.data.split}: give three non-negative weights for train,valid,test, e.g. 99,1,0`);

@@ -22,7 +22,9 @@ export function checkModelParallelRecipe(recipe: DistillationRecipe, layout: Par
   const teacher = recipe.kind === 'distill' && recipe.teacherPath ? readModelConfig(recipe.teacherPath) : null;
   const padded = pairedVocabSize([student.vocabSize, ...(teacher ? [teacher.vocabSize] : [])], layout.tp, recipe.parallel.makeVocabSizeDivisibleBy);
   checkModelLayout(layout, { ...student, vocabSize: padded }, `the student ${recipe.studentPath}`);
-  if (recipe.kind === 'distill' && recipe.teacherCache) throw new ConfigError('--teacher_cache with --tp_size/--pp_size/--cp_size > 1 is not supported; distil from the cache with data parallelism only (--devices N)');
+  if (recipe.kind === 'distill' && recipe.teacherCache)
+    throw new ConfigError(
+      '--teacher_cache with --tp_size/--pp_size/--cp_size > 1 is not supported; distil from the cache with data parallelism only (--devices N)',
+    );
   if (teacher) checkModelLayout(layout, { ...teacher, vocabSize: padded }, `the teacher ${recipe.teacherPath}`);
 }
-

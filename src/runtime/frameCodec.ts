@@ -8,7 +8,23 @@ import type { MessageKind, WorkerMessage } from './messages.ts';
 const packr = new Packr({ useRecords: false, moreTypes: false });
 
 const KINDS: ReadonlySet<MessageKind> = new Set<MessageKind>([
-  'init', 'stop', 'shutdown', 'log', 'step', 'done', 'error', 'ring', 'ncclId', 'collectiveProbe', 'collectiveProbeReply', 'stepStats', 'teacherHead', 'teacherRequest', 'teacherHidden', 'stageTensors', 'paramShards',
+  'init',
+  'stop',
+  'shutdown',
+  'log',
+  'step',
+  'done',
+  'error',
+  'ring',
+  'ncclId',
+  'collectiveProbe',
+  'collectiveProbeReply',
+  'stepStats',
+  'teacherHead',
+  'teacherRequest',
+  'teacherHidden',
+  'stageTensors',
+  'paramShards',
 ]);
 
 export function encodeMessage(m: WorkerMessage): Uint8Array {
@@ -18,7 +34,9 @@ export function encodeMessage(m: WorkerMessage): Uint8Array {
 export function decodeMessage(frame: Uint8Array): WorkerMessage {
   const v: unknown = packr.unpack(frame);
   if (typeof v !== 'object' || v === null || !KINDS.has((v as { kind?: MessageKind }).kind as MessageKind)) {
-    throw new TypeError(`worker frame of ${frame.byteLength} bytes is not a message (kind ${JSON.stringify((v as { kind?: unknown } | null)?.kind)}); are both sides the same version?`);
+    throw new TypeError(
+      `worker frame of ${frame.byteLength} bytes is not a message (kind ${JSON.stringify((v as { kind?: unknown } | null)?.kind)}); are both sides the same version?`,
+    );
   }
   return v as WorkerMessage;
 }

@@ -96,7 +96,9 @@ function positive(env: Env, name: string, dflt: number): number {
 export function checkOneNode(numNodes: number, env: Env = process.env): void {
   const n = multiNodeEnv(env);
   if (numNodes === 1 && n > 1) {
-    throw new ConfigError(`this process is one of ${n} nodes (${env.NODE_RANK !== undefined ? 'NNODES' : 'SLURM_NTASKS'}=${n}) but --num_nodes is 1: pass --num_nodes ${n} (and --devices per node), or start a single task`);
+    throw new ConfigError(
+      `this process is one of ${n} nodes (${env.NODE_RANK !== undefined ? 'NNODES' : 'SLURM_NTASKS'}=${n}) but --num_nodes is 1: pass --num_nodes ${n} (and --devices per node), or start a single task`,
+    );
   }
 }
 
@@ -122,8 +124,18 @@ export function nodeLaunchFromEnv(want: { numNodes: number; devicesPerNode: numb
   let l: NodeLaunch;
   if (env.NODE_RANK !== undefined) {
     const missing = ['MASTER_ADDR', 'MASTER_PORT', 'NNODES'].filter((k) => !env[k]);
-    if (missing.length) throw new ConfigError(`NODE_RANK is set (torchrun's convention) but ${missing.join(', ')} ${missing.length > 1 ? 'are' : 'is'} not: set MASTER_ADDR, MASTER_PORT, NODE_RANK and NNODES on every node`);
-    l = { nodeRank: intVar(env, 'NODE_RANK', 0)!, numNodes: intVar(env, 'NNODES', 1)!, masterAddr: env.MASTER_ADDR!, masterPort: intVar(env, 'MASTER_PORT', 0)!, source: 'torchrun', ...limits };
+    if (missing.length)
+      throw new ConfigError(
+        `NODE_RANK is set (torchrun's convention) but ${missing.join(', ')} ${missing.length > 1 ? 'are' : 'is'} not: set MASTER_ADDR, MASTER_PORT, NODE_RANK and NNODES on every node`,
+      );
+    l = {
+      nodeRank: intVar(env, 'NODE_RANK', 0)!,
+      numNodes: intVar(env, 'NNODES', 1)!,
+      masterAddr: env.MASTER_ADDR!,
+      masterPort: intVar(env, 'MASTER_PORT', 0)!,
+      source: 'torchrun',
+      ...limits,
+    };
     const nproc = intVar(env, 'NPROC_PER_NODE', 1);
     if (nproc !== undefined && nproc !== want.devicesPerNode) {
       throw new ConfigError(`NPROC_PER_NODE=${nproc} but --devices ${want.devicesPerNode}: give the same number of workers per node to both`);
@@ -132,22 +144,31 @@ export function nodeLaunchFromEnv(want: { numNodes: number; devicesPerNode: numb
     const tasks = intVar(env, 'SLURM_NTASKS', 1) ?? 1;
     const local = intVar(env, 'SLURM_LOCALID', 0) ?? 0;
     if (tasks !== want.numNodes || local !== 0) {
-      throw new ConfigError(`Slurm started ${tasks} task(s) (this is local task ${local} on its node) for --num_nodes ${want.numNodes}: start one task per node (srun --ntasks-per-node=1 --nodes ${want.numNodes}); each distill forks its --devices workers itself. \`distill slurm\` writes such a script`);
+      throw new ConfigError(
+        `Slurm started ${tasks} task(s) (this is local task ${local} on its node) for --num_nodes ${want.numNodes}: start one task per node (srun --ntasks-per-node=1 --nodes ${want.numNodes}); each distill forks its --devices workers itself. \`distill slurm\` writes such a script`,
+      );
     }
     const list = env.SLURM_JOB_NODELIST ?? env.SLURM_NODELIST;
-    if (!env.MASTER_ADDR && !list) throw new ConfigError('under Slurm without SLURM_JOB_NODELIST: set MASTER_ADDR to node 0\'s address');
+    if (!env.MASTER_ADDR && !list) throw new ConfigError("under Slurm without SLURM_JOB_NODELIST: set MASTER_ADDR to node 0's address");
     const jobId = intVar(env, 'SLURM_JOB_ID', 0) ?? 0;
     l = {
-      nodeRank: intVar(env, 'SLURM_PROCID', 0)!, numNodes: tasks,
+      nodeRank: intVar(env, 'SLURM_PROCID', 0)!,
+      numNodes: tasks,
       masterAddr: env.MASTER_ADDR || expandNodelist(list!)[0],
       // Every task of the job computes the same port without talking; MASTER_PORT overrides it.
       masterPort: intVar(env, 'MASTER_PORT', 0) ?? 20000 + (jobId % 20000),
-      source: 'slurm', ...limits,
+      source: 'slurm',
+      ...limits,
     };
   } else {
-    throw new ConfigError(`--num_nodes ${want.numNodes}: this node does not know its rank or the master's address. Set MASTER_ADDR (node 0's address), MASTER_PORT, NODE_RANK and NNODES on every node (torchrun's convention), or start distill under srun (\`distill slurm\` writes the sbatch script)`);
+    throw new ConfigError(
+      `--num_nodes ${want.numNodes}: this node does not know its rank or the master's address. Set MASTER_ADDR (node 0's address), MASTER_PORT, NODE_RANK and NNODES on every node (torchrun's convention), or start distill under srun (\`distill slurm\` writes the sbatch script)`,
+    );
   }
-  if (l.numNodes !== want.numNodes) throw new ConfigError(`${l.source === 'slurm' ? 'SLURM_NTASKS' : 'NNODES'}=${l.numNodes} but --num_nodes ${want.numNodes}: give the same node count to both`);
+  if (l.numNodes !== want.numNodes)
+    throw new ConfigError(
+      `${l.source === 'slurm' ? 'SLURM_NTASKS' : 'NNODES'}=${l.numNodes} but --num_nodes ${want.numNodes}: give the same node count to both`,
+    );
   if (l.nodeRank >= l.numNodes) throw new ConfigError(`node rank ${l.nodeRank} is not below the node count ${l.numNodes}`);
   if (l.masterPort < 1 || l.masterPort > 65535) throw new ConfigError(`MASTER_PORT=${l.masterPort} is not a TCP port (1..65535)`);
   // Node 0 listens on exactly this address: a wildcard would expose the port on every interface, and other nodes

@@ -63,7 +63,7 @@ interface Slot {
 }
 
 export async function launchWorkers(recipe: DistillationRecipe, hooks: LaunchHooks): Promise<RunResult> {
-  const log = hooks.log === undefined ? (l: string) => process.stderr.write(l + '\n') : hooks.log ?? (() => {});
+  const log = hooks.log === undefined ? (l: string) => process.stderr.write(l + '\n') : (hooks.log ?? (() => {}));
   const p = placementOf(recipe);
   const runDir = join(recipe.logDir, recipe.name);
   // Several nodes: this launcher forks only its node's workers; frames for the others go over TCP (tcpTransport.ts).
@@ -96,8 +96,11 @@ export async function launchWorkers(recipe: DistillationRecipe, hooks: LaunchHoo
     });
     const on = nodes ? `, node ${nodes.nodeRank}` : '';
     const c = mpLayout ? coordsOf(mpLayout, id) : null;
-    const what = c ? `worker ${id} (tp ${c.tp}, cp ${c.cp}, dp ${c.dp}, pp stage ${c.pp}, pid ${child.pid}${on})`
-      : role === 'student' ? `worker ${id} (student, data-parallel rank ${id} of ${p.dpSize}, pid ${child.pid}${on})` : `worker ${id} (teacher, pid ${child.pid}${on})`;
+    const what = c
+      ? `worker ${id} (tp ${c.tp}, cp ${c.cp}, dp ${c.dp}, pp stage ${c.pp}, pid ${child.pid}${on})`
+      : role === 'student'
+        ? `worker ${id} (student, data-parallel rank ${id} of ${p.dpSize}, pid ${child.pid}${on})`
+        : `worker ${id} (teacher, pid ${child.pid}${on})`;
     slots.push({ info: { id, role, pid: child.pid ?? -1 }, what, child, last: null, finished: false, exited: false });
   }
   const slotOf = (id: number): Slot | undefined => slots.find((s) => s.info.id === id);
@@ -108,11 +111,28 @@ export async function launchWorkers(recipe: DistillationRecipe, hooks: LaunchHoo
   for (const s of slots) {
     const id = s.info.id;
     if (s.info.role === 'student' && mpLayout) {
-      send(id, { kind: 'init', role: 'modelParallel', recipe, workerId: id, layout: mpLayout, deviceIndex: device(id), stopAfterSteps: hooks.stopAfterSteps ?? null });
+      send(id, {
+        kind: 'init',
+        role: 'modelParallel',
+        recipe,
+        workerId: id,
+        layout: mpLayout,
+        deviceIndex: device(id),
+        stopAfterSteps: hooks.stopAfterSteps ?? null,
+      });
     } else if (s.info.role === 'student') {
       send(id, {
-        kind: 'init', role: 'student', recipe, workerId: id, dpRank: id, dpSize: p.dpSize, group, deviceIndex: device(id),
-        teacherWorker: teacherWorkerFor(id, p), stopAfterSteps: hooks.stopAfterSteps ?? null, bucketBytes: hooks.bucketBytes ?? DEFAULT_BUCKET_BYTES,
+        kind: 'init',
+        role: 'student',
+        recipe,
+        workerId: id,
+        dpRank: id,
+        dpSize: p.dpSize,
+        group,
+        deviceIndex: device(id),
+        teacherWorker: teacherWorkerFor(id, p),
+        stopAfterSteps: hooks.stopAfterSteps ?? null,
+        bucketBytes: hooks.bucketBytes ?? DEFAULT_BUCKET_BYTES,
       });
     } else {
       const students = group.filter((r) => teacherWorkerFor(r, p) === id);
@@ -186,8 +206,12 @@ export async function launchWorkers(recipe: DistillationRecipe, hooks: LaunchHoo
         }
         const m = decodeMessage(v.frame);
         switch (m.kind) {
-          case 'log': log(id === 0 ? m.line : `[worker ${id}] ${m.line}`); break;
-          case 'step': hooks.onStep?.(m.result); break;
+          case 'log':
+            log(id === 0 ? m.line : `[worker ${id}] ${m.line}`);
+            break;
+          case 'step':
+            hooks.onStep?.(m.result);
+            break;
           case 'error':
             fail(new WorkerFailedError(`${s.what} failed: ${m.name}: ${m.message}\n--- stack in worker ${id} ---\n${m.stack}`));
             break;
@@ -210,10 +234,12 @@ export async function launchWorkers(recipe: DistillationRecipe, hooks: LaunchHoo
         s.exited = true;
         if (!s.finished && !failure) {
           const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
-          fail(new WorkerDiedError(
-            `${s.what} ${how} before the run finished; ${lastWords(s)}. The run stopped; the last complete checkpoint in ` +
-              `${join(runDir, 'checkpoints')} is intact, and running the same command again resumes from it.`,
-          ));
+          fail(
+            new WorkerDiedError(
+              `${s.what} ${how} before the run finished; ${lastWords(s)}. The run stopped; the last complete checkpoint in ` +
+                `${join(runDir, 'checkpoints')} is intact, and running the same command again resumes from it.`,
+            ),
+          );
         }
         settle();
       });

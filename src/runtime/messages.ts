@@ -169,9 +169,25 @@ export interface ParamShards {
 }
 
 export type WorkerMessage =
-  | StudentInit | TeacherInit | ModelParallelInit | StopMessage | ShutdownMessage
-  | LogMessage | StepMessage | DoneMessage | ErrorMessage
-  | RingChunk | NcclUniqueIdMessage | CollectiveProbe | CollectiveProbeReply | StepStats | TeacherHead | TeacherRequest | TeacherHidden | StageTensors | ParamShards;
+  | StudentInit
+  | TeacherInit
+  | ModelParallelInit
+  | StopMessage
+  | ShutdownMessage
+  | LogMessage
+  | StepMessage
+  | DoneMessage
+  | ErrorMessage
+  | RingChunk
+  | NcclUniqueIdMessage
+  | CollectiveProbe
+  | CollectiveProbeReply
+  | StepStats
+  | TeacherHead
+  | TeacherRequest
+  | TeacherHidden
+  | StageTensors
+  | ParamShards;
 
 export type MessageKind = WorkerMessage['kind'];
 export type MessageOf<K extends MessageKind> = Extract<WorkerMessage, { kind: K }>;
@@ -179,17 +195,29 @@ export type MessageOf<K extends MessageKind> = Extract<WorkerMessage, { kind: K 
 /** One line about a message, for the error that names a dead worker's last words. */
 export function describe(m: WorkerMessage): string {
   switch (m.kind) {
-    case 'init': return `init (${m.role})`;
-    case 'log': return `log "${m.line.slice(0, 120)}"`;
-    case 'step': return `step ${m.result.step} done (loss ${m.result.loss.toFixed(4)})`;
-    case 'stepStats': return `stats of step ${m.step} (loss ${m.loss.toFixed(4)})`;
-    case 'ring': return `all-reduce chunk (reduction ${m.tag}, chunk ${m.chunk}, ${m.data.bytes.byteLength} bytes)`;
-    case 'ncclId': return `NCCL unique id of group ${m.group}${m.id ? '' : ` (none: ${m.reason})`}`;
-    case 'teacherRequest': return `teacher request ${m.id}`;
-    case 'teacherHidden': return `teacher hidden states ${m.id}`;
-    case 'stageTensors': return `stage tensors ${m.tag}`;
-    case 'paramShards': return `parameter shards ${m.tag}`;
-    case 'error': return `error: ${m.message.split('\n')[0]}`;
-    default: return m.kind;
+    case 'init':
+      return `init (${m.role})`;
+    case 'log':
+      return `log "${m.line.slice(0, 120)}"`;
+    case 'step':
+      return `step ${m.result.step} done (loss ${m.result.loss.toFixed(4)})`;
+    case 'stepStats':
+      return `stats of step ${m.step} (loss ${m.loss.toFixed(4)})`;
+    case 'ring':
+      return `all-reduce chunk (reduction ${m.tag}, chunk ${m.chunk}, ${m.data.bytes.byteLength} bytes)`;
+    case 'ncclId':
+      return `NCCL unique id of group ${m.group}${m.id ? '' : ` (none: ${m.reason})`}`;
+    case 'teacherRequest':
+      return `teacher request ${m.id}`;
+    case 'teacherHidden':
+      return `teacher hidden states ${m.id}`;
+    case 'stageTensors':
+      return `stage tensors ${m.tag}`;
+    case 'paramShards':
+      return `parameter shards ${m.tag}`;
+    case 'error':
+      return `error: ${m.message.split('\n')[0]}`;
+    default:
+      return m.kind;
   }
 }

@@ -53,9 +53,12 @@ async function host(o: RendezvousOptions): Promise<NodeStar> {
   const server = createServer();
   await new Promise<void>((resolve, reject) => {
     server.once('error', (e: NodeJS.ErrnoException) => {
-      const hint = e.code === 'EADDRINUSE' ? 'another process holds that port: pick a free MASTER_PORT and give it to every node'
-        : e.code === 'EADDRNOTAVAIL' || e.code === 'ENOTFOUND' ? 'that is not an address of this machine: MASTER_ADDR must be node 0\'s own address'
-        : 'check MASTER_ADDR and MASTER_PORT';
+      const hint =
+        e.code === 'EADDRINUSE'
+          ? 'another process holds that port: pick a free MASTER_PORT and give it to every node'
+          : e.code === 'EADDRNOTAVAIL' || e.code === 'ENOTFOUND'
+            ? "that is not an address of this machine: MASTER_ADDR must be node 0's own address"
+            : 'check MASTER_ADDR and MASTER_PORT';
       reject(new ConfigError(`node 0 cannot listen on ${where(l)} for the rendezvous: ${e.message}; ${hint}`));
     });
     server.listen({ host: l.masterAddr, port: l.masterPort, exclusive: true }, () => resolve());
@@ -64,7 +67,10 @@ async function host(o: RendezvousOptions): Promise<NodeStar> {
   const at = `${l.masterAddr}:${port}`;
   o.onListening?.(port);
   o.log(`node 0 of ${l.numNodes}: waiting for ${l.numNodes - 1} node(s) at ${at} (up to ${l.joinTimeoutMs / 1000} s)`);
-  if (!l.token) o.log(`rendezvous: no DISTILL_RENDEZVOUS_TOKEN: any host that reaches ${at} can join this run; give every node the same secret in DISTILL_RENDEZVOUS_TOKEN (or DISTILL_RENDEZVOUS_TOKEN_FILE)`);
+  if (!l.token)
+    o.log(
+      `rendezvous: no DISTILL_RENDEZVOUS_TOKEN: any host that reaches ${at} can join this run; give every node the same secret in DISTILL_RENDEZVOUS_TOKEN (or DISTILL_RENDEZVOUS_TOKEN_FILE)`,
+    );
   const joined = new Map<number, { s: FrameSocket; join: JoinMessage }>();
   const pending = new Set<FrameSocket>();
   return await new Promise<NodeStar>((resolve, reject) => {
@@ -84,11 +90,13 @@ async function host(o: RendezvousOptions): Promise<NodeStar> {
     };
     const timer = setTimeout(() => {
       const missing = Array.from({ length: l.numNodes - 1 }, (_, i) => i + 1).filter((k) => !joined.has(k));
-      end(new NodeLinkError(
-        `rendezvous at ${at}: node rank(s) ${missing.join(', ')} of ${l.numNodes} did not join within ${l.joinTimeoutMs / 1000} s ` +
-          `(joined: ${[0, ...joined.keys()].sort((a, b) => a - b).join(', ')}). Start the same command on every node with the same ` +
-          'MASTER_ADDR, MASTER_PORT and node count, check that each reaches this address (firewall, interface), or raise DISTILL_RENDEZVOUS_TIMEOUT_S.',
-      ));
+      end(
+        new NodeLinkError(
+          `rendezvous at ${at}: node rank(s) ${missing.join(', ')} of ${l.numNodes} did not join within ${l.joinTimeoutMs / 1000} s ` +
+            `(joined: ${[0, ...joined.keys()].sort((a, b) => a - b).join(', ')}). Start the same command on every node with the same ` +
+            'MASTER_ADDR, MASTER_PORT and node count, check that each reaches this address (firewall, interface), or raise DISTILL_RENDEZVOUS_TIMEOUT_S.',
+        ),
+      );
     }, l.joinTimeoutMs);
     server.on('connection', (sock: Socket) => {
       if (over) return void sock.destroy();
@@ -96,11 +104,12 @@ async function host(o: RendezvousOptions): Promise<NodeStar> {
       pending.add(s);
       s.onClose = (e) => {
         pending.delete(s);
-        for (const [k, v] of joined) if (v.s === s && !over) {
-          joined.delete(k);
-          o.log(`rendezvous: node ${k} (${v.join.host}) left before every node joined${e ? `: ${e.message}` : ''}; waiting for it again`);
-          return;
-        }
+        for (const [k, v] of joined)
+          if (v.s === s && !over) {
+            joined.delete(k);
+            o.log(`rendezvous: node ${k} (${v.join.host}) left before every node joined${e ? `: ${e.message}` : ''}; waiting for it again`);
+            return;
+          }
         if (e && !over) o.log(`rendezvous: dropped ${s.peer}: ${e.message}`);
       };
       const admit = (m: LinkMessage): void => {
@@ -150,14 +159,17 @@ function authenticated(s: FrameSocket, token: string, admit: (m: LinkMessage) =>
     if (proven) return admit(m);
     if (m.kind === 'join' && !held) {
       if (!(m.nonce instanceof Uint8Array) || m.nonce.length !== NONCE_BYTES) {
-        return refuse(`node ${m.nodeRank} (${m.host}) joined without the rendezvous token; node 0 requires it: give every node the same secret in DISTILL_RENDEZVOUS_TOKEN (or DISTILL_RENDEZVOUS_TOKEN_FILE)`);
+        return refuse(
+          `node ${m.nodeRank} (${m.host}) joined without the rendezvous token; node 0 requires it: give every node the same secret in DISTILL_RENDEZVOUS_TOKEN (or DISTILL_RENDEZVOUS_TOKEN_FILE)`,
+        );
       }
       held = m;
       ours = newNonce();
       return s.send({ kind: 'challenge', nonce: ours, proof: prove(token, 'node0', m.nonce) });
     }
     if (m.kind === 'auth' && held && ours) {
-      if (!verifyProof(token, 'joiner', ours, m.proof)) return refuse(`node ${held.nodeRank} (${held.host}) proved another rendezvous token than node 0's: give every node the same DISTILL_RENDEZVOUS_TOKEN`);
+      if (!verifyProof(token, 'joiner', ours, m.proof))
+        return refuse(`node ${held.nodeRank} (${held.host}) proved another rendezvous token than node 0's: give every node the same DISTILL_RENDEZVOUS_TOKEN`);
       proven = true;
       return admit(held);
     }
@@ -168,11 +180,13 @@ function authenticated(s: FrameSocket, token: string, admit: (m: LinkMessage) =>
 /** Why node 0 refuses a join, or null. Every refusal ends the rendezvous: waiting would not make it agree. */
 function refusal(m: JoinMessage, l: NodeLaunch, taken: boolean, o: RendezvousOptions): string | null {
   const who = `node ${m.nodeRank} (${m.host})`;
-  if (m.protocol !== LINK_PROTOCOL) return `${who} speaks link protocol ${m.protocol}, node 0 speaks ${LINK_PROTOCOL}: run the same distill version on every node`;
+  if (m.protocol !== LINK_PROTOCOL)
+    return `${who} speaks link protocol ${m.protocol}, node 0 speaks ${LINK_PROTOCOL}: run the same distill version on every node`;
   if (m.numNodes !== l.numNodes) return `${who} was started for ${m.numNodes} nodes, node 0 for ${l.numNodes}: give every node the same --num_nodes`;
   if (m.nodeRank < 1 || m.nodeRank >= l.numNodes) return `${who}: node rank ${m.nodeRank} is outside 1..${l.numNodes - 1} (node 0 is the master)`;
   if (taken) return `two nodes claim node rank ${m.nodeRank} (the second is ${m.host}): NODE_RANK / SLURM_PROCID must differ on every node`;
-  if (m.recipe !== o.recipeJson) return `${who} runs another recipe than node 0: ${recipeDiff(m.recipe, o.recipeJson)}. Give every node the same command line (paths must name the same files everywhere)`;
+  if (m.recipe !== o.recipeJson)
+    return `${who} runs another recipe than node 0: ${recipeDiff(m.recipe, o.recipeJson)}. Give every node the same command line (paths must name the same files everywhere)`;
   if (m.resumeStep !== o.resumeStep) {
     return `${who} would resume from step ${m.resumeStep}, node 0 from step ${o.resumeStep}: the nodes see different checkpoints, so --log_dir must be on a filesystem every node shares`;
   }
@@ -196,7 +210,12 @@ function recipeDiff(theirs: string, ours: string): string {
   };
   const [a, b] = [flat(theirs), flat(ours)];
   const keys = [...new Set([...a.keys(), ...b.keys()])].filter((k) => a.get(k) !== b.get(k));
-  return keys.slice(0, 4).map((k) => `${k}: ${a.get(k) ?? '(absent)'} there, ${b.get(k) ?? '(absent)'} on node 0`).join('; ') + (keys.length > 4 ? `; and ${keys.length - 4} more` : '');
+  return (
+    keys
+      .slice(0, 4)
+      .map((k) => `${k}: ${a.get(k) ?? '(absent)'} there, ${b.get(k) ?? '(absent)'} on node 0`)
+      .join('; ') + (keys.length > 4 ? `; and ${keys.length - 4} more` : '')
+  );
 }
 
 async function joinMaster(o: RendezvousOptions): Promise<NodeStar> {
@@ -208,7 +227,7 @@ async function joinMaster(o: RendezvousOptions): Promise<NodeStar> {
     if (left <= 0) {
       throw new NodeLinkError(
         `node ${l.nodeRank} of ${l.numNodes} could not reach node 0 at ${where(l)} within ${l.joinTimeoutMs / 1000} s (last error: ${lastError}). ` +
-          'Is node 0 running the same command, and is MASTER_ADDR node 0\'s address on a network this node reaches?',
+          "Is node 0 running the same command, and is MASTER_ADDR node 0's address on a network this node reaches?",
       );
     }
     const sock = await tryConnect(l.masterAddr, l.masterPort, Math.min(left, 5000)).catch((e: unknown) => {
@@ -252,9 +271,16 @@ function handshake(sock: Socket, o: RendezvousOptions, deadline: number): Promis
   let proven = !l.token;
   return new Promise<NodeStar>((resolve, reject) => {
     // Node 0's own timeout names the missing ranks; this one (a little later) only covers a node 0 that went quiet.
-    const timer = setTimeout(() => {
-      s.fail(new NodeLinkError(`node ${l.nodeRank} joined node 0 at ${where(l)} but the run did not start within ${l.joinTimeoutMs / 1000} s: other nodes are missing`));
-    }, Math.max(0, deadline - Date.now()) + 5000);
+    const timer = setTimeout(
+      () => {
+        s.fail(
+          new NodeLinkError(
+            `node ${l.nodeRank} joined node 0 at ${where(l)} but the run did not start within ${l.joinTimeoutMs / 1000} s: other nodes are missing`,
+          ),
+        );
+      },
+      Math.max(0, deadline - Date.now()) + 5000,
+    );
     s.onClose = (e) => {
       clearTimeout(timer);
       reject(e ?? new NodeLinkError(`node 0 at ${where(l)} closed the connection during the rendezvous of node ${l.nodeRank}`));
@@ -266,15 +292,28 @@ function handshake(sock: Socket, o: RendezvousOptions, deadline: number): Promis
         return reject(new NodeLinkError(`node 0 ended the rendezvous: ${m.reason}`));
       }
       if (m.kind === 'challenge') {
-        if (!l.token) return s.fail(new NodeLinkError(`node 0 at ${where(l)} requires the rendezvous token and node ${l.nodeRank} has none: give every node the same secret in DISTILL_RENDEZVOUS_TOKEN (or DISTILL_RENDEZVOUS_TOKEN_FILE)`));
+        if (!l.token)
+          return s.fail(
+            new NodeLinkError(
+              `node 0 at ${where(l)} requires the rendezvous token and node ${l.nodeRank} has none: give every node the same secret in DISTILL_RENDEZVOUS_TOKEN (or DISTILL_RENDEZVOUS_TOKEN_FILE)`,
+            ),
+          );
         if (proven || !verifyProof(l.token, 'node0', nonce!, m.proof)) {
-          return s.fail(new NodeLinkError(`the peer at ${where(l)} did not prove it knows this node's rendezvous token: node 0 has another DISTILL_RENDEZVOUS_TOKEN, or it is not node 0 of this run`));
+          return s.fail(
+            new NodeLinkError(
+              `the peer at ${where(l)} did not prove it knows this node's rendezvous token: node 0 has another DISTILL_RENDEZVOUS_TOKEN, or it is not node 0 of this run`,
+            ),
+          );
         }
         proven = true;
         return s.send({ kind: 'auth', proof: prove(l.token, 'joiner', m.nonce) });
       }
       if (m.kind === 'welcome' && !proven) {
-        return s.fail(new NodeLinkError(`node 0 at ${where(l)} welcomed node ${l.nodeRank} without the rendezvous token this node has: give node 0 the same DISTILL_RENDEZVOUS_TOKEN (or DISTILL_RENDEZVOUS_TOKEN_FILE)`));
+        return s.fail(
+          new NodeLinkError(
+            `node 0 at ${where(l)} welcomed node ${l.nodeRank} without the rendezvous token this node has: give node 0 the same DISTILL_RENDEZVOUS_TOKEN (or DISTILL_RENDEZVOUS_TOKEN_FILE)`,
+          ),
+        );
       }
       if (m.kind !== 'welcome') return s.fail(new NodeLinkError(`node 0 sent '${m.kind}' during the rendezvous (a protocol error)`));
       clearTimeout(timer);
@@ -282,6 +321,15 @@ function handshake(sock: Socket, o: RendezvousOptions, deadline: number): Promis
       o.log(`node ${l.nodeRank} of ${l.numNodes}: joined node 0 at ${where(l)} (nodes: ${m.hosts.join(', ')})`);
       resolve(new NodeStar(l.nodeRank, l.numNodes, new Map([[0, s]]), o.nodeOf));
     };
-    s.send({ kind: 'join', protocol: LINK_PROTOCOL, nodeRank: l.nodeRank, numNodes: l.numNodes, recipe: o.recipeJson, resumeStep: o.resumeStep, host: hostname(), ...(nonce ? { nonce } : {}) });
+    s.send({
+      kind: 'join',
+      protocol: LINK_PROTOCOL,
+      nodeRank: l.nodeRank,
+      numNodes: l.numNodes,
+      recipe: o.recipeJson,
+      resumeStep: o.resumeStep,
+      host: hostname(),
+      ...(nonce ? { nonce } : {}),
+    });
   });
 }

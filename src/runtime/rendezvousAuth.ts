@@ -33,7 +33,8 @@ export function rendezvousToken(env: Record<string, string | undefined> = proces
   } catch (e) {
     throw new ConfigError(`DISTILL_RENDEZVOUS_TOKEN_FILE=${file} cannot be read: ${(e as Error).message}`);
   }
-  if (mode & 0o077) throw new ConfigError(`DISTILL_RENDEZVOUS_TOKEN_FILE=${file} can be read by other users (mode ${(mode & 0o777).toString(8)}): chmod 600 it`);
+  if (mode & 0o077)
+    throw new ConfigError(`DISTILL_RENDEZVOUS_TOKEN_FILE=${file} can be read by other users (mode ${(mode & 0o777).toString(8)}): chmod 600 it`);
   return checked(text.trim(), `the token in ${file}`);
 }
 

@@ -33,24 +33,59 @@ export const HANDSHAKE_MAX_FRAME_BYTES = 64 * 1024;
 // One type per message crossing the node boundary.
 
 /** node k → node 0, first frame on a connection; `nonce` when node k has the run's token (rendezvousAuth.ts). */
-export interface JoinMessage { kind: 'join'; protocol: number; nodeRank: number; numNodes: number; recipe: string; resumeStep: number; host: string; nonce?: Uint8Array }
+export interface JoinMessage {
+  kind: 'join';
+  protocol: number;
+  nodeRank: number;
+  numNodes: number;
+  recipe: string;
+  resumeStep: number;
+  host: string;
+  nonce?: Uint8Array;
+}
 /** node 0 → node k, when node 0 has a token: its proof of node k's nonce, and a nonce of its own for node k to prove. */
-export interface ChallengeMessage { kind: 'challenge'; nonce: Uint8Array; proof: Uint8Array }
+export interface ChallengeMessage {
+  kind: 'challenge';
+  nonce: Uint8Array;
+  proof: Uint8Array;
+}
 /** node k → node 0: its proof of node 0's nonce; node 0 reads the join only after it. */
-export interface AuthMessage { kind: 'auth'; proof: Uint8Array }
+export interface AuthMessage {
+  kind: 'auth';
+  proof: Uint8Array;
+}
 /** node 0 → node k: every node has joined; the run starts. */
-export interface WelcomeMessage { kind: 'welcome'; hosts: string[] }
+export interface WelcomeMessage {
+  kind: 'welcome';
+  hosts: string[];
+}
 /** A worker's msgpackr frame for a worker on another node (forwarded by node 0 between two other nodes). */
-export interface RelayMessage { kind: 'relay'; from: number; to: number; frame: Uint8Array }
-export interface HeartbeatMessage { kind: 'heartbeat' }
+export interface RelayMessage {
+  kind: 'relay';
+  from: number;
+  to: number;
+  frame: Uint8Array;
+}
+export interface HeartbeatMessage {
+  kind: 'heartbeat';
+}
 /** node k → node 0: every student worker of node k is done. */
-export interface NodeDoneMessage { kind: 'nodeDone' }
+export interface NodeDoneMessage {
+  kind: 'nodeDone';
+}
 /** node 0 → node k: every node is done; rank 0's result, so every node's `distill run` reports the same. */
-export interface FinishMessage { kind: 'finish'; result: RunResult | null }
+export interface FinishMessage {
+  kind: 'finish';
+  result: RunResult | null;
+}
 /** Either way: the run failed; `reason` is the error the other nodes print. */
-export interface AbortMessage { kind: 'abort'; reason: string }
+export interface AbortMessage {
+  kind: 'abort';
+  reason: string;
+}
 
-export type LinkMessage = JoinMessage | ChallengeMessage | AuthMessage | WelcomeMessage | RelayMessage | HeartbeatMessage | NodeDoneMessage | FinishMessage | AbortMessage;
+export type LinkMessage =
+  JoinMessage | ChallengeMessage | AuthMessage | WelcomeMessage | RelayMessage | HeartbeatMessage | NodeDoneMessage | FinishMessage | AbortMessage;
 
 /** A peer node stopped answering, closed its connection, sent garbage, or reported a failure. */
 export class NodeLinkError extends DistillError {}
@@ -65,15 +100,32 @@ export function asLinkMessage(v: unknown): LinkMessage | string {
   const m = v as Record<string, unknown>;
   switch (m.kind) {
     case 'join':
-      return isInt(m.protocol) && isInt(m.nodeRank) && isInt(m.numNodes) && isStr(m.recipe) && isInt(m.resumeStep) && isStr(m.host) && (m.nonce === undefined || m.nonce instanceof Uint8Array) ? (m as unknown as JoinMessage) : 'a malformed join';
-    case 'challenge': return m.nonce instanceof Uint8Array && m.proof instanceof Uint8Array ? (m as unknown as ChallengeMessage) : 'a malformed challenge';
-    case 'auth': return m.proof instanceof Uint8Array ? (m as unknown as AuthMessage) : 'a malformed auth';
-    case 'welcome': return Array.isArray(m.hosts) && m.hosts.every(isStr) ? (m as unknown as WelcomeMessage) : 'a malformed welcome';
-    case 'relay': return isInt(m.from) && isInt(m.to) && m.frame instanceof Uint8Array ? (m as unknown as RelayMessage) : 'a malformed relay';
-    case 'heartbeat': case 'nodeDone': return m as unknown as LinkMessage;
-    case 'finish': return typeof m.result === 'object' ? (m as unknown as FinishMessage) : 'a malformed finish';
-    case 'abort': return isStr(m.reason) ? (m as unknown as AbortMessage) : 'a malformed abort';
-    default: return `an unknown kind ${JSON.stringify(m.kind)}`;
+      return isInt(m.protocol) &&
+        isInt(m.nodeRank) &&
+        isInt(m.numNodes) &&
+        isStr(m.recipe) &&
+        isInt(m.resumeStep) &&
+        isStr(m.host) &&
+        (m.nonce === undefined || m.nonce instanceof Uint8Array)
+        ? (m as unknown as JoinMessage)
+        : 'a malformed join';
+    case 'challenge':
+      return m.nonce instanceof Uint8Array && m.proof instanceof Uint8Array ? (m as unknown as ChallengeMessage) : 'a malformed challenge';
+    case 'auth':
+      return m.proof instanceof Uint8Array ? (m as unknown as AuthMessage) : 'a malformed auth';
+    case 'welcome':
+      return Array.isArray(m.hosts) && m.hosts.every(isStr) ? (m as unknown as WelcomeMessage) : 'a malformed welcome';
+    case 'relay':
+      return isInt(m.from) && isInt(m.to) && m.frame instanceof Uint8Array ? (m as unknown as RelayMessage) : 'a malformed relay';
+    case 'heartbeat':
+    case 'nodeDone':
+      return m as unknown as LinkMessage;
+    case 'finish':
+      return typeof m.result === 'object' ? (m as unknown as FinishMessage) : 'a malformed finish';
+    case 'abort':
+      return isStr(m.reason) ? (m as unknown as AbortMessage) : 'a malformed abort';
+    default:
+      return `an unknown kind ${JSON.stringify(m.kind)}`;
   }
 }
 
@@ -95,7 +147,11 @@ export class FrameSocket {
   private done = false;
   private readonly timer: NodeJS.Timeout;
 
-  constructor(readonly socket: Socket, public peer: string, private readonly o: FrameSocketOptions) {
+  constructor(
+    readonly socket: Socket,
+    public peer: string,
+    private readonly o: FrameSocketOptions,
+  ) {
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 5000);
     socket.on('data', (b: Buffer) => this.onData(b));
@@ -105,7 +161,11 @@ export class FrameSocket {
     const beat = Math.min(5000, Math.max(50, o.peerTimeoutMs / 6));
     this.timer = setInterval(() => {
       if (Date.now() - this.lastHeard > o.peerTimeoutMs) {
-        this.fail(new NodeLinkError(`it sent nothing for ${(o.peerTimeoutMs / 1000).toFixed(1)} s (not even a heartbeat): the node or the network link to it is down (bound: DISTILL_NODE_TIMEOUT_S)`));
+        this.fail(
+          new NodeLinkError(
+            `it sent nothing for ${(o.peerTimeoutMs / 1000).toFixed(1)} s (not even a heartbeat): the node or the network link to it is down (bound: DISTILL_NODE_TIMEOUT_S)`,
+          ),
+        );
       } else this.send({ kind: 'heartbeat' });
     }, beat);
     this.timer.unref();
@@ -159,7 +219,11 @@ export class FrameSocket {
       if (this.chunks[0].byteLength < 4) this.chunks = [Buffer.concat(this.chunks)];
       const length = this.chunks[0].readUInt32BE(0);
       if (length > this.maxFrameBytes) {
-        return this.fail(new NodeLinkError(`it sent a frame of ${length} bytes, over the ${this.maxFrameBytes}-byte limit${this.maxFrameBytes === HANDSHAKE_MAX_FRAME_BYTES ? ' before joining (not a distill node?)' : ' (raise DISTILL_MAX_FRAME_MB if a tensor really is that large)'}: dropped`));
+        return this.fail(
+          new NodeLinkError(
+            `it sent a frame of ${length} bytes, over the ${this.maxFrameBytes}-byte limit${this.maxFrameBytes === HANDSHAKE_MAX_FRAME_BYTES ? ' before joining (not a distill node?)' : ' (raise DISTILL_MAX_FRAME_MB if a tensor really is that large)'}: dropped`,
+          ),
+        );
       }
       if (this.buffered < 4 + length) return;
       const all = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
@@ -173,7 +237,8 @@ export class FrameSocket {
       } catch (e) {
         m = `undecodable (${e instanceof Error ? e.message : String(e)})`;
       }
-      if (typeof m === 'string') return this.fail(new NodeLinkError(`it sent a ${length}-byte frame that is ${m}: dropped (is it a distill node of the same version?)`));
+      if (typeof m === 'string')
+        return this.fail(new NodeLinkError(`it sent a ${length}-byte frame that is ${m}: dropped (is it a distill node of the same version?)`));
       if (m.kind !== 'heartbeat') this.onMessage(m);
     }
   }
@@ -210,7 +275,11 @@ export class NodeStar {
       s.onClose = (e) => {
         if (this.isFinished || this.failure) return;
         const what = `lost contact with ${s.peer}`;
-        this.fail(new NodeLinkError(`${what}: ${e ? e.message : 'it closed the connection before the run finished'}. The run stopped on every node; the last complete checkpoint is intact, and running the same command on every node again resumes from it.`));
+        this.fail(
+          new NodeLinkError(
+            `${what}: ${e ? e.message : 'it closed the connection before the run finished'}. The run stopped on every node; the last complete checkpoint is intact, and running the same command on every node again resumes from it.`,
+          ),
+        );
       };
     }
   }
@@ -278,7 +347,11 @@ export class NodeStar {
         if (node === this.nodeRank) return this.emit((h) => h.relay(m.from, m.to, m.frame));
         const next = this.nodeRank === 0 ? this.peers.get(node) : undefined;
         if (next) return next.send(m);
-        return this.fail(new NodeLinkError(`node ${k} sent a frame for worker ${m.to}, which runs on no node this one reaches (the nodes disagree on the placement; same --devices and --num_nodes everywhere?)`));
+        return this.fail(
+          new NodeLinkError(
+            `node ${k} sent a frame for worker ${m.to}, which runs on no node this one reaches (the nodes disagree on the placement; same --devices and --num_nodes everywhere?)`,
+          ),
+        );
       }
       case 'nodeDone':
         if (this.nodeRank === 0) {

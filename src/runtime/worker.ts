@@ -54,7 +54,7 @@ function logPeakMemory(): void {
 const init = await transport.receive(LAUNCHER, 'init');
 try {
   if (!programPath) throw new Error(`worker ${workerId} was started without a program (argv[3]); launchWorkers passes hooks.program`);
-  const program = (await import(pathToFileURL(programPath).href) as { default: WorkerProgram }).default;
+  const program = ((await import(pathToFileURL(programPath).href)) as { default: WorkerProgram }).default;
   const w: WorkerContext = { workerId, transport, log };
   if (init.role === 'teacher') {
     await program.teacher(init, w);

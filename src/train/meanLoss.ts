@@ -45,8 +45,20 @@ export function meanLoss(o: MeanLossOptions, a: MeanLossInputs): { loss: tf.Scal
     const ce = tf.reshape(tf.slice(means, [0], [1]), []) as tf.Scalar;
     return { loss: ce, ce };
   }
-  const r = t.kind === 'hidden'
-    ? kdLossFromHidden({ studentHidden: a.studentHidden, studentHead: a.studentHead, teacherHidden: t.hidden, teacherHead: t.head, teacherHeadTransposed: t.headTransposed, labels, mask: a.mask, options, chunkSize, log: a.log })
-    : sparseKdLossFromHidden({ studentHidden: a.studentHidden, studentHead: a.studentHead, targets: t.targets, labels, mask: a.mask, options, chunkSize });
+  const r =
+    t.kind === 'hidden'
+      ? kdLossFromHidden({
+          studentHidden: a.studentHidden,
+          studentHead: a.studentHead,
+          teacherHidden: t.hidden,
+          teacherHead: t.head,
+          teacherHeadTransposed: t.headTransposed,
+          labels,
+          mask: a.mask,
+          options,
+          chunkSize,
+          log: a.log,
+        })
+      : sparseKdLossFromHidden({ studentHidden: a.studentHidden, studentHead: a.studentHead, targets: t.targets, labels, mask: a.mask, options, chunkSize });
   return { loss: r.loss, kd: r.kd, ce: r.ce ?? undefined };
 }

@@ -56,13 +56,15 @@ export class OptimizerStep {
   private readonly reduce: GradientReduction;
 
   constructor(private readonly o: OptimizerStepOptions) {
-    this.reduce = o.reduce ?? (async (grads, sums) => {
-      if (o.reduceGradients) await o.reduceGradients(grads);
-      const normT = globalNorm(grads.values());
-      const gradNorm = (await normT.data())[0];
-      normT.dispose();
-      return { gradNorm, sums };
-    });
+    this.reduce =
+      o.reduce ??
+      (async (grads, sums) => {
+        if (o.reduceGradients) await o.reduceGradients(grads);
+        const normT = globalNorm(grads.values());
+        const gradNorm = (await normT.data())[0];
+        normT.dispose();
+        return { gradNorm, sums };
+      });
   }
 
   async take(g: StepGradients): Promise<StepResult> {
@@ -79,11 +81,15 @@ export class OptimizerStep {
         this.consecutiveNonFinite++;
         const what = `step ${step + 1}: loss ${sums.loss}, grad_norm ${gradNorm}`;
         if (this.o.nanPolicy === 'stop') {
-          throw new NonFiniteLossError(`${what} is not finite; stopping (--nan_policy stop). Check the data batch at sample ${g.firstSample} and the teacher's weights.`);
+          throw new NonFiniteLossError(
+            `${what} is not finite; stopping (--nan_policy stop). Check the data batch at sample ${g.firstSample} and the teacher's weights.`,
+          );
         }
         const limit = this.o.maxConsecutiveNanSteps ?? DEFAULT_MAX_CONSECUTIVE_NON_FINITE;
         if (this.consecutiveNonFinite >= limit) {
-          throw new NonFiniteLossError(`${what}: ${this.consecutiveNonFinite} non-finite steps in a row; stopping. The weights are unchanged since the last finite step.`);
+          throw new NonFiniteLossError(
+            `${what}: ${this.consecutiveNonFinite} non-finite steps in a row; stopping. The weights are unchanged since the last finite step.`,
+          );
         }
       }
       const perToken = (sum: number | undefined): number | undefined => (sum === undefined ? undefined : sums.tokens > 0 ? sum / sums.tokens : 0);

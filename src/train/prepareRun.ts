@@ -14,9 +14,7 @@ import { removeIncompleteCheckpoints } from '../parallel/checkpointHygiene.ts';
 import type { StepResult } from './batch.ts';
 import { RunLogs } from './runLogs.ts';
 import type { ValidationResult } from './runResult.ts';
-import {
-  checkFingerprint, latestCheckpoint, readTrainingState, type CheckpointRef, type RunFingerprint, type TrainingState,
-} from './trainingCheckpoint.ts';
+import { checkFingerprint, latestCheckpoint, readTrainingState, type CheckpointRef, type RunFingerprint, type TrainingState } from './trainingCheckpoint.ts';
 
 export interface PrepareRunOptions {
   /** The rank that writes checkpoints, logs and the final student (rank 0); the others only read. */
@@ -60,7 +58,10 @@ export class PreparedRun {
   private fingerprint: RunFingerprint | null = null;
   private saved: TrainingState | null = null;
 
-  constructor(readonly recipe: DistillationRecipe, private readonly o: PrepareRunOptions) {
+  constructor(
+    readonly recipe: DistillationRecipe,
+    private readonly o: PrepareRunOptions,
+  ) {
     this.runDir = join(recipe.logDir, recipe.name);
     this.leader = o.leader;
     // The folder itself is made by resume(), once the models and the data have opened: a run refused before
@@ -101,13 +102,19 @@ export class PreparedRun {
       const last = this.saved?.lastStep;
       const max = this.recipe.trainer.maxSteps;
       const done = this.startStep === max ? `${max} of --max_steps ${max} steps done` : `${this.startStep} steps done, past --max_steps ${max}`;
-      this.say(`${this.runDir} is finished: ${done}${last ? ` (last loss ${last.loss.toFixed(4)})` : ''}; the student is in ${this.finalDir}. Raise --max_steps to train on, or use another --name.`);
+      this.say(
+        `${this.runDir} is finished: ${done}${last ? ` (last loss ${last.loss.toFixed(4)})` : ''}; the student is in ${this.finalDir}. Raise --max_steps to train on, or use another --name.`,
+      );
       return;
     }
     if (this.leader) {
       this.logs = new RunLogs(this.runDir, {
-        resumeAfterStep: this.startStep - 1, maxSteps: this.recipe.trainer.maxSteps, startStep: this.startStep, log: this.o.log,
-        progress: this.o.progress, logInterval: this.recipe.trainer.logInterval,
+        resumeAfterStep: this.startStep - 1,
+        maxSteps: this.recipe.trainer.maxSteps,
+        startStep: this.startStep,
+        log: this.o.log,
+        progress: this.o.progress,
+        logInterval: this.recipe.trainer.logInterval,
       });
     }
   }
@@ -137,8 +144,14 @@ export class PreparedRun {
   trainingState(r: StepResult): TrainingState {
     if (!this.fingerprint) throw new Error('PreparedRun.trainingState before resume(): the fingerprint is not known yet (a bug)');
     return {
-      format: 1, step: r.step + 1, samplesSeen: r.samplesSeen, seed: this.recipe.data.seed, skippedSteps: this.skippedSteps,
-      fingerprint: this.fingerprint, recipe: this.recipe, lastStep: r,
+      format: 1,
+      step: r.step + 1,
+      samplesSeen: r.samplesSeen,
+      seed: this.recipe.data.seed,
+      skippedSteps: this.skippedSteps,
+      fingerprint: this.fingerprint,
+      recipe: this.recipe,
+      lastStep: r,
     };
   }
 

@@ -10,7 +10,10 @@ import type { DistillationRecipe } from '../recipe/config.ts';
 
 /** Refuses (ConfigError) a --seq_length past the student's or the teacher's position range, naming its config.json. */
 export function checkModelsFitSequence(recipe: DistillationRecipe): void {
-  const models: [string, string | undefined][] = [['the student', recipe.studentPath], ['the teacher', recipe.kind === 'distill' ? recipe.teacherPath : undefined]];
+  const models: [string, string | undefined][] = [
+    ['the student', recipe.studentPath],
+    ['the teacher', recipe.kind === 'distill' ? recipe.teacherPath : undefined],
+  ];
   for (const [role, dir] of models) {
     if (dir !== undefined) checkSequenceLength(readModelConfig(dir), recipe.data.seqLength, role, join(dir, CONFIG_FILE));
   }

@@ -45,7 +45,9 @@ export function importGraph(root: string): { files: string[]; edges: ImportEdge[
   for (const from of files) {
     for (const s of specifiers(readFileSync(join(root, from), 'utf8'))) {
       if (!s.startsWith('.')) continue;
-      const to = relative(root, normalize(join(root, dirname(from), s))).split('\\').join('/');
+      const to = relative(root, normalize(join(root, dirname(from), s)))
+        .split('\\')
+        .join('/');
       edges.push({ from, to });
     }
   }

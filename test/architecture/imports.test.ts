@@ -32,9 +32,17 @@ const show = (es: ImportEdge[]): string => es.map((e) => `${e.from} → ${e.to}`
 
 test('the graph is read: every file under src/, operators/ and pipelines/ is in it, with its imports', () => {
   assert.ok(files.length > 150, `${files.length} files`);
-  assert.ok(edges.some((e) => e.from === 'pipelines/distill.ts' && e.to === 'operators/backward.ts'), 'distill.ts imports backward');
+  assert.ok(
+    edges.some((e) => e.from === 'pipelines/distill.ts' && e.to === 'operators/backward.ts'),
+    'distill.ts imports backward',
+  );
   // Statements that span lines, re-exports, type-only and dynamic imports count; comments do not.
-  assert.deepEqual(specifiers("import {\n  a,\n  b,\n} from './x.ts';\nexport { c } from './y.ts';\nimport type { D } from './z.ts';\nconst m = await import('./w.ts');\n// import { e } from './no.ts';\n/** import { f } from './no2.ts'; */"), ['./x.ts', './y.ts', './z.ts', './w.ts']);
+  assert.deepEqual(
+    specifiers(
+      "import {\n  a,\n  b,\n} from './x.ts';\nexport { c } from './y.ts';\nimport type { D } from './z.ts';\nconst m = await import('./w.ts');\n// import { e } from './no.ts';\n/** import { f } from './no2.ts'; */",
+    ),
+    ['./x.ts', './y.ts', './z.ts', './w.ts'],
+  );
 });
 
 test('no upward import: the engine (src/) never imports operators/ or pipelines/, operators/ never pipelines/; the CLI sits on top', () => {

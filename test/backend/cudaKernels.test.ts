@@ -25,26 +25,33 @@ import { fixture } from '../helpers/fixtures.ts';
 
 const nvrtcHere = findLibrary(CUDA_LIBRARIES.nvrtc) !== null;
 
-test('every CUDA C kernel source compiles with NVRTC for compute_80 and compute_90', { skip: !nvrtcHere && !process.env.CI && 'no NVRTC here (Debian: libnvrtc11.2 from non-free)' }, () => {
-  const sources = allKernelSources();
-  const names = new Set<string>();
-  for (const s of sources) {
-    assert.ok(!names.has(s.name), `two sources are named ${s.name}`);
-    names.add(s.name);
-    assert.ok(s.source.startsWith(PRELUDE), `${s.name} does not start with the prelude`);
-    assert.ok(s.source.includes(`void ${s.name}(`), `${s.name}: its source defines no kernel of that name`);
-  }
-  // One translation unit (the prelude once, then every kernel): NVRTC's start-up dominates, so this is 100x faster
-  // than compiling each, and a broken kernel is still named by its line in the log.
-  const unit = PRELUDE + sources.map((s) => s.source.slice(PRELUDE.length)).join('\n');
-  for (const arch of [80, 90]) {
-    const ptx = Buffer.from(compileCuda('all_kernels', unit, arch, 'ptx').image).toString('utf8');
-    for (const s of sources) assert.ok(ptx.includes(`.entry ${s.name}(`), `compute_${arch}: no PTX entry for ${s.name}`);
-  }
-});
+test(
+  'every CUDA C kernel source compiles with NVRTC for compute_80 and compute_90',
+  { skip: !nvrtcHere && !process.env.CI && 'no NVRTC here (Debian: libnvrtc11.2 from non-free)' },
+  () => {
+    const sources = allKernelSources();
+    const names = new Set<string>();
+    for (const s of sources) {
+      assert.ok(!names.has(s.name), `two sources are named ${s.name}`);
+      names.add(s.name);
+      assert.ok(s.source.startsWith(PRELUDE), `${s.name} does not start with the prelude`);
+      assert.ok(s.source.includes(`void ${s.name}(`), `${s.name}: its source defines no kernel of that name`);
+    }
+    // One translation unit (the prelude once, then every kernel): NVRTC's start-up dominates, so this is 100x faster
+    // than compiling each, and a broken kernel is still named by its line in the log.
+    const unit = PRELUDE + sources.map((s) => s.source.slice(PRELUDE.length)).join('\n');
+    for (const arch of [80, 90]) {
+      const ptx = Buffer.from(compileCuda('all_kernels', unit, arch, 'ptx').image).toString('utf8');
+      for (const s of sources) assert.ok(ptx.includes(`.entry ${s.name}(`), `compute_${arch}: no PTX entry for ${s.name}`);
+    }
+  },
+);
 
 test('a kernel source that does not compile is reported with its name and line', { skip: !nvrtcHere && 'no NVRTC here' }, () => {
-  assert.throws(() => compileCuda('broken', `${PRELUDE}\nextern "C" __global__ void broken(float *y) { y[0] = undefined_name; }`, 90, 'ptx'), /broken.*did not compile[\s\S]*broken\.cu\(\d+\)[\s\S]*undefined_name/);
+  assert.throws(
+    () => compileCuda('broken', `${PRELUDE}\nextern "C" __global__ void broken(float *y) { y[0] = undefined_name; }`, 90, 'ptx'),
+    /broken.*did not compile[\s\S]*broken\.cu\(\d+\)[\s\S]*undefined_name/,
+  );
 });
 
 /** Kernel names tfjs runs while `f` runs. */
@@ -72,7 +79,10 @@ test('every tfjs kernel that a KD step, evaluation and the teacher cache call ha
     const inputIds = tf.tensor2d(Int32Array.from(ids.data as Int32Array), ids.shape as [number, number], 'int32');
     const mask = tf.ones(inputIds.shape) as tf.Tensor2D;
     const { labels, mask: ceMask } = nextTokenTargets(inputIds, mask);
-    for (const [studentName, teacherName] of [['llama-student', 'llama-teacher'], ['gpt2-tiny', 'llama-teacher']]) {
+    for (const [studentName, teacherName] of [
+      ['llama-student', 'llama-teacher'],
+      ['gpt2-tiny', 'llama-teacher'],
+    ]) {
       const student = await loadModel(fixture(studentName), { trainable: true });
       const teacher = await loadModel(fixture(teacherName), { trainable: false });
       const optimizer = new AdamW(student.params, { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.01, weightDecayAll: false, flat: true });
@@ -82,9 +92,14 @@ test('every tfjs kernel that a KD step, evaluation and the teacher cache call ha
           const flat = hidden.reshape([-1, hidden.shape[2]]) as tf.Tensor2D;
           const teacherHidden = teacher.hidden(inputIds);
           const r = kdLossFromHidden({
-            studentHidden: flat, studentHead: student.headWeight(),
-            teacherHidden: teacherHidden.reshape([-1, teacherHidden.shape[2]]) as tf.Tensor2D, teacherHead: teacher.headWeight(),
-            labels, mask: ceMask, options: { ...DEFAULT_KD_LOSS, kind, temperature: 2, alpha: 0.5 }, chunkSize: 7,
+            studentHidden: flat,
+            studentHead: student.headWeight(),
+            teacherHidden: teacherHidden.reshape([-1, teacherHidden.shape[2]]) as tf.Tensor2D,
+            teacherHead: teacher.headWeight(),
+            labels,
+            mask: ceMask,
+            options: { ...DEFAULT_KD_LOSS, kind, temperature: 2, alpha: 0.5 },
+            chunkSize: 7,
           });
           return r.loss;
         }, student.trainableVariables());

@@ -56,26 +56,95 @@ const r = (shape: number[], seed: number): tf.Tensor => tf.randomNormal(shape, 0
 const ints = (shape: number[], max: number, seed: number): tf.Tensor => tf.randomUniform(shape, 0, max, 'int32', seed);
 
 test('cuda element-wise kernels match cpu, broadcasting included', { skip }, async () => {
-  const unary = ['neg', 'abs', 'exp', 'log1p', 'sqrt', 'rsqrt', 'square', 'relu', 'sigmoid', 'tanh', 'erf', 'floor', 'sign', 'softplus', 'elu', 'reciprocal'] as const;
-  const cases: Case[] = unary.map((op) => [op, () => {
-    const x = r([33, 17], 1);
-    const pos = op === 'sqrt' || op === 'rsqrt' || op === 'log1p' ? tf.abs(x) : x;
-    return (tf[op] as (t: tf.Tensor) => tf.Tensor)(pos);
-  }]);
+  const unary = [
+    'neg',
+    'abs',
+    'exp',
+    'log1p',
+    'sqrt',
+    'rsqrt',
+    'square',
+    'relu',
+    'sigmoid',
+    'tanh',
+    'erf',
+    'floor',
+    'sign',
+    'softplus',
+    'elu',
+    'reciprocal',
+  ] as const;
+  const cases: Case[] = unary.map((op) => [
+    op,
+    () => {
+      const x = r([33, 17], 1);
+      const pos = op === 'sqrt' || op === 'rsqrt' || op === 'log1p' ? tf.abs(x) : x;
+      return (tf[op] as (t: tf.Tensor) => tf.Tensor)(pos);
+    },
+  ]);
   cases.push(['log', () => tf.log(tf.add(tf.abs(r([40], 2)), 0.1))]);
   cases.push(['step', () => tf.step(r([50], 3), 0.3)]);
   cases.push(['clip', () => tf.clipByValue(r([50], 3), -0.5, 0.7)]);
   cases.push(['leakyRelu', () => tf.leakyRelu(r([50], 3), 0.1)]);
   // Every broadcast kernel: same shapes, a scalar on either side, trailing axes on either side, general strides.
-  for (const [a, b] of [[[4, 5], [4, 5]], [[4, 5], [5]], [[5], [4, 5]], [[1, 5], [3, 4, 5]], [[3, 1, 6], [1, 4, 1]], [[2, 3, 4, 5], [3, 1, 5]], [[7], []], [[], [7]], [[4, 1], [4, 5]]]) {
+  for (const [a, b] of [
+    [
+      [4, 5],
+      [4, 5],
+    ],
+    [[4, 5], [5]],
+    [[5], [4, 5]],
+    [
+      [1, 5],
+      [3, 4, 5],
+    ],
+    [
+      [3, 1, 6],
+      [1, 4, 1],
+    ],
+    [
+      [2, 3, 4, 5],
+      [3, 1, 5],
+    ],
+    [[7], []],
+    [[], [7]],
+    [
+      [4, 1],
+      [4, 5],
+    ],
+  ]) {
     cases.push([`add [${a}]+[${b}]`, () => tf.add(r(a, 4), r(b, 5))]);
     cases.push([`mul [${a}]*[${b}]`, () => tf.mul(r(a, 4), r(b, 5))]);
-    cases.push([`sub/div/pow/max/min [${a}],[${b}]`, () => [tf.sub(r(a, 4), r(b, 5)), tf.div(r(a, 4), tf.add(tf.abs(r(b, 5)), 0.5)), tf.pow(tf.abs(r(a, 4)), r(b, 5)), tf.maximum(r(a, 4), r(b, 5)), tf.minimum(r(a, 4), r(b, 5))]]);
+    cases.push([
+      `sub/div/pow/max/min [${a}],[${b}]`,
+      () => [
+        tf.sub(r(a, 4), r(b, 5)),
+        tf.div(r(a, 4), tf.add(tf.abs(r(b, 5)), 0.5)),
+        tf.pow(tf.abs(r(a, 4)), r(b, 5)),
+        tf.maximum(r(a, 4), r(b, 5)),
+        tf.minimum(r(a, 4), r(b, 5)),
+      ],
+    ]);
     cases.push([`compare [${a}],[${b}]`, () => [tf.greater(r(a, 4), r(b, 5)), tf.lessEqual(r(a, 4), r(b, 5)), tf.equal(tf.round(r(a, 4)), tf.round(r(b, 5)))]]);
   }
-  cases.push(['int arithmetic', () => [tf.add(ints([9], 100, 1), ints([9], 100, 2)), tf.mul(ints([3, 3], 10, 3), tf.scalar(3, 'int32')), tf.floorDiv(ints([9], 100, 1), tf.add(ints([9], 9, 2), 1))]]);
+  cases.push([
+    'int arithmetic',
+    () => [
+      tf.add(ints([9], 100, 1), ints([9], 100, 2)),
+      tf.mul(ints([3, 3], 10, 3), tf.scalar(3, 'int32')),
+      tf.floorDiv(ints([9], 100, 1), tf.add(ints([9], 9, 2), 1)),
+    ],
+  ]);
   cases.push(['logical', () => [tf.logicalAnd(tf.greater(r([20], 1), 0), tf.less(r([20], 2), 0)), tf.logicalNot(tf.greater(r([20], 1), 0))]]);
-  cases.push(['cast', () => [tf.cast(tf.mul(r([20], 1), 10), 'int32'), tf.cast(ints([20], 5, 1), 'float32'), tf.cast(ints([20], 3, 1), 'bool'), tf.cast(tf.greater(r([20], 1), 0), 'float32')]]);
+  cases.push([
+    'cast',
+    () => [
+      tf.cast(tf.mul(r([20], 1), 10), 'int32'),
+      tf.cast(ints([20], 5, 1), 'float32'),
+      tf.cast(ints([20], 3, 1), 'bool'),
+      tf.cast(tf.greater(r([20], 1), 0), 'float32'),
+    ],
+  ]);
   cases.push(['where', () => tf.where(tf.greater(r([6, 7], 1), 0), r([6, 7], 2), r([6, 7], 3))]);
   cases.push(['fills', () => [tf.zerosLike(r([5, 3], 1)), tf.onesLike(ints([4], 3, 1)), tf.fill([3, 2], 2.5), tf.range(0, 10, 3), tf.range(2, 9, 2, 'int32')]]);
   cases.push(['addN', () => tf.addN([r([4, 4], 1), r([4, 4], 2), r([4, 4], 3)])]);
@@ -84,8 +153,34 @@ test('cuda element-wise kernels match cpu, broadcasting included', { skip }, asy
 
 test('cuda reductions and softmax match cpu', { skip }, async () => {
   const cases: Case[] = [];
-  for (const [shape, axis] of [[[37, 300], 1], [[37, 300], 0], [[4, 5, 6], [0, 2]], [[4, 5, 6], [1, 2]], [[4, 5, 6], 1], [[1000], 0], [[3, 4], [0, 1]]] as [number[], number | number[]][]) {
-    cases.push([`sum/mean/max/min [${shape}] ${JSON.stringify(axis)}`, () => [tf.sum(r(shape, 1), axis), tf.mean(r(shape, 1), axis, true), tf.max(r(shape, 1), axis), tf.min(r(shape, 1), axis), tf.prod(tf.add(tf.mul(r(shape, 1), 0.01), 1), axis)]]);
+  for (const [shape, axis] of [
+    [[37, 300], 1],
+    [[37, 300], 0],
+    [
+      [4, 5, 6],
+      [0, 2],
+    ],
+    [
+      [4, 5, 6],
+      [1, 2],
+    ],
+    [[4, 5, 6], 1],
+    [[1000], 0],
+    [
+      [3, 4],
+      [0, 1],
+    ],
+  ] as [number[], number | number[]][]) {
+    cases.push([
+      `sum/mean/max/min [${shape}] ${JSON.stringify(axis)}`,
+      () => [
+        tf.sum(r(shape, 1), axis),
+        tf.mean(r(shape, 1), axis, true),
+        tf.max(r(shape, 1), axis),
+        tf.min(r(shape, 1), axis),
+        tf.prod(tf.add(tf.mul(r(shape, 1), 0.01), 1), axis),
+      ],
+    ]);
   }
   cases.push(['argMax/argMin', () => [tf.argMax(r([17, 500], 1), 1), tf.argMin(r([17, 5], 2), 1), tf.argMax(r([17, 5], 2), 0)]]);
   cases.push(['int sum', () => tf.sum(ints([10, 30], 50, 1), 1)]);
@@ -99,29 +194,120 @@ test('cuda layout, gather, scatter and TopK kernels match cpu', { skip }, async 
   const cases: Case[] = [
     ['transpose', () => [tf.transpose(r([3, 4, 5], 1), [2, 0, 1]), tf.transpose(r([2, 3, 4, 5], 2), [0, 2, 1, 3]), tf.transpose(ints([6, 7], 9, 1))]],
     ['slice', () => [tf.slice(r([6, 7, 8], 1), [1, 2, 3], [3, 4, 2]), tf.slice(r([6, 7], 1), [2, 0], [3, 7]), tf.slice(r([10], 1), [4], [5])]],
-    ['concat/stack/split', () => [tf.concat([r([2, 3], 1), r([2, 5], 2)], 1), tf.concat([r([2, 3], 1), r([4, 3], 2)], 0), tf.stack([r([3, 2], 1), r([3, 2], 2)], 1), ...tf.split(r([4, 9], 1), [2, 3, 4], 1), ...tf.unstack(r([3, 4], 1), 1)]],
-    ['tile/pad/broadcastTo', () => [tf.tile(r([2, 3], 1), [3, 2]), tf.pad(r([2, 3], 1), [[1, 2], [0, 3]], 0.5), tf.broadcastTo(r([3, 1], 1), [2, 3, 4])]],
-    ['gather', () => [tf.gather(r([50, 6], 1), tf.tensor2d([[4, 4, 49], [0, 7, 3]], [2, 3], 'int32')), tf.gather(r([5, 6, 7], 1), tf.tensor1d([6, 0, 2], 'int32'), 2), tf.gather(ints([20], 100, 1), tf.tensor1d([19, 3], 'int32'))]],
-    ['gatherND', () => tf.gatherND(r([4, 5, 6], 1), tf.tensor2d([[0, 1], [3, 4], [2, 2]], [3, 2], 'int32'))],
+    [
+      'concat/stack/split',
+      () => [
+        tf.concat([r([2, 3], 1), r([2, 5], 2)], 1),
+        tf.concat([r([2, 3], 1), r([4, 3], 2)], 0),
+        tf.stack([r([3, 2], 1), r([3, 2], 2)], 1),
+        ...tf.split(r([4, 9], 1), [2, 3, 4], 1),
+        ...tf.unstack(r([3, 4], 1), 1),
+      ],
+    ],
+    [
+      'tile/pad/broadcastTo',
+      () => [
+        tf.tile(r([2, 3], 1), [3, 2]),
+        tf.pad(
+          r([2, 3], 1),
+          [
+            [1, 2],
+            [0, 3],
+          ],
+          0.5,
+        ),
+        tf.broadcastTo(r([3, 1], 1), [2, 3, 4]),
+      ],
+    ],
+    [
+      'gather',
+      () => [
+        tf.gather(
+          r([50, 6], 1),
+          tf.tensor2d(
+            [
+              [4, 4, 49],
+              [0, 7, 3],
+            ],
+            [2, 3],
+            'int32',
+          ),
+        ),
+        tf.gather(r([5, 6, 7], 1), tf.tensor1d([6, 0, 2], 'int32'), 2),
+        tf.gather(ints([20], 100, 1), tf.tensor1d([19, 3], 'int32')),
+      ],
+    ],
+    [
+      'gatherND',
+      () =>
+        tf.gatherND(
+          r([4, 5, 6], 1),
+          tf.tensor2d(
+            [
+              [0, 1],
+              [3, 4],
+              [2, 2],
+            ],
+            [3, 2],
+            'int32',
+          ),
+        ),
+    ],
     ['scatterND', () => tf.scatterND(tf.tensor2d([[1], [3], [1]], [3, 1], 'int32'), r([3, 4], 1), [5, 4])],
     ['tensorScatterUpdate', () => tf.tensorScatterUpdate(r([5, 4], 1), tf.tensor2d([[1], [3]], [2, 1], 'int32'), r([2, 4], 2))],
     ['oneHot', () => [tf.oneHot(tf.tensor1d([0, 3, 9, 2], 'int32'), 10), tf.oneHot(tf.tensor2d([[1, 2]], [1, 2], 'int32'), 4, 2, -1)]],
     ['unsortedSegmentSum', () => tf.unsortedSegmentSum(r([7, 5], 1), tf.tensor1d([0, 3, 3, 1, 0, 6, 3], 'int32'), 8)],
-    ['embedding gradient', () => tf.grad((t: tf.Tensor) => tf.sum(tf.mul(tf.gather(t, tf.tensor2d([[4, 4, 49, 0], [7, 4, 3, 49]], [2, 4], 'int32')), r([2, 4, 6], 2))))(r([50, 6], 1))],
-    ['topk', () => {
-      const x = tf.concat([r([5, 3000], 1), tf.fill([5, 3], 9)], 1);
-      const { values, indices } = tf.topk(x, 8);
-      return [values, indices];
-    }],
+    [
+      'embedding gradient',
+      () =>
+        tf.grad((t: tf.Tensor) =>
+          tf.sum(
+            tf.mul(
+              tf.gather(
+                t,
+                tf.tensor2d(
+                  [
+                    [4, 4, 49, 0],
+                    [7, 4, 3, 49],
+                  ],
+                  [2, 4],
+                  'int32',
+                ),
+              ),
+              r([2, 4, 6], 2),
+            ),
+          ),
+        )(r([50, 6], 1)),
+    ],
+    [
+      'topk',
+      () => {
+        const x = tf.concat([r([5, 3000], 1), tf.fill([5, 3], 9)], 1);
+        const { values, indices } = tf.topk(x, 8);
+        return [values, indices];
+      },
+    ],
   ];
   await compare(cases);
 });
 
 test('cuda BatchMatMul matches cpu in every transpose and batch form; bf16-mixed within its tolerance', { skip }, async () => {
   const cases: Case[] = [];
-  for (const [ta, tb] of [[false, false], [false, true], [true, false], [true, true]] as const) {
-    for (const [batch, m, k, n] of [[1, 33, 17, 9], [3, 8, 64, 5], [2, 1, 7, 1]]) {
-      cases.push([`[${batch},${m},${k},${n}] ${ta}/${tb}`, () => tf.matMul(r(ta ? [batch, k, m] : [batch, m, k], 1), r(tb ? [batch, n, k] : [batch, k, n], 2), ta, tb)]);
+  for (const [ta, tb] of [
+    [false, false],
+    [false, true],
+    [true, false],
+    [true, true],
+  ] as const) {
+    for (const [batch, m, k, n] of [
+      [1, 33, 17, 9],
+      [3, 8, 64, 5],
+      [2, 1, 7, 1],
+    ]) {
+      cases.push([
+        `[${batch},${m},${k},${n}] ${ta}/${tb}`,
+        () => tf.matMul(r(ta ? [batch, k, m] : [batch, m, k], 1), r(tb ? [batch, n, k] : [batch, k, n], 2), ta, tb),
+      ]);
     }
   }
   cases.push(['2-D', () => tf.matMul(r([70, 40], 1), r([40, 30], 2))]);
@@ -159,7 +345,7 @@ test('cuda memory: tensors free their blocks for reuse, and the pool makes no ne
   assert.equal(after.inUse, before.inUse, 'blocks leaked');
 });
 
-test('cuda bf16-mixed: the fixture models\' logits stay within 2e-2 of transformers\' fp32 (the stated tolerance)', { skip }, async () => {
+test("cuda bf16-mixed: the fixture models' logits stay within 2e-2 of transformers' fp32 (the stated tolerance)", { skip }, async () => {
   const { loadModel } = await import('../../src/checkpoint/load.ts');
   const { readAllSafetensors } = await import('../../src/io/safetensors.ts');
   const { fixture } = await import('../helpers/fixtures.ts');

@@ -96,8 +96,13 @@ test('causal softmax: fused forward and backward equal scale · mask · softmax,
           const scores = tf.randomNormal([2, heads, seq, seq], 0, 4, 'float32', seq + heads) as tf.Tensor4D;
           const scale = 1 / Math.sqrt(16);
           const where = `seq ${seq}, heads ${heads}, window ${window}`;
-          const r = await compare(backend, [scores], (s) => maskedSoftmax(s as tf.Tensor4D, mask, scale),
-            (s) => softmaxComposition(s as tf.Tensor4D, mask, scale), ['CausalSoftmax', 'CausalSoftmaxGrad']);
+          const r = await compare(
+            backend,
+            [scores],
+            (s) => maskedSoftmax(s as tf.Tensor4D, mask, scale),
+            (s) => softmaxComposition(s as tf.Tensor4D, mask, scale),
+            ['CausalSoftmax', 'CausalSoftmaxGrad'],
+          );
           worst.note(backend, `${where}, probabilities`, r.value);
           worst.note(backend, `${where}, d scores`, r.grads[0]);
           // Masked entries are exactly 0, value and gradient, as −1e9 makes them in the composition.
@@ -123,7 +128,12 @@ test('causal softmax under context parallelism: queries against gathered keys at
   await onEachBackend(async (backend) => {
     const before = tf.memory().numTensors;
     for (const window of [null, 3]) {
-      for (const [seq, cp, rank] of [[8, 2, 0], [8, 2, 1], [64, 4, 3], [7, 2, 1]]) {
+      for (const [seq, cp, rank] of [
+        [8, 2, 0],
+        [8, 2, 1],
+        [64, 4, 3],
+        [7, 2, 1],
+      ]) {
         const s = sequenceSplit(seq, cp, rank);
         const visible = (q: number, k: number): boolean => k <= q && (window === null || q - k < window);
         const mask = tf.tensor2d(Float32Array.from(s.local.flatMap((q) => s.keys.map((k) => (visible(q, k) ? 0 : -1e9)))), [s.local.length, s.keys.length]);
@@ -132,8 +142,13 @@ test('causal softmax under context parallelism: queries against gathered keys at
         describeCausalMask(mask, { slidingWindow: window, positions: { query, key } });
         const scores = tf.randomNormal([2, 3, s.local.length, s.keys.length], 0, 3, 'float32', seq + rank) as tf.Tensor4D;
         const where = `seq ${seq}, cp ${cp}, rank ${rank}, window ${window}`;
-        const r = await compare(backend, [scores], (x) => maskedSoftmax(x as tf.Tensor4D, mask, 0.125),
-          (x) => softmaxComposition(x as tf.Tensor4D, mask, 0.125), ['CausalSoftmax', 'CausalSoftmaxGrad']);
+        const r = await compare(
+          backend,
+          [scores],
+          (x) => maskedSoftmax(x as tf.Tensor4D, mask, 0.125),
+          (x) => softmaxComposition(x as tf.Tensor4D, mask, 0.125),
+          ['CausalSoftmax', 'CausalSoftmaxGrad'],
+        );
         worst.note(backend, `${where}, probabilities`, r.value);
         worst.note(backend, `${where}, d scores`, r.grads[0]);
         tf.dispose([mask, query, key, scores]);
@@ -155,8 +170,13 @@ test('RoPE: fused forward and backward equal x·cos + rotate_half(x)·sin, whole
           const tables = cache.get(seq);
           const x = tf.randomNormal([2, heads, seq, headDim], 0, 1, 'float32', seq * heads + headDim) as tf.Tensor4D;
           const where = `seq ${seq}, heads ${heads}, headDim ${headDim}`;
-          const r = await compare(backend, [x], (y) => applyRope(y as tf.Tensor4D, tables), (y) => ropeComposition(y as tf.Tensor4D, tables),
-            ['RotaryEmbedding', 'RotaryEmbeddingGrad']);
+          const r = await compare(
+            backend,
+            [x],
+            (y) => applyRope(y as tf.Tensor4D, tables),
+            (y) => ropeComposition(y as tf.Tensor4D, tables),
+            ['RotaryEmbedding', 'RotaryEmbeddingGrad'],
+          );
           worst.note(backend, `${where}, value`, r.value);
           worst.note(backend, `${where}, dx`, r.grads[0]);
           x.dispose();
@@ -167,8 +187,13 @@ test('RoPE: fused forward and backward equal x·cos + rotate_half(x)·sin, whole
       const pos = tf.tensor1d(Int32Array.from(sequenceSplit(64, 4, 1).local), 'int32');
       const tables = { cos: tf.gather(full.cos, pos), sinSigned: tf.gather(full.sinSigned, pos) };
       const x = tf.randomNormal([2, 2, pos.size, headDim], 0, 1, 'float32', 5) as tf.Tensor4D;
-      const r = await compare(backend, [x], (y) => applyRope(y as tf.Tensor4D, tables), (y) => ropeComposition(y as tf.Tensor4D, tables),
-        ['RotaryEmbedding', 'RotaryEmbeddingGrad']);
+      const r = await compare(
+        backend,
+        [x],
+        (y) => applyRope(y as tf.Tensor4D, tables),
+        (y) => ropeComposition(y as tf.Tensor4D, tables),
+        ['RotaryEmbedding', 'RotaryEmbeddingGrad'],
+      );
       worst.note(backend, `gathered tables, headDim ${headDim}, value`, r.value);
       worst.note(backend, `gathered tables, headDim ${headDim}, dx`, r.grads[0]);
       tf.dispose([pos, tables.cos, tables.sinSigned, x]);
@@ -188,13 +213,21 @@ test('long rows (256 lanes, several keys per lane) and more rows or elements tha
     // [1, 1, 1030, 1030] takes the 256-lane workgroup (the window leaves rows both longer and shorter than 700
     // keys); [1, 8200, 8, 8] has 65,600 rows, past 65,535 workgroups per dimension, so the dispatch is reshaped to
     // 2-D and its spare workgroups must write nothing.
-    for (const [shape, window] of [[[1, 1, 1030, 1030], 700], [[1, 8200, 8, 8], null]] as [[number, number, number, number], number | null][]) {
+    for (const [shape, window] of [
+      [[1, 1, 1030, 1030], 700],
+      [[1, 8200, 8, 8], null],
+    ] as [[number, number, number, number], number | null][]) {
       const masks = new CausalMaskCache(window);
       const mask = masks.get(shape[2]);
       const scores = tf.randomNormal(shape, 0, 4, 'float32', 9) as tf.Tensor4D;
       const where = `scores [${shape}], window ${window}`;
-      const r = await compare(backend, [scores], (x) => maskedSoftmax(x as tf.Tensor4D, mask, 0.125),
-        (x) => softmaxComposition(x as tf.Tensor4D, mask, 0.125), ['CausalSoftmax', 'CausalSoftmaxGrad']);
+      const r = await compare(
+        backend,
+        [scores],
+        (x) => maskedSoftmax(x as tf.Tensor4D, mask, 0.125),
+        (x) => softmaxComposition(x as tf.Tensor4D, mask, 0.125),
+        ['CausalSoftmax', 'CausalSoftmaxGrad'],
+      );
       worst.note(backend, `${where}, probabilities`, r.value);
       worst.note(backend, `${where}, d scores`, r.grads[0]);
       scores.dispose();
@@ -204,8 +237,13 @@ test('long rows (256 lanes, several keys per lane) and more rows or elements tha
     const rope = new RopeCache(ropeInvFreq(128, 10000, { type: 'default', factor: 1 }), 128);
     const x = tf.randomNormal([1, 1040, 64, 128], 0, 1, 'float32', 10) as tf.Tensor4D;
     const tables = rope.get(64);
-    const r = await compare(backend, [x], (y) => applyRope(y as tf.Tensor4D, tables), (y) => ropeComposition(y as tf.Tensor4D, tables),
-      ['RotaryEmbedding', 'RotaryEmbeddingGrad']);
+    const r = await compare(
+      backend,
+      [x],
+      (y) => applyRope(y as tf.Tensor4D, tables),
+      (y) => ropeComposition(y as tf.Tensor4D, tables),
+      ['RotaryEmbedding', 'RotaryEmbeddingGrad'],
+    );
     worst.note(backend, 'RoPE x [1, 1040, 64, 128], value', r.value);
     worst.note(backend, 'RoPE x [1, 1040, 64, 128], dx', r.grads[0]);
     x.dispose();
@@ -228,8 +266,13 @@ test('causal attention with grouped KV heads: output and d q, d k, d v match the
         const v = tf.randomNormal([2, 2, seq, 8], 0, 1, 'float32', 3) as tf.Tensor4D;
         const scale = 1 / Math.sqrt(8);
         const where = `seq ${seq}, window ${window}`;
-        const r = await compare(backend, [q, k, v], (a, b, c) => causalAttention(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D, mask, scale),
-          (a, b, c) => attentionComposition(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D, mask, scale), ['CausalSoftmax', 'CausalSoftmaxGrad']);
+        const r = await compare(
+          backend,
+          [q, k, v],
+          (a, b, c) => causalAttention(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D, mask, scale),
+          (a, b, c) => attentionComposition(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D, mask, scale),
+          ['CausalSoftmax', 'CausalSoftmaxGrad'],
+        );
         worst.note(backend, `${where}, output`, r.value);
         r.grads.forEach((g, i) => worst.note(backend, `${where}, d ${'qkv'[i]}`, g));
         tf.dispose([q, k, v]);
@@ -241,7 +284,9 @@ test('causal attention with grouped KV heads: output and d q, d k, d v match the
       const count = async (label: string, f: (y: tf.Tensor) => tf.Tensor, y: tf.Tensor): Promise<void> => {
         const names = async (g: () => tf.Tensor): Promise<string[]> => {
           let out: tf.Tensor[] = [];
-          const info = await tf.profile(() => { out = [tf.tidy(g)]; });
+          const info = await tf.profile(() => {
+            out = [tf.tidy(g)];
+          });
           tf.dispose(out);
           return info.kernels.map((kk) => kk.name).filter((n) => tf.getKernel(n, 'webgpu') && n !== 'Reshape' && n !== 'Identity');
         };

@@ -94,11 +94,17 @@ test('fused divergence and its gradient w.r.t. the student logits match the comp
             tf.dispose([s, tt, mask, w, got.value, want.value]);
             const errs = [relError(vg, vw), relError(gg, gw)];
             note(worst, backend, Math.max(...errs));
-            assert.ok(errs.every((e) => e <= TOLERANCE), `${label}: rel errors value/gradient ${errs}`);
+            assert.ok(
+              errs.every((e) => e <= TOLERANCE),
+              `${label}: rel errors value/gradient ${errs}`,
+            );
             for (let r = 0; r < ROWS; r++) {
               if (MASK[r] !== 0) continue;
               assert.equal(vg[r], 0, `${label}: masked row ${r} has loss ${vg[r]}`);
-              assert.ok(gg.subarray(r * vocab, (r + 1) * vocab).every((g) => g === 0), `${label}: masked row ${r} has a gradient`);
+              assert.ok(
+                gg.subarray(r * vocab, (r + 1) * vocab).every((g) => g === 0),
+                `${label}: masked row ${r} has a gradient`,
+              );
             }
           });
         }
@@ -112,7 +118,13 @@ test('fused divergence: the gradient flows through the head matmul to hidden sta
   const worst: Worst = new Map();
   await onEachBackend(async (backend) => {
     for (const vocab of [1003, 4096]) {
-      for (const [kind, temperature] of [['forward_kl', 1], ['forward_kl', 2], ['reverse_kl', 2], ['jsd', 1], ['skew_kl', 2]] as const) {
+      for (const [kind, temperature] of [
+        ['forward_kl', 1],
+        ['forward_kl', 2],
+        ['reverse_kl', 2],
+        ['jsd', 1],
+        ['skew_kl', 2],
+      ] as const) {
         const label = `${backend} V ${vocab} ${kind} τ ${temperature}`;
         await noLeaks(label, async () => {
           const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind, temperature };
@@ -128,7 +140,10 @@ test('fused divergence: the gradient flows through the head matmul to hidden sta
           tf.dispose([h, head, tt, mask]);
           const errs = [relError(v1, v2), relError(h1, h2), relError(w1, w2)];
           note(worst, backend, Math.max(...errs));
-          assert.ok(errs.every((e) => e <= TOLERANCE), `${label}: rel errors value/dHidden/dHead ${errs}`);
+          assert.ok(
+            errs.every((e) => e <= TOLERANCE),
+            `${label}: rel errors value/dHidden/dHead ${errs}`,
+          );
         });
       }
     }
@@ -152,7 +167,10 @@ test('fused divergence: a masked row gives 0 loss and 0 gradient even when its l
         tf.dispose([s, tt, mask, got.value]);
         assert.deepEqual([v[2], v[3]], [0, 0]);
         assert.ok(Number.isFinite(v[0]) && Number.isFinite(v[1]));
-        assert.ok(g.subarray(2 * vocab).every((x) => x === 0), `V ${vocab}: masked rows have a gradient`);
+        assert.ok(
+          g.subarray(2 * vocab).every((x) => x === 0),
+          `V ${vocab}: masked rows have a gradient`,
+        );
         assert.ok(g.subarray(0, 2 * vocab).every((x) => Number.isFinite(x)));
       }
     });
@@ -160,10 +178,7 @@ test('fused divergence: a masked row gives 0 loss and 0 gradient even when its l
 });
 
 /** The unchunked composition on hidden states (as test/losses/chunkedKd.test.ts has it), by tfjs's tape. */
-function unchunked(
-  th: tf.Tensor2D, tw: tf.Tensor2D, labels: tf.Tensor1D, mask: tf.Tensor1D,
-  h: tf.Tensor2D, w: tf.Tensor2D, opts: KdLossOptions,
-): tf.Scalar {
+function unchunked(th: tf.Tensor2D, tw: tf.Tensor2D, labels: tf.Tensor1D, mask: tf.Tensor1D, h: tf.Tensor2D, w: tf.Tensor2D, opts: KdLossOptions): tf.Scalar {
   const n = h.shape[0];
   const zs = tf.matMul(h, w, false, true) as tf.Tensor2D;
   const zt = tf.matMul(th, tw, false, true) as tf.Tensor2D;
@@ -182,12 +197,24 @@ test('chunked KD loss on hidden states (fused on webgpu, CE folded in) matches t
     if (backend !== 'webgpu' && !hasSoftmaxKlKernels()) return;
     // Student wider (CE past the shared ids), teacher wider, each read as vec4 or not, equal (τ = 1: the CE shares
     // the KD's log-sum-exp); each kind meets each (τ, α) over the layouts (lavapipe runs the taped reference slowly).
-    const layouts = [[1001, 997], [1000, 1004], [1004, 1000], [1003, 1003]];
-    const settings = [[1, 0.5], [2, 0.7], [2, 1]] as const;
-    const cases = layouts.flatMap(([vs, vt], p) =>
-      KD_LOSS_KINDS.map((kind, k) => ({ vs, vt, kind, setting: settings[(p + k) % settings.length] })),
-    );
-    for (const { vs, vt, kind, setting: [temperature, alpha] } of cases) {
+    const layouts = [
+      [1001, 997],
+      [1000, 1004],
+      [1004, 1000],
+      [1003, 1003],
+    ];
+    const settings = [
+      [1, 0.5],
+      [2, 0.7],
+      [2, 1],
+    ] as const;
+    const cases = layouts.flatMap(([vs, vt], p) => KD_LOSS_KINDS.map((kind, k) => ({ vs, vt, kind, setting: settings[(p + k) % settings.length] })));
+    for (const {
+      vs,
+      vt,
+      kind,
+      setting: [temperature, alpha],
+    } of cases) {
       const label = `${backend} V_s ${vs} V_t ${vt} ${kind} τ ${temperature} α ${alpha}`;
       await noLeaks(label, async () => {
         const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind, temperature, alpha };
@@ -200,8 +227,14 @@ test('chunked KD loss on hidden states (fused on webgpu, CE folded in) matches t
         const want = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor) => unchunked(th, tw, labels, mask, a as tf.Tensor2D, b as tf.Tensor2D, opts))([h, w]);
         const got = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor) => {
           const r = kdLossFromHidden({
-            studentHidden: a as tf.Tensor2D, studentHead: b as tf.Tensor2D, teacherHidden: th, teacherHead: tw,
-            labels: alpha < 1 ? labels : undefined, mask, options: opts, chunkSize: 5,
+            studentHidden: a as tf.Tensor2D,
+            studentHead: b as tf.Tensor2D,
+            teacherHidden: th,
+            teacherHead: tw,
+            labels: alpha < 1 ? labels : undefined,
+            mask,
+            options: opts,
+            chunkSize: 5,
           });
           tf.dispose([r.kd, r.count, ...(r.ce ? [r.ce] : [])]);
           return r.loss;
@@ -210,7 +243,10 @@ test('chunked KD loss on hidden states (fused on webgpu, CE folded in) matches t
         tf.dispose([h, w, th, tw, labels, mask]);
         const errs = [relError(v1, v2), relError(h1, h2), relError(w1, w2)];
         note(worst, backend, Math.max(...errs));
-        assert.ok(errs.every((e) => e <= TOLERANCE), `${label}: rel errors value/dHidden/dHead ${errs}`);
+        assert.ok(
+          errs.every((e) => e <= TOLERANCE),
+          `${label}: rel errors value/dHidden/dHead ${errs}`,
+        );
       });
     }
   });

@@ -15,8 +15,22 @@ import { composedRmsNorm, rmsNorm } from '../../src/ops/rmsNorm.ts';
 import { activate, gatedActivation } from '../../src/model/activations.ts';
 
 const TOLERANCE = 1e-5;
-const NORM_SHAPES = [[1, 37], [5, 12], [3, 768], [300, 20], [2, 1001], [4, 4100], [2, 3, 64]];
-const SWIGLU_SHAPES = [[1, 37], [5, 12], [3, 2048], [2, 3, 20], [4, 1001]];
+const NORM_SHAPES = [
+  [1, 37],
+  [5, 12],
+  [3, 768],
+  [300, 20],
+  [2, 1001],
+  [4, 4100],
+  [2, 3, 64],
+];
+const SWIGLU_SHAPES = [
+  [1, 37],
+  [5, 12],
+  [3, 2048],
+  [2, 3, 20],
+  [4, 1001],
+];
 
 type Op = (inputs: tf.Tensor[]) => tf.Tensor;
 
@@ -37,7 +51,14 @@ function outputAndGrads(op: Op, inputs: tf.Tensor[], dy: tf.Tensor): tf.Tensor[]
  * Worst relative error between the fused and composed outputs and gradients over every shape; asserts the bound,
  * no leak, and, on webgpu (and any backend that registers them), that each of the fused `kernels` ran.
  */
-async function worstError(backend: string, fused: Op, composed: Op, kernels: string[], make: (shape: number[], seed: number) => tf.Tensor[], shapes: number[][]): Promise<number> {
+async function worstError(
+  backend: string,
+  fused: Op,
+  composed: Op,
+  kernels: string[],
+  make: (shape: number[], seed: number) => tf.Tensor[],
+  shapes: number[][],
+): Promise<number> {
   let worst = 0;
   for (const [i, shape] of shapes.entries()) {
     const before = tf.memory().numTensors;
@@ -64,14 +85,12 @@ async function worstError(backend: string, fused: Op, composed: Op, kernels: str
 
 const hiddenOf = (shape: number[]): number => shape[shape.length - 1];
 /** A trainable [hidden] parameter; tidy disposes the initial tensor, which tf.variable leaves behind. */
-const parameter = (hidden: number, mean: number, seed: number): tf.Variable => tf.tidy(() => tf.variable(tf.randomNormal([hidden], mean, 0.5, 'float32', seed)));
+const parameter = (hidden: number, mean: number, seed: number): tf.Variable =>
+  tf.tidy(() => tf.variable(tf.randomNormal([hidden], mean, 0.5, 'float32', seed)));
 
 test('fused RMSNorm and its gradients (x, weight) match the tfjs composition', async (t) => {
   await onEachBackend(async (backend) => {
-    const make = (shape: number[], seed: number): tf.Tensor[] => [
-      tf.randomNormal(shape, 0, 1, 'float32', seed),
-      parameter(hiddenOf(shape), 1, seed + 1),
-    ];
+    const make = (shape: number[], seed: number): tf.Tensor[] => [tf.randomNormal(shape, 0, 1, 'float32', seed), parameter(hiddenOf(shape), 1, seed + 1)];
     const fused: Op = ([x, w]) => rmsNorm(x, w as tf.Tensor1D, 1e-6);
     const composed: Op = ([x, w]) => composedRmsNorm(x, w as tf.Tensor1D, 1e-6);
     const worst = await worstError(backend, fused, composed, ['RmsNorm', 'RmsNormGrad'], make, NORM_SHAPES);

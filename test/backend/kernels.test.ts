@@ -23,8 +23,17 @@ async function onBoth<T extends tf.Tensor>(f: () => T): Promise<[Float32Array, F
 }
 
 test('wasm BatchMatMul with transposed operands matches cpu', async () => {
-  for (const [ta, tb] of [[false, false], [false, true], [true, false], [true, true]] as const) {
-    for (const [batch, m, k, n] of [[1, 33, 17, 9], [3, 8, 64, 5], [2, 1, 7, 1]]) {
+  for (const [ta, tb] of [
+    [false, false],
+    [false, true],
+    [true, false],
+    [true, true],
+  ] as const) {
+    for (const [batch, m, k, n] of [
+      [1, 33, 17, 9],
+      [3, 8, 64, 5],
+      [2, 1, 7, 1],
+    ]) {
       const f = (): tf.Tensor => {
         const a = tf.randomNormal(ta ? [batch, k, m] : [batch, m, k], 0, 1, 'float32', 11);
         const b = tf.randomNormal(tb ? [batch, n, k] : [batch, k, n], 0, 1, 'float32', 12);
@@ -40,7 +49,14 @@ test('wasm BatchMatMul with transposed operands matches cpu', async () => {
 test('wasm gradient of gather (UnsortedSegmentSum) matches cpu, repeated and out-of-order ids included', async () => {
   const f = (): tf.Tensor => {
     const table = tf.randomNormal([50, 6], 0, 1, 'float32', 3);
-    const ids = tf.tensor2d([[4, 4, 49, 0], [7, 4, 3, 49]], [2, 4], 'int32');
+    const ids = tf.tensor2d(
+      [
+        [4, 4, 49, 0],
+        [7, 4, 3, 49],
+      ],
+      [2, 4],
+      'int32',
+    );
     const r = tf.randomNormal([2, 4, 6], 0, 1, 'float32', 4);
     return tf.grad((t: tf.Tensor) => tf.sum(tf.mul(tf.gather(t, ids), r)))(table);
   };
@@ -49,7 +65,11 @@ test('wasm gradient of gather (UnsortedSegmentSum) matches cpu, repeated and out
 });
 
 test('wasm batched BatchMatMul (split into 2-D products) matches cpu, with transposes and 4-D batches', async () => {
-  for (const [ta, tb] of [[false, false], [false, true], [true, false]] as const) {
+  for (const [ta, tb] of [
+    [false, false],
+    [false, true],
+    [true, false],
+  ] as const) {
     const f = (): tf.Tensor => {
       const a = tf.randomNormal(ta ? [2, 3, 16, 12] : [2, 3, 12, 16], 0, 1, 'float32', 21);
       const b = tf.randomNormal(tb ? [2, 3, 8, 16] : [2, 3, 16, 8], 0, 1, 'float32', 22);
@@ -65,7 +85,16 @@ test('wasm batched BatchMatMul (split into 2-D products) matches cpu, with trans
 
 test('Sum and Mean gradients (broadcast on the device) equal tfjs’s own composition dy × ones, on each backend present', async () => {
   await onEachBackend(async (backend) => {
-    for (const [shape, axis] of [[[7, 5], 1], [[7, 5], 0], [[3, 4, 6], [0, 2]], [[3, 4, 6], -1], [[9], 0]] as [number[], number | number[]][]) {
+    for (const [shape, axis] of [
+      [[7, 5], 1],
+      [[7, 5], 0],
+      [
+        [3, 4, 6],
+        [0, 2],
+      ],
+      [[3, 4, 6], -1],
+      [[9], 0],
+    ] as [number[], number | number[]][]) {
       const x = tf.randomNormal(shape, 0, 1, 'float32', 5);
       const axes = tf.util.parseAxisParam(axis, shape);
       const kept = shape.map((d, i) => (axes.includes(i) ? 1 : d));
@@ -75,7 +104,10 @@ test('Sum and Mean gradients (broadcast on the device) equal tfjs’s own compos
         const got = tf.grad((t: tf.Tensor) => tf.sum(tf.mul(reduce(t), w)))(x);
         // tfjs's own gradient: the upstream gradient times ones of x's shape (over the reduced size for a mean).
         const size = axes.reduce((a, i) => a * shape[i], 1);
-        const want = tf.tidy(() => { const g = tf.mul(w, tf.ones(shape)); return op === 'sum' ? g : tf.div(g, size); });
+        const want = tf.tidy(() => {
+          const g = tf.mul(w, tf.ones(shape));
+          return op === 'sum' ? g : tf.div(g, size);
+        });
         const [a, b] = [await got.data(), await want.data()];
         for (let i = 0; i < b.length; i++) assert.equal(a[i], b[i], `${backend} ${op} over ${JSON.stringify(axis)} of [${shape}]: element ${i}`);
         got.dispose();

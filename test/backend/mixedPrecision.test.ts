@@ -9,14 +9,26 @@ import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend } from '../../src/backend/select.ts';
 import { hoistDirectives } from '../../src/backend/webgpu/device.ts';
 import {
-  mixedPrecisionUnavailable, planMatMul, setForceTensorCores, setMatMulPrecision, takeMatMulCounts,
+  mixedPrecisionUnavailable,
+  planMatMul,
+  setForceTensorCores,
+  setMatMulPrecision,
+  takeMatMulCounts,
 } from '../../src/backend/webgpu/mixedPrecisionMatMul.ts';
 import { backendsPresent } from '../helpers/backends.ts';
 
 test('planMatMul tiles only shapes that are multiples of 128 × 128 × 32, with equal or broadcast batches', () => {
   assert.deepEqual(planMatMul([256, 32], [128, 32], false, true), { batch: 1, m: 256, n: 128, k: 32, strideA: 0, strideB: 0, outShape: [256, 128] });
   assert.deepEqual(planMatMul([2, 3, 128, 32], [2, 3, 32, 128], false, false)?.batch, 6);
-  assert.deepEqual(planMatMul([1, 128, 32], [4, 32, 128], false, false), { batch: 4, m: 128, n: 128, k: 32, strideA: 0, strideB: 4096, outShape: [4, 128, 128] });
+  assert.deepEqual(planMatMul([1, 128, 32], [4, 32, 128], false, false), {
+    batch: 4,
+    m: 128,
+    n: 128,
+    k: 32,
+    strideA: 0,
+    strideB: 4096,
+    outShape: [4, 128, 128],
+  });
   assert.equal(planMatMul([32, 128], [32, 128], true, false)?.m, 128, 'transposed A: m is its last axis');
   assert.equal(planMatMul([128, 48], [48, 128], false, false), null, 'k not a multiple of 32');
   assert.equal(planMatMul([128, 32], [32, 64], false, false), null, 'n not a multiple of 128');
@@ -24,7 +36,7 @@ test('planMatMul tiles only shapes that are multiples of 128 × 128 × 32, with 
   assert.equal(planMatMul([128, 32], [64, 128], false, false), null, 'inner sizes differ');
 });
 
-test('hoistDirectives moves enable and diagnostic lines ahead of tfjs\'s header, once each', () => {
+test("hoistDirectives moves enable and diagnostic lines ahead of tfjs's header, once each", () => {
   const code = 'struct Uniforms { x : f32, };\nfn a() {}\nenable f16;\n  diagnostic(off, subgroup_uniformity);\nenable f16;\nfn main() {}\n';
   const out = hoistDirectives(code);
   assert.match(out, /^enable f16;\ndiagnostic\(off, subgroup_uniformity\);\nstruct Uniforms/);
@@ -36,7 +48,10 @@ test('mixed precision falls back to fp32 with the reason where there are no tens
   const lines: string[] = [];
   const report = await selectBackend('cpu', { log: (l) => lines.push(l), precision: 'bf16-mixed' });
   assert.equal(report.precision, '32');
-  assert.ok(lines.some((l) => /bf16-mixed asked for, running fp32 matmuls: the cpu backend has no tensor-core path/.test(l)), lines.join('\n'));
+  assert.ok(
+    lines.some((l) => /bf16-mixed asked for, running fp32 matmuls: the cpu backend has no tensor-core path/.test(l)),
+    lines.join('\n'),
+  );
 });
 
 /** Worst |mixed − fp32| over the largest |fp32| output: f16 operands round to 2^-11, so about 1e-3 at most. */

@@ -38,7 +38,11 @@ const forwardKernel: tf.KernelFunc = ({ inputs, backend, attrs }) => {
   const [rows, hidden] = (inputs.x as tf.TensorInfo).shape;
   const [x, w] = [read(b, inputs.x), read(b, inputs.weight)];
   const r = rowRms(x, rows, hidden, (attrs as unknown as RmsNormAttrs).eps);
-  return output(b, Float32Array.from(x, (v, k) => v * r[Math.floor(k / hidden)] * w[k % hidden]), [rows, hidden]);
+  return output(
+    b,
+    Float32Array.from(x, (v, k) => v * r[Math.floor(k / hidden)] * w[k % hidden]),
+    [rows, hidden],
+  );
 };
 
 /** dx = r·g − x · r³ · mean_j(g·x) with g = dy·w;  dWeight = Σ_rows dy·x·r. */

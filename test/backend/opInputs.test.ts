@@ -18,7 +18,10 @@ import { softmaxKlBackward } from '../../src/ops/softmaxKl.ts';
 test('ops refuse parameters of the wrong shape and odd head sizes, saying which tensor', () => {
   tf.tidy(() => {
     const x = tf.zeros([2, 3, 8]);
-    assert.throws(() => rmsNorm(x, tf.ones([7]) as tf.Tensor1D, 1e-6), (e: Error) => e instanceof OpInputError && /rmsNorm: weight \[7\] must be \[8\]/.test(e.message));
+    assert.throws(
+      () => rmsNorm(x, tf.ones([7]) as tf.Tensor1D, 1e-6),
+      (e: Error) => e instanceof OpInputError && /rmsNorm: weight \[7\] must be \[8\]/.test(e.message),
+    );
     assert.throws(() => layerNorm(x, tf.ones([8]) as tf.Tensor1D, tf.zeros([2, 8]) as unknown as tf.Tensor1D, 1e-5), /layerNorm: bias \[2,8\] must be \[8\]/);
     const odd = tf.zeros([1, 1, 2, 7]) as tf.Tensor4D;
     assert.throws(() => rotaryEmbedding(odd, tf.zeros([2, 7]) as tf.Tensor2D, tf.zeros([2, 7]) as tf.Tensor2D), /headDim even/);
@@ -29,7 +32,7 @@ test('ops refuse parameters of the wrong shape and odd head sizes, saying which 
   });
 });
 
-test('causal softmax without a mask: the layout\'s own mask, square or at positions, with a window', async () => {
+test("causal softmax without a mask: the layout's own mask, square or at positions, with a window", async () => {
   await onEachBackend(async (backend) => {
     const before = tf.memory().numTensors;
     for (const window of [null, 3]) {

@@ -54,33 +54,52 @@ test('model, loss, optimizer and op code import no backend', () => {
   const imports = folders.flatMap(importsOf);
   assert.ok(imports.length > 50, `the scan found only ${imports.length} imports: are the folders still there?`);
   const leaks = imports.filter(({ to }) => to.startsWith('src/backend/') || to === 'src/backend');
-  assert.deepEqual(leaks, [], 'call an op in src/ops instead; the backend registers its kernel under the op\'s name');
+  assert.deepEqual(leaks, [], "call an op in src/ops instead; the backend registers its kernel under the op's name");
 });
 
 test('ops import only tfjs, the project errors and other ops', () => {
   const allowed = (to: string): boolean => to.startsWith('@tensorflow/') || to === 'src/errors.ts' || to.startsWith('src/ops/');
   const imports = importsOf('src/ops');
   assert.ok(imports.length > 0);
-  assert.deepEqual(imports.filter(({ to }) => !allowed(to)), []);
+  assert.deepEqual(
+    imports.filter(({ to }) => !allowed(to)),
+    [],
+  );
 });
 
 test('webgpu registers its fused kernels under names the ops run', async () => {
-  const ops = sourceFiles(join(root, 'src/ops')).map((f) => readFileSync(f, 'utf8')).join('\n');
+  const ops = sourceFiles(join(root, 'src/ops'))
+    .map((f) => readFileSync(f, 'utf8'))
+    .join('\n');
   const opNames = new Set([...ops.matchAll(/export const \w+_KERNEL = '(\w+)';/g)].map((m) => m[1]));
   assert.ok(opNames.size >= 12, `kernel names found in src/ops: ${[...opNames]}`);
   const registration = readFileSync(join(root, 'src/backend/webgpu/kernels.ts'), 'utf8');
   const registered = [...registration.matchAll(/registerWebgpuKernel\((\w+_KERNEL),/g)].map((m) => m[1]);
   const constants = new Set([...ops.matchAll(/export const (\w+_KERNEL) = '/g)].map((m) => m[1]));
-  assert.deepEqual(registered.filter((c) => !constants.has(c)), [], 'webgpu registers a kernel no op defines');
+  assert.deepEqual(
+    registered.filter((c) => !constants.has(c)),
+    [],
+    'webgpu registers a kernel no op defines',
+  );
   // AdamW on webgpu updates all parameters as one flat vector (src/optim/adamw.ts), not through the per-parameter op.
   const notOnWebgpu = ['ADAMW_UPDATE_KERNEL'];
-  assert.deepEqual([...constants].filter((c) => !registered.includes(c) && !notOnWebgpu.includes(c)), [], 'webgpu registers every op kernel');
+  assert.deepEqual(
+    [...constants].filter((c) => !registered.includes(c) && !notOnWebgpu.includes(c)),
+    [],
+    'webgpu registers every op kernel',
+  );
 });
 
 test('cuda registers a kernel under every name the ops run', () => {
   registerCudaKernels();
-  const ops = sourceFiles(join(root, 'src/ops')).map((f) => readFileSync(f, 'utf8')).join('\n');
+  const ops = sourceFiles(join(root, 'src/ops'))
+    .map((f) => readFileSync(f, 'utf8'))
+    .join('\n');
   const opNames = [...ops.matchAll(/export const \w+_KERNEL = '(\w+)';/g)].map((m) => m[1]);
   assert.ok(opNames.length >= 13);
-  assert.deepEqual(opNames.filter((n) => !tf.getKernel(n, 'cuda')), [], 'op kernels with no cuda kernel');
+  assert.deepEqual(
+    opNames.filter((n) => !tf.getKernel(n, 'cuda')),
+    [],
+    'op kernels with no cuda kernel',
+  );
 });

@@ -15,7 +15,11 @@ const gpuHere = existsSync('/dev/nvidia0') || existsSync('/dev/dri');
 const select = join(ROOT, 'src/backend/select.ts');
 
 function script(body: string): { stdout: string; stderr: string; status: number | null } {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', `import { selectBackend } from ${JSON.stringify(select)};\n${body}`], { cwd: ROOT, encoding: 'utf8', timeout: 120_000 });
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', `import { selectBackend } from ${JSON.stringify(select)};\n${body}`], {
+    cwd: ROOT,
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
   return { stdout: r.stdout, stderr: r.stderr, status: r.status };
 }
 
@@ -24,7 +28,11 @@ test('auto on a machine without a GPU: one line per skipped backend, and no Dawn
   const lines = (r.stdout + r.stderr).trim().split('\n');
   assert.equal(r.status, 0, r.stderr);
   assert.match(lines[0], /^backend: wasm \(/);
-  for (const b of ['tensorflow', 'cuda', 'webgpu']) assert.ok(lines.some((l) => l.startsWith(`  skipped ${b}: `)), `no line for ${b}:\n${lines.join('\n')}`);
+  for (const b of ['tensorflow', 'cuda', 'webgpu'])
+    assert.ok(
+      lines.some((l) => l.startsWith(`  skipped ${b}: `)),
+      `no line for ${b}:\n${lines.join('\n')}`,
+    );
   assert.equal(lines.length, 4, `only the choice and the three skipped backends:\n${lines.join('\n')}`);
   assert.ok(!/Warning|BackendVk|vk[A-Z]/.test(r.stdout + r.stderr));
 });

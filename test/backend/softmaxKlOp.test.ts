@@ -12,8 +12,16 @@ import assert from 'node:assert/strict';
 import { onEachBackend, tf } from '../helpers/backends.ts';
 import { relError } from '../helpers/fixtures.ts';
 import {
-  composedSoftmaxKlBackward, composedSoftmaxKlForward, hasSoftmaxKlKernels, softmaxKlAttrs, softmaxKlBackward,
-  softmaxKlForward, STAT, STAT_COLUMNS, type SoftmaxKlArgs, type SoftmaxKlKind,
+  composedSoftmaxKlBackward,
+  composedSoftmaxKlForward,
+  hasSoftmaxKlKernels,
+  softmaxKlAttrs,
+  softmaxKlBackward,
+  softmaxKlForward,
+  STAT,
+  STAT_COLUMNS,
+  type SoftmaxKlArgs,
+  type SoftmaxKlKind,
 } from '../../src/ops/softmaxKl.ts';
 import { tokenCrossEntropy } from '../../src/losses/crossEntropy.ts';
 import { perPositionDivergence } from '../../src/losses/divergences.ts';
@@ -31,13 +39,25 @@ const ROW_OFFSET = 2;
 /** Mask and labels cover ROW_OFFSET rows before the chunk and one after; rows 1 and 4 of the chunk are masked. */
 const MASK = [1, 1, 1, 0, 1, 1, 0, 1, 1];
 const KINDS: { kind: SoftmaxKlKind; mixWeight: number }[] = [
-  { kind: 'forward_kl', mixWeight: 0 }, { kind: 'reverse_kl', mixWeight: 0 }, { kind: 'jsd', mixWeight: 0.3 },
-  { kind: 'skew_kl', mixWeight: 0.1 }, { kind: 'skew_kl', mixWeight: 0 },
+  { kind: 'forward_kl', mixWeight: 0 },
+  { kind: 'reverse_kl', mixWeight: 0 },
+  { kind: 'jsd', mixWeight: 0.3 },
+  { kind: 'skew_kl', mixWeight: 0.1 },
+  { kind: 'skew_kl', mixWeight: 0 },
 ];
 /** [V_s, V_t]: equal and odd (scalar reads); teacher wider; student wider (CE past the shared ids), both vec4. */
-const VOCABS = [[1003, 1003], [1000, 1004], [1004, 1000]];
+const VOCABS = [
+  [1003, 1003],
+  [1000, 1004],
+  [1004, 1000],
+];
 /** [τ, labels]: with τ = 1 and V_t ≥ V_s the CE shares the KD's log-sum-exp, otherwise it has its own. */
-const SETTINGS = [[1, true], [2, true], [2, false], [1, false]] as const;
+const SETTINGS = [
+  [1, true],
+  [2, true],
+  [2, false],
+  [1, false],
+] as const;
 
 /** relError, but exact agreement of all-zero columns (rowSum of the forward KL, CE without labels) is 0. */
 function columnError(got: Float32Array, want: Float32Array): number {
@@ -84,22 +104,29 @@ test('softmaxKl kernels match the composition, every stat column and the gradien
         const a: SoftmaxKlArgs = {
           student: tf.randomNormal([ROWS, vs], 0, 3, 'float32', 1 + p) as tf.Tensor2D,
           teacher: tf.randomNormal([ROWS, vt], 0, 3, 'float32', 5 + k) as tf.Tensor2D,
-          kind, temperature, mixWeight,
+          kind,
+          temperature,
+          mixWeight,
           mask: tf.tensor1d(MASK),
           labels: withLabels ? (tf.randomUniform([n], 0, vs, 'int32', 9) as tf.Tensor1D) : undefined,
           rowOffset: ROW_OFFSET,
         };
         const width = withLabels ? 2 : 1;
         // One live row with a zero scale: the backward must give it exactly 0.
-        const scale = tf.tidy(() => tf.mul(tf.randomUniform([ROWS, width], 0.5, 1.5, 'float32', 11), tf.tensor2d([1, 1, 0, 1, 1, 1], [ROWS, 1])) as tf.Tensor2D);
+        const scale = tf.tidy(
+          () => tf.mul(tf.randomUniform([ROWS, width], 0.5, 1.5, 'float32', 11), tf.tensor2d([1, 1, 0, 1, 1, 1], [ROWS, 1])) as tf.Tensor2D,
+        );
         const inputs = { s: a.student, t: a.teacher, mask: a.mask, labels: a.labels };
         const outs = tf.tidy(() => {
           const stats = softmaxKlForward(a, 'stats');
           const composedStats = composedSoftmaxKlForward(inputs, softmaxKlAttrs(a, 'stats'));
           return [
-            stats, composedStats,
-            softmaxKlForward(a, 'values'), composedSoftmaxKlForward(inputs, softmaxKlAttrs(a, 'values')),
-            softmaxKlBackward(a, stats, scale), composedSoftmaxKlBackward(inputs, composedStats, scale, softmaxKlAttrs(a, 'stats')),
+            stats,
+            composedStats,
+            softmaxKlForward(a, 'values'),
+            composedSoftmaxKlForward(inputs, softmaxKlAttrs(a, 'values')),
+            softmaxKlBackward(a, stats, scale),
+            composedSoftmaxKlBackward(inputs, composedStats, scale, softmaxKlAttrs(a, 'stats')),
             ...(fused ? [] : reference(a, scale)),
           ];
         });
@@ -122,9 +149,16 @@ test('softmaxKl kernels match the composition, every stat column and the gradien
         }
         // Masked rows (chunk rows 1 and 4) and the zero-scale row 2: exact zeros in every output.
         for (const r of [1, 4]) {
-          assert.ok(stats.subarray(r * STAT_COLUMNS, (r + 1) * STAT_COLUMNS).every((x) => x === 0), `${label}: masked row ${r} has stats`);
+          assert.ok(
+            stats.subarray(r * STAT_COLUMNS, (r + 1) * STAT_COLUMNS).every((x) => x === 0),
+            `${label}: masked row ${r} has stats`,
+          );
         }
-        for (const r of [1, 2, 4]) assert.ok(grad.subarray(r * vs, (r + 1) * vs).every((x) => x === 0), `${label}: row ${r} has a gradient`);
+        for (const r of [1, 2, 4])
+          assert.ok(
+            grad.subarray(r * vs, (r + 1) * vs).every((x) => x === 0),
+            `${label}: row ${r} has a gradient`,
+          );
         assert.equal(values.length, ROWS * width);
         tf.dispose([a.student, a.teacher, a.mask as tf.Tensor, ...(a.labels ? [a.labels] : []), scale]);
         assert.equal(tf.memory().numTensors, before, `${label}: tensors left behind`);
@@ -139,7 +173,14 @@ test('softmaxKl attrs: skew KL at λ = 0 runs as the forward KL; the CE mode fol
   const wide = tf.zeros([2, 10]) as tf.Tensor2D;
   const labels = tf.zeros([2], 'int32') as tf.Tensor1D;
   const base = { student: s, teacher: wide, temperature: 1, mixWeight: 0 };
-  assert.deepEqual(softmaxKlAttrs({ ...base, kind: 'skew_kl' }, 'stats'), { kind: 'forward_kl', ce: 'none', invTau: 1, mixW: 0, rowOffset: 0, layout: 'stats' });
+  assert.deepEqual(softmaxKlAttrs({ ...base, kind: 'skew_kl' }, 'stats'), {
+    kind: 'forward_kl',
+    ce: 'none',
+    invTau: 1,
+    mixW: 0,
+    rowOffset: 0,
+    layout: 'stats',
+  });
   assert.equal(softmaxKlAttrs({ ...base, kind: 'jsd', mixWeight: 0.5, labels }, 'values').ce, 'shared');
   assert.equal(softmaxKlAttrs({ ...base, kind: 'jsd', mixWeight: 0.5, labels, temperature: 2 }, 'values').ce, 'own');
   assert.equal(softmaxKlAttrs({ ...base, kind: 'forward_kl', labels, student: wide, teacher: s }, 'values').ce, 'own');

@@ -16,7 +16,24 @@ const ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
 test('bench --config tiny --peer none --steps 2 --json prints positive figures and writes its results', { timeout: 120_000 }, () => {
   const dir = mkdtempSync(join(tmpdir(), 'bench-smoke-'));
   try {
-    const args = ['--import', 'tsx', 'benchmarks/run.ts', '--config', 'tiny', '--backend', 'wasm', '--peer', 'none', '--steps', '2', '--warmup', '1', '--json', '--results', dir];
+    const args = [
+      '--import',
+      'tsx',
+      'benchmarks/run.ts',
+      '--config',
+      'tiny',
+      '--backend',
+      'wasm',
+      '--peer',
+      'none',
+      '--steps',
+      '2',
+      '--warmup',
+      '1',
+      '--json',
+      '--results',
+      dir,
+    ];
     const started = Date.now();
     const r = spawnSync(process.execPath, args, { cwd: ROOT, encoding: 'utf8', timeout: 110_000 });
     assert.equal(r.status, 0, `bench exited ${r.status}:\n${r.stderr}`);
@@ -44,7 +61,10 @@ test('bench --config tiny --peer none --steps 2 --json prints positive figures a
     assert.ok(Number.isFinite(loss) && loss >= 0, `forward KL is finite and non-negative, got ${loss}`);
 
     // The markdown row, the appended record and the regenerated README and chart.
-    assert.ok(lines.some((l) => l.startsWith('| ') && l.includes('| tiny | wasm |')), 'a markdown row for tiny');
+    assert.ok(
+      lines.some((l) => l.startsWith('| ') && l.includes('| tiny | wasm |')),
+      'a markdown row for tiny',
+    );
     const jsonl = readFileSync(join(dir, 'results.jsonl'), 'utf8').trim().split('\n');
     assert.equal(jsonl.length, 1);
     assert.equal((JSON.parse(jsonl[0]) as { config: string }).config, 'tiny');
@@ -58,7 +78,26 @@ test('bench --config tiny --peer none --steps 2 --json prints positive figures a
 test('bench --devices 2 runs ours as two data-parallel workers and records devices 2', { timeout: 60_000 }, () => {
   const dir = mkdtempSync(join(tmpdir(), 'bench-smoke-dp-'));
   try {
-    const args = ['--import', 'tsx', 'benchmarks/run.ts', '--config', 'tiny', '--backend', 'wasm', '--peer', 'none', '--devices', '2', '--steps', '2', '--warmup', '1', '--json', '--results', dir];
+    const args = [
+      '--import',
+      'tsx',
+      'benchmarks/run.ts',
+      '--config',
+      'tiny',
+      '--backend',
+      'wasm',
+      '--peer',
+      'none',
+      '--devices',
+      '2',
+      '--steps',
+      '2',
+      '--warmup',
+      '1',
+      '--json',
+      '--results',
+      dir,
+    ];
     const r = spawnSync(process.execPath, args, { cwd: ROOT, encoding: 'utf8', timeout: 55_000 });
     assert.equal(r.status, 0, `bench exited ${r.status}:\n${r.stderr}`);
     const lines = r.stdout.trim().split('\n');
@@ -71,7 +110,10 @@ test('bench --devices 2 runs ours as two data-parallel workers and records devic
     // Both ranks' halves of the global batch were trained on: the launcher forked two workers and they reported every token.
     assert.match(r.stderr, /\[worker 1\]/, 'a second worker process ran');
     assert.match(r.stderr, /the ranks reported 128 tokens for the measured steps, the global batch holds 128/);
-    assert.ok(lines.some((l) => /^\| \S+ \| tiny \| wasm \| 2 \|/.test(l)), 'the markdown row shows devices 2');
+    assert.ok(
+      lines.some((l) => /^\| \S+ \| tiny \| wasm \| 2 \|/.test(l)),
+      'the markdown row shows devices 2',
+    );
     const rec = JSON.parse(readFileSync(join(dir, 'results.jsonl'), 'utf8').trim()) as { devices: number };
     assert.equal(rec.devices, 2);
   } finally {

@@ -20,7 +20,12 @@ const GBS = 2;
 
 function recipe(dir: string, name: string, teacher: { teacherPath?: string; teacherCache?: string }, kind: KdLossKind = 'forward_kl'): DistillationRecipe {
   return distillationRecipe({
-    name, dir, studentPath: fixture('llama-student'), ...teacher, backend: 'cpu', data: DATA,
+    name,
+    dir,
+    studentPath: fixture('llama-student'),
+    ...teacher,
+    backend: 'cpu',
+    data: DATA,
     trainer: { maxSteps: STEPS, globalBatchSize: GBS, microBatchSize: 1, saveInterval: STEPS, valCheckInterval: 0, logInterval: 1 },
     optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
     loss: { kind },
@@ -38,20 +43,29 @@ function worstDiff(a: string, b: string): number {
   return worst;
 }
 
-test('distilling from a full float32 cache gives the online run\'s 5-step weights (≤1e-5 abs)', async (t) => {
+test("distilling from a full float32 cache gives the online run's 5-step weights (≤1e-5 abs)", async (t) => {
   const tmp = tempDir('cache-full-');
   try {
     const cacheDir = join(tmp.dir, 'cache');
     const c = await cacheTeacher({
-      teacherPath: fixture('llama-teacher'), data: DATA, out: cacheDir, backend: 'cpu', numSamples: STEPS * GBS,
-      spec: { method: 'full', topK: 0, samples: 0, sampleSeed: 0, valueDtype: 'float32', temperature: 1 }, batchSamples: 2, partSamples: 4,
+      teacherPath: fixture('llama-teacher'),
+      data: DATA,
+      out: cacheDir,
+      backend: 'cpu',
+      numSamples: STEPS * GBS,
+      spec: { method: 'full', topK: 0, samples: 0, sampleSeed: 0, valueDtype: 'float32', temperature: 1 },
+      batchSamples: 2,
+      partSamples: 4,
     });
     assert.ok(c.complete);
     assert.equal(c.written.length, 3);
     const logs: string[] = [];
     const online = await run(recipe(tmp.dir, 'online', { teacherPath: fixture('llama-teacher') }), { log: null });
     const cached = await run(recipe(tmp.dir, 'cached', { teacherCache: cacheDir }), { log: (l) => logs.push(l) });
-    assert.ok(logs.some((l) => /teacher cache: .*the teacher is not loaded/.test(l)), logs.join('\n'));
+    assert.ok(
+      logs.some((l) => /teacher cache: .*the teacher is not loaded/.test(l)),
+      logs.join('\n'),
+    );
     for (let i = 0; i < STEPS; i++) {
       const rel = Math.abs(cached.steps[i].loss - online.steps[i].loss) / online.steps[i].loss;
       assert.ok(rel <= 1e-5, `step ${i}: loss ${cached.steps[i].loss} vs online ${online.steps[i].loss}`);

@@ -32,7 +32,9 @@ export function fixtureTensors(): FixtureTensors {
     teacherLogits: logits.data as Float32Array,
     studentLogits: s.get('logits')!.data as Float32Array,
     mask: m.data as Float32Array,
-    rows, seq, vocab,
+    rows,
+    seq,
+    vocab,
   };
 }
 
@@ -43,7 +45,7 @@ export function fixtureSource(f: FixtureTensors): SampleSource & { seqLength: nu
     seqLength: f.seq,
     sample: (i) => {
       const out = new Int32Array(f.seq + 1);
-      out.set(f.inputIds.subarray((i % f.rows) * f.seq, (i % f.rows + 1) * f.seq));
+      out.set(f.inputIds.subarray((i % f.rows) * f.seq, ((i % f.rows) + 1) * f.seq));
       return out;
     },
   };
@@ -51,9 +53,21 @@ export function fixtureSource(f: FixtureTensors): SampleSource & { seqLength: nu
 
 export function testFingerprint(spec: CacheSpec, over: Partial<CacheFingerprint> = {}): CacheFingerprint {
   return {
-    ...spec, teacherSha256: 'f'.repeat(64), vocabSize: 1000, tokenizerSha256: 'unknown', dataFingerprint: 'd'.repeat(64),
-    dataPaths: 'fixture', split: '100,0,0', dataSeed: 1234, samplesPerEpoch: 2, seqLength: 17, sampleStart: 0, sampleEnd: 2,
-    partSamples: 2, batchSamples: 2, ...over,
+    ...spec,
+    teacherSha256: 'f'.repeat(64),
+    vocabSize: 1000,
+    tokenizerSha256: 'unknown',
+    dataFingerprint: 'd'.repeat(64),
+    dataPaths: 'fixture',
+    split: '100,0,0',
+    dataSeed: 1234,
+    samplesPerEpoch: 2,
+    seqLength: 17,
+    sampleStart: 0,
+    sampleEnd: 2,
+    partSamples: 2,
+    batchSamples: 2,
+    ...over,
   };
 }
 

@@ -9,9 +9,24 @@ import { decodeValues, encodeValues, uniformOffsets } from '../../src/cache/quan
 
 test('binary16: known values, ties to even, subnormals, overflow', () => {
   const cases: [number, number][] = [
-    [0, 0x0000], [-0, 0x8000], [1, 0x3c00], [-2, 0xc000], [65504, 0x7bff], [65520, 0x7c00], [Infinity, 0x7c00],
-    [2 ** -14, 0x0400], [2 ** -24, 0x0001], [2 ** -25, 0x0000], [3 * 2 ** -25, 0x0002], [3 * 2 ** -26, 0x0001], [0.1, 0x2e66], [-11.3125, 0xc9a8],
-    [1 + 2 ** -11, 0x3c00], [1 + 3 * 2 ** -11, 0x3c02], [2047, 0x67ff], [2049, 0x6800],
+    [0, 0x0000],
+    [-0, 0x8000],
+    [1, 0x3c00],
+    [-2, 0xc000],
+    [65504, 0x7bff],
+    [65520, 0x7c00],
+    [Infinity, 0x7c00],
+    [2 ** -14, 0x0400],
+    [2 ** -24, 0x0001],
+    [2 ** -25, 0x0000],
+    [3 * 2 ** -25, 0x0002],
+    [3 * 2 ** -26, 0x0001],
+    [0.1, 0x2e66],
+    [-11.3125, 0xc9a8],
+    [1 + 2 ** -11, 0x3c00],
+    [1 + 3 * 2 ** -11, 0x3c02],
+    [2047, 0x67ff],
+    [2049, 0x6800],
   ];
   for (const [x, bits] of cases) assert.equal(toHalfBits(x), bits, `toHalf(${x})`);
   assert.ok(Number.isNaN(fromHalfBits(toHalfBits(NaN))));

@@ -35,12 +35,23 @@ test('the sampled estimate averages to the full forward KL over seeds (within 4 
     const schema = new Schema(cacheFields(fp));
     const decoded = decodeRecordBatch('mem', 0, buildRecordBatch(schema, fp, 0, 2, rows), fp, 0, 2);
     assert.deepEqual(decoded.counts, rows.counts);
-    const targets = teacherTargetsFromRows(decoded, fp, { loss: { kind: 'forward_kl', temperature: 1 }, studentVocab: f.vocab, topk: 'topk_ghost', identity: () => { throw new Error('unused'); }, samples: [0, 1] });
+    const targets = teacherTargetsFromRows(decoded, fp, {
+      loss: { kind: 'forward_kl', temperature: 1 },
+      studentVocab: f.vocab,
+      topk: 'topk_ghost',
+      identity: () => {
+        throw new Error('unused');
+      },
+      samples: [0, 1],
+    });
     assert.ok(targets.kind === 'sparse' && targets.targets.kind === 'sampled');
     const est = tf.tidy(() => tf.div(tf.sum(tf.mul(sparsePerPosition(student, targets.targets, 1), mask)), tf.sum(mask)).dataSync()[0]);
     estimates.push(est);
     targets.targets.ids.dispose();
-    if (targets.targets.kind === 'sampled') { targets.targets.counts.dispose(); targets.targets.logProbs?.dispose(); }
+    if (targets.targets.kind === 'sampled') {
+      targets.targets.counts.dispose();
+      targets.targets.logProbs?.dispose();
+    }
   }
   teacher.dispose();
   student.dispose();
@@ -57,8 +68,14 @@ test('draws are N in total, distinct ids in order, and the same for the same see
   const lp = Float32Array.from([Math.log(0.5), Math.log(0.25), Math.log(0.125), Math.log(0.125), -Infinity]);
   const a = drawRow(lp, 1000, 7);
   assert.deepEqual(drawRow(lp, 1000, 7), a);
-  assert.equal(a.counts.reduce((x, y) => x + y, 0), 1000);
+  assert.equal(
+    a.counts.reduce((x, y) => x + y, 0),
+    1000,
+  );
   assert.ok(!a.ids.includes(4), 'an id of probability 0 is never drawn');
-  assert.deepEqual([...a.ids].sort((x, y) => x - y), a.ids);
+  assert.deepEqual(
+    [...a.ids].sort((x, y) => x - y),
+    a.ids,
+  );
   assert.ok(Math.abs(a.counts[0] / 1000 - 0.5) < 0.05, `p(0) ≈ 0.5, got ${a.counts[0] / 1000}`);
 });

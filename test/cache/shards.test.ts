@@ -20,8 +20,15 @@ const DATA = { dataPaths: fixture('megatron', 'small_text_document'), seqLength:
 const N = 7;
 
 const args = (out: string, over: Partial<CacheTeacherArgs> = {}): CacheTeacherArgs => ({
-  teacherPath: fixture('llama-teacher'), data: DATA, out, backend: 'cpu', numSamples: N, batchSamples: 1, partSamples: 2,
-  spec: { method: 'sample', topK: 0, samples: 50, sampleSeed: 99, valueDtype: 'uint8', temperature: 1 }, ...over,
+  teacherPath: fixture('llama-teacher'),
+  data: DATA,
+  out,
+  backend: 'cpu',
+  numSamples: N,
+  batchSamples: 1,
+  partSamples: 2,
+  spec: { method: 'sample', topK: 0, samples: 50, sampleSeed: 99, valueDtype: 'uint8', temperature: 1 },
+  ...over,
 });
 
 function allRows(dir: string): CacheRows {
@@ -41,11 +48,13 @@ function assertSameRows(a: CacheRows, b: CacheRows): void {
   assert.deepEqual(a.logProbs, b.logProbs);
 }
 
-const isIncomplete = (pattern: RegExp) => (e: unknown): boolean => {
-  assert.ok(e instanceof CacheIncompleteError, `expected CacheIncompleteError, got ${String(e)}`);
-  assert.match((e as Error).message, pattern);
-  return true;
-};
+const isIncomplete =
+  (pattern: RegExp) =>
+  (e: unknown): boolean => {
+    assert.ok(e instanceof CacheIncompleteError, `expected CacheIncompleteError, got ${String(e)}`);
+    assert.match((e as Error).message, pattern);
+    return true;
+  };
 
 test('shard i/n parts join to the same rows as one unsharded run; --merge writes the manifest', async () => {
   const tmp = tempDir('cache-shards-');
@@ -91,14 +100,20 @@ test('a crashed job is never read as complete; a rerun writes only the missing p
     const truncated = join(tmp.dir, 'truncated');
     cpSync(whole, truncated, { recursive: true });
     writeFileSync(join(truncated, victim), bytes.subarray(0, bytes.length - 100));
-    assert.throws(() => TeacherCache.open(truncated), (e: unknown) => e instanceof FormatError && /not complete/.test(e.message) && e.message.includes(victim));
+    assert.throws(
+      () => TeacherCache.open(truncated),
+      (e: unknown) => e instanceof FormatError && /not complete/.test(e.message) && e.message.includes(victim),
+    );
 
     // A manifest that no longer matches the parts is refused.
     const edited = join(tmp.dir, 'edited');
     cpSync(whole, edited, { recursive: true });
     const other = readdirSync(edited).find((f) => parsePartFileName(f)?.start === 4)!;
     copyFileSync(join(edited, victim), join(edited, other)); // a part replaced by another file under its name
-    assert.throws(() => TeacherCache.open(edited), (e: unknown) => e instanceof Error && /not complete|does not describe/.test(e.message));
+    assert.throws(
+      () => TeacherCache.open(edited),
+      (e: unknown) => e instanceof Error && /not complete|does not describe/.test(e.message),
+    );
 
     // Resume: the rerun skips the three parts there, writes [2, 4), completes the folder; its rows are the same.
     const again = await cacheTeacher(args(crashed));
@@ -117,7 +132,14 @@ test('a stopped job completes the part in hand, and the rerun continues where it
   try {
     const out = join(tmp.dir, 'c');
     const ac = new AbortController();
-    const first = await cacheTeacher(args(out, { signal: ac.signal, log: (l) => { if (/wrote samples/.test(l)) ac.abort(); } }));
+    const first = await cacheTeacher(
+      args(out, {
+        signal: ac.signal,
+        log: (l) => {
+          if (/wrote samples/.test(l)) ac.abort();
+        },
+      }),
+    );
     assert.equal(first.written.length, 1);
     assert.equal(first.complete, false);
     assert.throws(() => TeacherCache.open(out), isIncomplete(/incomplete/));

@@ -20,9 +20,18 @@ import { tempDir } from './helpers.ts';
 const DATA = { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 };
 const SPEC: CacheSpec = { method: 'topk', topK: 8, samples: 0, sampleSeed: 0, valueDtype: 'float16', temperature: 1 };
 
-function recipe(dir: string, name: string, over: { teacherPath?: string; teacherCache: string; data?: Partial<typeof DATA>; maxSteps?: number }): DistillationRecipe {
+function recipe(
+  dir: string,
+  name: string,
+  over: { teacherPath?: string; teacherCache: string; data?: Partial<typeof DATA>; maxSteps?: number },
+): DistillationRecipe {
   return distillationRecipe({
-    name, dir, studentPath: fixture('llama-student'), teacherPath: over.teacherPath, teacherCache: over.teacherCache, backend: 'cpu',
+    name,
+    dir,
+    studentPath: fixture('llama-student'),
+    teacherPath: over.teacherPath,
+    teacherCache: over.teacherCache,
+    backend: 'cpu',
     data: { ...DATA, ...over.data },
     trainer: { maxSteps: over.maxSteps ?? 2, globalBatchSize: 2, microBatchSize: 1, saveInterval: 2, valCheckInterval: 0 },
   });
@@ -54,23 +63,53 @@ test('a stale cache is refused, naming the part that differs', async () => {
   const tmp = tempDir('cache-stale-');
   try {
     const cacheDir = join(tmp.dir, 'cache');
-    await cacheTeacher({ teacherPath: fixture('llama-teacher'), data: DATA, out: cacheDir, backend: 'cpu', numSamples: 4, spec: SPEC, batchSamples: 2, partSamples: 2 });
+    await cacheTeacher({
+      teacherPath: fixture('llama-teacher'),
+      data: DATA,
+      out: cacheDir,
+      backend: 'cpu',
+      numSamples: 4,
+      spec: SPEC,
+      batchSamples: 2,
+      partSamples: 2,
+    });
 
     // The cache fits its own run (and the teacher is not needed for it).
     const ok = await run(recipe(tmp.dir, 'ok', { teacherCache: cacheDir }), { log: null });
     assert.equal(ok.steps.length, 2);
 
     const edited = editedTeacher(tmp.dir);
-    await assert.rejects(run(recipe(tmp.dir, 'teacher', { teacherCache: cacheDir, teacherPath: edited }), { log: null }), refusedFor('teacher', /teacher differs/));
-    await assert.rejects(run(recipe(tmp.dir, 'split', { teacherCache: cacheDir, data: { split: '70,30,0' } }), { log: null }), refusedFor('data', /data differs/));
-    await assert.rejects(run(recipe(tmp.dir, 'seq', { teacherCache: cacheDir, data: { seqLength: 8 } }), { log: null }), refusedFor('seq_length', /seq_length differs: the run's --seq_length 8, the cache's 16/));
-    await assert.rejects(run(recipe(tmp.dir, 'long', { teacherCache: cacheDir, maxSteps: 5 }), { log: null }), refusedFor('sample range', /sample range differs/));
+    await assert.rejects(
+      run(recipe(tmp.dir, 'teacher', { teacherCache: cacheDir, teacherPath: edited }), { log: null }),
+      refusedFor('teacher', /teacher differs/),
+    );
+    await assert.rejects(
+      run(recipe(tmp.dir, 'split', { teacherCache: cacheDir, data: { split: '70,30,0' } }), { log: null }),
+      refusedFor('data', /data differs/),
+    );
+    await assert.rejects(
+      run(recipe(tmp.dir, 'seq', { teacherCache: cacheDir, data: { seqLength: 8 } }), { log: null }),
+      refusedFor('seq_length', /seq_length differs: the run's --seq_length 8, the cache's 16/),
+    );
+    await assert.rejects(
+      run(recipe(tmp.dir, 'long', { teacherCache: cacheDir, maxSteps: 5 }), { log: null }),
+      refusedFor('sample range', /sample range differs/),
+    );
 
     // The student's vocabulary (no fixture student has another one: checked on the fingerprint directly).
     const cache = TeacherCache.open(cacheDir);
-    assert.throws(() => checkCacheForRun(cache.fingerprint, {
-      cacheDir, dataFingerprint: cache.fingerprint.dataFingerprint, seqLength: 16, studentVocab: 32000, samplesNeeded: 4, loss: { kind: 'forward_kl', temperature: 1 },
-    }), refusedFor('vocabulary', /vocabulary differs: the student has 32000 ids, the cache's teacher 1000/));
+    assert.throws(
+      () =>
+        checkCacheForRun(cache.fingerprint, {
+          cacheDir,
+          dataFingerprint: cache.fingerprint.dataFingerprint,
+          seqLength: 16,
+          studentVocab: 32000,
+          samplesNeeded: 4,
+          loss: { kind: 'forward_kl', temperature: 1 },
+        }),
+      refusedFor('vocabulary', /vocabulary differs: the student has 32000 ids, the cache's teacher 1000/),
+    );
     cache.close();
 
     // cache-teacher into the same folder from the edited teacher: refused rather than mixing two teachers' parts.

@@ -75,9 +75,18 @@ test('cache-teacher running the fixture teacher on the fixture ids gives the sam
   const teacher = await loadModel(fixture('llama-teacher'), { trainable: false });
   try {
     const r = await writeTeacherCache({
-      teacher, teacherSha256: 'fixture', source: fixtureSource(f), dataFingerprint: 'fixture-ids', tokenizerSha256: 'unknown',
-      data: { dataPaths: 'fixture', seqLength: f.seq, split: '100,0,0', seed: 0 }, out: tmp.dir, spec, numSamples: 2,
-      batchSamples: 1, partSamples: 1, chunkSize: 5,
+      teacher,
+      teacherSha256: 'fixture',
+      source: fixtureSource(f),
+      dataFingerprint: 'fixture-ids',
+      tokenizerSha256: 'unknown',
+      data: { dataPaths: 'fixture', seqLength: f.seq, split: '100,0,0', seed: 0 },
+      out: tmp.dir,
+      spec,
+      numSamples: 2,
+      batchSamples: 1,
+      partSamples: 1,
+      chunkSize: 5,
     });
     assert.equal(r.written.length, 2);
     assert.ok(r.complete);
@@ -111,6 +120,9 @@ test('the cache rows (top-8 with ghost, and full) are the same on each backend p
     assert.deepEqual(got.topk.ids, ref.topk.ids, `${backend}: top-8 ids`);
     assert.ok(got.topk.ghost && ref.topk.ghost);
     const errs = [relError(got.topk.logProbs, ref.topk.logProbs), relError(got.topk.ghost, ref.topk.ghost), relError(got.full.logProbs, ref.full.logProbs)];
-    assert.ok(errs.every((e) => e <= 1e-6), `${backend}: rel errors top-8 log-probs / ghost / full log-probs ${errs}`);
+    assert.ok(
+      errs.every((e) => e <= 1e-6),
+      `${backend}: rel errors top-8 log-probs / ghost / full log-probs ${errs}`,
+    );
   });
 });

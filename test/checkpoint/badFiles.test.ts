@@ -46,12 +46,19 @@ test('a wrong shape names the tensor, the shape found and the shape required', a
 });
 
 test('a config that disagrees with the weights (intermediate_size) fails on the first misshapen tensor', async () => {
-  const dir = checkpointVariant('llama-student', (ts) => ts, (c) => ({ ...c, intermediate_size: 96 }));
+  const dir = checkpointVariant(
+    'llama-student',
+    (ts) => ts,
+    (c) => ({ ...c, intermediate_size: 96 }),
+  );
   await assertLoadFails(dir, CheckpointError, 'mlp.', '[80,32]', '[96,32]', 'config.json');
 });
 
 test('an unexpected extra tensor is an error; GPT-2 mask buffers and rotary inv_freq are ignored', async () => {
-  const extra = checkpointVariant('llama-student', (ts) => [...ts, { name: 'model.layers.0.self_attn.q_norm.weight', dtype: 'F32', shape: [16], data: new Float32Array(16) }]);
+  const extra = checkpointVariant('llama-student', (ts) => [
+    ...ts,
+    { name: 'model.layers.0.self_attn.q_norm.weight', dtype: 'F32', shape: [16], data: new Float32Array(16) },
+  ]);
   await assertLoadFails(extra, CheckpointError, 'model.layers.0.self_attn.q_norm.weight', 'unexpected');
   const buffers = checkpointVariant('gpt2-tiny', (ts) => [
     ...ts,
@@ -59,7 +66,10 @@ test('an unexpected extra tensor is an error; GPT-2 mask buffers and rotary inv_
     { name: 'transformer.h.0.attn.masked_bias', dtype: 'F32', shape: [], data: new Float32Array(1) },
   ]);
   (await loadModel(buffers, { trainable: false })).dispose();
-  const rotary = checkpointVariant('llama-student', (ts) => [...ts, { name: 'model.layers.0.self_attn.rotary_emb.inv_freq', dtype: 'F32', shape: [8], data: new Float32Array(8) }]);
+  const rotary = checkpointVariant('llama-student', (ts) => [
+    ...ts,
+    { name: 'model.layers.0.self_attn.rotary_emb.inv_freq', dtype: 'F32', shape: [8], data: new Float32Array(8) },
+  ]);
   (await loadModel(rotary, { trainable: false })).dispose();
 });
 
@@ -99,9 +109,17 @@ test('offsets with a gap between tensors are a FormatError naming the tensor', a
 });
 
 test('unknown model_type and a vocab of 2^40 fail on config.json, naming file and field', async () => {
-  const bert = checkpointVariant('llama-student', (ts) => ts, (c) => ({ ...c, model_type: 'bert' }));
+  const bert = checkpointVariant(
+    'llama-student',
+    (ts) => ts,
+    (c) => ({ ...c, model_type: 'bert' }),
+  );
   await assertLoadFails(bert, ConfigError, join(bert, 'config.json'), 'model_type', 'bert');
-  const huge = checkpointVariant('llama-student', (ts) => ts, (c) => ({ ...c, vocab_size: 2 ** 40 }));
+  const huge = checkpointVariant(
+    'llama-student',
+    (ts) => ts,
+    (c) => ({ ...c, vocab_size: 2 ** 40 }),
+  );
   await assertLoadFails(huge, ConfigError, join(huge, 'config.json'), 'vocab_size');
 });
 

@@ -38,10 +38,15 @@ test('inferMain: the fixture expected.safetensors (int32 ids) works as --ids dir
 });
 
 test('inferMain: missing flags and a file without input_ids are named', async () => {
-  await assert.rejects(inferMain(['--model', fixture('gpt2-tiny'), '--out', join(tmp, 'x.safetensors')]), (e: Error) => e instanceof ConfigError && /--ids/.test(e.message));
+  await assert.rejects(
+    inferMain(['--model', fixture('gpt2-tiny'), '--out', join(tmp, 'x.safetensors')]),
+    (e: Error) => e instanceof ConfigError && /--ids/.test(e.message),
+  );
   await assert.rejects(inferMain(['--modle', 'x']), (e: Error) => e instanceof ConfigError && /--modle/.test(e.message));
   const noIds = join(tmp, 'noids.safetensors');
   writeSafetensors(noIds, [{ name: 'tokens', dtype: 'I32', shape: [1, 2], data: new Int32Array([1, 2]) }]);
-  await assert.rejects(inferMain(['--model', fixture('gpt2-tiny'), '--ids', noIds, '--out', join(tmp, 'y.safetensors'), '--backend', 'cpu']),
-    (e: Error) => e instanceof FormatError && e.message.includes(noIds) && e.message.includes('input_ids'));
+  await assert.rejects(
+    inferMain(['--model', fixture('gpt2-tiny'), '--ids', noIds, '--out', join(tmp, 'y.safetensors'), '--backend', 'cpu']),
+    (e: Error) => e instanceof FormatError && e.message.includes(noIds) && e.message.includes('input_ids'),
+  );
 });

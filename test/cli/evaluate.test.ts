@@ -29,17 +29,27 @@ async function evaluate(argv: string[]): Promise<string[]> {
 
 test('distill evaluate at its default --seq_length on the small fixture data: tokens held and needed, exit 2', () => {
   // The case as the user hit it: the default --seq_length 2048 against 414 tokens.
-  const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), 'evaluate', '--student_path', student, '--data_paths', data, '--backend', 'cpu'],
-    { encoding: 'utf8', cwd: ROOT, env: { ...process.env, DISTILL_NO_PROGRESS: '1' } });
+  const r = spawnSync(
+    process.execPath,
+    ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), 'evaluate', '--student_path', student, '--data_paths', data, '--backend', 'cpu'],
+    { encoding: 'utf8', cwd: ROOT, env: { ...process.env, DISTILL_NO_PROGRESS: '1' } },
+  );
   assert.equal(r.status, 2, r.stderr);
   assert.doesNotMatch(r.stderr, /NaN|readBatches/);
-  assert.match(r.stderr, /no sample of --seq_length 2048 \+ 1 = 2049 tokens in the data: .*small_text_document holds 414 tokens in 20 documents\. Use --seq_length 413 or less/);
+  assert.match(
+    r.stderr,
+    /no sample of --seq_length 2048 \+ 1 = 2049 tokens in the data: .*small_text_document holds 414 tokens in 20 documents\. Use --seq_length 413 or less/,
+  );
   assert.equal(r.stdout, '');
 });
 
 test('evaluate: a part of --split without documents is named with its split', async () => {
-  await assert.rejects(evaluate(['--student_path', student, '--data_paths', data, '--seq_length', '16', '--split', '99,1,0', '--eval_split', 'test']), (e: unknown) =>
-    e instanceof ConfigError && /in the test split \(--split 99,1,0\): .*holds 0 tokens in 0 documents\. Give it more data, or a larger test share of --split/.test(e.message));
+  await assert.rejects(
+    evaluate(['--student_path', student, '--data_paths', data, '--seq_length', '16', '--split', '99,1,0', '--eval_split', 'test']),
+    (e: unknown) =>
+      e instanceof ConfigError &&
+      /in the test split \(--split 99,1,0\): .*holds 0 tokens in 0 documents\. Give it more data, or a larger test share of --split/.test(e.message),
+  );
 });
 
 test('evaluate: --split/--eval_split choose the documents; a sentence by default, one JSON line with --json', async () => {
@@ -53,7 +63,10 @@ test('evaluate: --split/--eval_split choose the documents; a sentence by default
   assert.equal(whole.tokens, 24 * 16);
   const held = JSON.parse((await evaluate([...common, '--split', '80,20,0', '--json']))[0]) as typeof whole;
   const train = JSON.parse((await evaluate([...common, '--split', '80,20,0', '--eval_split', 'train', '--json']))[0]) as typeof whole;
-  assert.ok(held.tokens > 0 && train.tokens > 0 && held.tokens + train.tokens < whole.tokens, `valid ${held.tokens} + train ${train.tokens} within ${whole.tokens}`);
+  assert.ok(
+    held.tokens > 0 && train.tokens > 0 && held.tokens + train.tokens < whole.tokens,
+    `valid ${held.tokens} + train ${train.tokens} within ${whole.tokens}`,
+  );
   assert.ok(train.tokens > 3 * held.tokens, 'the train part is the larger one');
   assert.notEqual(held.student_ce, train.student_ce);
   // Fewer samples than --mbs (3 windows of 129 in 414 tokens): each read once, not a batch of 8 repeating them.

@@ -84,17 +84,39 @@ test('pretrain --help lists no teacher or KD flag, and pretrain refuses them', a
   for (const k of ['teacher_path', 'teacher_cache', 'kd_loss', 'kd_ratio', 'temperature']) assert.ok(run.includes(k), `run --help lacks --${k}`);
 
   const argv = ['--name', 'ce', '--student_path', 's', '--log_dir', 'runs'];
-  await assert.rejects(pretrainMain([...argv, '--teacher_path', 't']), (e: unknown) =>
-    e instanceof ConfigError && /distill pretrain trains on next-token cross-entropy alone, with no teacher: --teacher_path is a distillation flag/.test(e.message));
-  await assert.rejects(pretrainMain([...argv, '--kd_loss', 'jsd', '--temperature=2', '--no-temperature_scaling']), (e: unknown) =>
-    e instanceof ConfigError && /--kd_loss, --temperature, --temperature_scaling are distillation flags/.test(e.message));
+  await assert.rejects(
+    pretrainMain([...argv, '--teacher_path', 't']),
+    (e: unknown) =>
+      e instanceof ConfigError &&
+      /distill pretrain trains on next-token cross-entropy alone, with no teacher: --teacher_path is a distillation flag/.test(e.message),
+  );
+  await assert.rejects(
+    pretrainMain([...argv, '--kd_loss', 'jsd', '--temperature=2', '--no-temperature_scaling']),
+    (e: unknown) => e instanceof ConfigError && /--kd_loss, --temperature, --temperature_scaling are distillation flags/.test(e.message),
+  );
 });
 
 test('evaluate --help lists only what evaluate reads, with --split and --eval_split', async () => {
   const help = await printed(evaluateMain, ['--help']);
   const listed = listedFlags(help);
-  assert.deepEqual(listed, ['student_path', 'teacher_path', 'data_paths', 'seq_length', 'split', 'eval_split', 'seed', 'mbs', 'kd_loss', 'temperature',
-    'jsd_beta', 'skew_lambda', 'loss_chunk', 'backend', 'json', 'help']);
+  assert.deepEqual(listed, [
+    'student_path',
+    'teacher_path',
+    'data_paths',
+    'seq_length',
+    'split',
+    'eval_split',
+    'seed',
+    'mbs',
+    'kd_loss',
+    'temperature',
+    'jsd_beta',
+    'skew_lambda',
+    'loss_chunk',
+    'backend',
+    'json',
+    'help',
+  ]);
   assert.doesNotMatch(help, /gradient accumulation|optimizer|learning rate/i);
   assert.match(help, /--eval_split .*\{train\|valid\|test\}/);
 });

@@ -17,7 +17,12 @@ const blocks = readmeTsBlocks(readFileSync(README, 'utf8'));
 /** A README block is an example, run on the fixtures' tiny models: seconds, not minutes. */
 const BLOCK_TIMEOUT_MS = 120_000;
 
-interface Ran { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
+interface Ran {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
 
 /** A user's environment: without the variables by which the test runner tells a child it runs under a test. */
 function userEnv(): NodeJS.ProcessEnv {
@@ -30,8 +35,12 @@ function runProcess(command: string, args: string[], cwd: string): Promise<Ran> 
     const child = spawn(command, args, { cwd, env: userEnv(), stdio: ['ignore', 'pipe', 'pipe'], timeout: BLOCK_TIMEOUT_MS });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
     child.on('error', reject);
     child.on('close', (code, signal) => resolveRun({ code, signal, stdout, stderr }));
   });
@@ -55,7 +64,7 @@ function sandbox(): { main: string; remove: () => void } {
 
 test('the README has TypeScript examples, and each is typechecked: test/docs/readmeExamples/ holds exactly their copies', () => {
   assert.ok(blocks.length >= 2, `README.md has ${blocks.length} \`\`\`ts blocks; expected the pipeline and the recipe examples`);
-  const fix = 'run `node --import tsx test/docs/readmeBlocks.ts --write` after editing the README\'s examples';
+  const fix = "run `node --import tsx test/docs/readmeBlocks.ts --write` after editing the README's examples";
   assert.deepEqual(exampleFilesPresent(), blocks.map((_, i) => exampleFileName(i)).sort(), `${EXAMPLES_DIR} does not match the README's blocks: ${fix}`);
   blocks.forEach((b, i) => {
     const copy = readFileSync(join(EXAMPLES_DIR, exampleFileName(i)), 'utf8');
@@ -93,7 +102,10 @@ function completeRun(markdown: string): { command: string; output: string[] } | 
 
 /** What differs from run to run: throughput, elapsed time and ETA. */
 const withoutTimings = (line: string): string =>
-  line.replace(/[\d,.]+ tok\/s/g, '<n> tok/s').replace(/elapsed [\d:]+/g, 'elapsed <t>').replace(/ETA \S+/g, 'ETA <t>');
+  line
+    .replace(/[\d,.]+ tok\/s/g, '<n> tok/s')
+    .replace(/elapsed [\d:]+/g, 'elapsed <t>')
+    .replace(/ETA \S+/g, 'ETA <t>');
 
 test("the README's complete CLI run prints what the README shows (timings aside)", { timeout: BLOCK_TIMEOUT_MS + 10_000 }, async () => {
   const run = completeRun(readFileSync(README, 'utf8'));

@@ -37,8 +37,15 @@ export function writeExampleFiles(): string[] {
   });
 }
 
-export const exampleFilesPresent = (): string[] => readdirSync(EXAMPLES_DIR).filter((f) => f.endsWith('.ts')).sort();
+export const exampleFilesPresent = (): string[] =>
+  readdirSync(EXAMPLES_DIR)
+    .filter((f) => f.endsWith('.ts'))
+    .sort();
 
 if (process.argv[1] === fileURLToPath(import.meta.url) && process.argv.includes('--write')) {
-  process.stdout.write(`wrote ${writeExampleFiles().map((p) => p.replace(ROOT + '/', '')).join(', ')}\n`);
+  process.stdout.write(
+    `wrote ${writeExampleFiles()
+      .map((p) => p.replace(ROOT + '/', ''))
+      .join(', ')}\n`,
+  );
 }

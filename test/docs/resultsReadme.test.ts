@@ -33,9 +33,11 @@ test('the current figures take the newest record of each configuration, told apa
   assert.deepEqual(rows.map((r) => r.ours_tokens_per_s).sort(), [2, 3]);
 });
 
-test('commands are shown as typed: the peer arguments quoted again, the device machine\'s results folder dropped', () => {
+test("commands are shown as typed: the peer arguments quoted again, the device machine's results folder dropped", () => {
   assert.equal(
-    displayCommand('npm run bench -- --config M --backend webgpu --json --python python3 --peer_args --device cuda --precision bf16 --results /root/out/results'),
+    displayCommand(
+      'npm run bench -- --config M --backend webgpu --json --python python3 --peer_args --device cuda --precision bf16 --results /root/out/results',
+    ),
     'npm run bench -- --config M --backend webgpu --json --python python3 --peer_args "--device cuda --precision bf16"',
   );
   assert.equal(displayCommand('npm run bench -- --config S --devices 2 --json'), 'npm run bench -- --config S --devices 2 --json');

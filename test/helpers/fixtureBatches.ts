@@ -31,4 +31,3 @@ export function fixtureBatches(steps: number, microPerStep = 1): TokenBatch[] {
   }
   return out;
 }
-

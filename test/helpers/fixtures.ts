@@ -14,7 +14,12 @@ export const fixture = (...p: string[]): string => join(FIXTURES, ...p);
 export interface ExpectedJson {
   losses: Record<string, number>;
   train: {
-    optimizer: string; lr: number; betas: [number, number]; eps: number; weight_decay: number; clip_grad_norm: number;
+    optimizer: string;
+    lr: number;
+    betas: [number, number];
+    eps: number;
+    weight_decay: number;
+    clip_grad_norm: number;
     trajectory: { step: number; loss: number; grad_norm: number }[];
   };
   [k: string]: unknown;

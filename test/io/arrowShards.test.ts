@@ -10,7 +10,7 @@ const tmp = (): string => mkdtempSync(join(tmpdir(), 'arrow-'));
 
 function randomDocs(n: number, vocab: number, seed = 1): number[][] {
   let s = seed;
-  const rnd = (): number => ((s = (s * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const rnd = (): number => (s = (s * 1103515245 + 12345) >>> 0) / 2 ** 32;
   return Array.from({ length: n }, () => Array.from({ length: Math.floor(rnd() * 50) }, () => Math.floor(rnd() * vocab)));
 }
 
@@ -34,7 +34,11 @@ for (const vocab of [200, 4096, 100000]) {
     docs.splice(3, 0, []); // an empty document survives too
     const shards = write(dir, docs, vocab);
     assert.ok(shards.length > 2, `several shards (${shards.length})`);
-    assert.deepEqual(readdirSync(dir).filter((f) => f.includes('.tmp-')), [], 'no temp files left');
+    assert.deepEqual(
+      readdirSync(dir).filter((f) => f.includes('.tmp-')),
+      [],
+      'no temp files left',
+    );
     const ds = new ArrowShardDataset(dir);
     assert.equal(ds.numDocuments, docs.length);
     assert.equal(ds.numTokens, docs.flat().length);
@@ -73,20 +77,36 @@ function corrupted(mutate: (b: Buffer) => Buffer | void): void {
   const [shard] = write(dir, randomDocs(20, 4096), 4096, 1 << 20, 1 << 20);
   const bytes = readFileSync(shard);
   writeFileSync(shard, mutate(bytes) ?? bytes);
-  assert.throws(() => { const ds = new ArrowShardDataset(dir); for (let i = 0; i < ds.numDocuments; i++) ds.document(i); }, (e: unknown) => {
-    assert.ok(e instanceof FormatError, `FormatError, got ${String(e)}`);
-    assert.ok(e.message.includes(shard), e.message);
-    return true;
-  });
+  assert.throws(
+    () => {
+      const ds = new ArrowShardDataset(dir);
+      for (let i = 0; i < ds.numDocuments; i++) ds.document(i);
+    },
+    (e: unknown) => {
+      assert.ok(e instanceof FormatError, `FormatError, got ${String(e)}`);
+      assert.ok(e.message.includes(shard), e.message);
+      return true;
+    },
+  );
   rmSync(dir, { recursive: true });
 }
 
-test('flipped bytes in the token values are a FormatError naming the file', () => corrupted((b) => {
-  // The token buffer sits in the body of the only record batch, well before the footer: flip one byte in it.
-  const i = b.length - 700;
-  b[i] ^= 0x5a;
-}));
-test('flipped bytes across the whole body are a FormatError', () => corrupted((b) => { for (let i = 400; i < b.length - 400; i += 37) b[i] ^= 0xff; }));
-test('flipped magic is a FormatError', () => corrupted((b) => { b[1] ^= 0xff; }));
+test('flipped bytes in the token values are a FormatError naming the file', () =>
+  corrupted((b) => {
+    // The token buffer sits in the body of the only record batch, well before the footer: flip one byte in it.
+    const i = b.length - 700;
+    b[i] ^= 0x5a;
+  }));
+test('flipped bytes across the whole body are a FormatError', () =>
+  corrupted((b) => {
+    for (let i = 400; i < b.length - 400; i += 37) b[i] ^= 0xff;
+  }));
+test('flipped magic is a FormatError', () =>
+  corrupted((b) => {
+    b[1] ^= 0xff;
+  }));
 test('a truncated shard is a FormatError', () => corrupted((b) => b.subarray(0, b.length - 100)));
-test('flipped bytes in the footer are a FormatError', () => corrupted((b) => { for (let i = b.length - 60; i < b.length - 12; i++) b[i] ^= 0xff; }));
+test('flipped bytes in the footer are a FormatError', () =>
+  corrupted((b) => {
+    for (let i = b.length - 60; i < b.length - 12; i++) b[i] ^= 0xff;
+  }));

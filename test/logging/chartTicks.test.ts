@@ -17,28 +17,66 @@ function spec(points: { x: number; y: number }[], integerX = true): ChartSpec {
 }
 
 test('a nearly flat curve gets distinct y labels with the digits its range needs', () => {
-  const L = layoutChart(spec([{ x: 10, y: 6.90781 }, { x: 20, y: 6.90774 }]), 760, 360, TEXT);
+  const L = layoutChart(
+    spec([
+      { x: 10, y: 6.90781 },
+      { x: 20, y: 6.90774 },
+    ]),
+    760,
+    360,
+    TEXT,
+  );
   const labels = L.yTicks.map((t) => t.label);
   assert.ok(labels.length >= 2, labels.join(' '));
   assert.equal(new Set(labels).size, labels.length, `duplicate labels: ${labels.join(' ')}`);
-  assert.ok(labels.every((l) => /^6\.9077\d*$|^6\.9078\d*$|^6\.9076\d*$|^6\.9079\d*$/.test(l)), labels.join(' '));
+  assert.ok(
+    labels.every((l) => /^6\.9077\d*$|^6\.9078\d*$|^6\.9076\d*$|^6\.9079\d*$/.test(l)),
+    labels.join(' '),
+  );
   // Each label reads back as its tick's value to within half a tick step.
   const step = L.yTicks[1].value - L.yTicks[0].value;
   for (const t of L.yTicks) assert.ok(Math.abs(Number(t.label) - t.value) <= step / 2, `${t.label} for ${t.value}`);
 });
 
 test('step axes tick at integers only; a generic axis may use 2.5', () => {
-  for (const [min, max] of [[1, 10], [0, 9], [1, 20], [10, 20], [1, 3], [1, 1000], [5, 5]]) {
+  for (const [min, max] of [
+    [1, 10],
+    [0, 9],
+    [1, 20],
+    [10, 20],
+    [1, 3],
+    [1, 1000],
+    [5, 5],
+  ]) {
     const ticks = niceTicks(min, max, 8, true);
     assert.ok(ticks.length >= 2, `${min}..${max}: ${ticks.join(',')}`);
     assert.ok(ticks.every(Number.isInteger), `${min}..${max}: ${ticks.join(',')}`);
   }
   assert.ok(niceTicks(0, 10, 4).includes(2.5), 'a generic axis keeps 2.5 steps');
-  const L = layoutChart(spec([{ x: 1, y: 1 }, { x: 10, y: 2 }]), 760, 360, TEXT);
+  const L = layoutChart(
+    spec([
+      { x: 1, y: 1 },
+      { x: 10, y: 2 },
+    ]),
+    760,
+    360,
+    TEXT,
+  );
   assert.ok(L.xTicks.length >= 3, L.xTicks.map((t) => t.label).join(' '));
-  assert.ok(L.xTicks.every((t) => Number.isInteger(t.value) && /^\d+$/.test(t.label)), L.xTicks.map((t) => t.label).join(' '));
+  assert.ok(
+    L.xTicks.every((t) => Number.isInteger(t.value) && /^\d+$/.test(t.label)),
+    L.xTicks.map((t) => t.label).join(' '),
+  );
   // Every chart of a run is a step axis.
-  const charts = runCharts([{ label: 'r', records: [{ step: 1, loss: 2, lr: 1e-4 }, { step: 10, loss: 1, lr: 2e-4 }] }]);
+  const charts = runCharts([
+    {
+      label: 'r',
+      records: [
+        { step: 1, loss: 2, lr: 1e-4 },
+        { step: 10, loss: 1, lr: 2e-4 },
+      ],
+    },
+  ]);
   assert.ok(charts.length > 0 && charts.every((c) => c.integerX === true));
 });
 

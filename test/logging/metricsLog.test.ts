@@ -71,7 +71,10 @@ test('resume truncates records after the checkpoint step, so no step is logged t
   const recs = readMetrics(dir);
   const train = recs.filter((r) => r.split !== 'valid').map((r) => r.step);
   const valid = recs.filter((r) => r.split === 'valid').map((r) => r.step);
-  assert.deepEqual(train, Array.from({ length: 20 }, (_, i) => i + 1));
+  assert.deepEqual(
+    train,
+    Array.from({ length: 20 }, (_, i) => i + 1),
+  );
   assert.deepEqual(valid, [5, 10, 15, 20]);
 });
 
@@ -86,7 +89,10 @@ test('truncateMetricsAfter drops a torn last line and reports what it removed', 
   assert.equal(readMetrics(dir).length, 7, 'the reader ignores the torn line');
   assert.equal(truncateMetricsAfter(path, 4), 3, 'steps 5, 5 (valid) and 6 removed');
   assert.ok(readFileSync(path, 'utf8').endsWith('\n'));
-  assert.deepEqual(readMetrics(dir).map((r: MetricsRecord) => r.step), [1, 2, 3, 4]);
+  assert.deepEqual(
+    readMetrics(dir).map((r: MetricsRecord) => r.step),
+    [1, 2, 3, 4],
+  );
   assert.equal(truncateMetricsAfter(path, 100), 0);
   assert.equal(truncateMetricsAfter(join(dir, 'missing.jsonl'), 3), 0, 'nothing to resume is not an error');
 
@@ -95,7 +101,10 @@ test('truncateMetricsAfter drops a torn last line and reports what it removed', 
   const again = MetricsLog.open(dir);
   again.append({ step: 5, loss: 0.5 });
   again.close();
-  assert.deepEqual(readMetrics(dir).map((r) => r.step), [1, 2, 3, 4, 5]);
+  assert.deepEqual(
+    readMetrics(dir).map((r) => r.step),
+    [1, 2, 3, 4, 5],
+  );
 });
 
 test('fsyncs every N records or after the interval', (t) => {
@@ -124,10 +133,13 @@ test('malformed lines are reported with file and line number', (t) => {
 
 test('a file written before the val_ names reads under them: validation loss was the student CE', (t) => {
   const dir = tmp(t);
-  writeFileSync(join(dir, METRICS_FILE), [
-    JSON.stringify({ step: 9, loss: 0.02, kd_loss: 0.02, grad_norm: 1 }),
-    JSON.stringify({ split: 'valid', step: 9, loss: 6.9, kd_loss: 0.01, ce_loss: 6.9, ppl: 992.3 }),
-  ].join('\n') + '\n');
+  writeFileSync(
+    join(dir, METRICS_FILE),
+    [
+      JSON.stringify({ step: 9, loss: 0.02, kd_loss: 0.02, grad_norm: 1 }),
+      JSON.stringify({ split: 'valid', step: 9, loss: 6.9, kd_loss: 0.01, ce_loss: 6.9, ppl: 992.3 }),
+    ].join('\n') + '\n',
+  );
   const [train, valid] = readMetrics(dir);
   assert.deepEqual(train, { step: 9, loss: 0.02, kd_loss: 0.02, grad_norm: 1 }, 'training rows keep their names');
   assert.deepEqual(valid, { split: 'valid', step: 9, val_ce_loss: 6.9, val_kd_loss: 0.01, val_ppl: 992.3 });

@@ -41,8 +41,22 @@ test('encodePng: header, chunk CRCs and IDAT size', () => {
 test('a drawn line appears where expected, anti-aliased, and nowhere else', () => {
   const r = new Raster(100, 60);
   const red = parseHex('#ff0000');
-  r.polyline([{ x: 10, y: 30 }, { x: 90, y: 30 }], red, 2);
-  r.polyline([{ x: 10, y: 10 }, { x: 50, y: 50 }], parseHex('#0000ff'), 3);
+  r.polyline(
+    [
+      { x: 10, y: 30 },
+      { x: 90, y: 30 },
+    ],
+    red,
+    2,
+  );
+  r.polyline(
+    [
+      { x: 10, y: 10 },
+      { x: 50, y: 50 },
+    ],
+    parseHex('#0000ff'),
+    3,
+  );
   const img = decodePng(rasterToPng(r));
 
   // Width 2 centred on y = 30 covers pixel rows 29 and 30 fully.

@@ -29,7 +29,10 @@ test('TTY: redraws in place with \\r, at most every 250 ms', () => {
   bar.finish();
   const draws = s.out.filter((w) => w.startsWith('\r'));
   assert.ok(draws.length >= 38 && draws.length <= 42, `~4 redraws per second over 10 s, got ${draws.length}`);
-  assert.ok(s.out.every((w) => !w.slice(0, -1).includes('\n')), 'no newlines mid-run');
+  assert.ok(
+    s.out.every((w) => !w.slice(0, -1).includes('\n')),
+    'no newlines mid-run',
+  );
   assert.equal(s.out[s.out.length - 1], '\n', 'finish ends the line');
   const last = draws[draws.length - 1];
   assert.match(last, /^\r\[#{10,}\] 100% train 1000\/1000 \| loss 2\.0000 \| 12\.3k tok\/s \| elapsed 0:10/);

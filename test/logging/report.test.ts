@@ -52,25 +52,57 @@ test('report HTML is self-contained and has one path per series', (t) => {
   assert.match(html, /KD vs CE &#60;test&#62;/, 'labels are HTML-escaped');
 
   const charts = runCharts(RUNS, OPTS);
-  assert.deepEqual(charts.map((c) => c.title), ['Training loss', 'KD and CE loss', 'Validation CE', 'Learning rate', 'Throughput', 'Gradient norm']);
+  assert.deepEqual(
+    charts.map((c) => c.title),
+    ['Training loss', 'KD and CE loss', 'Validation CE', 'Learning rate', 'Throughput', 'Gradient norm'],
+  );
   // KD chart: KD and CE of the KD run, CE of the CE-only run (which logs no kd_loss).
-  assert.deepEqual(charts[1].series.map((s) => s.label), ['KD student KD', 'KD student CE', 'CE-only student CE']);
+  assert.deepEqual(
+    charts[1].series.map((s) => s.label),
+    ['KD student KD', 'KD student CE', 'CE-only student CE'],
+  );
   assert.equal((html.match(/<path class="series"/g) ?? []).length, expectedPathCount());
   assert.equal((html.match(/<svg /g) ?? []).length, charts.length);
   assert.equal((html.match(/class="hline"/g) ?? []).length, 1, 'teacher line (its validation CE) on the validation CE chart only');
 
   // A single run (no comparison, no teacher) still reports; a run without KD has no KD/CE chart from KD.
-  const single = buildReportHtml([{ label: 'only', records: [{ step: 1, loss: 2 }, { step: 2, loss: 1 }] }]);
+  const single = buildReportHtml([
+    {
+      label: 'only',
+      records: [
+        { step: 1, loss: 2 },
+        { step: 2, loss: 1 },
+      ],
+    },
+  ]);
   assert.equal((single.match(/<path class="series"/g) ?? []).length, 1);
   // A NaN loss breaks the line instead of being drawn at a bogus height.
-  const svg = chartSvg({ title: 't', xLabel: 'x', yLabel: 'y', series: [{ label: 'a', color: '#000000', points: [{ x: 0, y: 1 }, { x: 1, y: NaN }, { x: 2, y: 2 }] }] });
+  const svg = chartSvg({
+    title: 't',
+    xLabel: 'x',
+    yLabel: 'y',
+    series: [
+      {
+        label: 'a',
+        color: '#000000',
+        points: [
+          { x: 0, y: 1 },
+          { x: 1, y: NaN },
+          { x: 2, y: 2 },
+        ],
+      },
+    ],
+  });
   assert.equal((svg.match(/<path class="series" d="([^"]*)"/)?.[1].match(/M/g) ?? []).length, 2);
 });
 
 test('writeRunReport reads metrics.jsonl of the run and of the baseline', (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'report-run-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
-  for (const [sub, run] of [['kd', RUNS[0]], ['ce', RUNS[1]]] as const) {
+  for (const [sub, run] of [
+    ['kd', RUNS[0]],
+    ['ce', RUNS[1]],
+  ] as const) {
     const log = MetricsLog.open(join(dir, sub));
     for (const r of run.records) log.append(r);
     log.close();
@@ -93,7 +125,16 @@ test('report renders in headless Chromium with the curves drawn', { timeout: 120
 
   const browser = await chromium.launch({
     executablePath: CHROMIUM,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
   });
   try {
     const page = await browser.newPage({ viewport: { width: 1600, height: 1200 }, deviceScaleFactor: 1 });
@@ -106,16 +147,26 @@ test('report renders in headless Chromium with the curves drawn', { timeout: 120
     assert.equal(await page.locator('svg.chart path.series').count(), expectedPathCount());
     // Every path has geometry, i.e. the browser parsed its d attribute.
     const widths = await page.$$eval('svg.chart path.series', (els) => els.map((e) => (e as SVGGraphicsElement).getBBox().width));
-    assert.ok(widths.every((w) => w > 100), `path widths: ${widths.join(', ')}`);
+    assert.ok(
+      widths.every((w) => w > 100),
+      `path widths: ${widths.join(', ')}`,
+    );
 
     const first = decodePng(await page.locator('svg.chart').first().screenshot());
     const kd = countColor(first, PALETTE[0], 8);
     const ce = countColor(first, PALETTE[1], 8);
     const unused = countColor(first, PALETTE[3], 8);
     // The teacher's line (its validation CE) is on the validation CE chart.
-    const validation = decodePng(await page.locator('svg.chart').nth(runCharts(RUNS, OPTS).findIndex((c) => c.title === 'Validation CE')).screenshot());
+    const validation = decodePng(
+      await page
+        .locator('svg.chart')
+        .nth(runCharts(RUNS, OPTS).findIndex((c) => c.title === 'Validation CE'))
+        .screenshot(),
+    );
     const teacher = countColor(validation, TEACHER_COLOR, 8);
-    t.diagnostic(`training-loss chart ${first.width}x${first.height}: KD ${kd}, CE ${ce}, unused colour ${unused} pixels; validation chart: teacher ${teacher} pixels`);
+    t.diagnostic(
+      `training-loss chart ${first.width}x${first.height}: KD ${kd}, CE ${ce}, unused colour ${unused} pixels; validation chart: teacher ${teacher} pixels`,
+    );
     assert.ok(kd > 500, `KD student line pixels: ${kd}`);
     assert.ok(ce > 500, `CE-only student line pixels: ${ce}`);
     assert.ok(teacher > 200, `teacher line pixels: ${teacher}`);

@@ -20,20 +20,68 @@ const data = fixture('megatron', 'small_text_document');
 test('distill run: metrics.jsonl, console, checkpoints and report number steps 1..N and name each figure', () => {
   const dir = mkdtempSync(join(tmpdir(), 'distill-outputs-'));
   try {
-    const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), 'run', '--name', 'demo', '--log_dir', dir,
-      '--student_path', fixture('llama-student'), '--teacher_path', fixture('llama-teacher'), '--data_paths', data, '--seq_length', '16',
-      '--split', '80,20,0', '--max_steps', '4', '--gbs', '2', '--mbs', '2', '--lr', '1e-3', '--warmup_steps', '1', '--kd_ratio', '0.5',
-      '--val_check_interval', '2', '--limit_val_batches', '2', '--save_interval', '2', '--backend', 'wasm'],
-    { encoding: 'utf8', cwd: ROOT, env: { ...process.env, DISTILL_NO_PROGRESS: '1' } });
+    const r = spawnSync(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        join(ROOT, 'src/cli/main.ts'),
+        'run',
+        '--name',
+        'demo',
+        '--log_dir',
+        dir,
+        '--student_path',
+        fixture('llama-student'),
+        '--teacher_path',
+        fixture('llama-teacher'),
+        '--data_paths',
+        data,
+        '--seq_length',
+        '16',
+        '--split',
+        '80,20,0',
+        '--max_steps',
+        '4',
+        '--gbs',
+        '2',
+        '--mbs',
+        '2',
+        '--lr',
+        '1e-3',
+        '--warmup_steps',
+        '1',
+        '--kd_ratio',
+        '0.5',
+        '--val_check_interval',
+        '2',
+        '--limit_val_batches',
+        '2',
+        '--save_interval',
+        '2',
+        '--backend',
+        'wasm',
+      ],
+      { encoding: 'utf8', cwd: ROOT, env: { ...process.env, DISTILL_NO_PROGRESS: '1' } },
+    );
     assert.equal(r.status, 0, r.stderr);
     const runDir = join(dir, 'demo');
-    const lines = readFileSync(join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const lines = readFileSync(join(runDir, 'metrics.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
     const train = lines.filter((l) => l.split !== 'valid');
     const valid = lines.filter((l) => l.split === 'valid');
 
     // Steps 1..N, as the console's "N/4" and the checkpoints' names count them.
-    assert.deepEqual(train.map((l) => l.step), [1, 2, 3, 4]);
-    assert.deepEqual(valid.map((l) => l.step), [2, 4]);
+    assert.deepEqual(
+      train.map((l) => l.step),
+      [1, 2, 3, 4],
+    );
+    assert.deepEqual(
+      valid.map((l) => l.step),
+      [2, 4],
+    );
     assert.deepEqual(readdirSync(join(runDir, 'checkpoints')).sort(), ['step-000002', 'step-000004']);
     assert.equal(JSON.parse(r.stdout.trim().split('\n').pop()!).steps, 4);
 
@@ -69,7 +117,10 @@ test('a resumed run logs each step once under the same numbers (records after th
   const dir = mkdtempSync(join(tmpdir(), 'distill-outputs-resume-'));
   try {
     const recipe = pretrainRecipe({
-      name: 'ce', dir, studentPath: fixture('llama-student'), backend: 'cpu',
+      name: 'ce',
+      dir,
+      studentPath: fixture('llama-student'),
+      backend: 'cpu',
       data: { dataPaths: data, seqLength: 16, split: '80,20,0', seed: 7 },
       trainer: { maxSteps: 5, globalBatchSize: 2, microBatchSize: 2, saveInterval: 2, valCheckInterval: 2, limitValBatches: 1, logInterval: 1 },
       optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
@@ -83,12 +134,21 @@ test('a resumed run logs each step once under the same numbers (records after th
     const second = await run(recipe, { log: (l) => logged.push(l) });
     assert.equal(second.resumedFromStep, 3);
     const recs = readMetrics(join(dir, 'ce'));
-    assert.deepEqual(recs.filter((x) => x.split !== 'valid').map((x) => x.step), [1, 2, 3, 4, 5]);
+    assert.deepEqual(
+      recs.filter((x) => x.split !== 'valid').map((x) => x.step),
+      [1, 2, 3, 4, 5],
+    );
     // Validation every 2 steps and at the end of each invocation (after step 3, where the first one stopped).
-    assert.deepEqual(recs.filter((x) => x.split === 'valid').map((x) => x.step), [2, 3, 4, 5]);
+    assert.deepEqual(
+      recs.filter((x) => x.split === 'valid').map((x) => x.step),
+      [2, 3, 4, 5],
+    );
     // Pretraining computes the CE and no KD: the rows say so by the fields they hold.
     for (const x of recs.filter((y) => y.split !== 'valid')) assert.ok('ce_loss' in x && !('kd_loss' in x) && x.loss !== 99, JSON.stringify(x));
-    assert.deepEqual(logged.filter((l) => l.startsWith('validation after step')).map((l) => l.split(' |')[0]), ['validation after step 4/5', 'validation after step 5/5']);
+    assert.deepEqual(
+      logged.filter((l) => l.startsWith('validation after step')).map((l) => l.split(' |')[0]),
+      ['validation after step 4/5', 'validation after step 5/5'],
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -190,7 +190,9 @@ test('TensorBoardWriter writes a named event file that parses back', (t) => {
   const python = process.env.PYTHON ?? '/usr/bin/python3';
   const probe = spawnSync(python, ['-c', 'import tensorboard'], { encoding: 'utf8' });
   if (probe.status !== 0) {
-    t.diagnostic(`skipped the TensorBoard cross-check: ${python} cannot import tensorboard (${(probe.stderr || String(probe.error ?? '')).trim().split('\n').pop()})`);
+    t.diagnostic(
+      `skipped the TensorBoard cross-check: ${python} cannot import tensorboard (${(probe.stderr || String(probe.error ?? '')).trim().split('\n').pop()})`,
+    );
     return;
   }
   const script = join(dir, 'read.py');

@@ -45,10 +45,7 @@ function reference(x: Inputs, h: tf.Tensor2D, w: tf.Tensor2D, opts: KdLossOption
   const zs = tf.matMul(h, w, false, true) as tf.Tensor2D;
   const zt = tf.matMul(x.th, x.tw, false, true) as tf.Tensor2D;
   const shared = Math.min(zs.shape[1], zt.shape[1]);
-  const kd = maskedMean(
-    perPositionDivergence(tf.slice(zt, [0, 0], [N, shared]), tf.slice(zs, [0, 0], [N, shared]), opts),
-    x.mask,
-  ).loss;
+  const kd = maskedMean(perPositionDivergence(tf.slice(zt, [0, 0], [N, shared]), tf.slice(zs, [0, 0], [N, shared]), opts), x.mask).loss;
   const ce = withCe ? maskedMean(tokenCrossEntropy(zs, x.labels), x.mask).loss : null;
   return mixLosses(ce, kd, opts);
 }
@@ -56,17 +53,18 @@ function reference(x: Inputs, h: tf.Tensor2D, w: tf.Tensor2D, opts: KdLossOption
 async function compare(label: string, x: Inputs, opts: KdLossOptions, withCe: boolean, chunkSize: number, worst: { v: number }): Promise<void> {
   const out = tf.tidy(() => {
     const ref = tf.valueAndGrads((h: tf.Tensor, w: tf.Tensor) => reference(x, h as tf.Tensor2D, w as tf.Tensor2D, opts, withCe));
-    const got = tf.valueAndGrads((h: tf.Tensor, w: tf.Tensor) =>
-      kdLossFromHidden({
-        studentHidden: h as tf.Tensor2D,
-        studentHead: w as tf.Tensor2D,
-        teacherHidden: x.th,
-        teacherHead: x.tw,
-        labels: withCe ? x.labels : undefined,
-        mask: x.mask,
-        options: opts,
-        chunkSize,
-      }).loss,
+    const got = tf.valueAndGrads(
+      (h: tf.Tensor, w: tf.Tensor) =>
+        kdLossFromHidden({
+          studentHidden: h as tf.Tensor2D,
+          studentHead: w as tf.Tensor2D,
+          teacherHidden: x.th,
+          teacherHead: x.tw,
+          labels: withCe ? x.labels : undefined,
+          mask: x.mask,
+          options: opts,
+          chunkSize,
+        }).loss,
     );
     const r = ref([x.h, x.w]);
     const g = got([x.h, x.w]);
@@ -75,7 +73,10 @@ async function compare(label: string, x: Inputs, opts: KdLossOptions, withCe: bo
   const [gv, rv, gh, rh, gw, rw] = await readAndDispose(out);
   const errs = [relError(gv, rv), relError(gh, rh), relError(gw, rw)];
   worst.v = Math.max(worst.v, ...errs);
-  assert.ok(errs.every((e) => e <= 1e-5), `${label} chunk ${chunkSize}: rel errors value/dHidden/dHead ${errs}`);
+  assert.ok(
+    errs.every((e) => e <= 1e-5),
+    `${label} chunk ${chunkSize}: rel errors value/dHidden/dHead ${errs}`,
+  );
 }
 
 test('chunked == unchunked autodiff: every divergence, τ 1 and 2, CE mixed in, chunk sizes 1, 4, 5, 13, 20', async () => {
@@ -100,15 +101,24 @@ test('vocabulary mismatch: KD on the shared ids [0, min), CE on the student full
   await onEachBackend(async (backend) => {
     const before = tf.memory().numTensors;
     const worst = { v: 0 };
-    for (const [vs, vt] of [[37, 41], [37, 31]]) {
+    for (const [vs, vt] of [
+      [37, 41],
+      [37, 31],
+    ]) {
       const x = inputs(vs, vt, 23);
       const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind: 'jsd', temperature: 2, kdRatio: 0.5 };
       await compare(`${backend} Vs ${vs} Vt ${vt}`, x, opts, true, 4, worst);
       const notes: string[] = [];
       tf.tidy(() => {
         const r = kdLossFromHidden({
-          studentHidden: x.h, studentHead: x.w, teacherLogitsFn: (s, e) => tf.matMul(tf.slice(x.th, [s, 0], [e - s, HT]), x.tw, false, true) as tf.Tensor2D,
-          mask: x.mask, options: opts, labels: x.labels, chunkSize: 6, log: (l) => notes.push(l),
+          studentHidden: x.h,
+          studentHead: x.w,
+          teacherLogitsFn: (s, e) => tf.matMul(tf.slice(x.th, [s, 0], [e - s, HT]), x.tw, false, true) as tf.Tensor2D,
+          mask: x.mask,
+          options: opts,
+          labels: x.labels,
+          chunkSize: 6,
+          log: (l) => notes.push(l),
         });
         assert.deepEqual(r.notes, notes);
       });
@@ -129,8 +139,14 @@ test('zero mask: loss 0, count 0, gradients 0 and finite', async () => {
       const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind: 'reverse_kl', kdRatio: 0.5 };
       const f = (h: tf.Tensor, w: tf.Tensor): tf.Scalar => {
         const r = kdLossFromHidden({
-          studentHidden: h as tf.Tensor2D, studentHead: w as tf.Tensor2D, teacherHidden: x.th, teacherHead: x.tw,
-          labels: x.labels, mask: tf.zeros([N]), options: opts, chunkSize: 5,
+          studentHidden: h as tf.Tensor2D,
+          studentHead: w as tf.Tensor2D,
+          teacherHidden: x.th,
+          teacherHead: x.tw,
+          labels: x.labels,
+          mask: tf.zeros([N]),
+          options: opts,
+          chunkSize: 5,
         });
         // Read after the tidy (webgpu reads only asynchronously), so kept past the forward pass's own tidy.
         counts.push(tf.keep(r.count));
@@ -144,7 +160,11 @@ test('zero mask: loss 0, count 0, gradients 0 and finite', async () => {
     const [count] = await readScalars(counts);
     assert.equal(value[0], 0, backend);
     assert.equal(count, 0);
-    for (const g of grads) assert.ok(g.every((v) => v === 0), `${backend}: gradient not 0`);
+    for (const g of grads)
+      assert.ok(
+        g.every((v) => v === 0),
+        `${backend}: gradient not 0`,
+      );
     tf.dispose(Object.values(x));
     assert.equal(tf.memory().numTensors, before, `${backend}: tensors leaked`);
   });
@@ -158,12 +178,29 @@ test('the teacher is never differentiated and the parts are reported', async () 
       // The teacher's tensors are not inputs of the custom gradient: tfjs finds no path from them to the loss.
       assert.throws(
         () =>
-          tf.valueAndGrads((th: tf.Tensor) =>
-            kdLossFromHidden({ studentHidden: x.h, studentHead: x.w, teacherHidden: th as tf.Tensor2D, teacherHead: x.tw, labels: x.labels, mask: x.mask, options: opts }).loss,
+          tf.valueAndGrads(
+            (th: tf.Tensor) =>
+              kdLossFromHidden({
+                studentHidden: x.h,
+                studentHead: x.w,
+                teacherHidden: th as tf.Tensor2D,
+                teacherHead: x.tw,
+                labels: x.labels,
+                mask: x.mask,
+                options: opts,
+              }).loss,
           )([x.th]),
         /Cannot compute gradient/,
       );
-      const r = kdLossFromHidden({ studentHidden: x.h, studentHead: x.w, teacherHidden: x.th, teacherHead: x.tw, labels: x.labels, mask: x.mask, options: opts });
+      const r = kdLossFromHidden({
+        studentHidden: x.h,
+        studentHead: x.w,
+        teacherHidden: x.th,
+        teacherHead: x.tw,
+        labels: x.labels,
+        mask: x.mask,
+        options: opts,
+      });
       assert.ok(r.ce, 'labels given: the CE part is reported');
       return [r.loss, r.kd, r.ce, r.count];
     });
@@ -181,24 +218,28 @@ test('tensors made inside the loss closure (hidden, mask, labels, teacher) survi
     const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind: 'skew_kl', kdRatio: 0.7, temperature: 2 };
     const out = tf.tidy(() => {
       const ref = tf.valueAndGrads((h: tf.Tensor, w: tf.Tensor) => reference(x, h as tf.Tensor2D, w as tf.Tensor2D, opts, true))([x.h, x.w]);
-      const got = tf.valueAndGrads((h: tf.Tensor, w: tf.Tensor) =>
-        kdLossFromHidden({
-          // Each of these is an intermediate that the forward tidy disposes before the backward runs.
-          studentHidden: tf.mul(h, 1) as tf.Tensor2D,
-          studentHead: tf.add(w, 0) as tf.Tensor2D,
-          teacherHidden: tf.mul(x.th, 1) as tf.Tensor2D,
-          teacherHead: tf.mul(x.tw, 1) as tf.Tensor2D,
-          labels: tf.add(x.labels, tf.scalar(0, 'int32')) as tf.Tensor1D,
-          mask: tf.mul(x.mask, 1) as tf.Tensor1D,
-          options: opts,
-          chunkSize: 3,
-        }).loss,
+      const got = tf.valueAndGrads(
+        (h: tf.Tensor, w: tf.Tensor) =>
+          kdLossFromHidden({
+            // Each of these is an intermediate that the forward tidy disposes before the backward runs.
+            studentHidden: tf.mul(h, 1) as tf.Tensor2D,
+            studentHead: tf.add(w, 0) as tf.Tensor2D,
+            teacherHidden: tf.mul(x.th, 1) as tf.Tensor2D,
+            teacherHead: tf.mul(x.tw, 1) as tf.Tensor2D,
+            labels: tf.add(x.labels, tf.scalar(0, 'int32')) as tf.Tensor1D,
+            mask: tf.mul(x.mask, 1) as tf.Tensor1D,
+            options: opts,
+            chunkSize: 3,
+          }).loss,
       )([x.h, x.w]);
       return [got.grads[0], ref.grads[0], got.grads[1], ref.grads[1]];
     });
     const [gh, rh, gw, rw] = await readAndDispose(out);
     const errs = [relError(gh, rh), relError(gw, rw)];
-    assert.ok(errs.every((e) => e <= 1e-5), `${backend}: ${errs}`);
+    assert.ok(
+      errs.every((e) => e <= 1e-5),
+      `${backend}: ${errs}`,
+    );
     tf.dispose(Object.values(x));
     assert.equal(tf.memory().numTensors, before, `${backend}: tensors leaked`);
   });
@@ -213,12 +254,20 @@ test('heads as tf.Variables (not saved for the backward pass) give the same grad
     const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, kind: 'forward_kl', kdRatio: 0.5 };
     const out = tf.tidy(() => {
       const ref = tf.valueAndGrads((h: tf.Tensor, ww: tf.Tensor) => reference(x, h as tf.Tensor2D, ww as tf.Tensor2D, opts, true))([x.h, x.w]);
-      const got = tf.variableGrads(() =>
-        kdLossFromHidden({
-          studentHidden: tf.mul(x.h, 1) as tf.Tensor2D, studentHead: w, teacherHidden: x.th, teacherHead: tw,
-          labels: x.labels, mask: x.mask, options: opts, chunkSize: 6,
-        }).loss,
-      [w]);
+      const got = tf.variableGrads(
+        () =>
+          kdLossFromHidden({
+            studentHidden: tf.mul(x.h, 1) as tf.Tensor2D,
+            studentHead: w,
+            teacherHidden: x.th,
+            teacherHead: tw,
+            labels: x.labels,
+            mask: x.mask,
+            options: opts,
+            chunkSize: 6,
+          }).loss,
+        [w],
+      );
       return [got.grads[w.name], ref.grads[1]];
     });
     const [gw, rw] = await readAndDispose(out);

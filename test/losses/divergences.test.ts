@@ -96,7 +96,10 @@ test('zero mask: loss 0 and count 0, no NaN; mixing follows (1 − α)·CE + α�
 });
 
 test('option checks name the option', () => {
-  assert.throws(() => validateKdOptions(opts({ kind: 'jsd', jsdBeta: 0 })), (e: unknown) => e instanceof ConfigError && /jsdBeta/.test(String(e)));
+  assert.throws(
+    () => validateKdOptions(opts({ kind: 'jsd', jsdBeta: 0 })),
+    (e: unknown) => e instanceof ConfigError && /jsdBeta/.test(String(e)),
+  );
   assert.throws(() => validateKdOptions(opts({ temperature: 0 })), ConfigError);
   assert.throws(() => validateKdOptions(opts({ kind: 'skew_kl', skewLambda: 1 })), ConfigError);
   assert.throws(() => validateKdOptions(opts({ kdRatio: 1.5 })), ConfigError);
@@ -108,12 +111,17 @@ test('α is kdRatio; its 0.1 name alpha is read for one release, and both names 
   assert.equal(kdRatioOf(opts({ kdRatio: 0.25 })), 0.25);
   assert.equal(kdRatioOf(opts({ alpha: 0.25 })), 0.25);
   assert.equal(kdRatioOf(opts({ kdRatio: 0.25, alpha: 0.25 })), 0.25);
-  assert.throws(() => validateKdOptions(opts({ kdRatio: 0.25, alpha: 0.5 })), (e: unknown) => e instanceof ConfigError && /kdRatio 0\.25 and alpha 0\.5.*give kdRatio only/.test(e.message));
-  assert.throws(() => validateKdOptions(opts({ alpha: 1.5 })), (e: unknown) => e instanceof ConfigError && /kdRatio 1\.5: must be in \[0, 1\]/.test(e.message));
-  const [byNew, byOld] = await readScalars(tf.tidy(() => [
-    mixLosses(tf.scalar(3), tf.scalar(0.5), opts({ kdRatio: 0.25 })),
-    mixLosses(tf.scalar(3), tf.scalar(0.5), opts({ alpha: 0.25 })),
-  ]));
+  assert.throws(
+    () => validateKdOptions(opts({ kdRatio: 0.25, alpha: 0.5 })),
+    (e: unknown) => e instanceof ConfigError && /kdRatio 0\.25 and alpha 0\.5.*give kdRatio only/.test(e.message),
+  );
+  assert.throws(
+    () => validateKdOptions(opts({ alpha: 1.5 })),
+    (e: unknown) => e instanceof ConfigError && /kdRatio 1\.5: must be in \[0, 1\]/.test(e.message),
+  );
+  const [byNew, byOld] = await readScalars(
+    tf.tidy(() => [mixLosses(tf.scalar(3), tf.scalar(0.5), opts({ kdRatio: 0.25 })), mixLosses(tf.scalar(3), tf.scalar(0.5), opts({ alpha: 0.25 }))]),
+  );
   assert.equal(byOld, byNew);
   assert.equal(byNew, 0.75 * 3 + 0.25 * 0.5);
 });

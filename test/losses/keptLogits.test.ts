@@ -31,11 +31,18 @@ test('kept logits give the gradients of recomputed ones, with two fewer head pro
         const before = tf.memory().numTensors;
         let grads: tf.Tensor[] = [];
         const info = await tf.profile(() => {
-          grads = tf.grads((h: tf.Tensor, w: tf.Tensor) =>
-            kdLossFromHidden({
-              studentHidden: tf.mul(h, 1) as tf.Tensor2D, studentHead: w as tf.Tensor2D, teacherHidden: x.th, teacherHead: x.tw,
-              labels: x.labels, mask: x.mask, options: { ...DEFAULT_KD_LOSS, kdRatio: 0.5 }, chunkSize: 16,
-            }).loss,
+          grads = tf.grads(
+            (h: tf.Tensor, w: tf.Tensor) =>
+              kdLossFromHidden({
+                studentHidden: tf.mul(h, 1) as tf.Tensor2D,
+                studentHead: w as tf.Tensor2D,
+                teacherHidden: x.th,
+                teacherHead: x.tw,
+                labels: x.labels,
+                mask: x.mask,
+                options: { ...DEFAULT_KD_LOSS, kdRatio: 0.5 },
+                chunkSize: 16,
+              }).loss,
           )([x.h, x.w]);
           return grads;
         });
@@ -54,7 +61,15 @@ test('kept logits give the gradients of recomputed ones, with two fewer head pro
     assert.equal(recomputed.left, 0);
     // Without a tape nothing is kept (no backward would release it).
     const before = tf.memory().numTensors;
-    const plain = kdLossFromHidden({ studentHidden: x.h, studentHead: x.w, teacherHidden: x.th, teacherHead: x.tw, mask: x.mask, options: DEFAULT_KD_LOSS, chunkSize: 16 });
+    const plain = kdLossFromHidden({
+      studentHidden: x.h,
+      studentHead: x.w,
+      teacherHidden: x.th,
+      teacherHead: x.tw,
+      mask: x.mask,
+      options: DEFAULT_KD_LOSS,
+      chunkSize: 16,
+    });
     tf.dispose([plain.loss, plain.kd, plain.count, ...(plain.ce ? [plain.ce] : [])]);
     assert.equal(tf.memory().numTensors, before, `${backend}: a forward without a tape kept tensors`);
     tf.dispose(Object.values(x));

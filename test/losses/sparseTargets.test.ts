@@ -12,9 +12,7 @@ import { divergenceGradient, logSoftmax, perPositionDivergence } from '../../src
 import { maskedMean } from '../../src/losses/maskedMean.ts';
 import { mixLosses } from '../../src/losses/mixing.ts';
 import { tokenCrossEntropy } from '../../src/losses/crossEntropy.ts';
-import {
-  sampledKl, sparseGradient, sparsePerPosition, teacherTopK, topKGhostKl, type SparseTargets,
-} from '../../src/losses/sparseTargets.ts';
+import { sampledKl, sparseGradient, sparsePerPosition, teacherTopK, topKGhostKl, type SparseTargets } from '../../src/losses/sparseTargets.ts';
 import { DEFAULT_KD_LOSS, type KdLossOptions } from '../../src/losses/types.ts';
 import { ConfigError } from '../../src/errors.ts';
 
@@ -45,7 +43,10 @@ function sampleTargets(probs: Float32Array, n: number, v: number, draws: number,
       let id = v - 1;
       for (let j = 0; j < v; j++) {
         u -= probs[r * v + j];
-        if (u < 0) { id = j; break; }
+        if (u < 0) {
+          id = j;
+          break;
+        }
       }
       counts.set(id, (counts.get(id) ?? 0) + 1);
     }
@@ -91,8 +92,10 @@ test('sparse targets: chunked == unchunked autodiff (renorm, ghost, sampled), CE
     const [probs, lpT] = await readAndDispose([x.probs, x.lpT]);
     const s = sampleTargets(probs as Float32Array, N, V, 50, rng(9), lpT as Float32Array);
     const sampled = {
-      ids: tf.tensor2d(s.ids, [N, s.k], 'int32'), counts: tf.tensor2d(s.cnt, [N, s.k]),
-      logProbs: tf.tensor2d(s.lp, [N, s.k]), temperature,
+      ids: tf.tensor2d(s.ids, [N, s.k], 'int32'),
+      counts: tf.tensor2d(s.cnt, [N, s.k]),
+      logProbs: tf.tensor2d(s.lp, [N, s.k]),
+      temperature,
     };
     const all: SparseTargets[] = [
       { kind: 'topk_renorm', ...x.topk },
@@ -104,24 +107,33 @@ test('sparse targets: chunked == unchunked autodiff (renorm, ghost, sampled), CE
     const { h, w, labels, mask } = x;
     const opts: KdLossOptions = { ...DEFAULT_KD_LOSS, temperature, kdRatio: 0.7 };
     for (const targets of all) {
-      const [rv, rh, rw] = await readAndDispose(tf.tidy(() => {
-        const ref = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor) => {
-          const z = tf.matMul(a, b, false, true) as tf.Tensor2D;
-          const kd = maskedMean(sparsePerPosition(z, targets, temperature), mask).loss;
-          return mixLosses(maskedMean(tokenCrossEntropy(z, labels), mask).loss, kd, opts);
-        })([h, w]);
-        return [ref.value, ...ref.grads];
-      }));
+      const [rv, rh, rw] = await readAndDispose(
+        tf.tidy(() => {
+          const ref = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor) => {
+            const z = tf.matMul(a, b, false, true) as tf.Tensor2D;
+            const kd = maskedMean(sparsePerPosition(z, targets, temperature), mask).loss;
+            return mixLosses(maskedMean(tokenCrossEntropy(z, labels), mask).loss, kd, opts);
+          })([h, w]);
+          return [ref.value, ...ref.grads];
+        }),
+      );
       for (const chunkSize of [1, 4, 11, 16]) {
-        const [gv, gh, gw] = await readAndDispose(tf.tidy(() => {
-          const got = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor) =>
-            sparseKdLossFromHidden({ studentHidden: a as tf.Tensor2D, studentHead: b as tf.Tensor2D, targets, labels, mask, options: opts, chunkSize }).loss,
-          )([h, w]);
-          return [got.value, ...got.grads];
-        }));
+        const [gv, gh, gw] = await readAndDispose(
+          tf.tidy(() => {
+            const got = tf.valueAndGrads(
+              (a: tf.Tensor, b: tf.Tensor) =>
+                sparseKdLossFromHidden({ studentHidden: a as tf.Tensor2D, studentHead: b as tf.Tensor2D, targets, labels, mask, options: opts, chunkSize })
+                  .loss,
+            )([h, w]);
+            return [got.value, ...got.grads];
+          }),
+        );
         const errs = [relError(gv, rv), relError(gh, rh), relError(gw, rw)];
         worst = Math.max(worst, ...errs);
-        assert.ok(errs.every((e) => e <= 1e-5), `${backend} ${targets.kind} chunk ${chunkSize}: ${errs}`);
+        assert.ok(
+          errs.every((e) => e <= 1e-5),
+          `${backend} ${targets.kind} chunk ${chunkSize}: ${errs}`,
+        );
       }
     }
     tf.dispose([...tensorsIn(x), ...tensorsIn(sampled)]);
@@ -172,15 +184,17 @@ test('sampled KD is unbiased: its mean over many draws equals the full forward K
     const gradSum = new Float64Array(n * v);
     for (let t = 0; t < trials; t++) {
       const s = sampleTargets(probs as Float32Array, n, v, 50, next, lp as Float32Array);
-      const [est, ce, g] = await readAndDispose(tf.tidy(() => {
-        const ids = tf.tensor2d(s.ids, [n, s.k], 'int32');
-        const counts = tf.tensor2d(s.cnt, [n, s.k]);
-        return [
-          sampledKl(zs, { ids, counts, logProbs: tf.tensor2d(s.lp, [n, s.k]), temperature }, temperature),
-          sampledKl(zs, { ids, counts, temperature }, temperature),
-          sparseGradient(zs, { kind: 'sampled', ids, counts, temperature }, temperature),
-        ];
-      }));
+      const [est, ce, g] = await readAndDispose(
+        tf.tidy(() => {
+          const ids = tf.tensor2d(s.ids, [n, s.k], 'int32');
+          const counts = tf.tensor2d(s.cnt, [n, s.k]);
+          return [
+            sampledKl(zs, { ids, counts, logProbs: tf.tensor2d(s.lp, [n, s.k]), temperature }, temperature),
+            sampledKl(zs, { ids, counts, temperature }, temperature),
+            sparseGradient(zs, { kind: 'sampled', ids, counts, temperature }, temperature),
+          ];
+        }),
+      );
       for (let i = 0; i < n; i++) {
         sum[i] += est[i];
         sumSq[i] += est[i] ** 2;
@@ -200,7 +214,9 @@ test('sampled KD is unbiased: its mean over many draws equals the full forward K
     const gradMean = Array.from(gradSum, (x) => x / trials);
     const err = gradMean.reduce((m, x, j) => Math.max(m, Math.abs(x - fullGrad[j])), 0);
     assert.ok(err < 0.02, `${backend}: sampled gradient mean off by ${err}`);
-    console.log(`${backend}: sampled KD over ${trials} draws of 50: worst |mean − KL| / se = ${Math.max(...Array.from(sum, (x, i) => Math.abs(x / trials - fullKl[i]) / Math.sqrt((sumSq[i] / trials - (x / trials) ** 2) / trials))).toFixed(2)}, gradient max abs err ${err.toExponential(2)}`);
+    console.log(
+      `${backend}: sampled KD over ${trials} draws of 50: worst |mean − KL| / se = ${Math.max(...Array.from(sum, (x, i) => Math.abs(x / trials - fullKl[i]) / Math.sqrt((sumSq[i] / trials - (x / trials) ** 2) / trials))).toFixed(2)}, gradient max abs err ${err.toExponential(2)}`,
+    );
     assert.equal(tf.memory().numTensors, before, `${backend}: tensors leaked`);
   });
 });

@@ -5,9 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fixture } from '../helpers/fixtures.ts';
-import {
-  checkVocabulariesAgree, readTokenizerVocab, sharedVocab, VocabularyMismatchError,
-} from '../../src/losses/vocabAlignment.ts';
+import { checkVocabulariesAgree, readTokenizerVocab, sharedVocab, VocabularyMismatchError } from '../../src/losses/vocabAlignment.ts';
 import { FormatError } from '../../src/errors.ts';
 
 test('sharedVocab: min of the two sizes, a note only when they differ', () => {

@@ -32,9 +32,12 @@ export function checkpointVariant(
   config?: (c: Record<string, unknown>) => Record<string, unknown>,
 ): string {
   const dir = scratchDir(name);
-  const tensors = [...readAllSafetensors(fixture(name, 'model.safetensors'))].map(
-    ([n, t]): F32Tensor => ({ name: n, dtype: 'F32', shape: t.shape, data: t.data as Float32Array }),
-  );
+  const tensors = [...readAllSafetensors(fixture(name, 'model.safetensors'))].map(([n, t]): F32Tensor => ({
+    name: n,
+    dtype: 'F32',
+    shape: t.shape,
+    data: t.data as Float32Array,
+  }));
   writeFileSync(join(dir, 'model.safetensors'), encodeSafetensors(edit(tensors), { format: 'pt' }));
   const cfg = JSON.parse(readFileSync(fixture(name, 'config.json'), 'utf8')) as Record<string, unknown>;
   writeFileSync(join(dir, 'config.json'), JSON.stringify(config ? config(cfg) : cfg));

@@ -50,12 +50,15 @@ test('mistral and qwen2 map to the llama family; qwen2 has q/k/v biases but no o
 
 /** Asserts the error class and that the message names the file and each given word (field names). */
 function assertRejects(json: unknown, cls: typeof ConfigError | typeof FormatError, ...words: string[]): void {
-  assert.throws(() => parseModelConfig(json, FILE), (e: Error) => {
-    assert.ok(e instanceof cls, `expected ${cls.name}, got ${e.constructor.name}: ${e.message}`);
-    assert.ok(e.message.includes(FILE), `message names the file: ${e.message}`);
-    for (const w of words) assert.ok(e.message.includes(w), `message names "${w}": ${e.message}`);
-    return true;
-  });
+  assert.throws(
+    () => parseModelConfig(json, FILE),
+    (e: Error) => {
+      assert.ok(e instanceof cls, `expected ${cls.name}, got ${e.constructor.name}: ${e.message}`);
+      assert.ok(e.message.includes(FILE), `message names the file: ${e.message}`);
+      for (const w of words) assert.ok(e.message.includes(w), `message names "${w}": ${e.message}`);
+      return true;
+    },
+  );
 }
 
 test('unknown model_type is a ConfigError naming the type and the field', () => {
@@ -100,8 +103,14 @@ test('checkSequenceLength: up to the position range is accepted, one past it is 
   const gpt2 = parseModelConfig(read('gpt2-tiny'), FILE);
   checkSequenceLength(llama, 128, 'the student', FILE);
   checkSequenceLength(gpt2, 64, 'the teacher', FILE);
-  assert.throws(() => checkSequenceLength(llama, 129, 'the student', FILE),
-    (e: unknown) => e instanceof ConfigError && /--seq_length 129 is longer than the student's max_position_embeddings 128 \(\/ckpt\/config\.json\).*raise max_position_embeddings/.test(e.message));
-  assert.throws(() => checkSequenceLength(gpt2, 65, 'the teacher', FILE),
-    (e: unknown) => e instanceof ConfigError && /the teacher's n_positions 64 .*Use --seq_length 64 or less\.$/.test(e.message));
+  assert.throws(
+    () => checkSequenceLength(llama, 129, 'the student', FILE),
+    (e: unknown) =>
+      e instanceof ConfigError &&
+      /--seq_length 129 is longer than the student's max_position_embeddings 128 \(\/ckpt\/config\.json\).*raise max_position_embeddings/.test(e.message),
+  );
+  assert.throws(
+    () => checkSequenceLength(gpt2, 65, 'the teacher', FILE),
+    (e: unknown) => e instanceof ConfigError && /the teacher's n_positions 64 .*Use --seq_length 64 or less\.$/.test(e.message),
+  );
 });

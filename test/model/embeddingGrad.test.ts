@@ -57,7 +57,12 @@ for (const { name, embedding } of CASES) {
       const orig = (await emb.data()) as Float32Array;
       const idsArr = ids.data as Int32Array;
       // Ids that occur in the input (embedding and head paths) and one that does not (head path only).
-      const entries: [number, number][] = [[idsArr[3], 0], [idsArr[t + 5], hidden - 1], [idsArr[0], 7], [vocab - 1, 2]];
+      const entries: [number, number][] = [
+        [idsArr[3], 0],
+        [idsArr[t + 5], hidden - 1],
+        [idsArr[0], 7],
+        [vocab - 1, 2],
+      ];
       const eps = 1e-3;
       for (const [row, col] of entries) {
         const at = row * hidden + col;
@@ -69,7 +74,9 @@ for (const { name, embedding } of CASES) {
         };
         const fd = ((await probe(eps)) - (await probe(-eps))) / (2 * eps);
         const err = Math.abs(fd - g[at]) / Math.max(Math.abs(fd), 1e-2);
-        console.log(`${name} on ${backend}: d loss / d ${embedding}[${row}, ${col}] autodiff ${g[at].toFixed(5)} finite-diff ${fd.toFixed(5)} (rel ${err.toExponential(1)})`);
+        console.log(
+          `${name} on ${backend}: d loss / d ${embedding}[${row}, ${col}] autodiff ${g[at].toFixed(5)} finite-diff ${fd.toFixed(5)} (rel ${err.toExponential(1)})`,
+        );
         assert.ok(err < 5e-3, `${name} on ${backend}: gradient at [${row}, ${col}] is ${g[at]}, finite differences give ${fd}`);
       }
       tf.tidy(() => emb.assign(tf.tensor2d(orig, emb.shape as [number, number])));

@@ -11,16 +11,22 @@ test('ids out of vocab name the bad id and its [batch, seq] position, on each mo
     for (const name of ['gpt2-tiny', 'llama-student']) {
       const model = await loadModel(fixture(name), { trainable: false });
       const before = tf.memory().numTensors;
-      for (const [bad, at] of [[1000, [1, 2]], [-1, [0, 4]]] as const) {
+      for (const [bad, at] of [
+        [1000, [1, 2]],
+        [-1, [0, 4]],
+      ] as const) {
         const data = new Int32Array(2 * 6).fill(5);
         data[at[0] * 6 + at[1]] = bad;
         const ids = tf.tensor2d(data, [2, 6], 'int32');
-        assert.throws(() => model.logits(ids), (e: Error) => {
-          assert.ok(e instanceof TokenIdError, `${name}: got ${e.constructor.name}: ${e.message}`);
-          assert.ok(e.message.includes(`input_ids[${at[0]}, ${at[1]}] = ${bad}`), e.message);
-          assert.ok(e.message.includes('[0, 1000)'), e.message);
-          return true;
-        });
+        assert.throws(
+          () => model.logits(ids),
+          (e: Error) => {
+            assert.ok(e instanceof TokenIdError, `${name}: got ${e.constructor.name}: ${e.message}`);
+            assert.ok(e.message.includes(`input_ids[${at[0]}, ${at[1]}] = ${bad}`), e.message);
+            assert.ok(e.message.includes('[0, 1000)'), e.message);
+            return true;
+          },
+        );
         ids.dispose();
       }
       assert.equal(tf.memory().numTensors, before, 'a rejected call leaks nothing');

@@ -31,8 +31,15 @@ function assertClose(got: Float32Array, want: number[], what: string): void {
 }
 
 const llama31 = {
-  model_type: 'llama', vocab_size: 128256, hidden_size: 4096, num_hidden_layers: 32, num_attention_heads: 32,
-  num_key_value_heads: 8, intermediate_size: 14336, max_position_embeddings: 131072, rope_theta: 500000.0,
+  model_type: 'llama',
+  vocab_size: 128256,
+  hidden_size: 4096,
+  num_hidden_layers: 32,
+  num_attention_heads: 32,
+  num_key_value_heads: 8,
+  intermediate_size: 14336,
+  max_position_embeddings: 131072,
+  rope_theta: 500000.0,
   rope_scaling: { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192, rope_type: 'llama3' },
 };
 
@@ -47,7 +54,10 @@ test('llama3 rope scaling (Llama 3.1 8B config) gives transformers inv_freq', ()
   const base = baseInvFreq(128, 500000);
   assert.ok(Math.abs(got[0] - base[0]) < 1e-7);
   assert.ok(Math.abs(got[63] - base[63] / 8) / (base[63] / 8) < 1e-6);
-  assert.ok(got.some((f, i) => f < base[i] * 0.99 && f > (base[i] / 8) * 1.01), 'a blended band exists');
+  assert.ok(
+    got.some((f, i) => f < base[i] * 0.99 && f > (base[i] / 8) * 1.01),
+    'a blended band exists',
+  );
 });
 
 test('the same llama3 scaling given as transformers 5 rope_parameters parses the same', () => {
@@ -60,7 +70,11 @@ test('the same llama3 scaling given as transformers 5 rope_parameters parses the
 test('linear rope scaling divides every frequency by the factor', () => {
   const c = parseModelConfig({ ...llama31, rope_theta: 10000, rope_scaling: { type: 'linear', factor: 4 }, head_dim: 64 }, 'lin/config.json');
   assert.equal(c.ropeScaling.type, 'linear');
-  assertClose(ropeInvFreq(c.headDim, c.ropeTheta, c.ropeScaling), baseInvFreq(64, 10000).map((f) => f / 4), 'linear');
+  assertClose(
+    ropeInvFreq(c.headDim, c.ropeTheta, c.ropeScaling),
+    baseInvFreq(64, 10000).map((f) => f / 4),
+    'linear',
+  );
 });
 
 test('default rope (fixtures form: rope_parameters with rope_type default)', () => {

@@ -29,8 +29,12 @@ async function logitsOf(dir: string): Promise<Float32Array> {
   return d;
 }
 
-const bias = (name: string, n: number, fill: (i: number) => number = () => 0): F32Tensor =>
-  ({ name, dtype: 'F32', shape: [n], data: Float32Array.from({ length: n }, (_, i) => fill(i)) });
+const bias = (name: string, n: number, fill: (i: number) => number = () => 0): F32Tensor => ({
+  name,
+  dtype: 'F32',
+  shape: [n],
+  data: Float32Array.from({ length: n }, (_, i) => fill(i)),
+});
 
 const vBias = (i: number): number => Math.sin(i + 1) * 0.5;
 
@@ -38,16 +42,26 @@ test('zero attention/MLP biases (llama attention_bias, mlp_bias; qwen2) leave th
   await onEachBackend(async () => {
     const ref = await logitsOf(fixture(NAME));
     const p = 'model.layers.0.';
-    const llamaBiased = checkpointVariant(NAME, (ts) => [
-      ...ts,
-      bias(`${p}self_attn.q_proj.bias`, HIDDEN), bias(`${p}self_attn.k_proj.bias`, KV), bias(`${p}self_attn.v_proj.bias`, KV),
-      bias(`${p}self_attn.o_proj.bias`, HIDDEN),
-      bias(`${p}mlp.gate_proj.bias`, 80), bias(`${p}mlp.up_proj.bias`, 80), bias(`${p}mlp.down_proj.bias`, HIDDEN),
-    ], (c) => ({ ...c, attention_bias: true, mlp_bias: true }));
+    const llamaBiased = checkpointVariant(
+      NAME,
+      (ts) => [
+        ...ts,
+        bias(`${p}self_attn.q_proj.bias`, HIDDEN),
+        bias(`${p}self_attn.k_proj.bias`, KV),
+        bias(`${p}self_attn.v_proj.bias`, KV),
+        bias(`${p}self_attn.o_proj.bias`, HIDDEN),
+        bias(`${p}mlp.gate_proj.bias`, 80),
+        bias(`${p}mlp.up_proj.bias`, 80),
+        bias(`${p}mlp.down_proj.bias`, HIDDEN),
+      ],
+      (c) => ({ ...c, attention_bias: true, mlp_bias: true }),
+    );
     assert.equal(maxAbsDiff(await logitsOf(llamaBiased), ref), 0);
-    const qwen = checkpointVariant(NAME, (ts) => [
-      ...ts, bias(`${p}self_attn.q_proj.bias`, HIDDEN), bias(`${p}self_attn.k_proj.bias`, KV), bias(`${p}self_attn.v_proj.bias`, KV),
-    ], (c) => ({ ...c, model_type: 'qwen2', attention_bias: undefined }));
+    const qwen = checkpointVariant(
+      NAME,
+      (ts) => [...ts, bias(`${p}self_attn.q_proj.bias`, HIDDEN), bias(`${p}self_attn.k_proj.bias`, KV), bias(`${p}self_attn.v_proj.bias`, KV)],
+      (c) => ({ ...c, model_type: 'qwen2', attention_bias: undefined }),
+    );
     assert.equal(maxAbsDiff(await logitsOf(qwen), ref), 0);
   });
 });
@@ -63,12 +77,16 @@ test('a Qwen2 v_proj bias b equals a Llama o_proj bias W_o·b', async () => {
       for (let i = 0; i < HIDDEN; i++) s += wo[j * HIDDEN + i] * repeated(i);
       return s;
     };
-    const qwen = checkpointVariant(NAME, (ts) => [
-      ...ts, bias(`${p}q_proj.bias`, HIDDEN), bias(`${p}k_proj.bias`, KV), bias(`${p}v_proj.bias`, KV, vBias),
-    ], (c) => ({ ...c, model_type: 'qwen2' }));
-    const llama = checkpointVariant(NAME, (ts) => [
-      ...ts, bias(`${p}q_proj.bias`, HIDDEN), bias(`${p}k_proj.bias`, KV), bias(`${p}v_proj.bias`, KV), bias(`${p}o_proj.bias`, HIDDEN, oBias),
-    ], (c) => ({ ...c, attention_bias: true }));
+    const qwen = checkpointVariant(
+      NAME,
+      (ts) => [...ts, bias(`${p}q_proj.bias`, HIDDEN), bias(`${p}k_proj.bias`, KV), bias(`${p}v_proj.bias`, KV, vBias)],
+      (c) => ({ ...c, model_type: 'qwen2' }),
+    );
+    const llama = checkpointVariant(
+      NAME,
+      (ts) => [...ts, bias(`${p}q_proj.bias`, HIDDEN), bias(`${p}k_proj.bias`, KV), bias(`${p}v_proj.bias`, KV), bias(`${p}o_proj.bias`, HIDDEN, oBias)],
+      (c) => ({ ...c, attention_bias: true }),
+    );
     const a = await logitsOf(qwen);
     const b = await logitsOf(llama);
     const err = relError(a, b);
@@ -82,7 +100,11 @@ test('a Mistral sliding window w leaves positions < w unchanged and changes late
   await onEachBackend(async () => {
     const ref = await logitsOf(fixture(NAME));
     const w = 5;
-    const mistral = checkpointVariant(NAME, (ts) => ts, (c) => ({ ...c, model_type: 'mistral', sliding_window: w }));
+    const mistral = checkpointVariant(
+      NAME,
+      (ts) => ts,
+      (c) => ({ ...c, model_type: 'mistral', sliding_window: w }),
+    );
     const got = await logitsOf(mistral);
     const [seq, vocab] = [17, 1000];
     for (let b = 0; b < 2; b++) {
@@ -90,7 +112,11 @@ test('a Mistral sliding window w leaves positions < w unchanged and changes late
       for (let t = 0; t < w; t++) assert.equal(maxAbsDiff(row(got, t), row(ref, t)), 0, `position ${t}`);
       assert.ok(maxAbsDiff(row(got, seq - 1), row(ref, seq - 1)) > 1e-4, 'the window cuts the last position off');
     }
-    const wide = checkpointVariant(NAME, (ts) => ts, (c) => ({ ...c, model_type: 'mistral', sliding_window: 64 }));
+    const wide = checkpointVariant(
+      NAME,
+      (ts) => ts,
+      (c) => ({ ...c, model_type: 'mistral', sliding_window: 64 }),
+    );
     assert.equal(maxAbsDiff(await logitsOf(wide), ref), 0);
   });
 });
@@ -98,10 +124,14 @@ test('a Mistral sliding window w leaves positions < w unchanged and changes late
 test('GPT-2 with an untied lm_head equal to wte gives the tied logits', async () => {
   await onEachBackend(async () => {
     const ids = readAllSafetensors(fixture('gpt2-tiny', 'expected.safetensors'));
-    const untied = checkpointVariant('gpt2-tiny', (ts) => {
-      const wte = ts.find((t) => t.name === 'transformer.wte.weight')!;
-      return [...ts, { ...wte, name: 'lm_head.weight', data: wte.data.slice() }];
-    }, (c) => ({ ...c, tie_word_embeddings: false }));
+    const untied = checkpointVariant(
+      'gpt2-tiny',
+      (ts) => {
+        const wte = ts.find((t) => t.name === 'transformer.wte.weight')!;
+        return [...ts, { ...wte, name: 'lm_head.weight', data: wte.data.slice() }];
+      },
+      (c) => ({ ...c, tie_word_embeddings: false }),
+    );
     const model = await loadModel(untied, { trainable: true });
     assert.ok(model.params.has('lm_head.weight'));
     const inp = ids.get('input_ids')!;

@@ -63,13 +63,33 @@ test('workers on nodes: students in blocks of --devices, teachers round-robin af
 
 test('the sbatch script: one task per node, the run flags quoted, a SIGINT before the time limit', () => {
   const s = sbatchScript({
-    nodes: 2, gpusPerNode: 8, partition: 'gpu', time: '04:00:00', account: 'proj', jobName: 'distill-kd', stopBeforeS: 180,
-    distill: '/usr/bin/node /opt/distill/bin/distill.js', runArgs: ['--name', 'kd', '--data_paths', "1 a 1 b's", '--num_nodes', '2', '--devices', '8'],
-    output: '/runs/kd/slurm-%j.out', chdir: '/work',
+    nodes: 2,
+    gpusPerNode: 8,
+    partition: 'gpu',
+    time: '04:00:00',
+    account: 'proj',
+    jobName: 'distill-kd',
+    stopBeforeS: 180,
+    distill: '/usr/bin/node /opt/distill/bin/distill.js',
+    runArgs: ['--name', 'kd', '--data_paths', "1 a 1 b's", '--num_nodes', '2', '--devices', '8'],
+    output: '/runs/kd/slurm-%j.out',
+    chdir: '/work',
   });
-  for (const line of ['#SBATCH --nodes=2', '#SBATCH --ntasks-per-node=1', '#SBATCH --gpus-per-node=8', '#SBATCH --partition=gpu', '#SBATCH --time=04:00:00', '#SBATCH --account=proj', '#SBATCH --signal=INT@180', '#SBATCH --chdir=/work']) {
+  for (const line of [
+    '#SBATCH --nodes=2',
+    '#SBATCH --ntasks-per-node=1',
+    '#SBATCH --gpus-per-node=8',
+    '#SBATCH --partition=gpu',
+    '#SBATCH --time=04:00:00',
+    '#SBATCH --account=proj',
+    '#SBATCH --signal=INT@180',
+    '#SBATCH --chdir=/work',
+  ]) {
     assert.ok(s.split('\n').includes(line), `${line} in\n${s}`);
   }
-  assert.match(s, /\nsrun --kill-on-bad-exit=1 --ntasks-per-node=1 \/usr\/bin\/node \/opt\/distill\/bin\/distill\.js run --name kd --data_paths '1 a 1 b'\\''s' --num_nodes 2 --devices 8\n/);
+  assert.match(
+    s,
+    /\nsrun --kill-on-bad-exit=1 --ntasks-per-node=1 \/usr\/bin\/node \/opt\/distill\/bin\/distill\.js run --name kd --data_paths '1 a 1 b'\\''s' --num_nodes 2 --devices 8\n/,
+  );
   assert.equal(shellQuote('a b'), "'a b'");
 });

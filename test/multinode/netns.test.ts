@@ -59,7 +59,9 @@ const netnsError = makeNamespaces();
 const netns = netnsError === null;
 if (!netns) {
   ADDR.splice(0, 2, '127.0.0.1', '127.0.0.2');
-  console.log(`# network namespaces unavailable here (${netnsError}); falling back to two processes on loopback ${ADDR.join(' / ')}, a SIGSTOP of node 1 standing in for the cut link`);
+  console.log(
+    `# network namespaces unavailable here (${netnsError}); falling back to two processes on loopback ${ADDR.join(' / ')}, a SIGSTOP of node 1 standing in for the cut link`,
+  );
 }
 const children: ChildProcess[] = [];
 after(() => {
@@ -70,10 +72,45 @@ after(() => {
 
 function runArgs(name: string, maxSteps: number, saveInterval: number): string[] {
   return [
-    'run', '--name', name, '--log_dir', dir, '--student_path', fixture('llama-student'), '--teacher_path', fixture('llama-teacher'),
-    '--data_paths', fixture('megatron', 'small_text_document'), '--seq_length', '16', '--split', '80,20,0', '--seed', '7',
-    '--max_steps', String(maxSteps), '--gbs', '2', '--mbs', '1', '--save_interval', String(saveInterval), '--val_check_interval', '3',
-    '--limit_val_batches', '2', '--log_interval', '1', '--lr', '1e-3', '--min_lr', '1e-4', '--warmup_steps', '1', '--backend', 'cpu',
+    'run',
+    '--name',
+    name,
+    '--log_dir',
+    dir,
+    '--student_path',
+    fixture('llama-student'),
+    '--teacher_path',
+    fixture('llama-teacher'),
+    '--data_paths',
+    fixture('megatron', 'small_text_document'),
+    '--seq_length',
+    '16',
+    '--split',
+    '80,20,0',
+    '--seed',
+    '7',
+    '--max_steps',
+    String(maxSteps),
+    '--gbs',
+    '2',
+    '--mbs',
+    '1',
+    '--save_interval',
+    String(saveInterval),
+    '--val_check_interval',
+    '3',
+    '--limit_val_batches',
+    '2',
+    '--log_interval',
+    '1',
+    '--lr',
+    '1e-3',
+    '--min_lr',
+    '1e-4',
+    '--warmup_steps',
+    '1',
+    '--backend',
+    'cpu',
   ];
 }
 
@@ -87,17 +124,28 @@ function startNode(rank: number, args: string[], port: number): NodeRun {
   const cmd = [process.execPath, '--import', 'tsx', join(ROOT, 'src/cli/main.ts'), ...args, '--num_nodes', '2', '--devices', '1'];
   const argv = netns ? ['ip', 'netns', 'exec', NS[rank], ...cmd] : cmd;
   const child = spawn(argv[0], argv.slice(1), {
-    cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'],
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
     env: {
-      ...process.env, MASTER_ADDR: ADDR[0], MASTER_PORT: String(port), NODE_RANK: String(rank), NNODES: '2', NPROC_PER_NODE: '1',
-      DISTILL_NODE_TIMEOUT_S: String(PEER_TIMEOUT_S), DISTILL_RENDEZVOUS_TIMEOUT_S: '60',
+      ...process.env,
+      MASTER_ADDR: ADDR[0],
+      MASTER_PORT: String(port),
+      NODE_RANK: String(rank),
+      NNODES: '2',
+      NPROC_PER_NODE: '1',
+      DISTILL_NODE_TIMEOUT_S: String(PEER_TIMEOUT_S),
+      DISTILL_RENDEZVOUS_TIMEOUT_S: '60',
     },
   });
   children.push(child);
   let stdout = '';
   let stderr = '';
-  child.stdout!.on('data', (b: Buffer) => { stdout += b.toString(); });
-  child.stderr!.on('data', (b: Buffer) => { stderr += b.toString(); });
+  child.stdout!.on('data', (b: Buffer) => {
+    stdout += b.toString();
+  });
+  child.stderr!.on('data', (b: Buffer) => {
+    stderr += b.toString();
+  });
   const done = new Promise<{ code: number | null; stdout: string; stderr: string; endedAt: number }>((resolve) => {
     child.on('exit', (code) => resolve({ code, stdout, stderr, endedAt: Date.now() }));
   });
@@ -111,7 +159,10 @@ const weights = (d: string): Map<string, Float32Array> =>
 test(`DP 2 across two nodes (${netns ? 'network namespaces over a veth pair' : 'loopback fallback'}) gives the weights of one worker`, async () => {
   const port = randomPort();
   const nodes = [0, 1].map((r) => startNode(r, runArgs('dp2', 6, 2), port));
-  const single = await run(recipeFromFlags('distill', runArgs('single', 6, 2), () => ''), { log: null });
+  const single = await run(
+    recipeFromFlags('distill', runArgs('single', 6, 2), () => ''),
+    { log: null },
+  );
   const [n0, n1] = await Promise.all(nodes.map((n) => n.done));
   assert.equal(n0.code, 0, `node 0 failed:\n${n0.stderr}`);
   assert.equal(n1.code, 0, `node 1 failed:\n${n1.stderr}`);
@@ -147,7 +198,10 @@ test('cutting the link mid-run ends both nodes with the clear error within the b
   const n1 = await nodes[1].done;
   assert.notEqual(n0.code, 0);
   assert.notEqual(n1.code, 0);
-  assert.match(n0.stderr, /distill: lost contact with node 1 \(.+\): it sent nothing for 3\.0 s \(not even a heartbeat\).*running the same command on every node again resumes/);
+  assert.match(
+    n0.stderr,
+    /distill: lost contact with node 1 \(.+\): it sent nothing for 3\.0 s \(not even a heartbeat\).*running the same command on every node again resumes/,
+  );
   assert.match(n1.stderr, /distill: lost contact with node 0, the master \(.+\): .*running the same command on every node again resumes/);
   assert.ok(n0.endedAt - cutAt < bound, `node 0 ended ${n0.endedAt - cutAt} ms after the cut (bound ${bound})`);
   if (netns) assert.ok(n1.endedAt - cutAt < bound, `node 1 ended ${n1.endedAt - cutAt} ms after the cut (bound ${bound})`);

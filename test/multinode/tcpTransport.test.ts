@@ -14,7 +14,15 @@ import { LINK_PROTOCOL, NodeLinkError, TcpTransport, type NodeStar } from '../..
 import { ringAllReduce } from '../../src/parallel/ringAllReduce.ts';
 
 const launch = (nodeRank: number, numNodes: number, masterPort: number, over: Partial<NodeLaunch> = {}): NodeLaunch => ({
-  nodeRank, numNodes, masterAddr: '127.0.0.1', masterPort, source: 'torchrun', joinTimeoutMs: 5000, peerTimeoutMs: 2000, maxFrameBytes: 1 << 20, ...over,
+  nodeRank,
+  numNodes,
+  masterAddr: '127.0.0.1',
+  masterPort,
+  source: 'torchrun',
+  joinTimeoutMs: 5000,
+  peerTimeoutMs: 2000,
+  maxFrameBytes: 1 << 20,
+  ...over,
 });
 
 function opts(l: NodeLaunch, logs: string[] = [], recipeJson = '{"name":"r","data":{"seqLength":16}}'): RendezvousOptions {
@@ -24,7 +32,9 @@ function opts(l: NodeLaunch, logs: string[] = [], recipeJson = '{"name":"r","dat
 /** Node 0 on a free port; resolves its port once it listens. */
 function startMaster(n: number, over: Partial<NodeLaunch> = {}, logs: string[] = []): { star: Promise<NodeStar>; port: Promise<number> } {
   let onPort: (p: number) => void = () => {};
-  const port = new Promise<number>((r) => { onPort = r; });
+  const port = new Promise<number>((r) => {
+    onPort = r;
+  });
   const star = rendezvous({ ...opts(launch(0, n, 0, over), logs), onListening: onPort });
   star.catch(() => {});
   return { star, port };
@@ -42,7 +52,9 @@ function rawFrame(v: unknown): Buffer {
 async function rawJoin(port: number): Promise<Socket> {
   const s = connect({ host: '127.0.0.1', port });
   await new Promise((r) => s.once('connect', r));
-  s.write(rawFrame({ kind: 'join', protocol: LINK_PROTOCOL, nodeRank: 1, numNodes: 2, recipe: '{"name":"r","data":{"seqLength":16}}', resumeStep: 0, host: 'raw' }));
+  s.write(
+    rawFrame({ kind: 'join', protocol: LINK_PROTOCOL, nodeRank: 1, numNodes: 2, recipe: '{"name":"r","data":{"seqLength":16}}', resumeStep: 0, host: 'raw' }),
+  );
   await new Promise((r) => s.once('data', r)); // the welcome
   return s;
 }
@@ -56,7 +68,10 @@ test('three nodes join on loopback and a ring all-reduce over TCP sums exactly',
   const m = startMaster(3, {}, logs);
   const port = await m.port;
   const stars = await Promise.all([m.star, rendezvous(opts(launch(1, 3, port))), rendezvous(opts(launch(2, 3, port)))]);
-  assert.ok(logs.some((l) => /node 2 \(.+\) joined \(3 of 3\)/.test(l)), logs.join('\n'));
+  assert.ok(
+    logs.some((l) => /node 2 \(.+\) joined \(3 of 3\)/.test(l)),
+    logs.join('\n'),
+  );
   const transports = stars.map((s) => new TcpTransport(s));
   const n = 1001; // uneven chunks; node 2's frames to node 1 travel through node 0
   const data = transports.map((_, r) => Float32Array.from({ length: n }, (_, i) => (r + 1) * i * 0.5));
@@ -74,7 +89,10 @@ test('a node that does not join is named on node 0 and on the nodes that did joi
   await assert.rejects(joined, /node 0 ended the rendezvous: .*node rank\(s\) 2 of 3 did not join/);
   assert.ok(Date.now() - t0 < 3000, 'within the bound');
   // Nobody listening: a joining node names the address it could not reach.
-  await assert.rejects(rendezvous(opts(launch(1, 2, port, { joinTimeoutMs: 600 }))), /node 1 of 2 could not reach node 0 at 127\.0\.0\.1:\d+ within 0\.6 s \(last error: .*ECONNREFUSED/);
+  await assert.rejects(
+    rendezvous(opts(launch(1, 2, port, { joinTimeoutMs: 600 }))),
+    /node 1 of 2 could not reach node 0 at 127\.0\.0\.1:\d+ within 0\.6 s \(last error: .*ECONNREFUSED/,
+  );
 });
 
 test('node 0 refuses a node running another recipe, naming the field', async () => {
@@ -97,8 +115,14 @@ test('garbage and oversized frames are dropped with an error; the rendezvous goe
   junk.write(Buffer.from([0, 0, 0, 3, 0xc1, 0xc1, 0xc1])); // 0xc1 is never valid msgpack
   await new Promise((r) => setTimeout(r, 200));
   const [star0, star1] = await Promise.all([m.star, rendezvous(opts(launch(1, 2, port)))]);
-  assert.ok(logs.some((l) => /dropped a connection from 127\.0\.0\.1:\d+: it sent a frame of \d+ bytes, over the 65536-byte limit before joining/.test(l)), logs.join('\n'));
-  assert.ok(logs.some((l) => /dropped a connection from .*undecodable/.test(l)), logs.join('\n'));
+  assert.ok(
+    logs.some((l) => /dropped a connection from 127\.0\.0\.1:\d+: it sent a frame of \d+ bytes, over the 65536-byte limit before joining/.test(l)),
+    logs.join('\n'),
+  );
+  assert.ok(
+    logs.some((l) => /dropped a connection from .*undecodable/.test(l)),
+    logs.join('\n'),
+  );
   star0.close();
   star1.close();
 
@@ -125,7 +149,10 @@ test('a silent node (no heartbeats) is declared gone within the peer timeout; a 
   const e = await failureOf(await m.star);
   const took = Date.now() - t0;
   assert.ok(e instanceof NodeLinkError);
-  assert.match(e.message, /lost contact with node 1 \(raw, 127\.0\.0\.1\): it sent nothing for 0\.6 s \(not even a heartbeat\).*running the same command on every node again resumes/);
+  assert.match(
+    e.message,
+    /lost contact with node 1 \(raw, 127\.0\.0\.1\): it sent nothing for 0\.6 s \(not even a heartbeat\).*running the same command on every node again resumes/,
+  );
   assert.ok(took >= 500 && took < 2000, `declared gone after ${took} ms`);
   raw.destroy();
 

@@ -31,7 +31,12 @@ function reference(p0: number[], grads: number[][], lr: number, wd: number, deca
 
 test('AdamW (flat and per-parameter) matches the float64 reference; decay skips 1-D parameters unless weightDecayAll', async () => {
   await selectBackend('cpu', { log: null });
-  for (const [decayAll, flat] of [[false, false], [true, false], [false, true], [true, true]]) {
+  for (const [decayAll, flat] of [
+    [false, false],
+    [true, false],
+    [false, true],
+    [true, true],
+  ]) {
     const init = { 'layer.weight': [0.5, -0.25, 1, 2, -1, 0.125], 'layer.bias': [0.3, -0.7], 'norm.weight': [1, 1] };
     const shapes: Record<string, number[]> = { 'layer.weight': [2, 3], 'layer.bias': [2], 'norm.weight': [2] };
     const params = new Map(Object.entries(init).map(([k, v]) => [k, tf.variable(tf.tensor(v, shapes[k]))] as const));
@@ -43,7 +48,13 @@ test('AdamW (flat and per-parameter) matches the float64 reference; decay skips 
       for (const t of grads.values()) t.dispose();
     }
     for (const [k, v] of params) {
-      const want = reference(init[k as keyof typeof init], steps.map((s) => s[k]), 0.01, 0.1, decayAll || shapes[k].length >= 2);
+      const want = reference(
+        init[k as keyof typeof init],
+        steps.map((s) => s[k]),
+        0.01,
+        0.1,
+        decayAll || shapes[k].length >= 2,
+      );
       assert.ok(maxAbsDiff(v.dataSync(), want) < 1e-6, `${k} (decayAll ${decayAll}, flat ${flat}): ${Array.from(v.dataSync())} vs ${want}`);
     }
     // The state a checkpoint holds restores the same next step.

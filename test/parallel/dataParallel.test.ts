@@ -21,7 +21,11 @@ const STEPS = 6;
 
 function recipe(dir: string, name: string, devices: number, over: Partial<DistillationRecipe['trainer']> = {}): DistillationRecipe {
   return distillationRecipe({
-    name, dir, studentPath: fixture('llama-student'), teacherPath: fixture('llama-teacher'), backend: 'cpu',
+    name,
+    dir,
+    studentPath: fixture('llama-student'),
+    teacherPath: fixture('llama-teacher'),
+    backend: 'cpu',
     data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
     trainer: { maxSteps: STEPS, globalBatchSize: 2, microBatchSize: 1, saveInterval: 2, valCheckInterval: 3, limitValBatches: 2, logInterval: 1, ...over },
     optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
@@ -33,7 +37,11 @@ const weights = (dir: string): Map<string, Float32Array> =>
   new Map([...readAllSafetensors(join(dir, 'model.safetensors'))].map(([k, v]) => [k, v.data as Float32Array]));
 
 function assertSameRun(got: RunResult, want: RunResult, what: string): void {
-  assert.deepEqual(got.steps.map((s) => s.step), want.steps.map((s) => s.step), `${what}: steps`);
+  assert.deepEqual(
+    got.steps.map((s) => s.step),
+    want.steps.map((s) => s.step),
+    `${what}: steps`,
+  );
   for (let i = 0; i < want.steps.length; i++) {
     const [g, w] = [got.steps[i], want.steps[i]];
     assert.ok(Math.abs(g.loss - w.loss) <= 1e-5, `${what}: loss at step ${w.step}: ${g.loss} vs ${w.loss}`);
@@ -58,9 +66,15 @@ test('--devices 2 (DP 2, gbs 2, mbs 1) gives the losses and final weights of --d
   // Only rank 0 wrote: each step once in metrics.jsonl, validation ran on rank 0, checkpoints are rank 0's.
   const m = readMetrics(join(dir, 'dp2'));
   // Numbered by steps done, 1..N (src/logging/runRecords.ts).
-  assert.deepEqual(m.filter((r) => r.split !== 'valid').map((r) => r.step), [1, 2, 3, 4, 5, 6]);
+  assert.deepEqual(
+    m.filter((r) => r.split !== 'valid').map((r) => r.step),
+    [1, 2, 3, 4, 5, 6],
+  );
   assert.equal(m.filter((r) => r.split === 'valid').length, single.validations.length);
-  assert.deepEqual(listCheckpoints(join(dir, 'dp2')).map((c) => c.step), [4, 6]);
+  assert.deepEqual(
+    listCheckpoints(join(dir, 'dp2')).map((c) => c.step),
+    [4, 6],
+  );
 });
 
 test('the teacher on a worker of its own (--teacher_devices 1) gives the same result as the teacher in the student worker', async () => {
@@ -78,7 +92,9 @@ test('SIGKILL of one worker stops the run naming it; only complete checkpoints r
     // run() launches the workers (devices 2), handing onWorkers to the launcher.
     run(r, {
       log: null,
-      onWorkers: (w) => { workers = w; },
+      onWorkers: (w) => {
+        workers = w;
+      },
       onStep: (s) => {
         if (s.step === 2 && !killed) {
           killed = true;
@@ -104,7 +120,10 @@ test('SIGKILL of one worker stops the run naming it; only complete checkpoints r
   const resumed = await run(r, { log: null });
   assert.ok(resumed.resumedFromStep >= 3 && resumed.resumedFromStep < STEPS, `resumed from ${resumed.resumedFromStep}`);
   assert.equal(resumed.stoppedEarly, false);
-  assert.deepEqual(resumed.steps.map((s) => s.step), single.steps.slice(resumed.resumedFromStep).map((s) => s.step));
+  assert.deepEqual(
+    resumed.steps.map((s) => s.step),
+    single.steps.slice(resumed.resumedFromStep).map((s) => s.step),
+  );
   const want = weights(single.studentDir);
   const got = weights(resumed.studentDir);
   for (const [name, w] of want) assert.ok(maxAbsDiff(w, got.get(name)!) <= 1e-5, `${name} after resume`);

@@ -25,7 +25,14 @@ test('a float32 tensor frame round-trips bit for bit, from an unaligned view of 
 
 test('int32 tensors keep dtype and shape through tensorToFrame / frameToTensor', async () => {
   await tf.setBackend('cpu');
-  const t = tf.tensor2d([[1, 2, 3], [-4, 2147483647, -2147483648]], [2, 3], 'int32');
+  const t = tf.tensor2d(
+    [
+      [1, 2, 3],
+      [-4, 2147483647, -2147483648],
+    ],
+    [2, 3],
+    'int32',
+  );
   const m: TeacherRequest = { kind: 'teacherRequest', id: 3, inputIds: await tensorToFrame(t) };
   const back = decodeMessage(encodeMessage(m)) as TeacherRequest;
   const u = frameToTensor(back.inputIds);

@@ -31,7 +31,10 @@ const WEIGHT_ABS = 1e-4;
 
 const layout = (l: Partial<ParallelLayout>): ParallelLayout => ({ tp: 1, cp: 1, dp: 1, pp: 1, ...l });
 const nameOf = (l: ParallelLayout): string =>
-  (['tp', 'pp', 'cp', 'dp'] as const).filter((a) => l[a] > 1).map((a) => `${a.toUpperCase()} ${l[a]}`).join(' × ');
+  (['tp', 'pp', 'cp', 'dp'] as const)
+    .filter((a) => l[a] > 1)
+    .map((a) => `${a.toUpperCase()} ${l[a]}`)
+    .join(' × ');
 
 const rel = (a: number, b: number): number => Math.abs(a - b) / Math.abs(b);
 
@@ -138,7 +141,11 @@ test('TP 2 with a CE term (kdRatio 0.5, temperature 2, next-token labels): the v
   const labels = batches[0].labels.dataSync();
   const mask = batches[0].lossMask.dataSync();
   const counted = [...labels].filter((_, i) => mask[i] > 0);
-  for (const b of batches) { b.inputIds.dispose(); b.labels.dispose(); b.lossMask.dispose(); }
+  for (const b of batches) {
+    b.inputIds.dispose();
+    b.labels.dispose();
+    b.lossMask.dispose();
+  }
   assert.ok(counted.some((x) => x < 500) && counted.some((x) => x >= 500), `labels ${counted.join(' ')} do not span both vocabulary halves`);
 
   const loss = fixtureLoss({ kdRatio: 0.5, temperature: 2 });
@@ -165,7 +172,10 @@ let gpt2Ref: LayoutRun | null = null;
 async function gpt2Reference(): Promise<LayoutRun> {
   if (!gpt2Ref) {
     gpt2Ref = await oneWorker(STEPS, MICRO, fixtureLoss(), gpt2);
-    assert.ok(gpt2Ref.steps.every((s) => s.gradNorm > 1e-3), `GPT-2 grad norms ${gpt2Ref.steps.map((s) => s.gradNorm)} are not all clipped`);
+    assert.ok(
+      gpt2Ref.steps.every((s) => s.gradNorm > 1e-3),
+      `GPT-2 grad norms ${gpt2Ref.steps.map((s) => s.gradNorm)} are not all clipped`,
+    );
   }
   return gpt2Ref;
 }

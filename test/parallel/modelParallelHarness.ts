@@ -103,11 +103,16 @@ export async function oneWorker(steps: number, microPerStep: number, loss = fixt
   const teacher = await loadModel(d.teacher, { trainable: false });
   const optimizer = optimizerFor(student.params);
   try {
-    const results = await lastValueFrom(from(pairBatches(steps, microPerStep, pair)).pipe(
-      teacherTargets(teacher), attachStudent(student), klLoss(loss), backward(student),
-      optimizerStep({ optimizer, lrAt: () => tr.lr, clipGrad: pair.clipGrad ?? tr.clip_grad_norm, nanPolicy: 'stop', globalBatchSize: 2 }),
-      toArray(),
-    ));
+    const results = await lastValueFrom(
+      from(pairBatches(steps, microPerStep, pair)).pipe(
+        teacherTargets(teacher),
+        attachStudent(student),
+        klLoss(loss),
+        backward(student),
+        optimizerStep({ optimizer, lrAt: () => tr.lr, clipGrad: pair.clipGrad ?? tr.clip_grad_norm, nanPolicy: 'stop', globalBatchSize: 2 }),
+        toArray(),
+      ),
+    );
     const weights = new Map<string, Float32Array>();
     for (const [n, v] of student.params) weights.set(n, (await v.data()) as Float32Array);
     return { steps: results, perRank: [results], weights, optimizer: await optimizer.state(), padding: [] };
@@ -127,38 +132,70 @@ export async function underLayout(layout: ParallelLayout, steps: number, microPe
   const batches = pairBatches(steps, microPerStep, pair);
   const ranks = transports.map((t, rank) => {
     const coll = new Collectives(t);
-    const { student, teacher } = loadShardedPair({ student: d.student, teacher: d.teacher, layout, rank, makeVocabSizeDivisibleBy: pair.makeVocabSizeDivisibleBy ?? 1 });
+    const { student, teacher } = loadShardedPair({
+      student: d.student,
+      teacher: d.teacher,
+      layout,
+      rank,
+      makeVocabSizeDivisibleBy: pair.makeVocabSizeDivisibleBy ?? 1,
+    });
     const optimizer = optimizerFor(student.params);
     const trainer = new ModelParallelTrainer({
-      layout, rank, coll, student, teacher, loss, optimizer, clipGrad: pair.clipGrad ?? tr.clip_grad_norm, lrAt: () => tr.lr, nanPolicy: 'stop', globalBatchSize: 2,
+      layout,
+      rank,
+      coll,
+      student,
+      teacher,
+      loss,
+      optimizer,
+      clipGrad: pair.clipGrad ?? tr.clip_grad_norm,
+      lrAt: () => tr.lr,
+      nanPolicy: 'stop',
+      globalBatchSize: 2,
     });
     return { rank, coll, student, teacher, optimizer, trainer };
   });
   try {
-    const perRank = await Promise.all(ranks.map(async (r) => {
-      const dp = coordsOf(layout, r.rank).dp;
-      const out: StepResult[] = [];
-      for (let s = 0; s < steps; s++) {
-        const mine: TokenBatch[] = batches.filter((b) => b.position.step === s && b.position.micro % layout.dp === dp);
-        out.push(await r.trainer.step(mine));
-      }
-      const padding = await paddingAfter(r.rank, r.student, r.optimizer);
-      const full = await gatherFullState(r.coll, layout, r.rank, r.student, r.optimizer, 'final');
-      const weights = new Map<string, Float32Array>();
-      if (full) for (const [name, t] of full.model.params) weights.set(name, Float32Array.from(await t.data()));
-      if (full && pair.saveTo) {
-        await saveTrainingCheckpoint(pair.saveTo, full.model, full.optimizer, {
-          format: 1, step: steps, samplesSeen: steps * 2, seed: 0, skippedSteps: 0,
-          fingerprint: { student: d.student, teacher: d.teacher, data: 'fixture', seqLength: 17, globalBatchSize: 2 },
-        });
-      }
-      return { steps: out, weights, optimizer: full ? await full.optimizer.state() : null, padding };
-    }));
+    const perRank = await Promise.all(
+      ranks.map(async (r) => {
+        const dp = coordsOf(layout, r.rank).dp;
+        const out: StepResult[] = [];
+        for (let s = 0; s < steps; s++) {
+          const mine: TokenBatch[] = batches.filter((b) => b.position.step === s && b.position.micro % layout.dp === dp);
+          out.push(await r.trainer.step(mine));
+        }
+        const padding = await paddingAfter(r.rank, r.student, r.optimizer);
+        const full = await gatherFullState(r.coll, layout, r.rank, r.student, r.optimizer, 'final');
+        const weights = new Map<string, Float32Array>();
+        if (full) for (const [name, t] of full.model.params) weights.set(name, Float32Array.from(await t.data()));
+        if (full && pair.saveTo) {
+          await saveTrainingCheckpoint(pair.saveTo, full.model, full.optimizer, {
+            format: 1,
+            step: steps,
+            samplesSeen: steps * 2,
+            seed: 0,
+            skippedSteps: 0,
+            fingerprint: { student: d.student, teacher: d.teacher, data: 'fixture', seqLength: 17, globalBatchSize: 2 },
+          });
+        }
+        return { steps: out, weights, optimizer: full ? await full.optimizer.state() : null, padding };
+      }),
+    );
     const optimizer = perRank[0].optimizer;
     if (!optimizer) throw new Error('gatherFullState returned nothing on rank 0');
-    return { steps: perRank[0].steps, perRank: perRank.map((p) => p.steps), weights: perRank[0].weights, optimizer, padding: perRank.flatMap((p) => p.padding) };
+    return {
+      steps: perRank[0].steps,
+      perRank: perRank.map((p) => p.steps),
+      weights: perRank[0].weights,
+      optimizer,
+      padding: perRank.flatMap((p) => p.padding),
+    };
   } finally {
-    for (const b of batches) { b.inputIds.dispose(); b.labels.dispose(); b.lossMask.dispose(); }
+    for (const b of batches) {
+      b.inputIds.dispose();
+      b.labels.dispose();
+      b.lossMask.dispose();
+    }
     for (const r of ranks) {
       r.trainer.dispose();
       r.optimizer.dispose();

@@ -32,7 +32,10 @@ function nanTeacher(root: string): string {
   mkdirSync(dir);
   copyFileSync(fixture('llama-teacher', 'config.json'), join(dir, 'config.json'));
   const tensors: TensorToWrite[] = [...readAllSafetensors(fixture('llama-teacher', 'model.safetensors'))].map(([name, t]) => ({
-    name, dtype: 'F32', shape: t.shape, data: Float32Array.from(t.data),
+    name,
+    dtype: 'F32',
+    shape: t.shape,
+    data: Float32Array.from(t.data),
   }));
   tensors.find((t) => t.name === 'model.norm.weight')!.data[0] = NaN;
   writeSafetensors(join(dir, 'model.safetensors'), tensors);
@@ -50,30 +53,44 @@ async function runUntilStopped(layout: ParallelLayout, teacherDir: string): Prom
     const teacher = loadShardedModel(teacherDir, layout, rank, false);
     const optimizer = new AdamW(student.params, { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.01, weightDecayAll: true });
     const trainer = new ModelParallelTrainer({
-      layout, rank, coll: new Collectives(t), student, teacher, optimizer, loss: { ...DEFAULT_KD_LOSS, kdRatio: 1, chunkSize: 7 },
-      clipGrad: 1, lrAt: () => 1e-3, nanPolicy: 'skip', maxConsecutiveNanSteps: LIMIT, globalBatchSize: 2,
+      layout,
+      rank,
+      coll: new Collectives(t),
+      student,
+      teacher,
+      optimizer,
+      loss: { ...DEFAULT_KD_LOSS, kdRatio: 1, chunkSize: 7 },
+      clipGrad: 1,
+      lrAt: () => 1e-3,
+      nanPolicy: 'skip',
+      maxConsecutiveNanSteps: LIMIT,
+      globalBatchSize: 2,
     });
     const before = new Map([...student.params].map(([n, v]) => [n, v.dataSync().slice()]));
     return { student, teacher, optimizer, trainer, before };
   });
   try {
-    const outcomes = await Promise.all(ranks.map(async (r) => {
-      const skipped: number[] = [];
-      try {
-        for (let s = 0; s < steps; s++) {
-          const res = await r.trainer.step(batches.filter((b) => b.position.step === s));
-          if (res.skipped) skipped.push(res.step);
+    const outcomes = await Promise.all(
+      ranks.map(async (r) => {
+        const skipped: number[] = [];
+        try {
+          for (let s = 0; s < steps; s++) {
+            const res = await r.trainer.step(batches.filter((b) => b.position.step === s));
+            if (res.skipped) skipped.push(res.step);
+          }
+          return { error: null as unknown, skipped };
+        } catch (e) {
+          return { error: e, skipped };
         }
-        return { error: null as unknown, skipped };
-      } catch (e) {
-        return { error: e, skipped };
-      }
-    }));
-    const unchanged = ranks.map((r) => [...r.student.params].every(([n, v]) => {
-      const now = v.dataSync();
-      const was = r.before.get(n)!;
-      return now.every((x, i) => Object.is(x, was[i]));
-    }));
+      }),
+    );
+    const unchanged = ranks.map((r) =>
+      [...r.student.params].every(([n, v]) => {
+        const now = v.dataSync();
+        const was = r.before.get(n)!;
+        return now.every((x, i) => Object.is(x, was[i]));
+      }),
+    );
     return { errors: outcomes.map((o) => o.error), skipped: outcomes.map((o) => o.skipped), unchanged };
   } finally {
     for (const b of batches) disposeBatch(b);
@@ -86,7 +103,10 @@ async function runUntilStopped(layout: ParallelLayout, teacherDir: string): Prom
   }
 }
 
-for (const layout of [{ tp: 2, pp: 1, cp: 1, dp: 1 }, { tp: 1, pp: 2, cp: 1, dp: 1 }] satisfies ParallelLayout[]) {
+for (const layout of [
+  { tp: 2, pp: 1, cp: 1, dp: 1 },
+  { tp: 1, pp: 2, cp: 1, dp: 1 },
+] satisfies ParallelLayout[]) {
   test(`under TP ${layout.tp} × PP ${layout.pp}, ${LIMIT} non-finite steps in a row stop every rank; skipped steps leave the weights`, async () => {
     const root = mkdtempSync(join(tmpdir(), 'mp-nan-'));
     const tensors = tf.memory().numTensors;
@@ -94,8 +114,17 @@ for (const layout of [{ tp: 2, pp: 1, cp: 1, dp: 1 }, { tp: 1, pp: 2, cp: 1, dp:
       const r = await runUntilStopped(layout, nanTeacher(root));
       for (const [rank, e] of r.errors.entries()) {
         assert.ok(e instanceof NonFiniteLossError, `rank ${rank} ended with ${String(e)}`);
-        assert.match((e as Error).message, new RegExp(`^step ${LIMIT}: loss NaN, grad_norm NaN: ${LIMIT} non-finite steps in a row; stopping\\. The weights are unchanged since the last finite step\\.$`));
-        assert.deepEqual(r.skipped[rank], Array.from({ length: LIMIT - 1 }, (_, i) => i), `rank ${rank}'s skipped steps before the stop`);
+        assert.match(
+          (e as Error).message,
+          new RegExp(
+            `^step ${LIMIT}: loss NaN, grad_norm NaN: ${LIMIT} non-finite steps in a row; stopping\\. The weights are unchanged since the last finite step\\.$`,
+          ),
+        );
+        assert.deepEqual(
+          r.skipped[rank],
+          Array.from({ length: LIMIT - 1 }, (_, i) => i),
+          `rank ${rank}'s skipped steps before the stop`,
+        );
         assert.ok(r.unchanged[rank], `rank ${rank}'s weights changed although every step was skipped`);
       }
     } finally {

@@ -20,7 +20,11 @@ import { llamaWithVocab } from './llamaWithVocab.ts';
 
 function recipe(dir: string, name: string, parallel: Partial<DistillationRecipe['parallel']>): DistillationRecipe {
   return distillationRecipe({
-    name, dir, studentPath: fixture('llama-student'), teacherPath: fixture('llama-teacher'), backend: 'cpu',
+    name,
+    dir,
+    studentPath: fixture('llama-student'),
+    teacherPath: fixture('llama-teacher'),
+    backend: 'cpu',
     data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
     trainer: { maxSteps: 4, globalBatchSize: 4, microBatchSize: 1, saveInterval: 2, valCheckInterval: 2, limitValBatches: 2, logInterval: 1 },
     optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
@@ -72,7 +76,11 @@ test('distill run under TP 2 and under PP 2 (worker processes) matches one worke
     assert.equal(first.steps.length, 2);
     const second = await run(recipe(dir, 'switch', { devicesPerNode: 2, tpSize: 2 }), { log: null, progress: false });
     assert.equal(second.resumedFromStep, 2);
-    assertSameRun({ steps: [...first.steps, ...second.steps], validations: [...first.validations, ...second.validations], studentDir: second.studentDir }, one, 'PP 2 then TP 2');
+    assertSameRun(
+      { steps: [...first.steps, ...second.steps], validations: [...first.validations, ...second.validations], studentDir: second.studentDir },
+      one,
+      'PP 2 then TP 2',
+    );
     // The student loads on one worker as an ordinary checkpoint.
     await selectBackend('cpu', { log: null });
     const loaded = await loadModel(second.studentDir, { trainable: false });
@@ -88,8 +96,11 @@ test('a Qwen-style pair (student 1,000 ids, teacher 1,024: its last 24 rows rand
   try {
     // Padded under TP 2 (128 × 2): the student to 1,024 rows (24 zero), the teacher not at all; the KD reads ids [0, 1000).
     const pair = { studentPath: llamaWithVocab('llama-student', 1000, 3), teacherPath: llamaWithVocab('llama-teacher', 1024, 4) };
-    const qwen = (name: string, parallel: Partial<DistillationRecipe['parallel']>): DistillationRecipe =>
-      ({ ...recipe(dir, name, parallel), ...pair, loss: { ...recipe(dir, name, parallel).loss, kdRatio: 0.5 } });
+    const qwen = (name: string, parallel: Partial<DistillationRecipe['parallel']>): DistillationRecipe => ({
+      ...recipe(dir, name, parallel),
+      ...pair,
+      loss: { ...recipe(dir, name, parallel).loss, kdRatio: 0.5 },
+    });
     const oneLog: string[] = [];
     const tpLog: string[] = [];
     const one = await run(qwen('one', {}), { log: (l) => oneLog.push(l), progress: false });
@@ -97,8 +108,16 @@ test('a Qwen-style pair (student 1,000 ids, teacher 1,024: its last 24 rows rand
     assertSameRun(tp, one, 'TP 2, student 1000 ← teacher 1024');
     const vocabLines = (lines: string[]): string[] => lines.filter((l) => /vocabulary/.test(l));
     assert.deepEqual(vocabLines(oneLog), ['vocabulary: teacher 1024 ids, student 1000; the loss uses the 1000 shared ids (the rest is padding)']);
-    assert.deepEqual(vocabLines(tpLog).map((l) => l.replace(/^\[[^\]]*\] */, '')), vocabLines(oneLog), 'TP 2 logs what one worker logs, once');
-    assert.equal(readAllSafetensors(join(tp.studentDir, 'model.safetensors')).get('model.embed_tokens.weight')!.shape[0], 1000, 'the saved student keeps its own 1,000 rows');
+    assert.deepEqual(
+      vocabLines(tpLog).map((l) => l.replace(/^\[[^\]]*\] */, '')),
+      vocabLines(oneLog),
+      'TP 2 logs what one worker logs, once',
+    );
+    assert.equal(
+      readAllSafetensors(join(tp.studentDir, 'model.safetensors')).get('model.embed_tokens.weight')!.shape[0],
+      1000,
+      'the saved student keeps its own 1,000 rows',
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -108,13 +127,19 @@ test('layouts the models cannot take are refused before any worker starts, with 
   const dir = mkdtempSync(join(tmpdir(), 'mp-refuse-'));
   try {
     // The student has 2 heads and 1 KV head: 2 heads do not split over 4 ranks.
-    await assert.rejects(run(recipe(dir, 'tp4', { devicesPerNode: 4, tpSize: 4 }), { log: null }), (e: Error) =>
-      e instanceof ConfigError && /2 attention heads do not split over --tp_size 4 \(2 mod 4 = 2\)/.test(e.message));
+    await assert.rejects(
+      run(recipe(dir, 'tp4', { devicesPerNode: 4, tpSize: 4 }), { log: null }),
+      (e: Error) => e instanceof ConfigError && /2 attention heads do not split over --tp_size 4 \(2 mod 4 = 2\)/.test(e.message),
+    );
     // One layer: at most two stages.
-    await assert.rejects(run(recipe(dir, 'pp3', { devicesPerNode: 3, ppSize: 3 }), { log: null }), (e: Error) =>
-      e instanceof ConfigError && /--pp_size 3 stages need at least 2 transformer layers .* it has 1/.test(e.message));
-    await assert.rejects(run(recipe(dir, 'odd', { devicesPerNode: 3, tpSize: 2 }), { log: null }), (e: Error) =>
-      e instanceof ConfigError && /3 workers is not a multiple of tp × pp × cp = 2 × 1 × 1 = 2/.test(e.message));
+    await assert.rejects(
+      run(recipe(dir, 'pp3', { devicesPerNode: 3, ppSize: 3 }), { log: null }),
+      (e: Error) => e instanceof ConfigError && /--pp_size 3 stages need at least 2 transformer layers .* it has 1/.test(e.message),
+    );
+    await assert.rejects(
+      run(recipe(dir, 'odd', { devicesPerNode: 3, tpSize: 2 }), { log: null }),
+      (e: Error) => e instanceof ConfigError && /3 workers is not a multiple of tp × pp × cp = 2 × 1 × 1 = 2/.test(e.message),
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -126,13 +151,22 @@ test('an abort under TP 2 stops both workers after an agreed step, writes a chec
     const one = await run(recipe(dir, 'one', {}), { log: null, progress: false });
     const ac = new AbortController();
     const first = await run(recipe(dir, 'abort', { devicesPerNode: 2, tpSize: 2 }), {
-      log: null, progress: false, signal: ac.signal, onStep: (r) => { if (r.step === 0) ac.abort(); },
+      log: null,
+      progress: false,
+      signal: ac.signal,
+      onStep: (r) => {
+        if (r.step === 0) ac.abort();
+      },
     });
     assert.ok(first.stoppedEarly, 'the run reports that it stopped early');
     assert.ok(first.steps.length >= 1 && first.steps.length < 4, `stopped after ${first.steps.length} steps`);
     const second = await run(recipe(dir, 'abort', { devicesPerNode: 2, tpSize: 2 }), { log: null, progress: false });
     assert.equal(second.resumedFromStep, first.steps.length, 'resumes from the step after the last one taken');
-    assertSameRun({ steps: [...first.steps, ...second.steps], validations: [...first.validations, ...second.validations], studentDir: second.studentDir }, one, 'aborted and resumed');
+    assertSameRun(
+      { steps: [...first.steps, ...second.steps], validations: [...first.validations, ...second.validations], studentDir: second.studentDir },
+      one,
+      'aborted and resumed',
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -141,8 +175,12 @@ test('an abort under TP 2 stops both workers after an agreed step, writes a chec
 test('pretraining (CE only, no teacher) under TP 2 × PP 2 matches one worker', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'mp-pretrain-'));
   try {
-    const base = (name: string, parallel: Partial<DistillationRecipe['parallel']>): DistillationRecipe =>
-      ({ ...recipe(dir, name, parallel), kind: 'pretrain', teacherPath: undefined, studentPath: fixture('llama-teacher') });
+    const base = (name: string, parallel: Partial<DistillationRecipe['parallel']>): DistillationRecipe => ({
+      ...recipe(dir, name, parallel),
+      kind: 'pretrain',
+      teacherPath: undefined,
+      studentPath: fixture('llama-teacher'),
+    });
     const one = await run(base('one', {}), { log: null, progress: false });
     const mp = await run(base('tp2pp2', { devicesPerNode: 4, tpSize: 2, ppSize: 2 }), { log: null, progress: false });
     assert.ok(one.validations.length > 0 && one.validations.every((v) => v.kdLoss === undefined));

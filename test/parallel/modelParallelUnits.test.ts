@@ -78,10 +78,20 @@ test('groupOf: the ranks that differ only along the named axes; each axis partit
     for (const r of range(16)) {
       const g = groupOf(l, r, vary);
       assert.ok(g.includes(r), `rank ${r} is in its own ${vary} group`);
-      assert.equal(g.length, vary.reduce((a, ax) => a * l[ax], 1));
+      assert.equal(
+        g.length,
+        vary.reduce((a, ax) => a * l[ax], 1),
+      );
       groups.set(g.join(','), g);
     }
-    assert.equal([...groups.values()].flat().sort((a, b) => a - b).join(','), range(16).join(','), `${vary} groups partition the world`);
+    assert.equal(
+      [...groups.values()]
+        .flat()
+        .sort((a, b) => a - b)
+        .join(','),
+      range(16).join(','),
+      `${vary} groups partition the world`,
+    );
   }
 });
 
@@ -89,10 +99,26 @@ test('stagePlan: contiguous stages, the remainder to the earlier ones; a 1-layer
   assert.deepEqual(stagePlan(1, 2, 0), { stage: 0, stages: 2, firstLayer: 0, endLayer: 1, hasEmbedding: true, hasHead: false });
   assert.deepEqual(stagePlan(1, 2, 1), { stage: 1, stages: 2, firstLayer: 1, endLayer: 1, hasEmbedding: false, hasHead: true });
   assert.deepEqual(stagePlan(4, 1, 0), { stage: 0, stages: 1, firstLayer: 0, endLayer: 4, hasEmbedding: true, hasHead: true });
-  const spans = (n: number, s: number): [number, number][] => range(s).map((k) => { const p = stagePlan(n, s, k); return [p.firstLayer, p.endLayer]; });
-  assert.deepEqual(spans(5, 3), [[0, 2], [2, 4], [4, 5]]);
-  assert.deepEqual(spans(7, 3), [[0, 3], [3, 5], [5, 7]]);
-  assert.deepEqual(spans(2, 3), [[0, 1], [1, 2], [2, 2]]);
+  const spans = (n: number, s: number): [number, number][] =>
+    range(s).map((k) => {
+      const p = stagePlan(n, s, k);
+      return [p.firstLayer, p.endLayer];
+    });
+  assert.deepEqual(spans(5, 3), [
+    [0, 2],
+    [2, 4],
+    [4, 5],
+  ]);
+  assert.deepEqual(spans(7, 3), [
+    [0, 3],
+    [3, 5],
+    [5, 7],
+  ]);
+  assert.deepEqual(spans(2, 3), [
+    [0, 1],
+    [1, 2],
+    [2, 2],
+  ]);
   for (const n of [1, 2, 3, 5, 8]) {
     for (let s = 1; s <= n + 1; s++) {
       const sp = spans(n, s);
@@ -119,18 +145,29 @@ test('checkModelLayout accepts the fixture pair and GPT-2 with 4 heads under TP 
 
 test('checkModelLayout refuses, with the arithmetic in the message', () => {
   const refuses = (l: ParallelLayout, c: ModelConfig, pattern: RegExp): void => {
-    assert.throws(() => checkModelLayout(l, c, 'student'), (e: unknown) => {
-      assert.ok(e instanceof ConfigError, `a ConfigError, got ${String(e)}`);
-      assert.match(e.message, pattern);
-      assert.match(e.message, /^student \(/);
-      return true;
-    });
+    assert.throws(
+      () => checkModelLayout(l, c, 'student'),
+      (e: unknown) => {
+        assert.ok(e instanceof ConfigError, `a ConfigError, got ${String(e)}`);
+        assert.match(e.message, pattern);
+        assert.match(e.message, /^student \(/);
+        return true;
+      },
+    );
   };
   const gpt2Tiny = readModelConfig(fixture('gpt2-tiny'));
   refuses(layout({ tp: 2 }), gpt2Tiny, /3 attention heads do not split over --tp_size 2 \(3 mod 2 = 1\)/);
-  refuses(layout({ tp: 2 }), gpt2Config({ vocab_size: 1001 }), /vocabulary of 1001 does not split over --tp_size 2 \(1001 mod 2 = 1\); pad it to a multiple of 2/);
+  refuses(
+    layout({ tp: 2 }),
+    gpt2Config({ vocab_size: 1001 }),
+    /vocabulary of 1001 does not split over --tp_size 2 \(1001 mod 2 = 1\); pad it to a multiple of 2/,
+  );
   refuses(layout({ tp: 4 }), gpt2Config({ vocab_size: 1002 }), /1002 mod 4 = 2/);
-  refuses(layout({ tp: 2 }), llamaConfig({ num_attention_heads: 6, num_key_value_heads: 3, hidden_size: 96 }), /3 KV heads neither split over --tp_size 2 nor replicate evenly \(2 mod 3 = 2\)/);
+  refuses(
+    layout({ tp: 2 }),
+    llamaConfig({ num_attention_heads: 6, num_key_value_heads: 3, hidden_size: 96 }),
+    /3 KV heads neither split over --tp_size 2 nor replicate evenly \(2 mod 3 = 2\)/,
+  );
   refuses(layout({ tp: 2 }), llamaConfig({ intermediate_size: 161 }), /MLP width 161 does not split over --tp_size 2/);
   refuses(layout({ pp: 3 }), student, /--pp_size 3 stages need at least 2 transformer layers .* it has 1/);
   refuses(layout({ pp: 4 }), teacher, /--pp_size 4 stages need at least 3 transformer layers .* it has 2/);
@@ -167,7 +204,11 @@ for (const [label, c, layouts] of shardCases) {
             assert.ok(f, `stage ${pp} rank ${tp} holds ${name}, which the model does not have`);
             assert.deepEqual(p.fullShape, f.shape, name);
             const local = sliceTensor(f.data, p.fullShape, p.slice);
-            assert.equal(local.length, p.localShape.reduce((a, b) => a * b, 1), `${name}: the slice has its local shape's size`);
+            assert.equal(
+              local.length,
+              p.localShape.reduce((a, b) => a * b, 1),
+              `${name}: the slice has its local shape's size`,
+            );
             if (!rebuilt.has(name)) rebuilt.set(name, new Float32Array(f.data.length).fill(Number.NaN));
             placeSlice(rebuilt.get(name)!, p.fullShape, p.slice, local);
             if (p.inNorm) inNormCount.set(name, (inNormCount.get(name) ?? 0) + local.length);
@@ -191,7 +232,14 @@ test('shardSpec: column/row/vocabulary splits of the llama-teacher under TP 2 (K
   const [r0, r1] = [0, 1].map((tp) => localParams(teacher, layout({ tp: 2 }), { tp, cp: 0, dp: 0, pp: 0 }));
   const q = 'model.layers.0.self_attn.q_proj.weight';
   const k = 'model.layers.0.self_attn.k_proj.weight';
-  assert.deepEqual(r1.get(q), { fullShape: [64, 64], localShape: [32, 64], slice: { axis: 0, ranges: [[32, 64]] }, replicas: 1, gradientSum: false, inNorm: true });
+  assert.deepEqual(r1.get(q), {
+    fullShape: [64, 64],
+    localShape: [32, 64],
+    slice: { axis: 0, ranges: [[32, 64]] },
+    replicas: 1,
+    gradientSum: false,
+    inNorm: true,
+  });
   assert.deepEqual(r1.get(k)!.slice, { axis: 0, ranges: [[16, 32]] });
   assert.equal(r1.get(k)!.replicas, 1);
   assert.equal(r1.get(k)!.gradientSum, false);
@@ -224,17 +272,49 @@ test('shardSpec: KV heads fewer than TP ranks are replicated, with their gradien
   }
   // Teacher: 4 query heads, 2 KV heads, TP 4: ranks 0, 1 read KV head 0 and ranks 2, 3 KV head 1 (GQA groups of 2).
   const kv = range(4).map((tp) => localParams(teacher, layout({ tp: 4 }), { tp, cp: 0, dp: 0, pp: 0 }).get(k)!);
-  assert.deepEqual(kv.map((p) => p.slice!.ranges), [[[0, 16]], [[0, 16]], [[16, 32]], [[16, 32]]]);
-  assert.deepEqual(kv.map((p) => [p.replicas, p.gradientSum, p.inNorm]), [[2, true, true], [2, true, false], [2, true, true], [2, true, false]]);
+  assert.deepEqual(
+    kv.map((p) => p.slice!.ranges),
+    [[[0, 16]], [[0, 16]], [[16, 32]], [[16, 32]]],
+  );
+  assert.deepEqual(
+    kv.map((p) => [p.replicas, p.gradientSum, p.inNorm]),
+    [
+      [2, true, true],
+      [2, true, false],
+      [2, true, true],
+      [2, true, false],
+    ],
+  );
 });
 
 test('shardSpec: GPT-2 c_attn (Conv1D, out = [q | k | v]) gives each rank its heads of q, of k and of v', () => {
   const c = gpt2Config(); // n_embd 48, 4 heads of 12
   const s = range(2).map((tp) => localParams(c, layout({ tp: 2 }), { tp, cp: 0, dp: 0, pp: 0 }));
   const w = 'transformer.h.0.attn.c_attn.weight';
-  assert.deepEqual(s[0].get(w)!.slice, { axis: 1, ranges: [[0, 24], [48, 72], [96, 120]] });
-  assert.deepEqual(s[1].get(w)!.slice, { axis: 1, ranges: [[24, 48], [72, 96], [120, 144]] });
-  assert.deepEqual(s[1].get('transformer.h.0.attn.c_attn.bias')!.slice, { axis: 0, ranges: [[24, 48], [72, 96], [120, 144]] });
+  assert.deepEqual(s[0].get(w)!.slice, {
+    axis: 1,
+    ranges: [
+      [0, 24],
+      [48, 72],
+      [96, 120],
+    ],
+  });
+  assert.deepEqual(s[1].get(w)!.slice, {
+    axis: 1,
+    ranges: [
+      [24, 48],
+      [72, 96],
+      [120, 144],
+    ],
+  });
+  assert.deepEqual(s[1].get('transformer.h.0.attn.c_attn.bias')!.slice, {
+    axis: 0,
+    ranges: [
+      [24, 48],
+      [72, 96],
+      [120, 144],
+    ],
+  });
   assert.deepEqual(s[1].get('transformer.h.0.attn.c_proj.weight')!.slice, { axis: 0, ranges: [[24, 48]] });
   assert.equal(s[1].get('transformer.h.0.attn.c_proj.bias')!.slice, null, 'the row-parallel bias is added once, after the all-reduce');
   assert.deepEqual(s[1].get('transformer.h.0.mlp.c_fc.weight')!.slice, { axis: 1, ranges: [[96, 192]] });
@@ -243,7 +323,14 @@ test('shardSpec: GPT-2 c_attn (Conv1D, out = [q | k | v]) gives each rank its he
   assert.equal(s[1].get('transformer.wpe.weight')!.slice, null);
   // A [2, 6] Conv1D-like weight, columns [q0 q1 | k0 k1 | v0 v1]: rank 1's columns are q1, k1, v1.
   const full = Float32Array.from(range(12));
-  const slice = { axis: 1 as const, ranges: [[1, 2], [3, 4], [5, 6]] as [number, number][] };
+  const slice = {
+    axis: 1 as const,
+    ranges: [
+      [1, 2],
+      [3, 4],
+      [5, 6],
+    ] as [number, number][],
+  };
   assert.deepEqual([...sliceTensor(full, [2, 6], slice)], [1, 3, 5, 7, 9, 11]);
   const back = new Float32Array(12);
   placeSlice(back, [2, 6], slice, Float32Array.from([1, 3, 5, 7, 9, 11]));
@@ -263,22 +350,36 @@ test('sequenceSplit: rank r holds chunks r and 2cp − 1 − r; all ranks partit
     for (const cp of [1, 2, 3, 4]) {
       if (T < 2 * cp) continue;
       const all = range(cp).map((r) => positionsOf(T, cp, r));
-      assert.deepEqual(all.flat().sort((a, b) => a - b), range(T), `T ${T} cp ${cp}: every position exactly once`);
+      assert.deepEqual(
+        all.flat().sort((a, b) => a - b),
+        range(T),
+        `T ${T} cp ${cp}: every position exactly once`,
+      );
       for (const p of all) {
-        assert.deepEqual(p, [...p].sort((a, b) => a - b), `T ${T} cp ${cp}: a rank's positions are in order`);
+        assert.deepEqual(
+          p,
+          [...p].sort((a, b) => a - b),
+          `T ${T} cp ${cp}: a rank's positions are in order`,
+        );
         assert.ok(Math.abs(p.length - T / cp) <= 2, `T ${T} cp ${cp}: ${p.length} positions`);
       }
       const s = range(cp).map((r) => sequenceSplit(T, cp, r));
       for (const [r, x] of s.entries()) {
         assert.deepEqual(x.local, all[r]);
         assert.deepEqual(x.keys, all.flat());
-        assert.deepEqual(x.lengths, all.map((a) => a.length));
+        assert.deepEqual(
+          x.lengths,
+          all.map((a) => a.length),
+        );
         assert.deepEqual(x.keys.slice(x.offset, x.offset + x.local.length), x.local);
       }
       // Load balance: causal attention work Σ (p + 1) is equal on every rank when 2cp divides T.
       if (T % (2 * cp) === 0) {
         const work = all.map((p) => p.reduce((a, x) => a + x + 1, 0));
-        assert.ok(work.every((w) => w === work[0]), `T ${T} cp ${cp}: attention work ${work}`);
+        assert.ok(
+          work.every((w) => w === work[0]),
+          `T ${T} cp ${cp}: attention work ${work}`,
+        );
       }
     }
   }
@@ -305,9 +406,10 @@ function simulate(stages: number, micros: number): boolean {
     for (let s = 0; s < stages; s++) {
       while (pc[s] < programs[s].length) {
         const a = programs[s][pc[s]];
-        const needs = a.kind === 'forward'
-          ? s === 0 || done.has(`${s - 1}:forward:${a.micro}`)
-          : done.has(`${s}:forward:${a.micro}`) && (s === stages - 1 || done.has(`${s + 1}:backward:${a.micro}`));
+        const needs =
+          a.kind === 'forward'
+            ? s === 0 || done.has(`${s - 1}:forward:${a.micro}`)
+            : done.has(`${s}:forward:${a.micro}`) && (s === stages - 1 || done.has(`${s + 1}:backward:${a.micro}`));
         if (!needs) break;
         done.add(key(s, a));
         pc[s]++;
@@ -320,17 +422,41 @@ function simulate(stages: number, micros: number): boolean {
 }
 
 test('1F1B: every micro-batch once forward and once backward, in order, at most pp − stage in flight, no deadlock', () => {
-  assert.deepEqual(oneForwardOneBackward(0, 2, 3).map((a) => `${a.kind[0]}${a.micro}`), ['f0', 'f1', 'b0', 'f2', 'b1', 'b2']);
-  assert.deepEqual(oneForwardOneBackward(1, 2, 3).map((a) => `${a.kind[0]}${a.micro}`), ['f0', 'b0', 'f1', 'b1', 'f2', 'b2']);
-  assert.deepEqual(oneForwardOneBackward(0, 4, 2).map((a) => `${a.kind[0]}${a.micro}`), ['f0', 'f1', 'b0', 'b1']);
-  assert.equal(peakInFlight([{ kind: 'forward', micro: 0 }, { kind: 'forward', micro: 1 }, { kind: 'backward', micro: 0 }]), 2);
+  assert.deepEqual(
+    oneForwardOneBackward(0, 2, 3).map((a) => `${a.kind[0]}${a.micro}`),
+    ['f0', 'f1', 'b0', 'f2', 'b1', 'b2'],
+  );
+  assert.deepEqual(
+    oneForwardOneBackward(1, 2, 3).map((a) => `${a.kind[0]}${a.micro}`),
+    ['f0', 'b0', 'f1', 'b1', 'f2', 'b2'],
+  );
+  assert.deepEqual(
+    oneForwardOneBackward(0, 4, 2).map((a) => `${a.kind[0]}${a.micro}`),
+    ['f0', 'f1', 'b0', 'b1'],
+  );
+  assert.equal(
+    peakInFlight([
+      { kind: 'forward', micro: 0 },
+      { kind: 'forward', micro: 1 },
+      { kind: 'backward', micro: 0 },
+    ]),
+    2,
+  );
   for (let pp = 1; pp <= 4; pp++) {
     for (let micros = 1; micros <= 8; micros++) {
       for (let stage = 0; stage < pp; stage++) {
         const acts = oneForwardOneBackward(stage, pp, micros);
         const what = `stage ${stage} of ${pp}, ${micros} micro-batches`;
-        assert.deepEqual(acts.filter((a) => a.kind === 'forward').map((a) => a.micro), range(micros), `${what}: forwards`);
-        assert.deepEqual(acts.filter((a) => a.kind === 'backward').map((a) => a.micro), range(micros), `${what}: backwards`);
+        assert.deepEqual(
+          acts.filter((a) => a.kind === 'forward').map((a) => a.micro),
+          range(micros),
+          `${what}: forwards`,
+        );
+        assert.deepEqual(
+          acts.filter((a) => a.kind === 'backward').map((a) => a.micro),
+          range(micros),
+          `${what}: backwards`,
+        );
         for (const m of range(micros)) {
           const f = acts.findIndex((a) => a.kind === 'forward' && a.micro === m);
           const b = acts.findIndex((a) => a.kind === 'backward' && a.micro === m);
@@ -383,19 +509,21 @@ test('Collectives: all-gather of uneven lengths, end to end in group order; a wr
 test('Collectives: reductions of two overlapping groups interleave correctly (TP then DP on a 2 × 2 layout)', async () => {
   const l = layout({ tp: 2, dp: 2 });
   const colls = localTransports(4).map((t) => new Collectives(t));
-  const out = await Promise.all(range(4).map(async (r) => {
-    const data = Float32Array.from([10 ** r, r]);
-    for (let i = 0; i < 3; i++) {
-      await colls[r].allReduceSum(groupOf(l, r, ['tp']), data);
-      await colls[r].allReduceSum(groupOf(l, r, ['dp']), data);
-      const t = tf.tensor1d(data);
-      const s = await colls[r].allReduceTensor(groupOf(l, r, ['tp']), t);
-      data.set(await s.data());
-      t.dispose();
-      s.dispose();
-    }
-    return data;
-  }));
+  const out = await Promise.all(
+    range(4).map(async (r) => {
+      const data = Float32Array.from([10 ** r, r]);
+      for (let i = 0; i < 3; i++) {
+        await colls[r].allReduceSum(groupOf(l, r, ['tp']), data);
+        await colls[r].allReduceSum(groupOf(l, r, ['dp']), data);
+        const t = tf.tensor1d(data);
+        const s = await colls[r].allReduceTensor(groupOf(l, r, ['tp']), t);
+        data.set(await s.data());
+        t.dispose();
+        s.dispose();
+      }
+      return data;
+    }),
+  );
   // Round 1: TP then DP sum the four ranks (1111, 0 + 1 + 2 + 3 = 6), the TP tensor reduction doubles that; each
   // later round multiplies by 2 · 2 · 2.
   for (const d of out) assert.deepEqual([...d], [1111 * 2 * 8 * 8, 6 * 2 * 8 * 8]);
@@ -404,7 +532,10 @@ test('Collectives: reductions of two overlapping groups interleave correctly (TP
 test('Collectives: send/receive carries tensors between stages; a tag out of step throws', async () => {
   const before = tf.memory().numTensors;
   const [a, b] = localTransports(2).map((t) => new Collectives(t));
-  const x = tf.tensor2d([[1, 2, 3], [4, 5, 6]]);
+  const x = tf.tensor2d([
+    [1, 2, 3],
+    [4, 5, 6],
+  ]);
   const ids = tf.tensor1d([7, 8], 'int32');
   await a.send(1, 'step 0 micro 0 forward', [x, ids]);
   const got = await b.receive(0, 'step 0 micro 0 forward');
@@ -414,7 +545,10 @@ test('Collectives: send/receive carries tensors between stages; a tag out of ste
   assert.equal(got[1].dtype, 'int32');
   assert.deepEqual([...(await got[1].data())], [7, 8]);
   await a.send(1, 'step 0 micro 1 forward', [x]);
-  await assert.rejects(b.receive(0, 'step 0 micro 0 backward'), /pipeline out of step on worker 1: expected step 0 micro 0 backward from worker 0, got step 0 micro 1 forward/);
+  await assert.rejects(
+    b.receive(0, 'step 0 micro 0 backward'),
+    /pipeline out of step on worker 1: expected step 0 micro 0 backward from worker 0, got step 0 micro 1 forward/,
+  );
   for (const t of [x, ids, ...got]) t.dispose();
   assert.equal(tf.memory().numTensors, before);
 });

@@ -33,11 +33,21 @@ test('rank 0 makes the unique id, every rank joins with the same 128 bytes and i
   const joined: { id: number[]; size: number; rank: number; name: string }[] = [];
   const id = Uint8Array.from({ length: 128 }, (_, i) => (i * 7 + 3) & 255);
   const made: number[] = [];
-  const results = await Promise.all(group.map((w) => groupCollectives(transports[w], group, 'dp', {
-    unavailable: () => null,
-    makeId: () => { made.push(w); return id; },
-    join: (got, size, rank, name) => { joined.push({ id: Array.from(got), size, rank, name }); return fakes.members[rank]; },
-  })));
+  const results = await Promise.all(
+    group.map((w) =>
+      groupCollectives(transports[w], group, 'dp', {
+        unavailable: () => null,
+        makeId: () => {
+          made.push(w);
+          return id;
+        },
+        join: (got, size, rank, name) => {
+          joined.push({ id: Array.from(got), size, rank, name });
+          return fakes.members[rank];
+        },
+      }),
+    ),
+  );
   assert.deepEqual(made, [1], 'only rank 0 (worker 1) makes an id');
   assert.deepEqual(joined.map((j) => j.rank).sort(), [0, 1, 2]);
   for (const j of joined) {
@@ -54,31 +64,50 @@ test('rank 0 makes the unique id, every rank joins with the same 128 bytes and i
 
 test('a rank 0 that cannot run NCCL sends the whole group to the ring, with its reason', async () => {
   const transports = localTransports(2);
-  const results = await Promise.all([0, 1].map((w) => groupCollectives(transports[w], [0, 1], 'dp', {
-    unavailable: () => (w === 0 ? 'libnccl.so.2 (NCCL) is missing' : null),
-    join: () => { throw new Error('must not join'); },
-  })));
-  assert.deepEqual(results.map((r) => r.kind), ['ring', 'ring']);
+  const results = await Promise.all(
+    [0, 1].map((w) =>
+      groupCollectives(transports[w], [0, 1], 'dp', {
+        unavailable: () => (w === 0 ? 'libnccl.so.2 (NCCL) is missing' : null),
+        join: () => {
+          throw new Error('must not join');
+        },
+      }),
+    ),
+  );
+  assert.deepEqual(
+    results.map((r) => r.kind),
+    ['ring', 'ring'],
+  );
   assert.match(collectivesLine('dp', 2, results[1]), /ring all-reduce .* because rank 0 of the group cannot run NCCL: libnccl.so.2 \(NCCL\) is missing/);
 });
 
 test('a rank that cannot run NCCL while rank 0 does is refused, naming it', async () => {
   const transports = localTransports(2);
   const fakes = new FakeCommunicatorGroup(2);
-  const [r0, r1] = await Promise.allSettled([0, 1].map((w) => groupCollectives(transports[w], [0, 1], 'tp 0', {
-    unavailable: () => (w === 1 ? 'libnccl.so.2 failed to load' : null),
-    makeId: () => new Uint8Array(128),
-    join: (_id, _size, rank) => fakes.members[rank],
-  })));
+  const [r0, r1] = await Promise.allSettled(
+    [0, 1].map((w) =>
+      groupCollectives(transports[w], [0, 1], 'tp 0', {
+        unavailable: () => (w === 1 ? 'libnccl.so.2 failed to load' : null),
+        makeId: () => new Uint8Array(128),
+        join: (_id, _size, rank) => fakes.members[rank],
+      }),
+    ),
+  );
   assert.equal(r0.status, 'fulfilled');
   assert.equal(r1.status, 'rejected');
-  assert.match(String((r1 as PromiseRejectedResult).reason), /group tp 0: rank 0 runs the collectives on NCCL but rank 1 \(worker 1\) cannot: libnccl.so.2 failed to load/);
+  assert.match(
+    String((r1 as PromiseRejectedResult).reason),
+    /group tp 0: rank 0 runs the collectives on NCCL but rank 1 \(worker 1\) cannot: libnccl.so.2 failed to load/,
+  );
 });
 
 test('on a CPU backend every rank picks the ring without a message; the reason names the backend', async () => {
   const transports = localTransports(2);
   const results = await Promise.all([0, 1].map((w) => groupCollectives(transports[w], [0, 1], 'dp')));
-  assert.deepEqual(results.map((r) => r.kind), ['ring', 'ring']);
+  assert.deepEqual(
+    results.map((r) => r.kind),
+    ['ring', 'ring'],
+  );
   assert.match(ncclUnavailable() ?? '', /the cpu backend keeps its tensors off CUDA devices/);
 });
 
@@ -87,20 +116,43 @@ test('DataParallelRank sums its gradients through the communicator it is given, 
   const fakes = new FakeCommunicatorGroup(2);
   const lines: string[] = [];
   const stops: number[] = [];
-  const ranks = [0, 1].map((r) => new DataParallelRank({
-    transport: transports[r], dpRank: r, dpSize: 2, group: [0, 1], deviceIndex: 0, globalBatchSize: 2, microBatchSize: 1,
-    onStopAgreed: () => stops.push(r), log: (l) => lines.push(l), communicator: fakes.members[r],
-  }));
+  const ranks = [0, 1].map(
+    (r) =>
+      new DataParallelRank({
+        transport: transports[r],
+        dpRank: r,
+        dpSize: 2,
+        group: [0, 1],
+        deviceIndex: 0,
+        globalBatchSize: 2,
+        microBatchSize: 1,
+        onStopAgreed: () => stops.push(r),
+        log: (l) => lines.push(l),
+        communicator: fakes.members[r],
+      }),
+  );
   const pools = ranks.map((d) => d.credits(10, 0));
   pools[1].close();
-  const grads = [0, 1].map((r) => new Map<string, tf.Tensor>([['b', tf.tensor1d([r + 1, 10 * (r + 1)])], ['a', tf.tensor2d([[r, r], [r, r]])]]));
+  const grads = [0, 1].map(
+    (r) =>
+      new Map<string, tf.Tensor>([
+        ['b', tf.tensor1d([r + 1, 10 * (r + 1)])],
+        [
+          'a',
+          tf.tensor2d([
+            [r, r],
+            [r, r],
+          ]),
+        ],
+      ]),
+  );
   await Promise.all(ranks.map((d, r) => d.reduceGradients(grads[r])));
   for (const g of grads) {
     assert.deepEqual([...g.keys()], ['b', 'a']);
     assert.deepEqual(Array.from(g.get('b')!.dataSync()), [3, 30]);
     assert.deepEqual(Array.from(g.get('a')!.dataSync()), [1, 1, 1, 1]);
   }
-  assert.deepEqual(stops.sort(), [0, 1], 'rank 1\'s stop reached both ranks');
+  assert.deepEqual(stops.sort(), [0, 1], "rank 1's stop reached both ranks");
   assert.deepEqual(lines, ['collectives of group dp (2 ranks): in-process fake, device to device']);
   for (const g of grads) tf.dispose([...g.values()]);
 });
@@ -120,33 +172,52 @@ test('a worker leading two groups may hand their ids out in either order', async
   const lead = (async () => [await groupCollectives(transports[0], [0, 1], 'a', o('a')), await groupCollectives(transports[0], [0, 1], 'b', o('b'))])();
   const member = (async () => [await groupCollectives(transports[1], [0, 1], 'b', o('b')), await groupCollectives(transports[1], [0, 1], 'a', o('a'))])();
   const [l, m] = await Promise.all([lead, member]);
-  assert.deepEqual([...l, ...m].map((c) => c.kind), ['nccl', 'nccl', 'nccl', 'nccl']);
+  assert.deepEqual(
+    [...l, ...m].map((c) => c.kind),
+    ['nccl', 'nccl', 'nccl', 'nccl'],
+  );
 });
 
-test('cuda workers are pinned one GPU each (NCCL refuses two ranks on one GPU), through the launcher\'s own CUDA_VISIBLE_DEVICES', () => {
+test("cuda workers are pinned one GPU each (NCCL refuses two ranks on one GPU), through the launcher's own CUDA_VISIBLE_DEVICES", () => {
   assert.deepEqual(deviceEnv('cuda', 1, {}), { CUDA_VISIBLE_DEVICES: '1' });
   assert.deepEqual(deviceEnv('cuda', 1, { CUDA_VISIBLE_DEVICES: '4,6' }), { CUDA_VISIBLE_DEVICES: '6' });
   assert.deepEqual(deviceEnv('cpu', 1, {}), {});
 });
 
-test('training the fixture pair 3 steps on cpu with DP 1 through a (fake) communicator gives the plain run\'s weights', async () => {
+test("training the fixture pair 3 steps on cpu with DP 1 through a (fake) communicator gives the plain run's weights", async () => {
   const dir = mkdtempSync(join(tmpdir(), 'distill-comm-'));
-  const recipe = (name: string): DistillationRecipe => distillationRecipe({
-    name, dir, studentPath: fixture('llama-student'), teacherPath: fixture('llama-teacher'), backend: 'cpu',
-    data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
-    trainer: { maxSteps: 3, globalBatchSize: 2, microBatchSize: 1, saveInterval: 100, valCheckInterval: 100, limitValBatches: 1, logInterval: 1 },
-    optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
-  });
+  const recipe = (name: string): DistillationRecipe =>
+    distillationRecipe({
+      name,
+      dir,
+      studentPath: fixture('llama-student'),
+      teacherPath: fixture('llama-teacher'),
+      backend: 'cpu',
+      data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
+      trainer: { maxSteps: 3, globalBatchSize: 2, microBatchSize: 1, saveInterval: 100, valCheckInterval: 100, limitValBatches: 1, logInterval: 1 },
+      optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
+    });
   const plain = await distillInThisProcess(recipe('plain'), { log: null, progress: false });
   const fakes = new FakeCommunicatorGroup(1);
   const dp = new DataParallelRank({
-    transport: localTransports(1)[0], dpRank: 0, dpSize: 1, group: [0], deviceIndex: 0, globalBatchSize: 2, microBatchSize: 1,
-    onStopAgreed: () => {}, communicator: fakes.members[0],
+    transport: localTransports(1)[0],
+    dpRank: 0,
+    dpSize: 1,
+    group: [0],
+    deviceIndex: 0,
+    globalBatchSize: 2,
+    microBatchSize: 1,
+    onStopAgreed: () => {},
+    communicator: fakes.members[0],
   });
   const viaComm = await distillInThisProcess(recipe('comm'), { log: null, progress: false }, dp);
   assert.equal(fakes.calls.length, 3, 'one bucket all-reduced per step');
-  assert.deepEqual(viaComm.steps.map((s) => [s.step, s.loss, s.gradNorm]), plain.steps.map((s) => [s.step, s.loss, s.gradNorm]));
-  const w = (d: string): Map<string, Float32Array> => new Map([...readAllSafetensors(join(d, 'model.safetensors'))].map(([k, v]) => [k, v.data as Float32Array]));
+  assert.deepEqual(
+    viaComm.steps.map((s) => [s.step, s.loss, s.gradNorm]),
+    plain.steps.map((s) => [s.step, s.loss, s.gradNorm]),
+  );
+  const w = (d: string): Map<string, Float32Array> =>
+    new Map([...readAllSafetensors(join(d, 'model.safetensors'))].map(([k, v]) => [k, v.data as Float32Array]));
   const [a, b] = [w(plain.studentDir), w(viaComm.studentDir)];
   assert.deepEqual([...b.keys()].sort(), [...a.keys()].sort());
   for (const [name, x] of a) assert.equal(maxAbsDiff(x, b.get(name)!), 0, name);
@@ -174,9 +245,16 @@ test('a collective that does not finish names its rank: a silent one as hung, on
 test('bootstrap wires the probes: a fake rank that hangs is named through the transport', async () => {
   const transports = localTransports(2);
   const fakes = new FakeCommunicatorGroup(2, 400);
-  const made = await Promise.all([0, 1].map((w) => groupCollectives(transports[w], [0, 1], 'dp', {
-    unavailable: () => null, makeId: () => new Uint8Array(128), join: (_id, _size, rank) => fakes.members[rank], probeWaitMs: 300,
-  })));
+  const made = await Promise.all(
+    [0, 1].map((w) =>
+      groupCollectives(transports[w], [0, 1], 'dp', {
+        unavailable: () => null,
+        makeId: () => new Uint8Array(128),
+        join: (_id, _size, rank) => fakes.members[rank],
+        probeWaitMs: 300,
+      }),
+    ),
+  );
   const c0 = made[0].kind === 'nccl' ? made[0].comm : null;
   assert.ok(c0?.diagnoseHang);
   // Rank 0 issued one collective that rank 1 never joins.

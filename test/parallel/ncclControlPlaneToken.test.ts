@@ -20,13 +20,30 @@ const TOKEN = 'a-shared-secret-of-the-run-0123456789';
 const RECIPE = '{"name":"r","data":{"seqLength":16}}';
 
 const launch = (nodeRank: number, numNodes: number, masterPort: number, token: string | null, over: Partial<NodeLaunch> = {}): NodeLaunch => ({
-  nodeRank, numNodes, masterAddr: '127.0.0.1', masterPort, source: 'torchrun', joinTimeoutMs: 5000, peerTimeoutMs: 2000, maxFrameBytes: 1 << 20, token, ...over,
+  nodeRank,
+  numNodes,
+  masterAddr: '127.0.0.1',
+  masterPort,
+  source: 'torchrun',
+  joinTimeoutMs: 5000,
+  peerTimeoutMs: 2000,
+  maxFrameBytes: 1 << 20,
+  token,
+  ...over,
 });
-const opts = (l: NodeLaunch, logs: string[] = []): RendezvousOptions => ({ launch: l, recipeJson: RECIPE, resumeStep: 0, nodeOf: (w) => w, log: (line) => logs.push(line) });
+const opts = (l: NodeLaunch, logs: string[] = []): RendezvousOptions => ({
+  launch: l,
+  recipeJson: RECIPE,
+  resumeStep: 0,
+  nodeOf: (w) => w,
+  log: (line) => logs.push(line),
+});
 
 function startMaster(n: number, token: string | null, logs: string[]): { star: Promise<NodeStar>; port: Promise<number> } {
   let onPort: (p: number) => void = () => {};
-  const port = new Promise<number>((r) => { onPort = r; });
+  const port = new Promise<number>((r) => {
+    onPort = r;
+  });
   const star = rendezvous({ ...opts(launch(0, n, 0, token), logs), onListening: onPort });
   star.catch(() => {});
   return { star, port };
@@ -51,11 +68,20 @@ test('nodes with the same token join; without it or with another they are refuse
   const port = await m.port;
   assert.ok(!logs.some((l) => /no DISTILL_RENDEZVOUS_TOKEN/.test(l)), 'no warning when a token is set');
 
-  await assert.rejects(rendezvous(opts(launch(1, 2, port, null))), /node 0 ended the rendezvous: node 0 refused this node: node 1 \(.+\) joined without the rendezvous token/);
-  await until(() => logs.some((l) => /rendezvous: refused a connection from 127\.0\.0\.1:\d+: node 1 .* joined without the rendezvous token/.test(l)), logs.join('\n'));
+  await assert.rejects(
+    rendezvous(opts(launch(1, 2, port, null))),
+    /node 0 ended the rendezvous: node 0 refused this node: node 1 \(.+\) joined without the rendezvous token/,
+  );
+  await until(
+    () => logs.some((l) => /rendezvous: refused a connection from 127\.0\.0\.1:\d+: node 1 .* joined without the rendezvous token/.test(l)),
+    logs.join('\n'),
+  );
 
   // Another token: the joiner finds out first (node 0's proof does not match) and leaves.
-  await assert.rejects(rendezvous(opts(launch(1, 2, port, 'another-secret-of-16-chars-or-more'))), /did not prove it knows this node's rendezvous token: node 0 has another DISTILL_RENDEZVOUS_TOKEN/);
+  await assert.rejects(
+    rendezvous(opts(launch(1, 2, port, 'another-secret-of-16-chars-or-more'))),
+    /did not prove it knows this node's rendezvous token: node 0 has another DISTILL_RENDEZVOUS_TOKEN/,
+  );
 
   // A stranger that plays the protocol with a forged proof is refused and logged on node 0.
   const raw = connect({ host: '127.0.0.1', port });
@@ -76,7 +102,10 @@ test('nodes with the same token join; without it or with another they are refuse
 
   // The rendezvous is still open: the real node 1 joins.
   const [star0, star1] = await Promise.all([m.star, rendezvous(opts(launch(1, 2, port, TOKEN)))]);
-  assert.ok(logs.some((l) => /node 1 \(.+\) joined \(2 of 2\)/.test(l)), logs.join('\n'));
+  assert.ok(
+    logs.some((l) => /node 1 \(.+\) joined \(2 of 2\)/.test(l)),
+    logs.join('\n'),
+  );
   star0.close();
   star1.close();
 });
@@ -85,9 +114,18 @@ test('a node with a token does not believe a node 0 without one; node 0 without 
   const logs: string[] = [];
   const m = startMaster(2, null, logs);
   const port = await m.port;
-  assert.ok(logs.some((l) => /no DISTILL_RENDEZVOUS_TOKEN: any host that reaches 127\.0\.0\.1:\d+ can join this run/.test(l)), logs.join('\n'));
-  await assert.rejects(rendezvous(opts(launch(1, 2, port, TOKEN))), /welcomed node 1 without the rendezvous token this node has: give node 0 the same DISTILL_RENDEZVOUS_TOKEN/);
-  await m.star.then((s) => s.close(), () => {});
+  assert.ok(
+    logs.some((l) => /no DISTILL_RENDEZVOUS_TOKEN: any host that reaches 127\.0\.0\.1:\d+ can join this run/.test(l)),
+    logs.join('\n'),
+  );
+  await assert.rejects(
+    rendezvous(opts(launch(1, 2, port, TOKEN))),
+    /welcomed node 1 without the rendezvous token this node has: give node 0 the same DISTILL_RENDEZVOUS_TOKEN/,
+  );
+  await m.star.then(
+    (s) => s.close(),
+    () => {},
+  );
 });
 
 test('the token comes from DISTILL_RENDEZVOUS_TOKEN or a file its owner alone reads; a short one is refused', () => {

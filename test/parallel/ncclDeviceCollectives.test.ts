@@ -21,18 +21,25 @@ const TP = (w: number): number[] => (w < 2 ? [0, 1] : [2, 3]);
 
 /** What every worker computes: a TP all-reduce of a tensor, a world all-reduce of an array, an uneven all-gather and a max. */
 async function program(c: Collectives, w: number): Promise<number[][]> {
-  const x = tf.tensor2d([[w + 0.25, -w], [2 * w, 1.5]]);
+  const x = tf.tensor2d([
+    [w + 0.25, -w],
+    [2 * w, 1.5],
+  ]);
   const tpSum = await c.allReduceTensor(TP(w), x);
   const sums = Float32Array.from([w + 1, 0.1 * w, 1e-3]);
   await c.allReduceSum(WORLD, sums);
-  const gathered = await c.allGather(TP(w), Float32Array.from({ length: w % 2 ? 3 : 1 }, (_, i) => 10 * w + i), [1, 3]);
+  const gathered = await c.allGather(
+    TP(w),
+    Float32Array.from({ length: w % 2 ? 3 : 1 }, (_, i) => 10 * w + i),
+    [1, 3],
+  );
   const max = await c.allReduceMax(WORLD, Float32Array.from([w, -w, w % 2]));
   const out = [Array.from(tpSum.dataSync()), Array.from(sums), Array.from(gathered), Array.from(max)];
   tf.dispose([x, tpSum]);
   return out;
 }
 
-test('DeviceCollectives over communicators gives the ring\'s results for TP and world groups; one communicator per group', async () => {
+test("DeviceCollectives over communicators gives the ring's results for TP and world groups; one communicator per group", async () => {
   const ringTransports = localTransports(4);
   const want = await Promise.all(WORLD.map((w) => program(new Collectives(ringTransports[w]), w)));
 
@@ -66,13 +73,24 @@ test('DeviceCollectives over communicators gives the ring\'s results for TP and 
 test('a group whose rank 0 cannot run NCCL uses the ring, and says why', async () => {
   const transports = localTransports(4);
   const lines: string[] = [];
-  const colls = WORLD.map((w) => new DeviceCollectives(transports[w], {
-    log: (l) => lines.push(l),
-    bootstrap: { unavailable: () => 'libnccl.so.2 (NCCL) is missing', join: () => { throw new Error('must not join'); } },
-  }));
+  const colls = WORLD.map(
+    (w) =>
+      new DeviceCollectives(transports[w], {
+        log: (l) => lines.push(l),
+        bootstrap: {
+          unavailable: () => 'libnccl.so.2 (NCCL) is missing',
+          join: () => {
+            throw new Error('must not join');
+          },
+        },
+      }),
+  );
   const ringTransports = localTransports(4);
   const want = await Promise.all(WORLD.map((w) => program(new Collectives(ringTransports[w]), w)));
   const got = await Promise.all(WORLD.map((w) => program(colls[w], w)));
   assert.deepEqual(got, want);
-  assert.ok(lines.some((l) => /group \[0,1,2,3\] \(4 ranks\): the ring all-reduce .* because libnccl.so.2 \(NCCL\) is missing/.test(l)), lines.join('\n'));
+  assert.ok(
+    lines.some((l) => /group \[0,1,2,3\] \(4 ranks\): the ring all-reduce .* because libnccl.so.2 \(NCCL\) is missing/.test(l)),
+    lines.join('\n'),
+  );
 });

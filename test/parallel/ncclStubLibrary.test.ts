@@ -80,10 +80,21 @@ try {
   noCompiler = `no C compiler to build the stub: ${(e as Error).message.split('\n')[0]}`;
 }
 
-test('without libnccl.so.2 anywhere, loading NCCL is a BackendError naming it and how to install it', { skip: findLibrary(CUDA_LIBRARIES.nccl) ? 'this machine has NCCL' : false }, async () => {
-  const { loadNccl } = await import('../../src/parallel/nccl/ncclLibrary.ts');
-  assert.throws(() => loadNccl(), (e: unknown) => e instanceof BackendError && /libnccl\.so\.2 \(NCCL\) is missing/.test(e.message) && /pip install nvidia-nccl-cu12/.test(e.message) && /DISTILL_CUDA_LIBS/.test(e.message));
-});
+test(
+  'without libnccl.so.2 anywhere, loading NCCL is a BackendError naming it and how to install it',
+  { skip: findLibrary(CUDA_LIBRARIES.nccl) ? 'this machine has NCCL' : false },
+  async () => {
+    const { loadNccl } = await import('../../src/parallel/nccl/ncclLibrary.ts');
+    assert.throws(
+      () => loadNccl(),
+      (e: unknown) =>
+        e instanceof BackendError &&
+        /libnccl\.so\.2 \(NCCL\) is missing/.test(e.message) &&
+        /pip install nvidia-nccl-cu12/.test(e.message) &&
+        /DISTILL_CUDA_LIBS/.test(e.message),
+    );
+  },
+);
 
 test('the bindings against a stub libnccl.so.2: version, unique id by value, join in a worker thread, results and errors', { skip: noCompiler }, async () => {
   process.env.DISTILL_CUDA_LIBS = stubDir!;
@@ -92,7 +103,10 @@ test('the bindings against a stub libnccl.so.2: version, unique id by value, joi
   const nccl = loadNccl();
   assert.equal(ncclVersionString(nccl.version), '2.28.5');
   const id = ncclUniqueId();
-  assert.deepEqual(Array.from(id), Array.from({ length: 128 }, (_, i) => (i * 3) & 255));
+  assert.deepEqual(
+    Array.from(id),
+    Array.from({ length: 128 }, (_, i) => (i * 3) & 255),
+  );
 
   const backend = { driver: { stream: null } } as unknown as CudaBackend;
   let ticks = 0;
@@ -109,12 +123,17 @@ test('the bindings against a stub libnccl.so.2: version, unique id by value, joi
   const dst = Buffer.alloc(12);
   nccl.check('ncclAllReduce', nccl.fn.ncclAllReduce(k.address(src), k.address(dst), 3, 7, 0, handle, null));
   assert.deepEqual(Array.from(new Float32Array(dst.buffer, dst.byteOffset, 3)), [1.5, -2, 3]);
-  assert.throws(() => nccl.check('ncclAllReduce', nccl.fn.ncclAllReduce(k.address(src), k.address(dst), 3, 7, 1, handle, null)),
-    (e: unknown) => e instanceof NcclError && e.result === 4 && /ncclAllReduce failed: ncclInvalidArgument \(invalid argument \(stub\)\)/.test(e.message));
+  assert.throws(
+    () => nccl.check('ncclAllReduce', nccl.fn.ncclAllReduce(k.address(src), k.address(dst), 3, 7, 1, handle, null)),
+    (e: unknown) => e instanceof NcclError && e.result === 4 && /ncclAllReduce failed: ncclInvalidArgument \(invalid argument \(stub\)\)/.test(e.message),
+  );
   comm.destroy();
 
   // A wrong id fails the join with NCCL's result, named with the group and rank.
-  await assert.rejects(NcclCommunicator.join(new Uint8Array(128), 1, 0, 'bad', { backend, inThread: true }), /ncclCommInitRank\(group bad, rank 0 of 1\) failed: ncclInvalidArgument/);
+  await assert.rejects(
+    NcclCommunicator.join(new Uint8Array(128), 1, 0, 'bad', { backend, inThread: true }),
+    /ncclCommInitRank\(group bad, rank 0 of 1\) failed: ncclInvalidArgument/,
+  );
   await assert.rejects(NcclCommunicator.join(new Uint8Array(12), 1, 0, 'short', { backend }), /an ncclUniqueId has 128 bytes, got 12/);
 });
 
@@ -126,73 +145,113 @@ function hostBackend(): CudaBackend {
   const extra: Record<string, unknown> = {
     makeOutput: (shape: number[], dtype: 'float32' | 'int32') => {
       const size = shape.reduce((a, b) => a * b, 1);
-      return (cpu as unknown as { makeTensorInfo(s: number[], d: string, v: ArrayBufferView): tf.TensorInfo }).makeTensorInfo(shape, dtype, dtype === 'int32' ? new Int32Array(size) : new Float32Array(size));
+      return (cpu as unknown as { makeTensorInfo(s: number[], d: string, v: ArrayBufferView): tf.TensorInfo }).makeTensorInfo(
+        shape,
+        dtype,
+        dtype === 'int32' ? new Int32Array(size) : new Float32Array(size),
+      );
     },
     tensorData: (t: tf.TensorInfo) => ({ ptr: k.address(storage.get(t.dataId).values) }),
-    driver: { stream: null, check: (call: string, code: number) => { throw new Error(`${call}: CUresult ${code}`); } },
+    driver: {
+      stream: null,
+      check: (call: string, code: number) => {
+        throw new Error(`${call}: CUresult ${code}`);
+      },
+    },
   };
-  return new Proxy(cpu, { get: (target, prop) => (typeof prop === 'string' && prop in extra ? extra[prop] : Reflect.get(target, prop, target)) }) as unknown as CudaBackend;
+  return new Proxy(cpu, {
+    get: (target, prop) => (typeof prop === 'string' && prop in extra ? extra[prop] : Reflect.get(target, prop, target)),
+  }) as unknown as CudaBackend;
 }
 
 // Big enough (over 64 bytes) that V8 keeps the values off its moving heap while a call holds their address.
 const ramp = (n: number, scale = 1): number[] => Array.from({ length: n }, (_, i) => (i - 7) * scale);
 
-test('the NCCL communicator on host memory: every collective\'s shape and values, the bucketed all-reduce, errors and the bound', { skip: noCompiler }, async () => {
-  await tf.setBackend('cpu');
-  process.env.DISTILL_CUDA_LIBS = stubDir!;
-  const { ncclUniqueId } = await import('../../src/parallel/nccl/ncclLibrary.ts');
-  const { NcclCommunicator } = await import('../../src/parallel/nccl/ncclCommunicator.ts');
-  const stub = koffi().load(join(stubDir!, 'libnccl.so.2'));
-  const setAsyncError = stub.func('void stubSetAsyncError(int e)');
-  const setStreamState = koffi().load(join(stubDir!, 'libcuda.so.1')).func('void stubSetStreamState(int s)');
-  const comm = await NcclCommunicator.join(ncclUniqueId(), 1, 0, 'host', { backend: hostBackend() });
+test(
+  "the NCCL communicator on host memory: every collective's shape and values, the bucketed all-reduce, errors and the bound",
+  { skip: noCompiler },
+  async () => {
+    await tf.setBackend('cpu');
+    process.env.DISTILL_CUDA_LIBS = stubDir!;
+    const { ncclUniqueId } = await import('../../src/parallel/nccl/ncclLibrary.ts');
+    const { NcclCommunicator } = await import('../../src/parallel/nccl/ncclCommunicator.ts');
+    const stub = koffi().load(join(stubDir!, 'libnccl.so.2'));
+    const setAsyncError = stub.func('void stubSetAsyncError(int e)');
+    const setStreamState = koffi().load(join(stubDir!, 'libcuda.so.1')).func('void stubSetStreamState(int s)');
+    const comm = await NcclCommunicator.join(ncclUniqueId(), 1, 0, 'host', { backend: hostBackend() });
 
-  const x = tf.tensor2d(ramp(32, 0.5), [8, 4]);
-  const n = tf.tensor1d(ramp(24), 'int32');
-  const sum = await comm.allReduceSum(x);
-  const sumInt = await comm.allReduceSum(n);
-  const gathered = await comm.allGather(x);
-  const scattered = await comm.reduceScatter(x);
-  const [self] = await comm.exchange([{ peer: 0, tensor: x }], [{ peer: 0, shape: [4, 8] }]);
-  await comm.synchronize(1000);
-  for (const [t, shape] of [[sum, [8, 4]], [gathered, [8, 4]], [scattered, [8, 4]], [self, [4, 8]]] as const) {
-    assert.deepEqual(t.shape, shape);
-    assert.equal(t.dtype, 'float32');
-    assert.deepEqual(Array.from(t.dataSync()), ramp(32, 0.5));
-  }
-  assert.equal(sumInt.dtype, 'int32');
-  assert.deepEqual(Array.from(sumInt.dataSync()), ramp(24));
-  tf.dispose([x, n, sum, sumInt, gathered, scattered, self]);
+    const x = tf.tensor2d(ramp(32, 0.5), [8, 4]);
+    const n = tf.tensor1d(ramp(24), 'int32');
+    const sum = await comm.allReduceSum(x);
+    const sumInt = await comm.allReduceSum(n);
+    const gathered = await comm.allGather(x);
+    const scattered = await comm.reduceScatter(x);
+    const [self] = await comm.exchange([{ peer: 0, tensor: x }], [{ peer: 0, shape: [4, 8] }]);
+    await comm.synchronize(1000);
+    for (const [t, shape] of [
+      [sum, [8, 4]],
+      [gathered, [8, 4]],
+      [scattered, [8, 4]],
+      [self, [4, 8]],
+    ] as const) {
+      assert.deepEqual(t.shape, shape);
+      assert.equal(t.dtype, 'float32');
+      assert.deepEqual(Array.from(t.dataSync()), ramp(32, 0.5));
+    }
+    assert.equal(sumInt.dtype, 'int32');
+    assert.deepEqual(Array.from(sumInt.dataSync()), ramp(24));
+    tf.dispose([x, n, sum, sumInt, gathered, scattered, self]);
 
-  // The buckets of a model's gradients through it: every gradient back in its shape and place, the flag summed.
-  const grads = new Map<string, tf.Tensor>([['embed', tf.tensor2d(ramp(40), [10, 4])], ['layer.0', tf.tensor2d(ramp(36, 2), [6, 6])], ['norm', tf.tensor1d(ramp(20, 3))]]);
-  const before = new Map([...grads].map(([name, t]) => [name, Array.from(t.dataSync())]));
-  const plan = planGradientBuckets([...grads].map(([name, t]) => ({ name, size: t.size })), 60 * 4);
-  assert.equal(plan.length, 2);
-  assert.deepEqual(await allReduceGradientBuckets(grads, comm, plan, [1, 0]), [1, 0]);
-  assert.deepEqual([...grads.keys()], ['embed', 'layer.0', 'norm']);
-  for (const [name, t] of grads) assert.deepEqual(Array.from(t.dataSync()), before.get(name), name);
-  tf.dispose([...grads.values()]);
+    // The buckets of a model's gradients through it: every gradient back in its shape and place, the flag summed.
+    const grads = new Map<string, tf.Tensor>([
+      ['embed', tf.tensor2d(ramp(40), [10, 4])],
+      ['layer.0', tf.tensor2d(ramp(36, 2), [6, 6])],
+      ['norm', tf.tensor1d(ramp(20, 3))],
+    ]);
+    const before = new Map([...grads].map(([name, t]) => [name, Array.from(t.dataSync())]));
+    const plan = planGradientBuckets(
+      [...grads].map(([name, t]) => ({ name, size: t.size })),
+      60 * 4,
+    );
+    assert.equal(plan.length, 2);
+    assert.deepEqual(await allReduceGradientBuckets(grads, comm, plan, [1, 0]), [1, 0]);
+    assert.deepEqual([...grads.keys()], ['embed', 'layer.0', 'norm']);
+    for (const [name, t] of grads) assert.deepEqual(Array.from(t.dataSync()), before.get(name), name);
+    tf.dispose([...grads.values()]);
 
-  // A stream that never finishes: synchronize gives up after its bound, with the event loop running meanwhile.
-  setStreamState(600);
-  const t0 = performance.now();
-  await assert.rejects(comm.synchronize(120), (e: unknown) => e instanceof CollectiveError && /group host, rank 0 of 1: the collectives did not finish within 0\.1 s .*a peer rank hung or died/.test(e.message));
-  const waited = performance.now() - t0;
-  assert.ok(waited >= 110 && waited < 1000, `gave up after ${waited} ms`);
-  await assert.rejects(comm.allReduceSum(tf.ones([20])), /the communicator was aborted/);
-  // With the group's probes wired (bootstrap.ts), the error names the rank behind it.
-  const probed = await NcclCommunicator.join(ncclUniqueId(), 1, 0, 'probed', { backend: hostBackend() });
-  probed.diagnoseHang = async (issued) => ({ text: `rank 1 (worker 3) has issued ${issued - 1} collectives of the group, this rank ${issued}: it has not reached this one`, ranks: [1] });
-  const y = await probed.allReduceSum(tf.ones([20]));
-  await assert.rejects(probed.synchronize(50), (e: unknown) => e instanceof CollectiveError && e.ranks[0] === 1 && /within 0\.1 s \(DISTILL_COLLECTIVE_TIMEOUT_S\): rank 1 \(worker 3\) has issued 0 collectives of the group, this rank 1/.test(e.message));
-  y.dispose();
-  setStreamState(0);
+    // A stream that never finishes: synchronize gives up after its bound, with the event loop running meanwhile.
+    setStreamState(600);
+    const t0 = performance.now();
+    await assert.rejects(
+      comm.synchronize(120),
+      (e: unknown) =>
+        e instanceof CollectiveError && /group host, rank 0 of 1: the collectives did not finish within 0\.1 s .*a peer rank hung or died/.test(e.message),
+    );
+    const waited = performance.now() - t0;
+    assert.ok(waited >= 110 && waited < 1000, `gave up after ${waited} ms`);
+    await assert.rejects(comm.allReduceSum(tf.ones([20])), /the communicator was aborted/);
+    // With the group's probes wired (bootstrap.ts), the error names the rank behind it.
+    const probed = await NcclCommunicator.join(ncclUniqueId(), 1, 0, 'probed', { backend: hostBackend() });
+    probed.diagnoseHang = async (issued) => ({
+      text: `rank 1 (worker 3) has issued ${issued - 1} collectives of the group, this rank ${issued}: it has not reached this one`,
+      ranks: [1],
+    });
+    const y = await probed.allReduceSum(tf.ones([20]));
+    await assert.rejects(
+      probed.synchronize(50),
+      (e: unknown) =>
+        e instanceof CollectiveError &&
+        e.ranks[0] === 1 &&
+        /within 0\.1 s \(DISTILL_COLLECTIVE_TIMEOUT_S\): rank 1 \(worker 3\) has issued 0 collectives of the group, this rank 1/.test(e.message),
+    );
+    y.dispose();
+    setStreamState(0);
 
-  // NCCL's asynchronous error (a peer died): the next synchronize aborts the communicator and says so.
-  const again = await NcclCommunicator.join(ncclUniqueId(), 1, 0, 'again', { backend: hostBackend() });
-  setAsyncError(6);
-  await assert.rejects(again.synchronize(1000), /group again, rank 0 of 1: NCCL reported an asynchronous error: .*ncclRemoteError \(remote process exited/);
-  setAsyncError(0);
-  await assert.rejects(again.allGather(tf.ones([20])), /aborted/);
-});
+    // NCCL's asynchronous error (a peer died): the next synchronize aborts the communicator and says so.
+    const again = await NcclCommunicator.join(ncclUniqueId(), 1, 0, 'again', { backend: hostBackend() });
+    setAsyncError(6);
+    await assert.rejects(again.synchronize(1000), /group again, rank 0 of 1: NCCL reported an asynchronous error: .*ncclRemoteError \(remote process exited/);
+    setAsyncError(0);
+    await assert.rejects(again.allGather(tf.ones([20])), /aborted/);
+  },
+);

@@ -31,13 +31,22 @@ const child = process.env.DISTILL_NCCL_CHILD;
 async function childRank(rank: number, id: Uint8Array): Promise<void> {
   await selectBackend('cuda', { log: null });
   const comm = await NcclCommunicator.join(id, 2, rank, 'pair', { timeoutMs: 120_000 });
-  const x = tf.tensor2d([[rank + 1, 10 * (rank + 1)], [100 * (rank + 1), -(rank + 1)]]);
+  const x = tf.tensor2d([
+    [rank + 1, 10 * (rank + 1)],
+    [100 * (rank + 1), -(rank + 1)],
+  ]);
   const sum = await comm.allReduceSum(x);
   const gathered = await comm.allGather(x);
   const scattered = await comm.reduceScatter(x);
   const [fromPeer] = await comm.exchange([{ peer: 1 - rank, tensor: x }], [{ peer: 1 - rank, shape: [2, 2] }]);
   await comm.synchronize(120_000);
-  const out = { sum: Array.from(sum.dataSync()), gathered: Array.from(gathered.dataSync()), gatheredShape: gathered.shape, scattered: Array.from(scattered.dataSync()), fromPeer: Array.from(fromPeer.dataSync()) };
+  const out = {
+    sum: Array.from(sum.dataSync()),
+    gathered: Array.from(gathered.dataSync()),
+    gatheredShape: gathered.shape,
+    scattered: Array.from(scattered.dataSync()),
+    fromPeer: Array.from(fromPeer.dataSync()),
+  };
   comm.destroy();
   process.stdout.write(`RESULT ${JSON.stringify(out)}\n`);
 }
@@ -98,7 +107,11 @@ test('two ranks on two GPUs: all-reduce, all-gather, reduce-scatter and send/rec
 
 function recipe(dir: string, name: string, devices: number): DistillationRecipe {
   return distillationRecipe({
-    name, dir, studentPath: fixture('llama-student'), teacherPath: fixture('llama-teacher'), backend: 'cuda',
+    name,
+    dir,
+    studentPath: fixture('llama-student'),
+    teacherPath: fixture('llama-teacher'),
+    backend: 'cuda',
     data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
     trainer: { maxSteps: 4, globalBatchSize: 2, microBatchSize: 1, saveInterval: 100, valCheckInterval: 100, limitValBatches: 1, logInterval: 1 },
     optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
@@ -111,14 +124,22 @@ test('--devices 2 --backend cuda (DP 2 through NCCL) gives the losses and weight
   const lines: string[] = [];
   const one = await run(recipe(dir, 'one', 1), { log: null });
   const two = await run(recipe(dir, 'two', 2), { log: (l) => lines.push(l) });
-  assert.deepEqual(two.steps.map((s) => s.step), one.steps.map((s) => s.step));
+  assert.deepEqual(
+    two.steps.map((s) => s.step),
+    one.steps.map((s) => s.step),
+  );
   for (let i = 0; i < one.steps.length; i++) {
     assert.ok(Math.abs(two.steps[i].loss - one.steps[i].loss) <= 1e-5, `loss at step ${one.steps[i].step}: ${two.steps[i].loss} vs ${one.steps[i].loss}`);
     assert.ok(Math.abs(two.steps[i].gradNorm - one.steps[i].gradNorm) <= 1e-5, `grad norm at step ${one.steps[i].step}`);
   }
-  const w = (d: string): Map<string, Float32Array> => new Map([...readAllSafetensors(join(d, 'model.safetensors'))].map(([k, v]) => [k, v.data as Float32Array]));
+  const w = (d: string): Map<string, Float32Array> =>
+    new Map([...readAllSafetensors(join(d, 'model.safetensors'))].map(([k, v]) => [k, v.data as Float32Array]));
   const [a, b] = [w(one.studentDir), w(two.studentDir)];
   for (const [name, v] of a) assert.ok(maxAbsDiff(v, b.get(name)!) <= 1e-5, `${name} differs by ${maxAbsDiff(v, b.get(name)!)}`);
   // Once workerProgram passes its log to DataParallelRank, this line says NCCL carried the gradients.
-  if (lines.some((l) => /collectives of group dp/.test(l))) assert.ok(lines.some((l) => /collectives of group dp \(2 ranks\): NCCL \d/.test(l)), lines.join('\n'));
+  if (lines.some((l) => /collectives of group dp/.test(l)))
+    assert.ok(
+      lines.some((l) => /collectives of group dp \(2 ranks\): NCCL \d/.test(l)),
+      lines.join('\n'),
+    );
 });

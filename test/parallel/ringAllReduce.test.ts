@@ -45,8 +45,32 @@ test('gradients of uneven sizes summed in small buckets equal the plain sum; ext
   await tf.setBackend('cpu');
   const ts = localTransports(3);
   const shapes: Record<string, number[]> = { 'b.weight': [3, 5], 'a.bias': [7], 'c.norm': [1] };
-  const grads = [0, 1, 2].map((r) => new Map(Object.entries(shapes).map(([n, s], k) => [n, tf.tensor(random(s.reduce((a, b) => a * b, 1), r * 7 + k), s)])));
-  const plain = new Map([...grads[0].keys()].map((n) => [n, tf.tidy(() => tf.addN(grads.map((g) => g.get(n)!)).dataSync().slice())]));
+  const grads = [0, 1, 2].map(
+    (r) =>
+      new Map(
+        Object.entries(shapes).map(([n, s], k) => [
+          n,
+          tf.tensor(
+            random(
+              s.reduce((a, b) => a * b, 1),
+              r * 7 + k,
+            ),
+            s,
+          ),
+        ]),
+      ),
+  );
+  const plain = new Map(
+    [...grads[0].keys()].map((n) => [
+      n,
+      tf.tidy(() =>
+        tf
+          .addN(grads.map((g) => g.get(n)!))
+          .dataSync()
+          .slice(),
+      ),
+    ]),
+  );
   // 8 bytes per bucket: two floats, so the 23 values + 1 extra span 12 buckets and cross parameter boundaries.
   const extras = await Promise.all(ts.map((t, r) => allReduceGradients(grads[r], (b, i) => ringAllReduce(t, [0, 1, 2], b, i), 8, [r === 1 ? 1 : 0])));
   for (const e of extras) assert.deepEqual(e, [1]);

@@ -35,7 +35,17 @@ import { latestCheckpoint } from '../../src/train/trainingCheckpoint.ts';
 import { fixture } from '../helpers/fixtures.ts';
 import { scratchDir } from '../model/checkpointVariant.ts';
 import { llamaWithVocab } from './llamaWithVocab.ts';
-import { assertOptimizer, assertSteps, assertWeights, fixtureLoss, oneWorker, randomGpt2Checkpoint, underLayout, type LayoutRun, type ModelPair } from './modelParallelHarness.ts';
+import {
+  assertOptimizer,
+  assertSteps,
+  assertWeights,
+  fixtureLoss,
+  oneWorker,
+  randomGpt2Checkpoint,
+  underLayout,
+  type LayoutRun,
+  type ModelPair,
+} from './modelParallelHarness.ts';
 
 await selectBackend('cpu', { log: null });
 
@@ -48,7 +58,10 @@ const WEIGHT_ABS = 1e-4;
 
 const layout = (l: Partial<ParallelLayout>): ParallelLayout => ({ tp: 1, cp: 1, dp: 1, pp: 1, ...l });
 const nameOf = (l: ParallelLayout): string =>
-  (['tp', 'pp', 'cp', 'dp'] as const).filter((a) => l[a] > 1).map((a) => `${a.toUpperCase()} ${l[a]}`).join(' × ');
+  (['tp', 'pp', 'cp', 'dp'] as const)
+    .filter((a) => l[a] > 1)
+    .map((a) => `${a.toUpperCase()} ${l[a]}`)
+    .join(' × ');
 
 /** Runs `l` and checks what every layout run must: no leaked tensor, every rank the same results, padding all zero. */
 async function runLayout(l: ParallelLayout, loss = fixtureLoss(), pair: ModelPair = {}, wantPadding = true): Promise<LayoutRun> {
@@ -57,23 +70,32 @@ async function runLayout(l: ParallelLayout, loss = fixtureLoss(), pair: ModelPai
   assert.equal(tf.memory().numTensors, before, `${nameOf(l)}: tensors leaked`);
   assert.equal(run.perRank.length, worldSize(l));
   for (const [r, steps] of run.perRank.entries()) {
-    for (const [i, s] of steps.entries()) assert.deepEqual([s.loss, s.gradNorm, s.tokens], [run.steps[i].loss, run.steps[i].gradNorm, run.steps[i].tokens], `rank ${r} step ${i} differs from rank 0`);
+    for (const [i, s] of steps.entries())
+      assert.deepEqual(
+        [s.loss, s.gradNorm, s.tokens],
+        [run.steps[i].loss, run.steps[i].gradNorm, run.steps[i].tokens],
+        `rank ${r} step ${i} differs from rank 0`,
+      );
   }
   if (wantPadding) assert.ok(run.padding.length > 0, `${nameOf(l)}: no rank holds padding rows; the test does not test padding`);
-  for (const p of run.padding) assert.equal(p.largest, 0, `${nameOf(l)}: rank ${p.rank}'s ${p.rows} padding rows of ${p.name} moved to ${p.largest} (weight or AdamW moment)`);
+  for (const p of run.padding)
+    assert.equal(p.largest, 0, `${nameOf(l)}: rank ${p.rank}'s ${p.rows} padding rows of ${p.name} moved to ${p.largest} (weight or AdamW moment)`);
   return run;
 }
 
-test('padding arithmetic: Megatron\'s multiple of divisor × tp, one cut of the rows, one size for a teacher and its student', () => {
+test("padding arithmetic: Megatron's multiple of divisor × tp, one cut of the rows, one size for a teacher and its student", () => {
   assert.equal(paddedVocabSize(50257, 1), 50257, 'nothing to split, nothing padded');
   assert.equal(paddedVocabSize(50257, 2), 50432); // ceil(50257 / 256) · 256
   assert.equal(paddedVocabSize(50257, 8, 64), 50688);
   assert.equal(paddedVocabSize(151936, 2), 152064);
   assert.equal(paddedVocabSize(999, 2, 1), 1000);
-  assert.deepEqual([0, 1].map((r) => vocabShard(999, 1024, 2, r)), [
-    { vocabSize: 999, paddedSize: 1024, first: 0, rows: 512, valid: 512 },
-    { vocabSize: 999, paddedSize: 1024, first: 512, rows: 512, valid: 487 },
-  ]);
+  assert.deepEqual(
+    [0, 1].map((r) => vocabShard(999, 1024, 2, r)),
+    [
+      { vocabSize: 999, paddedSize: 1024, first: 0, rows: 512, valid: 512 },
+      { vocabSize: 999, paddedSize: 1024, first: 512, rows: 512, valid: 487 },
+    ],
+  );
   // A rank may hold only padding (a tiny vocabulary over many ranks): it still holds its rows.
   assert.deepEqual(vocabShard(100, 256, 2, 1), { vocabSize: 100, paddedSize: 256, first: 128, rows: 128, valid: 0 });
   assert.equal(pairedVocabSize([151936, 152064], 2), 152064);
@@ -86,10 +108,18 @@ test('a teacher and a student padded to different sizes (loaded each alone) are 
   const [t0] = localTransports(2);
   const w = tf.zeros([500, 4]);
   const teacherHead = tf.zeros([501, 4]) as tf.Tensor2D;
-  const op = vocabParallelLossOp({ hidden: 'h', teacherHidden: 'ht', labels: 'labels', mask: 'mask', head: 'w', outputs: ['loss', 'kd', 'ce'] }, {
-    options: fixtureLoss(), kdRatio: 1, coll: new Collectives(t0), tpGroup: [0, 1], teacherHead, globalTokens: () => 2,
-    vocab: { student: vocabShard(999, 1000, 2, 0), teacher: vocabShard(1002, 1002, 2, 0) },
-  });
+  const op = vocabParallelLossOp(
+    { hidden: 'h', teacherHidden: 'ht', labels: 'labels', mask: 'mask', head: 'w', outputs: ['loss', 'kd', 'ce'] },
+    {
+      options: fixtureLoss(),
+      kdRatio: 1,
+      coll: new Collectives(t0),
+      tpGroup: [0, 1],
+      teacherHead,
+      globalTokens: () => 2,
+      vocab: { student: vocabShard(999, 1000, 2, 0), teacher: vocabShard(1002, 1002, 2, 0) },
+    },
+  );
   const inputs = [tf.zeros([2, 4]), tf.zeros([2, 4]), tf.zeros([2], 'int32'), tf.ones([2])];
   try {
     await assert.rejects(op.forward(inputs, [w]), /teacher's vocabulary \(1002\) is padded to 1002 rows and the student's \(999\) to 1000.*loadShardedPair/);
@@ -102,19 +132,22 @@ test('a teacher and a student padded to different sizes (loaded each alone) are 
 
 const odd: ModelPair = { student: llamaWithVocab('llama-student', 999, 1), teacher: llamaWithVocab('llama-teacher', 999, 2) };
 
-test('the 999-id student under TP 2 (divisor 128): rank 1 holds 487 of its rows and 25 zero rows, from the file\'s rows [512, 999)', async () => {
+test("the 999-id student under TP 2 (divisor 128): rank 1 holds 487 of its rows and 25 zero rows, from the file's rows [512, 999)", async () => {
   const m = loadShardedModel(odd.student!, layout({ tp: 2 }), 1, true, { paddedVocab: pairedVocabSize([999], 2, 128) });
   try {
     const w = m.params.get('model.embed_tokens.weight')!;
     assert.deepEqual(w.shape, [512, 32]);
     const local = (await w.data()) as Float32Array;
-    const full = (await loadModel(odd.student!, { trainable: false }).then(async (f) => {
+    const full = await loadModel(odd.student!, { trainable: false }).then(async (f) => {
       const d = (await f.params.get('model.embed_tokens.weight')!.data()) as Float32Array;
       f.dispose();
       return d;
-    }));
+    });
     assert.deepEqual(local.subarray(0, 487 * 32), full.subarray(512 * 32, 999 * 32));
-    assert.ok(local.subarray(487 * 32).every((x) => x === 0), 'padding rows are zero');
+    assert.ok(
+      local.subarray(487 * 32).every((x) => x === 0),
+      'padding rows are zero',
+    );
   } finally {
     for (const v of m.params.values()) v.dispose();
   }
@@ -127,7 +160,11 @@ const losses: { kind: KdLossKind; kdRatio: number; temperature: number }[] = [
   { kind: 'jsd', kdRatio: 1, temperature: 2 },
   { kind: 'skew_kl', kdRatio: 0.5, temperature: 1 },
 ];
-const layouts: [ParallelLayout, number][] = [[layout({ tp: 2 }), 128], [layout({ tp: 2, pp: 2 }), 1], [layout({ tp: 2, dp: 2 }), 8]];
+const layouts: [ParallelLayout, number][] = [
+  [layout({ tp: 2 }), 128],
+  [layout({ tp: 2, pp: 2 }), 1],
+  [layout({ tp: 2, dp: 2 }), 8],
+];
 const references = new Map<string, Promise<LayoutRun>>();
 // The first case (forward KL, TP 2, divisor 128) also writes its checkpoint, which the last test reads back.
 const savedRunDir = scratchDir('vocab-padding-run');
@@ -160,16 +197,22 @@ test('999 ids, skew_kl with CE under TP 2 with divisor 1024 (2048 rows): TP rank
   if (!references.has(label)) references.set(label, oneWorker(STEPS, MICRO, fixtureLoss(lo), pair));
   const want = await references.get(label)!;
   const run = await runLayout(layout({ tp: 2 }), fixtureLoss(lo), { ...pair, makeVocabSizeDivisibleBy: 1024 });
-  assert.ok(run.padding.some((p) => p.rank === 1 && p.rows === 1024), 'rank 1 holds 1024 padding rows');
+  assert.ok(
+    run.padding.some((p) => p.rank === 1 && p.rows === 1024),
+    'rank 1 holds 1024 padding rows',
+  );
   assertSteps(run.steps, want.steps, LOSS_REL, 'rank 1 all padding', ['kdLoss', 'ceLoss'], PART_REL);
   assertWeights(run.weights, want.weights, WEIGHT_ABS, 'rank 1 all padding');
   assertOptimizer(run.optimizer, want.optimizer, 'rank 1 all padding');
 });
 
-test('999 ids: the fixture ids (and so the next-token labels) reach both TP ranks\' rows, so both compute CE terms', () => {
+test("999 ids: the fixture ids (and so the next-token labels) reach both TP ranks' rows, so both compute CE terms", () => {
   const ids = [...readAllSafetensors(fixture('llama-teacher', 'expected.safetensors')).get('input_ids')!.data];
   assert.ok(ids.some((x) => x >= 512) && ids.some((x) => x < 487), `ids ${ids.join(' ')} do not span both ranks`);
-  assert.ok(ids.every((x) => x < 999), 'every id is inside the cut vocabulary');
+  assert.ok(
+    ids.every((x) => x < 999),
+    'every id is inside the cut vocabulary',
+  );
 });
 
 /** The shapes a safetensors file declares, read from its header as any loader reads it (u64 LE length, JSON). */
@@ -177,7 +220,11 @@ function safetensorsShapes(file: string): Map<string, number[]> {
   const bytes = readFileSync(file);
   const n = Number(bytes.readBigUInt64LE(0));
   const header = JSON.parse(bytes.subarray(8, 8 + n).toString('utf8')) as Record<string, { shape?: number[] }>;
-  return new Map(Object.entries(header).filter(([k]) => k !== '__metadata__').map(([k, v]) => [k, v.shape ?? []]));
+  return new Map(
+    Object.entries(header)
+      .filter(([k]) => k !== '__metadata__')
+      .map(([k, v]) => [k, v.shape ?? []]),
+  );
 }
 
 test('a GPT-2 student with 999 ids (tied wte, its copy on the last stage padded too) under TP 2 × PP 2, divisor 128, matches one worker', async () => {
@@ -186,7 +233,10 @@ test('a GPT-2 student with 999 ids (tied wte, its copy on the last stage padded 
   const want = await oneWorker(STEPS, MICRO, fixtureLoss(), pair);
   const l = layout({ tp: 2, pp: 2 });
   const run = await runLayout(l, fixtureLoss(), { ...pair, makeVocabSizeDivisibleBy: 128 });
-  assert.ok(run.padding.some((p) => p.name === 'transformer.wte.weight' && p.rank >= 2), 'the last stage holds a padded copy of wte');
+  assert.ok(
+    run.padding.some((p) => p.name === 'transformer.wte.weight' && p.rank >= 2),
+    'the last stage holds a padded copy of wte',
+  );
   assertSteps(run.steps, want.steps, LOSS_REL, `GPT-2 999 ids ${nameOf(l)}`);
   assertWeights(run.weights, want.weights, WEIGHT_ABS, `GPT-2 999 ids ${nameOf(l)}`);
   assertOptimizer(run.optimizer, want.optimizer, `GPT-2 999 ids ${nameOf(l)}`);
@@ -200,8 +250,10 @@ for (const c of [
 ]) {
   test(`TP 2, ${c.what}: KD on the shared ids, CE on the student's own, the same log line as one worker`, async () => {
     const pair: ModelPair = {
-      student: llamaWithVocab('llama-student', c.student, 3), teacher: llamaWithVocab('llama-teacher', c.teacher, 4),
-      nextTokenLabels: true, makeVocabSizeDivisibleBy: c.divisor,
+      student: llamaWithVocab('llama-student', c.student, 3),
+      teacher: llamaWithVocab('llama-teacher', c.teacher, 4),
+      nextTokenLabels: true,
+      makeVocabSizeDivisibleBy: c.divisor,
     };
     const oneLog: string[] = [];
     const tpLog: string[] = [];
@@ -249,7 +301,13 @@ test('the saved student and AdamW moments keep 999 rows, and resume under anothe
   assert.deepEqual(shapes(join(studentDir, 'model.safetensors')).get('model.embed_tokens.weight'), [999, 32]);
   assert.equal((JSON.parse(readFileSync(join(studentDir, 'config.json'), 'utf8')) as { vocab_size: number }).vocab_size, 999);
   const opt = shapes(join(ref.dir, 'optimizer.safetensors'));
-  assert.deepEqual([opt.get('exp_avg.model.embed_tokens.weight'), opt.get('exp_avg_sq.model.embed_tokens.weight')], [[999, 32], [999, 32]]);
+  assert.deepEqual(
+    [opt.get('exp_avg.model.embed_tokens.weight'), opt.get('exp_avg_sq.model.embed_tokens.weight')],
+    [
+      [999, 32],
+      [999, 32],
+    ],
+  );
 
   // One worker loads it as any checkpoint.
   const one = await loadModel(studentDir, { trainable: false });
@@ -266,7 +324,10 @@ test('the saved student and AdamW moments keep 999 rows, and resume under anothe
     assert.equal(local.length, 504 * 32);
     const expectRows = (got: Float32Array, want: Float32Array, what: string): void => {
       assert.deepEqual(got.subarray(0, 495 * 32), want.subarray(504 * 32, 999 * 32), `${what}: rows [504, 999)`);
-      assert.ok(got.subarray(495 * 32).every((x) => x === 0), `${what}: the 9 padding rows are zero`);
+      assert.ok(
+        got.subarray(495 * 32).every((x) => x === 0),
+        `${what}: the 9 padding rows are zero`,
+      );
     };
     expectRows(local, full, 'weight');
     expectRows(state.moments.get(name)!.m, run.optimizer.moments.get(name)!.m, 'AdamW m');

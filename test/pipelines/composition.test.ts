@@ -25,7 +25,11 @@ async function models() {
   const student = await loadModel(fixture('llama-student'), { trainable: true });
   const teacher = await loadModel(fixture('llama-teacher'), { trainable: false });
   const optimizer = new AdamW(student.params, { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0, weightDecayAll: false });
-  const dispose = (): void => { optimizer.dispose(); student.dispose(); teacher.dispose(); };
+  const dispose = (): void => {
+    optimizer.dispose();
+    student.dispose();
+    teacher.dispose();
+  };
   return { student, teacher, optimizer, dispose };
 }
 
@@ -47,7 +51,10 @@ test('a custom pipeline (filter + reverse KL + a tap) trains the fixture pair an
     ),
   );
   assert.deepEqual(seen, [0, 1, 3, 4, 6, 7, 9, 10]);
-  assert.ok(steps.every((s) => s.kdLoss !== undefined && s.ceLoss !== undefined), 'KD and CE both reported at α = 0.5');
+  assert.ok(
+    steps.every((s) => s.kdLoss !== undefined && s.ceLoss !== undefined),
+    'KD and CE both reported at α = 0.5',
+  );
   const [first, last] = [steps[0].loss, steps[steps.length - 1].loss];
   assert.ok(last < first, `0.5·CE + 0.5·reverse KL fell on the repeated batch: ${first} → ${last}`);
   dispose();
@@ -62,13 +69,21 @@ test('a slow stage slows the source: in-flight micro-batches never exceed the cr
   const counts: number[] = [];
   await lastValueFrom(
     readBatches(data(), { seqLength: 16, globalBatchSize: 4, microBatchSize: 1, startStep: 0, maxSteps: 10, credits }).pipe(
-      tap(() => { read++; worst = Math.max(worst, read - done); }),
+      tap(() => {
+        read++;
+        worst = Math.max(worst, read - done);
+      }),
       teacherTargets(teacher),
       // A slow stage: 15 ms per micro-batch.
-      concatMap(async (b) => { await new Promise((r) => setTimeout(r, 15)); return b; }),
+      concatMap(async (b) => {
+        await new Promise((r) => setTimeout(r, 15));
+        return b;
+      }),
       attachStudent(student),
       klLoss({ ...DEFAULT_KD_LOSS, kdRatio: 1, chunkSize: 16 }),
-      tap(() => { done++; }),
+      tap(() => {
+        done++;
+      }),
       backward(student, { optimizer, lrAt: () => 1e-3, clipGrad: 1, nanPolicy: 'stop', credits, globalBatchSize: 4 }),
       tap(() => counts.push(tf.memory().numTensors)),
       toArray(),
@@ -114,12 +129,22 @@ test('with a StepBarrier, a slow stage after backward reads exactly the weights 
 
 test('an error in a stage ends the pipeline with the stage name and the batch position', async () => {
   const { student, teacher, optimizer, dispose } = await models();
-  const broken = { ...teacher, hidden: (ids: tf.Tensor2D): tf.Tensor3D => { if (ids.shape[0] > 0) throw new Error('teacher exploded'); return teacher.hidden(ids); } };
+  const broken = {
+    ...teacher,
+    hidden: (ids: tf.Tensor2D): tf.Tensor3D => {
+      if (ids.shape[0] > 0) throw new Error('teacher exploded');
+      return teacher.hidden(ids);
+    },
+  };
   await assert.rejects(
-    lastValueFrom(readBatches(data(), { seqLength: 16, globalBatchSize: 2, microBatchSize: 1, startStep: 3, maxSteps: 5 }).pipe(
-      teacherTargets(broken), attachStudent(student), klLoss({ ...DEFAULT_KD_LOSS, kdRatio: 1, chunkSize: 16 }),
-      backward(student, { optimizer, lrAt: () => 1e-3, clipGrad: 1, nanPolicy: 'stop', globalBatchSize: 2 }),
-    )),
+    lastValueFrom(
+      readBatches(data(), { seqLength: 16, globalBatchSize: 2, microBatchSize: 1, startStep: 3, maxSteps: 5 }).pipe(
+        teacherTargets(broken),
+        attachStudent(student),
+        klLoss({ ...DEFAULT_KD_LOSS, kdRatio: 1, chunkSize: 16 }),
+        backward(student, { optimizer, lrAt: () => 1e-3, clipGrad: 1, nanPolicy: 'stop', globalBatchSize: 2 }),
+      ),
+    ),
     /teacherTargets failed at step 4, micro-batch 1 of 2, first sample 6: teacher exploded/,
   );
   dispose();
@@ -127,18 +152,33 @@ test('an error in a stage ends the pipeline with the stage name and the batch po
 
 test('a non-finite loss skips the step (weights unchanged) under --nan_policy skip, and stops under stop', async () => {
   const { student, teacher, optimizer, dispose } = await models();
-  const poison = (b: LossBatch): LossBatch => (b.position.step === 1 ? { ...b, loss: () => { const p = b.loss(); return { ...p, total: tf.mul(p.total, NaN) as tf.Scalar }; } } : b);
+  const poison = (b: LossBatch): LossBatch =>
+    b.position.step === 1
+      ? {
+          ...b,
+          loss: () => {
+            const p = b.loss();
+            return { ...p, total: tf.mul(p.total, NaN) as tf.Scalar };
+          },
+        }
+      : b;
   const name = [...student.params.keys()][1];
   const before = new Map<number, Float32Array>();
-  const pipeline = (policy: 'skip' | 'stop') => readBatches(data(), { seqLength: 16, globalBatchSize: 2, microBatchSize: 2, startStep: 0, maxSteps: 3 }).pipe(
-    teacherTargets(teacher), attachStudent(student), klLoss({ ...DEFAULT_KD_LOSS, kdRatio: 1, chunkSize: 16 }),
-    map(poison),
-    tap((b) => before.set(b.position.step, student.params.get(name)!.dataSync().slice() as Float32Array)),
-    backward(student, { optimizer, lrAt: () => 1e-2, clipGrad: 1, nanPolicy: policy, globalBatchSize: 2 }),
-    toArray(),
-  );
+  const pipeline = (policy: 'skip' | 'stop') =>
+    readBatches(data(), { seqLength: 16, globalBatchSize: 2, microBatchSize: 2, startStep: 0, maxSteps: 3 }).pipe(
+      teacherTargets(teacher),
+      attachStudent(student),
+      klLoss({ ...DEFAULT_KD_LOSS, kdRatio: 1, chunkSize: 16 }),
+      map(poison),
+      tap((b) => before.set(b.position.step, student.params.get(name)!.dataSync().slice() as Float32Array)),
+      backward(student, { optimizer, lrAt: () => 1e-2, clipGrad: 1, nanPolicy: policy, globalBatchSize: 2 }),
+      toArray(),
+    );
   const steps = await lastValueFrom(pipeline('skip'));
-  assert.deepEqual(steps.map((s) => s.skipped), [false, true, false]);
+  assert.deepEqual(
+    steps.map((s) => s.skipped),
+    [false, true, false],
+  );
   assert.deepEqual(before.get(2), before.get(1), 'the skipped step left the weights as they were');
   await assert.rejects(lastValueFrom(pipeline('stop')), NonFiniteLossError);
   dispose();

@@ -29,19 +29,25 @@ const data: SampleSource = createSampleSource({ dataPaths: fixture('megatron', '
 async function steps(m: CausalLM, o: { gbs: number; mbs: number; steps: number; keep: (b: TokenBatch) => boolean }): Promise<StepResult[]> {
   const optimizer = new AdamW(m.params, { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0, weightDecayAll: false });
   try {
-    return await lastValueFrom(readBatches(data, { seqLength: 16, globalBatchSize: o.gbs, microBatchSize: o.mbs, startStep: 0, maxSteps: o.steps }).pipe(
-      filter((b) => {
-        const kept = o.keep(b);
-        if (!kept) { b.inputIds.dispose(); b.labels.dispose(); b.lossMask.dispose(); }
-        return kept;
-      }),
-      teacherTargets(teacher),
-      attachStudent(m),
-      klLoss({ ...DEFAULT_KD_LOSS, kdRatio: 0.5, chunkSize: 16 }),
-      backward(m),
-      optimizerStep({ optimizer, lrAt: () => 0, clipGrad: 0, nanPolicy: 'stop', globalBatchSize: o.gbs }),
-      toArray(),
-    ));
+    return await lastValueFrom(
+      readBatches(data, { seqLength: 16, globalBatchSize: o.gbs, microBatchSize: o.mbs, startStep: 0, maxSteps: o.steps }).pipe(
+        filter((b) => {
+          const kept = o.keep(b);
+          if (!kept) {
+            b.inputIds.dispose();
+            b.labels.dispose();
+            b.lossMask.dispose();
+          }
+          return kept;
+        }),
+        teacherTargets(teacher),
+        attachStudent(m),
+        klLoss({ ...DEFAULT_KD_LOSS, kdRatio: 0.5, chunkSize: 16 }),
+        backward(m),
+        optimizerStep({ optimizer, lrAt: () => 0, clipGrad: 0, nanPolicy: 'stop', globalBatchSize: o.gbs }),
+        toArray(),
+      ),
+    );
   } finally {
     optimizer.dispose();
   }
@@ -59,7 +65,11 @@ test('a step is the micro-batches that arrive for it, weighted by their tokens; 
   // Two per step. Step 0 loses its first micro-batch, step 1 its last, step 2 both, step 3 none.
   const dropped = new Set(['0/0', '1/1', '2/0', '2/1']);
   const got = await steps(student, { gbs: 4, mbs: 2, steps: 4, keep: (b) => !dropped.has(`${b.position.step}/${b.position.micro}`) });
-  assert.deepEqual(got.map((r) => r.step), [0, 1, 3], 'step 2, of which nothing arrived, is absent');
+  assert.deepEqual(
+    got.map((r) => r.step),
+    [0, 1, 3],
+    'step 2, of which nothing arrived, is absent',
+  );
   const [s0, s1, s3] = got;
   close(s0.loss, micro[1].loss, 'step 0 = its second micro-batch alone');
   close(s0.gradNorm, micro[1].gradNorm, 'step 0 gradient norm');
@@ -75,20 +85,28 @@ test('a step is the micro-batches that arrive for it, weighted by their tokens; 
 
 test("the README's pipeline as written (filter on firstSample % 7, sizes 16/8 and 4/2) trains on the fixtures", async () => {
   // 16/8 for one step (its first micro-batch is dropped: the crash); 4/2 for four (step 3 loses its last).
-  for (const [gbs, mbs, maxSteps] of [[16, 8, 1], [4, 2, 4]]) {
+  for (const [gbs, mbs, maxSteps] of [
+    [16, 8, 1],
+    [4, 2, 4],
+  ]) {
     const optimizer = new AdamW(student.params, { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.01, weightDecayAll: false });
     const seen: number[] = [];
-    const results = await lastValueFrom(readBatches(data, { seqLength: 16, globalBatchSize: gbs, microBatchSize: mbs, startStep: 0, maxSteps }).pipe(
-      filter((b) => b.position.firstSample % 7 !== 0),
-      teacherTargets(teacher),
-      attachStudent(student),
-      klLoss({ ...DEFAULT_KD_LOSS, kind: 'reverse_kl', kdRatio: 0.5, chunkSize: 256 }),
-      backward(student, { optimizer, lrAt: () => 1e-3, clipGrad: 1, nanPolicy: 'skip', globalBatchSize: gbs }),
-      tap((step) => seen.push(step.step)),
-      toArray(),
-    ));
+    const results = await lastValueFrom(
+      readBatches(data, { seqLength: 16, globalBatchSize: gbs, microBatchSize: mbs, startStep: 0, maxSteps }).pipe(
+        filter((b) => b.position.firstSample % 7 !== 0),
+        teacherTargets(teacher),
+        attachStudent(student),
+        klLoss({ ...DEFAULT_KD_LOSS, kind: 'reverse_kl', kdRatio: 0.5, chunkSize: 256 }),
+        backward(student, { optimizer, lrAt: () => 1e-3, clipGrad: 1, nanPolicy: 'skip', globalBatchSize: gbs }),
+        tap((step) => seen.push(step.step)),
+        toArray(),
+      ),
+    );
     optimizer.dispose();
     assert.deepEqual(seen, [0, 1, 2, 3].slice(0, maxSteps), `${gbs}/${mbs}: every step has a micro-batch that arrives`);
-    assert.ok(results.every((r) => Number.isFinite(r.loss) && !r.skipped && r.loss > 0), `${gbs}/${mbs}: ${JSON.stringify(results.map((r) => r.loss))}`);
+    assert.ok(
+      results.every((r) => Number.isFinite(r.loss) && !r.skipped && r.loss > 0),
+      `${gbs}/${mbs}: ${JSON.stringify(results.map((r) => r.loss))}`,
+    );
   }
 });

@@ -18,7 +18,11 @@ import { fixture } from '../helpers/fixtures.ts';
 
 function recipe(dir: string, over: { maxSteps?: number; lr?: number; kind?: 'forward_kl' | 'reverse_kl'; saveInterval?: number } = {}): DistillationRecipe {
   return distillationRecipe({
-    name: 'r', dir, studentPath: fixture('llama-student'), teacherPath: fixture('llama-teacher'), backend: 'cpu',
+    name: 'r',
+    dir,
+    studentPath: fixture('llama-student'),
+    teacherPath: fixture('llama-teacher'),
+    backend: 'cpu',
     data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
     trainer: { maxSteps: over.maxSteps ?? 3, globalBatchSize: 2, microBatchSize: 2, saveInterval: over.saveInterval ?? 1, valCheckInterval: 0, logInterval: 1 },
     optim: { lr: over.lr ?? 1e-3, minLr: 1e-4, warmupSteps: 1 },
@@ -40,14 +44,17 @@ test('a finished run, run again, says it is finished and returns its last step; 
     assert.equal(again.lastStep?.step, 2);
     assert.equal(again.lastStep?.loss, first.steps[2].loss);
     const said = lines.join('\n');
-    assert.match(said, /is finished: 3 of --max_steps 3 steps done \(last loss \d+\.\d{4}\); the student is in .+student\. Raise --max_steps to train on, or use another --name\./);
+    assert.match(
+      said,
+      /is finished: 3 of --max_steps 3 steps done \(last loss \d+\.\d{4}\); the student is in .+student\. Raise --max_steps to train on, or use another --name\./,
+    );
     assert.doesNotMatch(said, /resuming/);
     // Killed between its last checkpoint and the final save: the finished run saves the student now.
     const saved = readFileSync(join(first.studentDir, 'model.safetensors'));
     rmSync(first.studentDir, { recursive: true });
     const third = await run(recipe(dir), { log: null });
     assert.equal(third.alreadyFinished, true);
-    assert.ok(readFileSync(join(third.studentDir, 'model.safetensors')).equals(saved), 'the final student is the last checkpoint\'s');
+    assert.ok(readFileSync(join(third.studentDir, 'model.safetensors')).equals(saved), "the final student is the last checkpoint's");
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -59,7 +66,10 @@ test('a resume names what changed in the recipe and what it does; an unchanged o
     await run(recipe(dir, { maxSteps: 4 }), { log: null, stopAfterSteps: 2 });
     const same: string[] = [];
     await run(recipe(dir, { maxSteps: 4, saveInterval: 3 }), { log: (l) => same.push(l), stopAfterSteps: 1 });
-    assert.ok(same.some((l) => l.startsWith('resuming ')), same.join('\n'));
+    assert.ok(
+      same.some((l) => l.startsWith('resuming ')),
+      same.join('\n'),
+    );
     assert.ok(!same.some((l) => l.startsWith('resume: ')), `--save_interval does not change the training: ${same.join('\n')}`);
 
     const lines: string[] = [];
@@ -68,8 +78,16 @@ test('a resume names what changed in the recipe and what it does; an unchanged o
     assert.equal(r.resumedFromStep, 3);
     const was = learningRate(recipe(dir, { maxSteps: 4 }))(3).toExponential(2);
     const now = learningRate(changed)(3).toExponential(2);
-    assert.ok(lines.includes(`resume: the learning-rate schedule changed (--max_steps 4 → 6, --lr 0.001 → 0.002): step 4 runs at lr ${now} where the checkpoint's schedule gives ${was}`), lines.join('\n'));
-    assert.ok(lines.includes('resume: the loss changed (--kd_loss forward_kl → reverse_kl): the losses logged from step 4 on do not compare with those before'), lines.join('\n'));
+    assert.ok(
+      lines.includes(
+        `resume: the learning-rate schedule changed (--max_steps 4 → 6, --lr 0.001 → 0.002): step 4 runs at lr ${now} where the checkpoint's schedule gives ${was}`,
+      ),
+      lines.join('\n'),
+    );
+    assert.ok(
+      lines.includes('resume: the loss changed (--kd_loss forward_kl → reverse_kl): the losses logged from step 4 on do not compare with those before'),
+      lines.join('\n'),
+    );
     assert.equal(r.steps[0].lr, learningRate(changed)(3), 'the new schedule is the one used');
   } finally {
     rmSync(dir, { recursive: true, force: true });

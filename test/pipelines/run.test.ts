@@ -17,7 +17,11 @@ import { fixture, maxAbsDiff } from '../helpers/fixtures.ts';
 
 function recipe(dir: string, name: string, over: Partial<DistillationRecipe['trainer']> = {}, teacher = 'llama-teacher'): DistillationRecipe {
   return distillationRecipe({
-    name, dir, studentPath: fixture('llama-student'), teacherPath: fixture(teacher), backend: 'cpu',
+    name,
+    dir,
+    studentPath: fixture('llama-student'),
+    teacherPath: fixture(teacher),
+    backend: 'cpu',
     data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
     trainer: { maxSteps: 6, globalBatchSize: 2, microBatchSize: 1, saveInterval: 2, valCheckInterval: 3, limitValBatches: 2, logInterval: 1, ...over },
     optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
@@ -37,16 +41,24 @@ test('a run stopped after 3 of 6 steps and resumed ends with the same weights as
     const first = await run(recipe(dir, 'split'), { log: null, stopAfterSteps: 3 });
     assert.equal(first.steps.length, 3);
     assert.equal(first.stoppedEarly, true);
-    assert.deepEqual(listCheckpoints(join(dir, 'split')).map((c) => c.step), [2, 3]);
+    assert.deepEqual(
+      listCheckpoints(join(dir, 'split')).map((c) => c.step),
+      [2, 3],
+    );
     const second = await run(recipe(dir, 'split'), { log: null });
     assert.equal(second.resumedFromStep, 3);
-    assert.deepEqual(second.steps.map((s) => s.step), [3, 4, 5]);
+    assert.deepEqual(
+      second.steps.map((s) => s.step),
+      [3, 4, 5],
+    );
     for (let i = 0; i < 3; i++) assert.equal(second.steps[i].loss, full.steps[i + 3].loss, `loss at step ${i + 3}`);
     const a = weights(full.studentDir);
     const b = weights(second.studentDir);
     for (const [name, w] of a) assert.ok(maxAbsDiff(w, b.get(name)!) === 0, `${name} differs`);
     // metrics.jsonl holds each step once, in order, across the stop (numbered by steps done, 1..N: src/logging/runRecords.ts).
-    const steps = readMetrics(join(dir, 'split')).filter((r) => r.split !== 'valid').map((r) => r.step);
+    const steps = readMetrics(join(dir, 'split'))
+      .filter((r) => r.split !== 'valid')
+      .map((r) => r.step);
     assert.deepEqual(steps, [1, 2, 3, 4, 5, 6]);
     // The student is a Hugging Face checkpoint and nothing of the teacher is saved.
     const config = JSON.parse(readFileSync(join(second.studentDir, 'config.json'), 'utf8')) as { hidden_size: number };

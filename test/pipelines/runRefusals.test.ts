@@ -18,21 +18,33 @@ const data = fixture('megatron', 'small_text_document');
 
 function recipe(logDir: string, over: { seqLength?: number; split?: string; studentPath?: string; teacherPath?: string }): DistillationRecipe {
   return distillationRecipe({
-    name: 'r', dir: logDir, studentPath: over.studentPath ?? fixture('llama-student'), teacherPath: over.teacherPath ?? fixture('llama-teacher'), backend: 'cpu',
+    name: 'r',
+    dir: logDir,
+    studentPath: over.studentPath ?? fixture('llama-student'),
+    teacherPath: over.teacherPath ?? fixture('llama-teacher'),
+    backend: 'cpu',
     data: { dataPaths: data, seqLength: over.seqLength ?? 16, split: over.split ?? '80,20,0', seed: 7 },
     trainer: { maxSteps: 1, globalBatchSize: 1, microBatchSize: 1, valCheckInterval: 0, logInterval: 1 },
   });
 }
 
-test('run(recipe) refuses a --seq_length past the student\'s or the teacher\'s position range, before the run folder is made', async () => {
+test("run(recipe) refuses a --seq_length past the student's or the teacher's position range, before the run folder is made", async () => {
   const dir = mkdtempSync(join(tmpdir(), 'run-refuse-'));
   try {
     const logDir = join(dir, 'logs');
     // The fixture Llamas have max_position_embeddings 128; 200 tokens fit the data (414 tokens), so only the model refuses.
-    await assert.rejects(run(recipe(logDir, { seqLength: 200 }), { log: null }), (e: unknown) =>
-      e instanceof ConfigError && /--seq_length 200 is longer than the student's max_position_embeddings 128 \(.*llama-student.config\.json\).*RoPE.*Use --seq_length 128 or less/.test(e.message));
-    await assert.rejects(run(recipe(logDir, { seqLength: 100, teacherPath: fixture('gpt2-tiny') }), { log: null }), (e: unknown) =>
-      e instanceof ConfigError && /--seq_length 100 is longer than the teacher's n_positions 64 \(.*gpt2-tiny.config\.json\)/.test(e.message));
+    await assert.rejects(
+      run(recipe(logDir, { seqLength: 200 }), { log: null }),
+      (e: unknown) =>
+        e instanceof ConfigError &&
+        /--seq_length 200 is longer than the student's max_position_embeddings 128 \(.*llama-student.config\.json\).*RoPE.*Use --seq_length 128 or less/.test(
+          e.message,
+        ),
+    );
+    await assert.rejects(
+      run(recipe(logDir, { seqLength: 100, teacherPath: fixture('gpt2-tiny') }), { log: null }),
+      (e: unknown) => e instanceof ConfigError && /--seq_length 100 is longer than the teacher's n_positions 64 \(.*gpt2-tiny.config\.json\)/.test(e.message),
+    );
     assert.ok(!existsSync(logDir), `${logDir} was made for a refused run`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -44,9 +56,14 @@ test('run(recipe) whose data has no training sample says what the split holds, a
   try {
     const logDir = join(dir, 'logs');
     // 5% of the 20 documents for training: fewer than 100 + 1 tokens. Found after the models loaded.
-    await assert.rejects(run(recipe(logDir, { seqLength: 100, split: '5,95,0' }), { log: null }), (e: unknown) =>
-      e instanceof ConfigError &&
-      /^no sample of --seq_length 100 \+ 1 = 101 tokens in the train split \(--split 5,95,0\): .*small_text_document holds \d+ tokens in 1 document\. Use --seq_length \d+ or less, more data, or a larger train share of --split\.$/.test(e.message));
+    await assert.rejects(
+      run(recipe(logDir, { seqLength: 100, split: '5,95,0' }), { log: null }),
+      (e: unknown) =>
+        e instanceof ConfigError &&
+        /^no sample of --seq_length 100 \+ 1 = 101 tokens in the train split \(--split 5,95,0\): .*small_text_document holds \d+ tokens in 1 document\. Use --seq_length \d+ or less, more data, or a larger train share of --split\.$/.test(
+          e.message,
+        ),
+    );
     assert.ok(!existsSync(join(logDir, 'r')), 'no empty run folder');
     assert.ok(!existsSync(logDir), 'nor the log_dir it would have made');
   } finally {

@@ -13,9 +13,15 @@ import { ROOT } from '../helpers/fixtures.ts';
 test('npm start runs the main job on the bundled data and prints the comparison', () => {
   const dir = mkdtempSync(join(tmpdir(), 'distill-start-'));
   try {
-    const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), 'start', '--max_steps', '3', '--val_batches', '1', '--log_dir', dir, '--backend', 'wasm'], {
-      encoding: 'utf8', cwd: ROOT, env: { ...process.env, DISTILL_NO_PROGRESS: '1' },
-    });
+    const r = spawnSync(
+      process.execPath,
+      ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), 'start', '--max_steps', '3', '--val_batches', '1', '--log_dir', dir, '--backend', 'wasm'],
+      {
+        encoding: 'utf8',
+        cwd: ROOT,
+        env: { ...process.env, DISTILL_NO_PROGRESS: '1' },
+      },
+    );
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /Validation on \d+ held-out tokens of the Brown corpus/);
     assert.match(r.stdout, /teacher \(bundled\)\s+\d+\.\d{4}/);

@@ -19,10 +19,14 @@ const data = createSampleSource({ dataPaths: fixture('megatron', 'small_text_doc
 async function readUntilClosedAfter(closeAfter: number): Promise<string[]> {
   const credits = new Credits(8);
   let seen = 0;
-  const batches = await lastValueFrom(readBatches(data, { seqLength: 16, globalBatchSize: 8, microBatchSize: 2, startStep: 0, maxSteps: 5, credits }).pipe(
-    tap(() => { if (++seen === closeAfter) credits.close(); }),
-    toArray(),
-  ));
+  const batches = await lastValueFrom(
+    readBatches(data, { seqLength: 16, globalBatchSize: 8, microBatchSize: 2, startStep: 0, maxSteps: 5, credits }).pipe(
+      tap(() => {
+        if (++seen === closeAfter) credits.close();
+      }),
+      toArray(),
+    ),
+  );
   for (const b of batches) disposeBatch(b);
   return batches.map((b) => `${b.position.step}/${b.position.micro}`);
 }
@@ -31,6 +35,6 @@ test('credits closed mid-batch: the rest of that global batch is read, nothing a
   assert.deepEqual(await readUntilClosedAfter(6), ['0/0', '0/1', '0/2', '0/3', '1/0', '1/1', '1/2', '1/3']);
 });
 
-test('credits closed at a global batch\'s end: nothing more is read', async () => {
+test("credits closed at a global batch's end: nothing more is read", async () => {
   assert.deepEqual(await readUntilClosedAfter(4), ['0/0', '0/1', '0/2', '0/3']);
 });

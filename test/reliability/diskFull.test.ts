@@ -22,7 +22,11 @@ import { ROOT, fixture } from '../helpers/fixtures.ts';
 
 function recipe(dir: string, name: string): DistillationRecipe {
   return distillationRecipe({
-    name, dir, studentPath: fixture('llama-student'), teacherPath: fixture('llama-teacher'), backend: 'cpu',
+    name,
+    dir,
+    studentPath: fixture('llama-student'),
+    teacherPath: fixture('llama-teacher'),
+    backend: 'cpu',
     data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
     trainer: { maxSteps: 5, globalBatchSize: 2, microBatchSize: 1, saveInterval: 1, valCheckInterval: 0, logInterval: 1 },
     optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
@@ -46,7 +50,9 @@ function failWritesUnder(marker: string): { arm: () => void; restore: () => void
   }) as typeof fs.writeSync;
   syncBuiltinESMExports();
   return {
-    arm: () => { armed = true; },
+    arm: () => {
+      armed = true;
+    },
     restore: () => {
       fs.openSync = openSync;
       fs.writeSync = writeSync;
@@ -62,18 +68,29 @@ test('ENOSPC while writing a checkpoint: clear error, previous checkpoint intact
     const seam = failWritesUnder(`${join(dir, 'full', 'checkpoints')}`);
     try {
       // onStep runs before the step's checkpoint (metrics first): arming at step 2 makes the write of step-000003 fail.
-      await assert.rejects(run(recipe(dir, 'full'), { log: null, onStep: (r) => { if (r.step === 2) seam.arm(); } }), (e: unknown) => {
-        assert.ok(e instanceof StageError, String(e));
-        assert.match((e as Error).message, /checkpointSink failed at step 3 \(the previous checkpoint is intact\): ENOSPC/);
-        return true;
-      });
+      await assert.rejects(
+        run(recipe(dir, 'full'), {
+          log: null,
+          onStep: (r) => {
+            if (r.step === 2) seam.arm();
+          },
+        }),
+        (e: unknown) => {
+          assert.ok(e instanceof StageError, String(e));
+          assert.match((e as Error).message, /checkpointSink failed at step 3 \(the previous checkpoint is intact\): ENOSPC/);
+          return true;
+        },
+      );
     } finally {
       seam.restore();
     }
     const runDir = join(dir, 'full');
     const scan = scanCheckpoints(runDir);
     assert.deepEqual(scan.problems, []);
-    assert.deepEqual(readdirSync(join(runDir, 'checkpoints')).filter((n) => !n.startsWith('.')), ['step-000001', 'step-000002']);
+    assert.deepEqual(
+      readdirSync(join(runDir, 'checkpoints')).filter((n) => !n.startsWith('.')),
+      ['step-000001', 'step-000002'],
+    );
     const resumed = await run(recipe(dir, 'full'), { log: null });
     assert.equal(resumed.resumedFromStep, 2);
     assert.equal(maxDiffStudents(reference.studentDir, resumed.studentDir), 0);
@@ -91,22 +108,29 @@ const canMount = ((): boolean => {
   return ok;
 })();
 
-test('a real full disk (tmpfs) under checkpoints/: the CLI exits 2 saying the previous checkpoint is intact', { skip: canMount ? false : 'needs root and tmpfs mounts' }, () => {
-  const dir = mkdtempSync(join(tmpdir(), 'disk-tmpfs-'));
-  const ckpt = join(dir, 'full', 'checkpoints');
-  mkdirSync(ckpt, { recursive: true });
-  // One checkpoint of the fixture student is ~527 KB (student 177 KB + AdamW moments 345 KB): two fit, the third does not.
-  assert.equal(spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1300k', 'tmpfs', ckpt]).status, 0);
-  try {
-    const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), ...trainArgs(dir, 'full')],
-      { encoding: 'utf8', cwd: ROOT, env: { ...process.env, DISTILL_NO_PROGRESS: '1' } });
-    assert.equal(r.status, 2, r.stderr);
-    assert.match(r.stderr, /checkpointSink failed at step \d+ \(the previous checkpoint is intact\): ENOSPC/);
-    const scan = scanCheckpoints(join(dir, 'full'));
-    assert.deepEqual(scan.problems, []);
-    assert.ok(scan.complete >= 1, 'the previous checkpoint is there');
-  } finally {
-    spawnSync('umount', [ckpt]);
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+test(
+  'a real full disk (tmpfs) under checkpoints/: the CLI exits 2 saying the previous checkpoint is intact',
+  { skip: canMount ? false : 'needs root and tmpfs mounts' },
+  () => {
+    const dir = mkdtempSync(join(tmpdir(), 'disk-tmpfs-'));
+    const ckpt = join(dir, 'full', 'checkpoints');
+    mkdirSync(ckpt, { recursive: true });
+    // One checkpoint of the fixture student is ~527 KB (student 177 KB + AdamW moments 345 KB): two fit, the third does not.
+    assert.equal(spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1300k', 'tmpfs', ckpt]).status, 0);
+    try {
+      const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), ...trainArgs(dir, 'full')], {
+        encoding: 'utf8',
+        cwd: ROOT,
+        env: { ...process.env, DISTILL_NO_PROGRESS: '1' },
+      });
+      assert.equal(r.status, 2, r.stderr);
+      assert.match(r.stderr, /checkpointSink failed at step \d+ \(the previous checkpoint is intact\): ENOSPC/);
+      const scan = scanCheckpoints(join(dir, 'full'));
+      assert.deepEqual(scan.problems, []);
+      assert.ok(scan.complete >= 1, 'the previous checkpoint is there');
+    } finally {
+      spawnSync('umount', [ckpt]);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);

@@ -30,7 +30,10 @@ export async function fuzz(name: string, seed: number, n: number, one: (rng: () 
       r.ok++;
     } catch (e) {
       if (e instanceof DistillError) r.refused++;
-      else if (r.failures.length < 10) r.failures.push(`${name} case ${i} (seed ${seed}): ${e instanceof Error ? `${e.name}: ${e.message.slice(0, 200)}\n${e.stack?.split('\n').slice(1, 4).join('\n')}` : String(e)}`);
+      else if (r.failures.length < 10)
+        r.failures.push(
+          `${name} case ${i} (seed ${seed}): ${e instanceof Error ? `${e.name}: ${e.message.slice(0, 200)}\n${e.stack?.split('\n').slice(1, 4).join('\n')}` : String(e)}`,
+        );
       else r.failures.push(`${name} case ${i}`);
     }
     const ms = performance.now() - t0;
@@ -47,9 +50,13 @@ const int = (rng: () => number, n: number): number => Math.floor(rng() * n);
 export function mutateBytes(src: Uint8Array, rng: () => number, head = 64): Buffer {
   const b = Buffer.from(src);
   switch (int(rng, 5)) {
-    case 0: return b.subarray(0, int(rng, b.length));
+    case 0:
+      return b.subarray(0, int(rng, b.length));
     case 1: {
-      for (let k = 1 + int(rng, 8); k > 0; k--) { const at = int(rng, b.length); b[at] ^= 1 << int(rng, 8); }
+      for (let k = 1 + int(rng, 8); k > 0; k--) {
+        const at = int(rng, b.length);
+        b[at] ^= 1 << int(rng, 8);
+      }
       return b;
     }
     case 2: {
@@ -58,7 +65,10 @@ export function mutateBytes(src: Uint8Array, rng: () => number, head = 64): Buff
       return b;
     }
     case 3: {
-      for (let k = 1 + int(rng, 3); k > 0; k--) { const at = int(rng, Math.min(head, b.length)); b[at] ^= 1 << int(rng, 8); }
+      for (let k = 1 + int(rng, 3); k > 0; k--) {
+        const at = int(rng, Math.min(head, b.length));
+        b[at] ^= 1 << int(rng, 8);
+      }
       return b;
     }
     default: {
@@ -73,7 +83,29 @@ export function mutateBytes(src: Uint8Array, rng: () => number, head = 64): Buff
 
 /** Values a field should never be trusted to hold. */
 export const ODD_VALUES: unknown[] = [
-  -1, 0, 1, 2 ** 40, 2 ** 53, 2 ** 64, 1.5, -0.5, 1e308, -1e308, 'x', '', '64', null, true, false, [], [1, 2], {}, { a: 1 }, 2 ** 31, 2 ** 24 + 1, 3,
+  -1,
+  0,
+  1,
+  2 ** 40,
+  2 ** 53,
+  2 ** 64,
+  1.5,
+  -0.5,
+  1e308,
+  -1e308,
+  'x',
+  '',
+  '64',
+  null,
+  true,
+  false,
+  [],
+  [1, 2],
+  {},
+  { a: 1 },
+  2 ** 31,
+  2 ** 24 + 1,
+  3,
 ];
 
 export const pick = <T>(rng: () => number, xs: readonly T[]): T => xs[int(rng, xs.length)];

@@ -26,7 +26,11 @@ const check = (name: string, r: FuzzReport): void => {
 test.after(() => {
   rmSync(root, { recursive: true, force: true });
   const total = Object.values(reports).reduce((n, r) => n + r.cases, 0);
-  process.stdout.write(`# fuzz (config): ${total} cases: ${Object.entries(reports).map(([k, r]) => `${k} ${r.cases} (${r.ok} ok, ${r.refused} refused)`).join('; ')}\n`);
+  process.stdout.write(
+    `# fuzz (config): ${total} cases: ${Object.entries(reports)
+      .map(([k, r]) => `${k} ${r.cases} (${r.ok} ok, ${r.refused} refused)`)
+      .join('; ')}\n`,
+  );
 });
 
 test('fuzz: config.json fields and bytes', async () => {
@@ -35,55 +39,103 @@ test('fuzz: config.json fields and bytes', async () => {
   const base = [JSON.parse(text) as Record<string, unknown>, gpt2];
   const dir = join(root, 'cfg');
   mkdirSync(dir);
-  check('config.json', await fuzz('config.json', 5, 2000, (rng) => {
-    if (rng() < 0.3) {
-      writeFileSync(join(dir, 'config.json'), mutateBytes(Buffer.from(text), rng, text.length));
-      readModelConfig(dir);
-      return;
-    }
-    let c = pick(rng, base);
-    for (let k = 1 + randInt(rng, 3); k > 0; k--) c = mutateJson(c, rng);
-    const parsed = parseModelConfig(c, 'config.json');
-    // What passes must be bounded: its parameter count is a finite number that the parser already capped.
-    const p = countParams(parsed);
-    if (!Number.isFinite(p) || p <= 0) throw new Error(`accepted a config of ${p} parameters`);
-  }));
+  check(
+    'config.json',
+    await fuzz('config.json', 5, 2000, (rng) => {
+      if (rng() < 0.3) {
+        writeFileSync(join(dir, 'config.json'), mutateBytes(Buffer.from(text), rng, text.length));
+        readModelConfig(dir);
+        return;
+      }
+      let c = pick(rng, base);
+      for (let k = 1 + randInt(rng, 3); k > 0; k--) c = mutateJson(c, rng);
+      const parsed = parseModelConfig(c, 'config.json');
+      // What passes must be bounded: its parameter count is a finite number that the parser already capped.
+      const p = countParams(parsed);
+      if (!Number.isFinite(p) || p <= 0) throw new Error(`accepted a config of ${p} parameters`);
+    }),
+  );
 });
 
 test('fuzz: tokenizer.json keys and bytes', async () => {
   const text = readFileSync(fixture('tokenizer.json'), 'utf8');
   const json = JSON.parse(text) as Record<string, unknown>;
   const path = join(root, 'tokenizer.json');
-  check('tokenizer.json', await fuzz('tokenizer.json', 6, 150, (rng) => {
-    if (rng() < 0.4) writeFileSync(path, mutateBytes(Buffer.from(text), rng, 400));
-    else {
-      let j = json;
-      for (let k = 1 + randInt(rng, 2); k > 0; k--) j = mutateJson(j, rng);
-      writeFileSync(path, JSON.stringify(j));
-    }
-    const tok = loadTokenizer(path);
-    const ids = tok.encode('The quick brown fox, 1963.');
-    tok.decode(ids);
-  }, 5000));
+  check(
+    'tokenizer.json',
+    await fuzz(
+      'tokenizer.json',
+      6,
+      150,
+      (rng) => {
+        if (rng() < 0.4) writeFileSync(path, mutateBytes(Buffer.from(text), rng, 400));
+        else {
+          let j = json;
+          for (let k = 1 + randInt(rng, 2); k > 0; k--) j = mutateJson(j, rng);
+          writeFileSync(path, JSON.stringify(j));
+        }
+        const tok = loadTokenizer(path);
+        const ids = tok.encode('The quick brown fox, 1963.');
+        tok.decode(ids);
+      },
+      5000,
+    ),
+  );
 });
 
 const SIZE_VALUES = ['-4', '-1', '0', '1', '2', '3', '4', '7', '16', '1e3', '2.5', 'abc', '', '9007199254740993', '1e308', 'NaN', 'Infinity'];
-const SIZE_FLAGS = ['seq_length', 'max_steps', 'gbs', 'mbs', 'val_check_interval', 'limit_val_batches', 'log_interval', 'save_interval', 'in_flight',
-  'warmup_steps', 'loss_chunk', 'tp_size', 'pp_size', 'cp_size', 'devices', 'num_nodes', 'teacher_devices'];
-const NUMBER_FLAGS = ['lr', 'min_lr', 'adam_beta1', 'adam_beta2', 'adam_eps', 'weight_decay', 'clip_grad', 'temperature', 'kd_ratio', 'jsd_beta', 'skew_lambda'];
+const SIZE_FLAGS = [
+  'seq_length',
+  'max_steps',
+  'gbs',
+  'mbs',
+  'val_check_interval',
+  'limit_val_batches',
+  'log_interval',
+  'save_interval',
+  'in_flight',
+  'warmup_steps',
+  'loss_chunk',
+  'tp_size',
+  'pp_size',
+  'cp_size',
+  'devices',
+  'num_nodes',
+  'teacher_devices',
+];
+const NUMBER_FLAGS = [
+  'lr',
+  'min_lr',
+  'adam_beta1',
+  'adam_beta2',
+  'adam_eps',
+  'weight_decay',
+  'clip_grad',
+  'temperature',
+  'kd_ratio',
+  'jsd_beta',
+  'skew_lambda',
+];
 
 test('fuzz: distill run flags (parse and validate only)', async () => {
   const names = Object.keys(RUN_FLAGS);
-  check('run flags', await fuzz('run flags', 7, 3000, (rng) => {
-    const argv = ['--name', rng() < 0.05 ? pick(rng, ['../x', '.', 'a/b', '']) : 'fz', '--student_path', 's', '--teacher_path', 't'];
-    for (let k = randInt(rng, 6); k >= 0; k--) {
-      const r = rng();
-      if (r < 0.45) argv.push(`--${pick(rng, SIZE_FLAGS)}`, pick(rng, SIZE_VALUES));
-      else if (r < 0.75) argv.push(`--${pick(rng, NUMBER_FLAGS)}`, pick(rng, [...SIZE_VALUES, '0.5', '1', '-0.1', '0.999', '3e-4']));
-      else if (r < 0.85) argv.push(`--${pick(rng, ['split', 'kd_loss', 'nan_policy', 'backend', 'data_paths'])}`, pick(rng, ['80,20,0', '1,1', '-1,2,0', '0,0,0', 'a,b,c', 'jsd', 'l2', 'stop', 'skip', 'gpu', 'cpu', '']));
-      else if (r < 0.95) argv.push(`--${pick(rng, names)}`);
-      else argv.push(pick(rng, ['--bogus', '--gbs=', '--mbs=2=3', '-x', '--']));
-    }
-    validateRecipe(recipeFromFlags(rng() < 0.2 ? 'pretrain' : 'distill', argv, () => 'data'));
-  }));
+  check(
+    'run flags',
+    await fuzz('run flags', 7, 3000, (rng) => {
+      const argv = ['--name', rng() < 0.05 ? pick(rng, ['../x', '.', 'a/b', '']) : 'fz', '--student_path', 's', '--teacher_path', 't'];
+      for (let k = randInt(rng, 6); k >= 0; k--) {
+        const r = rng();
+        if (r < 0.45) argv.push(`--${pick(rng, SIZE_FLAGS)}`, pick(rng, SIZE_VALUES));
+        else if (r < 0.75) argv.push(`--${pick(rng, NUMBER_FLAGS)}`, pick(rng, [...SIZE_VALUES, '0.5', '1', '-0.1', '0.999', '3e-4']));
+        else if (r < 0.85)
+          argv.push(
+            `--${pick(rng, ['split', 'kd_loss', 'nan_policy', 'backend', 'data_paths'])}`,
+            pick(rng, ['80,20,0', '1,1', '-1,2,0', '0,0,0', 'a,b,c', 'jsd', 'l2', 'stop', 'skip', 'gpu', 'cpu', '']),
+          );
+        else if (r < 0.95) argv.push(`--${pick(rng, names)}`);
+        else argv.push(pick(rng, ['--bogus', '--gbs=', '--mbs=2=3', '-x', '--']));
+      }
+      validateRecipe(recipeFromFlags(rng() < 0.2 ? 'pretrain' : 'distill', argv, () => 'data'));
+    }),
+  );
 });

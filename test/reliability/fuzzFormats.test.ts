@@ -28,7 +28,11 @@ const check = (name: string, r: FuzzReport): void => {
 test.after(() => {
   rmSync(root, { recursive: true, force: true });
   const total = Object.values(reports).reduce((n, r) => n + r.cases, 0);
-  process.stdout.write(`# fuzz (files): ${total} cases: ${Object.entries(reports).map(([k, r]) => `${k} ${r.cases} (${r.ok} ok, ${r.refused} refused, slowest ${r.slowestMs.toFixed(0)} ms)`).join('; ')}\n`);
+  process.stdout.write(
+    `# fuzz (files): ${total} cases: ${Object.entries(reports)
+      .map(([k, r]) => `${k} ${r.cases} (${r.ok} ok, ${r.refused} refused, slowest ${r.slowestMs.toFixed(0)} ms)`)
+      .join('; ')}\n`,
+  );
 });
 
 function readSafetensorsWhole(path: string): void {
@@ -40,54 +44,71 @@ function readSafetensorsWhole(path: string): void {
   }
 }
 
-const SAMPLE_ST = encodeSafetensors([
-  { name: 'a.weight', dtype: 'F32', shape: [3, 4], data: Float32Array.from({ length: 12 }, (_, i) => i / 7) },
-  { name: 'b.bias', dtype: 'BF16', shape: [5], data: Float32Array.from([1, -2, 3.5, 1e-3, 65504]) },
-  { name: 'c.ids', dtype: 'I64', shape: [2, 2], data: Int32Array.from([1, -1, 2 ** 30, 0]) },
-  { name: 'd.count', dtype: 'I32', shape: [], data: Int32Array.from([42]) },
-], { step: '3' });
+const SAMPLE_ST = encodeSafetensors(
+  [
+    { name: 'a.weight', dtype: 'F32', shape: [3, 4], data: Float32Array.from({ length: 12 }, (_, i) => i / 7) },
+    { name: 'b.bias', dtype: 'BF16', shape: [5], data: Float32Array.from([1, -2, 3.5, 1e-3, 65504]) },
+    { name: 'c.ids', dtype: 'I64', shape: [2, 2], data: Int32Array.from([1, -1, 2 ** 30, 0]) },
+    { name: 'd.count', dtype: 'I32', shape: [], data: Int32Array.from([42]) },
+  ],
+  { step: '3' },
+);
 
 test('fuzz: safetensors bytes and header fields', async () => {
   const path = join(root, 'x.safetensors');
   const headerLen = Number(SAMPLE_ST.readBigUInt64LE(0));
   const header = JSON.parse(SAMPLE_ST.subarray(8, 8 + headerLen).toString('utf8')) as Record<string, unknown>;
   const data = SAMPLE_ST.subarray(8 + headerLen);
-  check('safetensors', await fuzz('safetensors', 1, 2400, (rng) => {
-    let bytes: Buffer;
-    if (rng() < 0.5) bytes = mutateBytes(SAMPLE_ST, rng, 8 + headerLen);
-    else {
-      // Header-field mutations (dtype, shape, data_offsets, __metadata__), re-framed with a correct length.
-      let h = header;
-      for (let k = 1 + randInt(rng, 3); k > 0; k--) h = mutateJson(h, rng);
-      if (rng() < 0.2) h = { ...h, [pick(rng, Object.keys(header))]: { dtype: pick(rng, ['F32', 'F16', 'BF16', 'U64', 'F8_E4M3', 'f32']), shape: [randInt(rng, 2 ** 20), 2 ** randInt(rng, 40)], data_offsets: [0, 2 ** randInt(rng, 60)] } };
-      const json = Buffer.from(JSON.stringify(h));
-      const len = Buffer.alloc(8);
-      len.writeBigUInt64LE(BigInt(json.length));
-      bytes = Buffer.concat([len, json, rng() < 0.8 ? data : data.subarray(0, randInt(rng, data.length))]);
-    }
-    writeFileSync(path, bytes);
-    readSafetensorsWhole(path);
-  }));
+  check(
+    'safetensors',
+    await fuzz('safetensors', 1, 2400, (rng) => {
+      let bytes: Buffer;
+      if (rng() < 0.5) bytes = mutateBytes(SAMPLE_ST, rng, 8 + headerLen);
+      else {
+        // Header-field mutations (dtype, shape, data_offsets, __metadata__), re-framed with a correct length.
+        let h = header;
+        for (let k = 1 + randInt(rng, 3); k > 0; k--) h = mutateJson(h, rng);
+        if (rng() < 0.2)
+          h = {
+            ...h,
+            [pick(rng, Object.keys(header))]: {
+              dtype: pick(rng, ['F32', 'F16', 'BF16', 'U64', 'F8_E4M3', 'f32']),
+              shape: [randInt(rng, 2 ** 20), 2 ** randInt(rng, 40)],
+              data_offsets: [0, 2 ** randInt(rng, 60)],
+            },
+          };
+        const json = Buffer.from(JSON.stringify(h));
+        const len = Buffer.alloc(8);
+        len.writeBigUInt64LE(BigInt(json.length));
+        bytes = Buffer.concat([len, json, rng() < 0.8 ? data : data.subarray(0, randInt(rng, data.length))]);
+      }
+      writeFileSync(path, bytes);
+      readSafetensorsWhole(path);
+    }),
+  );
 });
 
 test('fuzz: Megatron .idx / .bin', async () => {
   const idx = readFileSync(fixture('megatron', 'small_text_document.idx'));
   const bin = readFileSync(fixture('megatron', 'small_text_document.bin'));
   const prefix = join(root, 'm');
-  check('megatron', await fuzz('megatron', 2, 2000, (rng) => {
-    const which = rng();
-    writeFileSync(`${prefix}.idx`, which < 0.8 ? mutateBytes(idx, rng, 34) : idx);
-    writeFileSync(`${prefix}.bin`, which >= 0.6 ? mutateBytes(bin, rng) : bin);
-    const ds = new MegatronIndexedDataset(prefix);
-    try {
-      for (let d = 0; d < ds.numDocuments; d++) {
-        ds.documentLength(d);
-        ds.document(d);
+  check(
+    'megatron',
+    await fuzz('megatron', 2, 2000, (rng) => {
+      const which = rng();
+      writeFileSync(`${prefix}.idx`, which < 0.8 ? mutateBytes(idx, rng, 34) : idx);
+      writeFileSync(`${prefix}.bin`, which >= 0.6 ? mutateBytes(bin, rng) : bin);
+      const ds = new MegatronIndexedDataset(prefix);
+      try {
+        for (let d = 0; d < ds.numDocuments; d++) {
+          ds.documentLength(d);
+          ds.document(d);
+        }
+      } finally {
+        ds.close();
       }
-    } finally {
-      ds.close();
-    }
-  }));
+    }),
+  );
 });
 
 test('fuzz: Arrow token shards', async () => {
@@ -100,21 +121,30 @@ test('fuzz: Arrow token shards', async () => {
   const bodies = arrowBodies(clean);
   const dir = join(root, 'shards');
   mkdirSync(dir);
-  check('arrow-shards', await fuzz('arrow-shards', 3, 1000, (rng) => {
-    writeFileSync(join(dir, shard), mutateArrowBody(clean, rng, bodies));
-    const ds = new ArrowShardDataset(dir);
-    try {
-      for (let d = 0; d < ds.numDocuments; d++) ds.document(d);
-    } finally {
-      ds.close();
-    }
-  }));
+  check(
+    'arrow-shards',
+    await fuzz('arrow-shards', 3, 1000, (rng) => {
+      writeFileSync(join(dir, shard), mutateArrowBody(clean, rng, bodies));
+      const ds = new ArrowShardDataset(dir);
+      try {
+        for (let d = 0; d < ds.numDocuments; d++) ds.document(d);
+      } finally {
+        ds.close();
+      }
+    }),
+  );
 });
 
 test('fuzz: teacher-cache parts and manifest', async () => {
   const src = join(root, 'cache-src');
   await cacheTeacher({
-    teacherPath: fixture('llama-teacher'), backend: 'cpu', out: src, numSamples: 2, partSamples: 2, batchSamples: 1, log: () => {},
+    teacherPath: fixture('llama-teacher'),
+    backend: 'cpu',
+    out: src,
+    numSamples: 2,
+    partSamples: 2,
+    batchSamples: 1,
+    log: () => {},
     data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
     spec: { method: 'sample', topK: 0, samples: 20, sampleSeed: 1, valueDtype: 'uint8', temperature: 1 },
   });
@@ -124,18 +154,21 @@ test('fuzz: teacher-cache parts and manifest', async () => {
   const bodies = arrowBodies(cleanPart);
   const dir = join(root, 'cache');
   mkdirSync(dir);
-  check('cache-parts', await fuzz('cache-parts', 4, 1000, (rng) => {
-    const onManifest = rng() < 0.2;
-    writeFileSync(join(dir, part), onManifest ? cleanPart : mutateArrowBody(cleanPart, rng, bodies));
-    rmSync(join(dir, MANIFEST_FILE), { force: true });
-    if (onManifest) writeFileSync(join(dir, MANIFEST_FILE), mutateBytes(cleanManifest, rng, cleanManifest.length));
-    const c = TeacherCache.open(dir);
-    try {
-      c.rowsOf([0, 1]);
-    } finally {
-      c.close();
-    }
-  }));
+  check(
+    'cache-parts',
+    await fuzz('cache-parts', 4, 1000, (rng) => {
+      const onManifest = rng() < 0.2;
+      writeFileSync(join(dir, part), onManifest ? cleanPart : mutateArrowBody(cleanPart, rng, bodies));
+      rmSync(join(dir, MANIFEST_FILE), { force: true });
+      if (onManifest) writeFileSync(join(dir, MANIFEST_FILE), mutateBytes(cleanManifest, rng, cleanManifest.length));
+      const c = TeacherCache.open(dir);
+      try {
+        c.rowsOf([0, 1]);
+      } finally {
+        c.close();
+      }
+    }),
+  );
 });
 
 /**
@@ -157,6 +190,10 @@ test('a shard whose schema flatbuffer claims a huge vector is refused, not decod
   const code = `import { ArrowShardDataset } from ${JSON.stringify(join(ROOT, 'src/io/arrowShards.ts'))};
     import { DistillError } from ${JSON.stringify(join(ROOT, 'src/errors.ts'))};
     try { new ArrowShardDataset(${JSON.stringify(dir)}); process.exit(0); } catch (e) { process.exit(e instanceof DistillError ? 2 : 1); }`;
-  const r = spawnSync(process.execPath, ['--max-old-space-size=256', '--import', 'tsx', '--input-type=module', '-e', code], { cwd: ROOT, timeout: 30_000, encoding: 'utf8' });
+  const r = spawnSync(process.execPath, ['--max-old-space-size=256', '--import', 'tsx', '--input-type=module', '-e', code], {
+    cwd: ROOT,
+    timeout: 30_000,
+    encoding: 'utf8',
+  });
   assert.equal(r.status, 2, `child ended with status ${r.status}, signal ${r.signal}: ${r.stderr.split('\n').find((l) => /FATAL|Error/.test(l)) ?? ''}`);
 });

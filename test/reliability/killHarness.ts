@@ -63,15 +63,65 @@ export function drawCachePoint(rng: () => number, remainingParts: number): KillP
 export const describePoint = (p: KillPoint): string => (p.kind === 'time' ? `time +${p.delayMs} ms` : `${p.kind} #${p.n} +${p.delayMs} ms`);
 
 export function trainArgs(logDir: string, name: string, backend = 'cpu'): string[] {
-  return ['run', '--name', name, '--log_dir', logDir, '--student_path', fixture('llama-student'), '--teacher_path', fixture('llama-teacher'),
-    '--data_paths', fixture('megatron', 'small_text_document'), '--seq_length', '16', '--gbs', '2', '--mbs', '1', '--max_steps', String(MAX_STEPS),
-    '--save_interval', '1', '--val_check_interval', '0', '--lr', '1e-3', '--min_lr', '1e-4', '--warmup_steps', '1', '--backend', backend];
+  return [
+    'run',
+    '--name',
+    name,
+    '--log_dir',
+    logDir,
+    '--student_path',
+    fixture('llama-student'),
+    '--teacher_path',
+    fixture('llama-teacher'),
+    '--data_paths',
+    fixture('megatron', 'small_text_document'),
+    '--seq_length',
+    '16',
+    '--gbs',
+    '2',
+    '--mbs',
+    '1',
+    '--max_steps',
+    String(MAX_STEPS),
+    '--save_interval',
+    '1',
+    '--val_check_interval',
+    '0',
+    '--lr',
+    '1e-3',
+    '--min_lr',
+    '1e-4',
+    '--warmup_steps',
+    '1',
+    '--backend',
+    backend,
+  ];
 }
 
 export function cacheArgs(out: string, backend = 'cpu'): string[] {
-  return ['cache-teacher', '--teacher_path', fixture('llama-teacher'), '--data_paths', fixture('megatron', 'small_text_document'),
-    '--seq_length', '16', '--out', out, '--method', 'topk', '--top_k', '8', '--num_samples', String(CACHE_SAMPLES),
-    '--part_samples', '2', '--batch_samples', '2', '--backend', backend];
+  return [
+    'cache-teacher',
+    '--teacher_path',
+    fixture('llama-teacher'),
+    '--data_paths',
+    fixture('megatron', 'small_text_document'),
+    '--seq_length',
+    '16',
+    '--out',
+    out,
+    '--method',
+    'topk',
+    '--top_k',
+    '8',
+    '--num_samples',
+    String(CACHE_SAMPLES),
+    '--part_samples',
+    '2',
+    '--batch_samples',
+    '2',
+    '--backend',
+    backend,
+  ];
 }
 
 export interface Attempt {
@@ -89,10 +139,14 @@ export function attempt(args: string[], point: KillPoint | null, dirs: { watchDi
   const baseSteps = dirs.runDir ? stepRecords(dirs.runDir) : 0;
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), ...args], {
-      cwd: ROOT, env: { ...process.env, DISTILL_NO_PROGRESS: '1' }, stdio: ['ignore', 'ignore', 'pipe'],
+      cwd: ROOT,
+      env: { ...process.env, DISTILL_NO_PROGRESS: '1' },
+      stdio: ['ignore', 'ignore', 'pipe'],
     });
     let stderr = '';
-    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d;
+    });
     let killed = false;
     const watchers: FSWatcher[] = [];
     const timers: NodeJS.Timeout[] = [];
@@ -108,13 +162,19 @@ export function attempt(args: string[], point: KillPoint | null, dirs: { watchDi
       let seen = 0;
       const matches = (f: string): boolean => {
         switch (point.kind) {
-          case 'student-tmp': return f.startsWith('..student-');
-          case 'student-done': return f.startsWith('.student-');
-          case 'step-tmp': return f.startsWith('.step-');
+          case 'student-tmp':
+            return f.startsWith('..student-');
+          case 'student-done':
+            return f.startsWith('.student-');
+          case 'step-tmp':
+            return f.startsWith('.step-');
           // A step-* name appearing (the rename into place) or disappearing (an old checkpoint pruned).
-          case 'step-dir': return /^step-\d+$/.test(f);
-          case 'cache-part': return f.startsWith('.part-') && f.includes('.tmp-');
-          default: return false;
+          case 'step-dir':
+            return /^step-\d+$/.test(f);
+          case 'cache-part':
+            return f.startsWith('.part-') && f.includes('.tmp-');
+          default:
+            return false;
         }
       };
       const seenNames = new Set<string>();
@@ -128,19 +188,24 @@ export function attempt(args: string[], point: KillPoint | null, dirs: { watchDi
         }, 2);
         timers.push(poll);
       } else {
-        watchers.push(watch(dirs.watchDir, (_ev, name) => {
-          const f = name ? String(name) : '';
-          // A name is counted once: fs.watch reports both its creation and its later rename away.
-          if (!matches(f) || seenNames.has(f)) return;
-          seenNames.add(f);
-          if (++seen === point.n) fire(point.delayMs);
-        }));
+        watchers.push(
+          watch(dirs.watchDir, (_ev, name) => {
+            const f = name ? String(name) : '';
+            // A name is counted once: fs.watch reports both its creation and its later rename away.
+            if (!matches(f) || seenNames.has(f)) return;
+            seenNames.add(f);
+            if (++seen === point.n) fire(point.delayMs);
+          }),
+        );
       }
     }
     child.on('error', reject);
     child.on('exit', (code) => {
       for (const w of watchers) w.close();
-      for (const t of timers) { clearTimeout(t); clearInterval(t); }
+      for (const t of timers) {
+        clearTimeout(t);
+        clearInterval(t);
+      }
       resolve({ code, killed: killed && code === null, stderr });
     });
   });
@@ -149,7 +214,9 @@ export function attempt(args: string[], point: KillPoint | null, dirs: { watchDi
 function stepRecords(runDir: string): number {
   const p = join(runDir, 'metrics.jsonl');
   if (!existsSync(p)) return 0;
-  return readFileSync(p, 'utf8').split('\n').filter((l) => l.includes('"step"')).length;
+  return readFileSync(p, 'utf8')
+    .split('\n')
+    .filter((l) => l.includes('"step"')).length;
 }
 
 /**
@@ -164,9 +231,15 @@ export function scanCheckpoints(runDir: string): { problems: string[]; complete:
   let temporaries = 0;
   if (!existsSync(root)) return { problems, complete, temporaries };
   for (const name of readdirSync(root)) {
-    if (name.startsWith('.')) { temporaries++; continue; }
+    if (name.startsWith('.')) {
+      temporaries++;
+      continue;
+    }
     const m = /^step-(\d+)$/.exec(name);
-    if (!m) { problems.push(`unexpected entry ${name}`); continue; }
+    if (!m) {
+      problems.push(`unexpected entry ${name}`);
+      continue;
+    }
     const dir = join(root, name);
     try {
       const state = JSON.parse(readFileSync(join(dir, 'state.json'), 'utf8')) as { step: number };
@@ -203,7 +276,10 @@ export function scanCache(dir: string): { problems: string[]; complete: number; 
   let temporaries = 0;
   if (!existsSync(dir)) return { problems, complete, temporaries };
   for (const name of readdirSync(dir)) {
-    if (name.startsWith('.')) { temporaries++; continue; }
+    if (name.startsWith('.')) {
+      temporaries++;
+      continue;
+    }
     const range = parsePartFileName(name);
     if (!range) continue;
     try {
@@ -234,7 +310,10 @@ export function maxDiffStudents(a: string, b: string): number {
 
 /** Parts byte for byte: a resumed cache must equal an uninterrupted one. */
 export function sameCacheParts(a: string, b: string): string[] {
-  const names = (d: string): string[] => readdirSync(d).filter((n) => parsePartFileName(n)).sort();
+  const names = (d: string): string[] =>
+    readdirSync(d)
+      .filter((n) => parsePartFileName(n))
+      .sort();
   const na = names(a);
   const nb = names(b);
   const diffs: string[] = [];
@@ -286,7 +365,9 @@ export async function trainChain(logDir: string, name: string, reference: string
     break;
   }
   report.maxDiff = maxDiffStudents(reference, join(runDir, 'student'));
-  const steps = readMetrics(runDir).filter((r) => r.split !== 'valid').map((r) => r.step);
+  const steps = readMetrics(runDir)
+    .filter((r) => r.split !== 'valid')
+    .map((r) => r.step);
   if (steps.some((x, i) => i > 0 && x <= steps[i - 1])) report.problems.push(`metrics.jsonl steps out of order: ${steps.join(',')}`);
   // Steps are numbered 1..N in metrics.jsonl, as on the console and in the checkpoint names.
   report.metricsGaps = [...Array(MAX_STEPS).keys()].map((k) => k + 1).filter((s) => !steps.includes(s));
@@ -322,7 +403,13 @@ export async function cacheChain(out: string, reference: string, rng: () => numb
 
 function latestStep(checkpoints: string): number {
   if (!existsSync(checkpoints)) return 0;
-  return Math.max(0, ...readdirSync(checkpoints).map((n) => /^step-(\d+)$/.exec(n)).filter((m) => m !== null).map((m) => Number(m[1])));
+  return Math.max(
+    0,
+    ...readdirSync(checkpoints)
+      .map((n) => /^step-(\d+)$/.exec(n))
+      .filter((m) => m !== null)
+      .map((m) => Number(m[1])),
+  );
 }
 
 /** The uninterrupted runs everything is compared with. */

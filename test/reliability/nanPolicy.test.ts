@@ -23,7 +23,10 @@ function nanTeacher(root: string): string {
   mkdirSync(dir);
   copyFileSync(fixture('llama-teacher', 'config.json'), join(dir, 'config.json'));
   const tensors: TensorToWrite[] = [...readAllSafetensors(fixture('llama-teacher', 'model.safetensors'))].map(([name, t]) => ({
-    name, dtype: 'F32', shape: t.shape, data: Float32Array.from(t.data),
+    name,
+    dtype: 'F32',
+    shape: t.shape,
+    data: Float32Array.from(t.data),
   }));
   const norm = tensors.find((t) => t.name === 'model.norm.weight');
   assert.ok(norm, 'the fixture has model.norm.weight');
@@ -36,7 +39,12 @@ const data = { dataPaths: fixture('megatron', 'small_text_document'), seqLength:
 
 function recipe(dir: string, teacher: string, maxSteps: number): DistillationRecipe {
   return distillationRecipe({
-    name: 'nan', dir, studentPath: fixture('llama-student'), teacherPath: teacher, backend: 'cpu', data,
+    name: 'nan',
+    dir,
+    studentPath: fixture('llama-student'),
+    teacherPath: teacher,
+    backend: 'cpu',
+    data,
     trainer: { maxSteps, globalBatchSize: 2, microBatchSize: 1, saveInterval: 1, valCheckInterval: 0, logInterval: 1, nanPolicy: 'skip' },
     optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
   });
@@ -45,10 +53,40 @@ function recipe(dir: string, teacher: string, maxSteps: number): DistillationRec
 test('--nan_policy stop: the CLI ends with the NonFiniteLossError message and exit 2', () => {
   const root = mkdtempSync(join(tmpdir(), 'nan-cli-'));
   try {
-    const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), 'run', '--name', 'stop', '--log_dir', root,
-      '--student_path', fixture('llama-student'), '--teacher_path', nanTeacher(root), '--data_paths', data.dataPaths, '--seq_length', '16',
-      '--gbs', '2', '--mbs', '1', '--max_steps', '3', '--val_check_interval', '0', '--nan_policy', 'stop', '--backend', 'cpu'],
-    { encoding: 'utf8', cwd: ROOT, env: { ...process.env, DISTILL_NO_PROGRESS: '1' } });
+    const r = spawnSync(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        join(ROOT, 'src/cli/main.ts'),
+        'run',
+        '--name',
+        'stop',
+        '--log_dir',
+        root,
+        '--student_path',
+        fixture('llama-student'),
+        '--teacher_path',
+        nanTeacher(root),
+        '--data_paths',
+        data.dataPaths,
+        '--seq_length',
+        '16',
+        '--gbs',
+        '2',
+        '--mbs',
+        '1',
+        '--max_steps',
+        '3',
+        '--val_check_interval',
+        '0',
+        '--nan_policy',
+        'stop',
+        '--backend',
+        'cpu',
+      ],
+      { encoding: 'utf8', cwd: ROOT, env: { ...process.env, DISTILL_NO_PROGRESS: '1' } },
+    );
     assert.equal(r.status, 2, r.stderr);
     assert.match(r.stderr, /step 1: loss NaN.* is not finite; stopping \(--nan_policy stop\)\. Check the data batch at sample \d+ and the teacher's weights/);
     assert.doesNotMatch(r.stderr, /internal error/);
@@ -63,7 +101,10 @@ test('--nan_policy skip: non-finite steps are skipped and counted, weights uncha
     const teacher = nanTeacher(root);
     const r = await run(recipe(join(root, 'a'), teacher, 3), { log: null });
     assert.equal(r.steps.length, 3);
-    assert.ok(r.steps.every((s) => s.skipped && !Number.isFinite(s.loss)), JSON.stringify(r.steps.map((s) => [s.step, s.skipped, s.loss])));
+    assert.ok(
+      r.steps.every((s) => s.skipped && !Number.isFinite(s.loss)),
+      JSON.stringify(r.steps.map((s) => [s.step, s.skipped, s.loss])),
+    );
     // Every checkpoint counts the skipped steps before it (the last one's own skip is the known gap tested below).
     assert.ok(readTrainingState(latestCheckpoint(r.runDir)!).skippedSteps >= 2);
     const before = readAllTensors(fixture('llama-student', 'model.safetensors'));

@@ -71,7 +71,10 @@ test('sizes from headers are bounded before allocation', () => {
     const st = Buffer.alloc(16);
     st.writeBigUInt64LE(2n ** 63n - 1n);
     writeFileSync(join(dir, 'huge.safetensors'), st);
-    assert.throws(() => SafetensorsReader.open(join(dir, 'huge.safetensors')), (e: unknown) => e instanceof FormatError && /over the spec's limit/.test((e as Error).message));
+    assert.throws(
+      () => SafetensorsReader.open(join(dir, 'huge.safetensors')),
+      (e: unknown) => e instanceof FormatError && /over the spec's limit/.test((e as Error).message),
+    );
     // safetensors: a tensor claiming 2^50 elements in a 100-byte file.
     const header = JSON.stringify({ w: { dtype: 'F32', shape: [2 ** 25, 2 ** 25], data_offsets: [0, 2 ** 52] } });
     const len = Buffer.alloc(8);
@@ -88,7 +91,10 @@ test('sizes from headers are bounded before allocation', () => {
     // config.json: a vocabulary of 2^40 and a width that would need terabytes.
     const cfg = JSON.parse(teacherConfig) as Record<string, unknown>;
     assert.throws(() => parseModelConfig({ ...cfg, vocab_size: 2 ** 40 }, 'config.json'), ConfigError);
-    assert.throws(() => parseModelConfig({ ...cfg, hidden_size: 2 ** 20, intermediate_size: 2 ** 24, num_hidden_layers: 2 ** 20 }, 'config.json'), DistillError);
+    assert.throws(
+      () => parseModelConfig({ ...cfg, hidden_size: 2 ** 20, intermediate_size: 2 ** 24, num_hidden_layers: 2 ** 20 }, 'config.json'),
+      DistillError,
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -100,7 +106,13 @@ test('a cache manifest naming files outside the cache is refused', async () => {
   try {
     const out = join(root, 'cache');
     await cacheTeacher({
-      teacherPath: fixture('llama-teacher'), backend: 'cpu', out, numSamples: 2, partSamples: 1, batchSamples: 1, log: () => {},
+      teacherPath: fixture('llama-teacher'),
+      backend: 'cpu',
+      out,
+      numSamples: 2,
+      partSamples: 1,
+      batchSamples: 1,
+      log: () => {},
       data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
       spec: { method: 'topk', topK: 4, samples: 0, sampleSeed: 1, valueDtype: 'float32', temperature: 1 },
     });
@@ -110,11 +122,14 @@ test('a cache manifest naming files outside the cache is refused', async () => {
     copyFileSync(join(out, part.file), join(root, 'x.arrow'));
     for (const file of ['../x.arrow', join(root, 'x.arrow'), '../../etc/passwd']) {
       writeManifest(join(out, MANIFEST_FILE), { ...m, parts: [{ ...part, file }, ...m.parts.slice(1)] });
-      assert.throws(() => TeacherCache.open(out), (e: unknown) => {
-        assert.ok(e instanceof CacheIncompleteError, `${file}: ${String(e)}`);
-        assert.match((e as Error).message, /does not describe the parts/);
-        return true;
-      });
+      assert.throws(
+        () => TeacherCache.open(out),
+        (e: unknown) => {
+          assert.ok(e instanceof CacheIncompleteError, `${file}: ${String(e)}`);
+          assert.match((e as Error).message, /does not describe the parts/);
+          return true;
+        },
+      );
     }
   } finally {
     rmSync(root, { recursive: true, force: true });

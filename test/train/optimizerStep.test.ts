@@ -29,8 +29,12 @@ function recorder(): { optimizer: AdamW; applied: { grads: Map<string, number[]>
 /** A global batch whose one gradient is `values` and whose loss is `loss`. */
 function batch(step: number, values: number[], loss: number): GradientBatch {
   return {
-    step, grads: new Map([['w', tf.tensor1d(values)]]), sums: { loss, kd: loss * 4, tokens: 4 }, firstSample: step * 2,
-    startedAt: performance.now(), stepTaken: () => {},
+    step,
+    grads: new Map([['w', tf.tensor1d(values)]]),
+    sums: { loss, kd: loss * 4, tokens: 4 },
+    firstSample: step * 2,
+    startedAt: performance.now(),
+    stepTaken: () => {},
   };
 }
 
@@ -48,7 +52,10 @@ test('clipping: the pre-clip norm is reported, the gradients reach AdamW scaled 
   assert.ok(Math.abs(g0 - 3 * coef) < 1e-6 && Math.abs(g1 - 4 * coef) < 1e-6, `${g0}, ${g1}`);
   // Under the threshold nothing is scaled.
   await step.take(batch(4, [0.3, 0.4], 2));
-  assert.deepEqual(applied[1].grads.get('w')!.map((x) => Math.round(x * 1e6) / 1e6), [0.3, 0.4]);
+  assert.deepEqual(
+    applied[1].grads.get('w')!.map((x) => Math.round(x * 1e6) / 1e6),
+    [0.3, 0.4],
+  );
 });
 
 test('the limit on non-finite steps in a row: skipped steps leave AdamW alone, a finite step resets the count', async () => {
@@ -60,7 +67,10 @@ test('the limit on non-finite steps in a row: skipped steps leave AdamW alone, a
   assert.equal(applied.length, 1, 'only the finite step reached AdamW');
   await assert.rejects(step.take(batch(3, [1, 1], Infinity)), (e: unknown) => {
     assert.ok(e instanceof NonFiniteLossError);
-    assert.equal((e as Error).message, 'step 4: loss Infinity, grad_norm 1.4142135381698608: 2 non-finite steps in a row; stopping. The weights are unchanged since the last finite step.');
+    assert.equal(
+      (e as Error).message,
+      'step 4: loss Infinity, grad_norm 1.4142135381698608: 2 non-finite steps in a row; stopping. The weights are unchanged since the last finite step.',
+    );
     return true;
   });
 });
@@ -70,10 +80,16 @@ test('the operator keeps its count per subscription: one operator in two pipelin
   const { optimizer } = recorder();
   const op = optimizerStep({ optimizer, lrAt: () => 1, clipGrad: 1, nanPolicy: 'skip', maxConsecutiveNanSteps: 2, globalBatchSize: 2 });
   const first = await lastValueFrom(from([batch(0, [1, 1], 1), batch(1, [1, 1], NaN)]).pipe(op, toArray()));
-  assert.deepEqual(first.map((r) => r.skipped), [false, true]);
+  assert.deepEqual(
+    first.map((r) => r.skipped),
+    [false, true],
+  );
   // A shared count would make this the second non-finite step in a row, and stop.
   const second = await lastValueFrom(from([batch(0, [1, 1], NaN), batch(1, [1, 1], 1)]).pipe(op, toArray()));
-  assert.deepEqual(second.map((r) => r.skipped), [true, false]);
+  assert.deepEqual(
+    second.map((r) => r.skipped),
+    [true, false],
+  );
   await assert.rejects(lastValueFrom(from([batch(0, [1, 1], NaN), batch(1, [1, 1], NaN)]).pipe(op, toArray())), NonFiniteLossError);
   assert.equal(tf.memory().numTensors, before, 'the step disposes the gradients it is given');
 });

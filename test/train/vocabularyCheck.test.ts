@@ -9,7 +9,10 @@ import { parseModelConfig, type ModelConfig } from '../../src/model/config.ts';
 import { ConfigError } from '../../src/errors.ts';
 
 const llama = (vocab: number): ModelConfig =>
-  parseModelConfig({ model_type: 'llama', vocab_size: vocab, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1 }, 'config.json');
+  parseModelConfig(
+    { model_type: 'llama', vocab_size: vocab, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1 },
+    'config.json',
+  );
 const where = { teacherPath: 'teacher/', studentPath: 'student/' };
 
 test('equal vocabularies share every id; padded ones align on the shared ids and say so', () => {
@@ -18,9 +21,12 @@ test('equal vocabularies share every id; padded ones align on the shared ids and
 });
 
 test('vocabularies far apart (another tokenizer) are refused, naming both models', () => {
-  assert.throws(() => alignVocabularies(llama(32000), llama(151936), where), (e: unknown) => {
-    assert.ok(e instanceof ConfigError);
-    assert.match((e as Error).message, /teacher \(teacher\/\) has 32000 .* student \(student\/\) 151936/);
-    return true;
-  });
+  assert.throws(
+    () => alignVocabularies(llama(32000), llama(151936), where),
+    (e: unknown) => {
+      assert.ok(e instanceof ConfigError);
+      assert.match((e as Error).message, /teacher \(teacher\/\) has 32000 .* student \(student\/\) 151936/);
+      return true;
+    },
+  );
 });

@@ -80,7 +80,9 @@ function bind(): DriverFunctions {
     cuModuleLoadData: f('int cuModuleLoadData(_Out_ void **module, const void *image)'),
     cuModuleGetFunction: f('int cuModuleGetFunction(_Out_ void **fn, void *module, const char *name)'),
     cuFuncSetAttribute: f('int cuFuncSetAttribute(void *fn, int attribute, int value)'),
-    cuLaunchKernel: f('int cuLaunchKernel(void *fn, uint32_t gx, uint32_t gy, uint32_t gz, uint32_t bx, uint32_t by, uint32_t bz, uint32_t sharedBytes, void *stream, void **params, void **extra)'),
+    cuLaunchKernel: f(
+      'int cuLaunchKernel(void *fn, uint32_t gx, uint32_t gy, uint32_t gz, uint32_t bx, uint32_t by, uint32_t bz, uint32_t sharedBytes, void *stream, void **params, void **extra)',
+    ),
     cuEventCreate: f('int cuEventCreate(_Out_ void **event, unsigned int flags)'),
     cuEventRecord: f('int cuEventRecord(void *event, void *stream)'),
     cuEventSynchronize: f('int cuEventSynchronize(void *event)'),

@@ -43,7 +43,9 @@ export class KernelProfile {
     const rows = [...this.entries].sort((a, b) => b[1].ms - a[1].ms);
     const total = rows.reduce((s, [, e]) => s + e.ms, 0);
     const count = rows.reduce((s, [, e]) => s + e.count, 0);
-    const lines = rows.slice(0, top).map(([k, e]) => `${e.ms.toFixed(2).padStart(10)} ms ${((100 * e.ms) / total).toFixed(1).padStart(5)}%  x${String(e.count).padEnd(6)} ${k}`);
+    const lines = rows
+      .slice(0, top)
+      .map(([k, e]) => `${e.ms.toFixed(2).padStart(10)} ms ${((100 * e.ms) / total).toFixed(1).padStart(5)}%  x${String(e.count).padEnd(6)} ${k}`);
     return [`${count} launches, ${total.toFixed(1)} ms of device time`, ...lines].join('\n');
   }
 }

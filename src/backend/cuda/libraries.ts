@@ -65,13 +65,21 @@ export const CUDA_LIBRARIES = {
   nvrtc: {
     what: 'NVRTC (the CUDA runtime compiler)',
     names: ['libnvrtc.so.13', 'libnvrtc.so.12', 'libnvrtc.so.11.2', 'libnvrtc.so'],
-    companions: ['libnvrtc-builtins.so.13.0', 'libnvrtc-builtins.so.12.9', 'libnvrtc-builtins.so.12.8', 'libnvrtc-builtins.so.12.6', 'libnvrtc-builtins.so.12.4', 'libnvrtc-builtins.so.11.8', 'libnvrtc-builtins.so'],
+    companions: [
+      'libnvrtc-builtins.so.13.0',
+      'libnvrtc-builtins.so.12.9',
+      'libnvrtc-builtins.so.12.8',
+      'libnvrtc-builtins.so.12.6',
+      'libnvrtc-builtins.so.12.4',
+      'libnvrtc-builtins.so.11.8',
+      'libnvrtc-builtins.so',
+    ],
     install: 'install the CUDA toolkit (11.8 or newer), Debian/Ubuntu `libnvrtc11.2` (non-free), or `pip install nvidia-cuda-nvrtc-cu12`',
   },
   nccl: {
     what: 'NCCL',
     names: ['libnccl.so.2', 'libnccl.so'],
-    install: 'install NCCL (Debian/Ubuntu `libnccl2`, NVIDIA\'s repository) or `pip install nvidia-nccl-cu12`',
+    install: "install NCCL (Debian/Ubuntu `libnccl2`, NVIDIA's repository) or `pip install nvidia-nccl-cu12`",
   },
 } satisfies Record<string, LibrarySpec>;
 
@@ -95,7 +103,10 @@ export function searchFolders(env: NodeJS.ProcessEnv = process.env): string[] {
   }
   let toolkits: string[] = [];
   try {
-    toolkits = readdirSync('/usr/local').filter((d) => d.startsWith('cuda')).sort().reverse();
+    toolkits = readdirSync('/usr/local')
+      .filter((d) => d.startsWith('cuda'))
+      .sort()
+      .reverse();
   } catch {
     // no /usr/local
   }
@@ -205,7 +216,9 @@ export function openLibrary(name: CudaLibraryName): NativeLibrary {
   }
   if (!lib) {
     const where = failure || `not found in ${folders.length ? folders.join(', ') : '(no folders)'} nor the dynamic loader's cache`;
-    throw new BackendError(`${spec.names[0]} (${spec.what}) is missing (${where}). To use --backend cuda, ${spec.install}; or point DISTILL_CUDA_LIBS at the folder that holds it`);
+    throw new BackendError(
+      `${spec.names[0]} (${spec.what}) is missing (${where}). To use --backend cuda, ${spec.install}; or point DISTILL_CUDA_LIBS at the folder that holds it`,
+    );
   }
   opened.set(name, lib);
   return lib;

@@ -119,7 +119,9 @@ export function compileCuda(name: string, source: string, arch: number, kind: 'c
       throw new KernelCompileError(name, log.toString('utf8').replace(/\0+$/, ''));
     }
     const size = [0];
-    const image = asCubin ? (check('nvrtcGetCUBINSize', n.cubinSize!(prog[0], size)), Buffer.alloc(Number(size[0]))) : (check('nvrtcGetPTXSize', n.ptxSize(prog[0], size)), Buffer.alloc(Number(size[0])));
+    const image = asCubin
+      ? (check('nvrtcGetCUBINSize', n.cubinSize!(prog[0], size)), Buffer.alloc(Number(size[0])))
+      : (check('nvrtcGetPTXSize', n.ptxSize(prog[0], size)), Buffer.alloc(Number(size[0])));
     check(asCubin ? 'nvrtcGetCUBIN' : 'nvrtcGetPTX', asCubin ? n.cubin!(prog[0], image) : n.ptx(prog[0], image));
     return { image, kind: asCubin ? 'cubin' : 'ptx' };
   } finally {

@@ -134,7 +134,10 @@ function runCausalSoftmax(backward: boolean): tf.KernelFunc {
     const positioned = t.queryPositions !== undefined;
     const all = positioned ? [...data, t.queryPositions, t.keyPositions] : data;
     const program = new CausalSoftmaxProgram(data[0].shape, backward, positioned);
-    return runProgram(backend as tf.KernelBackend, program, all, [{ type: 'float32', data: [scale] }, { type: 'int32', data: [window] }]);
+    return runProgram(backend as tf.KernelBackend, program, all, [
+      { type: 'float32', data: [scale] },
+      { type: 'int32', data: [window] },
+    ]);
   };
 }
 

@@ -58,8 +58,9 @@ export function passSubgroupId(code: string): string {
   if (!code.includes('fn main(index : i32, subgroupIndex : u32)')) return code;
   const params = '@builtin(num_workgroups) NumWorkgroups : vec3<u32>)';
   const call = 'main(getGlobalIndex());';
-  if (!code.includes(params) || !code.includes(call)) throw new Error('tfjs-backend-webgpu\'s entry point changed: cannot pass subgroup_id to main');
-  return code.replace(params, '@builtin(num_workgroups) NumWorkgroups : vec3<u32>, @builtin(subgroup_id) SubgroupIndex : u32)')
+  if (!code.includes(params) || !code.includes(call)) throw new Error("tfjs-backend-webgpu's entry point changed: cannot pass subgroup_id to main");
+  return code
+    .replace(params, '@builtin(num_workgroups) NumWorkgroups : vec3<u32>, @builtin(subgroup_id) SubgroupIndex : u32)')
     .replace(call, 'main(getGlobalIndex(), SubgroupIndex);');
 }
 
@@ -71,37 +72,39 @@ type BackendClass = new (device: GPUDevice, adapterInfo?: GPUAdapterInfo) => tf.
  */
 export function registerWebgpuDevice(WebGPUBackend: BackendClass): void {
   tf.removeBackend('webgpu');
-  tf.registerBackend('webgpu', async () => {
-    const gpu = (globalThis as unknown as { navigator: { gpu: GPU } }).navigator.gpu;
-    const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
-    if (!adapter) throw new Error('no WebGPU adapter');
-    const wanted = ['timestamp-query', 'shader-f16', 'subgroups', 'chromium-experimental-subgroup-matrix'];
-    const requiredFeatures = wanted.filter((f) => adapter.features.has(f)) as GPUFeatureName[];
-    const l = adapter.limits;
-    const device = await adapter.requestDevice({
-      requiredFeatures,
-      requiredLimits: {
-        maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
-        maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
-        maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
-        maxBufferSize: l.maxBufferSize,
-        maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
-        maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
-      },
-    });
-    const info = adapter.info as GPUAdapterInfo & AdapterInfoLike;
-    const has = (f: string): boolean => device.features.has(f);
-    capabilities = {
-      shaderF16: has('shader-f16'),
-      subgroupMatrixF16: has('chromium-experimental-subgroup-matrix')
-        ? (info.subgroupMatrixConfigs ?? [])
-            .filter((c) => c.componentType === 'f16' && c.resultComponentType === 'f32')
-            .map(({ M, N, K }) => ({ M, N, K }))
-        : [],
-      subgroupSize: info.subgroupMinSize && info.subgroupMinSize === info.subgroupMaxSize ? info.subgroupMinSize : null,
-    };
-    const createShaderModule = device.createShaderModule.bind(device);
-    device.createShaderModule = (d: GPUShaderModuleDescriptor) => createShaderModule({ ...d, code: hoistDirectives(passSubgroupId(d.code)) });
-    return new WebGPUBackend(device, info);
-  }, 3);
+  tf.registerBackend(
+    'webgpu',
+    async () => {
+      const gpu = (globalThis as unknown as { navigator: { gpu: GPU } }).navigator.gpu;
+      const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
+      if (!adapter) throw new Error('no WebGPU adapter');
+      const wanted = ['timestamp-query', 'shader-f16', 'subgroups', 'chromium-experimental-subgroup-matrix'];
+      const requiredFeatures = wanted.filter((f) => adapter.features.has(f)) as GPUFeatureName[];
+      const l = adapter.limits;
+      const device = await adapter.requestDevice({
+        requiredFeatures,
+        requiredLimits: {
+          maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+          maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+          maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+          maxBufferSize: l.maxBufferSize,
+          maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
+          maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+        },
+      });
+      const info = adapter.info as GPUAdapterInfo & AdapterInfoLike;
+      const has = (f: string): boolean => device.features.has(f);
+      capabilities = {
+        shaderF16: has('shader-f16'),
+        subgroupMatrixF16: has('chromium-experimental-subgroup-matrix')
+          ? (info.subgroupMatrixConfigs ?? []).filter((c) => c.componentType === 'f16' && c.resultComponentType === 'f32').map(({ M, N, K }) => ({ M, N, K }))
+          : [],
+        subgroupSize: info.subgroupMinSize && info.subgroupMinSize === info.subgroupMaxSize ? info.subgroupMinSize : null,
+      };
+      const createShaderModule = device.createShaderModule.bind(device);
+      device.createShaderModule = (d: GPUShaderModuleDescriptor) => createShaderModule({ ...d, code: hoistDirectives(passSubgroupId(d.code)) });
+      return new WebGPUBackend(device, info);
+    },
+    3,
+  );
 }

@@ -43,7 +43,6 @@ class LayerNormProgram extends RowProgram {
   }
 }
 
-
 /** Loads the row at `base` into xs and works out its mean and rstd; `extra` runs per vector c of the row. */
 function rowStatistics(extra = ''): string {
   return `

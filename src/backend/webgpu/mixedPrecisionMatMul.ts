@@ -76,7 +76,9 @@ export function planMatMul(aShape: number[], bShape: number[], transposeA: boole
   const outer = batchA >= batchB ? outerA : outerB;
   return {
     batch: Math.max(batchA, batchB),
-    m, n, k,
+    m,
+    n,
+    k,
     strideA: batchA === 1 ? 0 : m * k,
     strideB: batchB === 1 ? 0 : k * n,
     outShape: [...outer, m, n],
@@ -116,22 +118,28 @@ function registerMixedPrecisionMatMul(): void {
     kernelFunc: (args) => {
       const { a, b } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
       const { transposeA, transposeB } = args.attrs as unknown as tf.BatchMatMulAttrs;
-      const plan = mixed && a.dtype === 'float32' && b.dtype === 'float32' && tensorCoresPay(transposeA, transposeB)
-        ? planMatMul(a.shape, b.shape, transposeA, transposeB)
-        : null;
+      const plan =
+        mixed && a.dtype === 'float32' && b.dtype === 'float32' && tensorCoresPay(transposeA, transposeB)
+          ? planMatMul(a.shape, b.shape, transposeA, transposeB)
+          : null;
       if (!plan) {
         counts.fp32 += 1;
         return fp32.kernelFunc(args);
       }
       counts.tensorCore += 1;
       const program = new SubgroupMatMulProgram(plan.outShape, plan.batch, plan.m, plan.n, transposeA, transposeB);
-      return runProgram(args.backend as tf.KernelBackend, program, [a, b], [
-        { type: 'int32', data: [plan.m] },
-        { type: 'int32', data: [plan.n] },
-        { type: 'int32', data: [plan.k] },
-        { type: 'int32', data: [plan.strideA] },
-        { type: 'int32', data: [plan.strideB] },
-      ]);
+      return runProgram(
+        args.backend as tf.KernelBackend,
+        program,
+        [a, b],
+        [
+          { type: 'int32', data: [plan.m] },
+          { type: 'int32', data: [plan.n] },
+          { type: 'int32', data: [plan.k] },
+          { type: 'int32', data: [plan.strideA] },
+          { type: 'int32', data: [plan.strideB] },
+        ],
+      );
     },
   });
   registered = true;

@@ -42,7 +42,6 @@ class RmsNormProgram extends RowProgram {
   }
 }
 
-
 /** Loads the row at `base` into xs and works out r = rsqrt(mean(x²) + eps). */
 const ROW_RMS = `
         var xs : array<Vec, SLOTS>;

@@ -129,7 +129,10 @@ export const ROW_START = `
 
 /** The uniform values of a RowProgram, in the order its `uniforms` declares them. */
 export function rowUniforms(eps: number, rowsPerChunk: number): ProgramUniforms {
-  return [{ type: 'float32', data: [eps] }, { type: 'int32', data: [rowsPerChunk] }];
+  return [
+    { type: 'float32', data: [eps] },
+    { type: 'int32', data: [rowsPerChunk] },
+  ];
 }
 
 /** A kernel's named input, which the kernel's own caller always passes. */

@@ -26,7 +26,11 @@ export class SoftmaxKlBackwardProgram implements WebGPUProgram {
   uniforms = UNIFORMS;
   size = true;
 
-  constructor(rows: number, studentVocab: number, private readonly variant: SoftmaxKlVariant) {
+  constructor(
+    rows: number,
+    studentVocab: number,
+    private readonly variant: SoftmaxKlVariant,
+  ) {
     this.variableNames = ['s', 't', 'stats', 'scale'];
     if (variant.masked) this.variableNames.push('mask');
     if (variant.ce !== 'none') this.variableNames.push('labels');
@@ -54,9 +58,7 @@ export class SoftmaxKlBackwardProgram implements WebGPUProgram {
         let u = ps * (lps - lm) * (1.0 - uniforms.mixW);
         let gk = u - ps * ${stat(STAT.rowSum)};`,
     };
-    const hot = v.vec4
-      ? 'select(T(0.0), T(1.0), vec4<i32>(col, col + 1, col + 2, col + 3) == vec4<i32>(label))'
-      : 'select(0.0, 1.0, col == label)';
+    const hot = v.vec4 ? 'select(T(0.0), T(1.0), vec4<i32>(col, col + 1, col + 2, col + 3) == vec4<i32>(label))' : 'select(0.0, 1.0, col == label)';
     return `
     ${preludeWgsl(v)}
     fn main(index : i32) {
@@ -77,12 +79,16 @@ export class SoftmaxKlBackwardProgram implements WebGPUProgram {
         ${kd[v.kind]}
         g = gk * kdScale;
       }
-      ${v.ce === 'none' ? '' : `let ceScale = scale[row * 2 + 1];
+      ${
+        v.ce === 'none'
+          ? ''
+          : `let ceScale = scale[row * 2 + 1];
       if (live && ceScale != 0.0) {
         let label = labels[row + uniforms.rowOffset];
         let col = c * ${n};
         g = g + ceScale * (exp((s[index] - ${stat(STAT.maxCe)}) - ${stat(STAT.logZCe)}) - ${hot});
-      }`}
+      }`
+      }
       setOutputAtIndex(index, g);
     }`;
   }

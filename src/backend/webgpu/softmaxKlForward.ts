@@ -62,13 +62,25 @@ export class SoftmaxKlForwardProgram implements WebGPUProgram {
     const ownCe = v.ce === 'own';
     const sAt = v.vec4 ? (i: string) => `s[sBase + ${i} / 4][${i} % 4]` : (i: string) => `s[sBase + ${i}]`;
     const [max1, logZ1] = v.ce === 'shared' ? ['maxS', 'logZS'] : ownCe ? ['r.m1', 'log(r.z1)'] : ['0.0', '0.0'];
-    const out = this.layout === 'stats'
-      ? [
-          [STAT.value, 'value'], [STAT.ce, 'ce'], [STAT.maxStudent, 'maxS'], [STAT.logZStudent, 'logZS'],
-          [STAT.maxTeacher, 'maxT'], [STAT.logZTeacher, 'logZT'], [STAT.rowSum, 'rowSum'], [STAT.maxCe, max1],
-          [STAT.logZCe, logZ1],
-        ]
-      : v.ce === 'none' ? [[0, 'value']] : [[0, 'value'], [1, 'ce']];
+    const out =
+      this.layout === 'stats'
+        ? [
+            [STAT.value, 'value'],
+            [STAT.ce, 'ce'],
+            [STAT.maxStudent, 'maxS'],
+            [STAT.logZStudent, 'logZS'],
+            [STAT.maxTeacher, 'maxT'],
+            [STAT.logZTeacher, 'logZT'],
+            [STAT.rowSum, 'rowSum'],
+            [STAT.maxCe, max1],
+            [STAT.logZCe, logZ1],
+          ]
+        : v.ce === 'none'
+          ? [[0, 'value']]
+          : [
+              [0, 'value'],
+              [1, 'ce'],
+            ];
     // x_P − x_Q from the raw logits: for close distributions t − s is exact, (t/τ) − (s/τ) is not.
     const diffPQ = `(${pIsTeacher ? 'tv - sv' : 'sv - tv'}) * uniforms.invTau`;
     const cols = this.outputShape[1];
@@ -126,11 +138,15 @@ export class SoftmaxKlForwardProgram implements WebGPUProgram {
         st.mQ = mQ;
         ${ownCe ? 'st = pushCe(st, sv);' : ''}
       }
-      ${ownCe ? `// The CE also covers the student's ids past the shared vocabulary.
+      ${
+        ownCe
+          ? `// The CE also covers the student's ids past the shared vocabulary.
       let allCols = select(0, uniforms.sShape.y / ${n}, live);
       for (var c = cols + tid; c < allCols; c += WG) {
         st = pushCe(st, s[sBase + c]);
-      }` : ''}
+      }`
+          : ''
+      }
       partial[tid] = st;
       workgroupBarrier();
       for (var stride = WG / 2; stride > 0; stride = stride / 2) {
@@ -147,8 +163,12 @@ export class SoftmaxKlForwardProgram implements WebGPUProgram {
       ${singlePass ? this.singlePassValue() : this.secondPass()}
       if (tid == 0 && inRange) {
         var ce = 0.0;
-        ${v.ce === 'none' ? '' : `let label = clamp(labels[row + uniforms.rowOffset], 0, uniforms.sShape.y - 1);
-        ce = (${max1} - ${sAt('label')}) + ${logZ1};`}
+        ${
+          v.ce === 'none'
+            ? ''
+            : `let label = clamp(labels[row + uniforms.rowOffset], 0, uniforms.sShape.y - 1);
+        ce = (${max1} - ${sAt('label')}) + ${logZ1};`
+        }
         ${out.map(([col, expr]) => `setOutputAtIndex(row * ${cols} + ${col}, select(0.0, ${expr}, live));`).join('\n        ')}
       }
     }`;

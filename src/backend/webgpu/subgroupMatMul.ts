@@ -59,7 +59,9 @@ export class SubgroupMatMulProgram implements WebGPUProgram {
   }
 
   getUserCode(): string {
-    const TM = TILE_M, TN = TILE_N, TK = TILE_K;
+    const TM = TILE_M,
+      TN = TILE_N,
+      TK = TILE_K;
     const vecs = (TM * TK) / 4 / THREADS; // vec4 reads per lane per slab, for A and (TK·TN = TM·TK) for B
     // Global vec4 index g and the workgroup offset w of its first element, per layout. A tile: row-major [TM][TK],
     // or column-major [TK][TM] when A is transposed; B tile: row-major [TK][TN], or column-major [TN][TK].
@@ -77,8 +79,10 @@ export class SubgroupMatMulProgram implements WebGPUProgram {
     // The k offset of a 16-wide step kk inside the slab, per layout.
     const leftK = (kk: number): number => (this.transposeA ? kk * TM : kk);
     const rightK = (kk: number): number => (this.transposeB ? kk : kk * TN);
-    const left = (i: number, kk: number): string => `subgroupMatrixLoad<Left>(&tileA, leftBase + ${i * leftStep + leftK(kk)}u, ${this.transposeA}, ${this.transposeA ? TM : TK}u)`;
-    const right = (j: number, kk: number): string => `subgroupMatrixLoad<Right>(&tileB, rightBase + ${j * rightStep + rightK(kk)}u, ${this.transposeB}, ${this.transposeB ? TK : TN}u)`;
+    const left = (i: number, kk: number): string =>
+      `subgroupMatrixLoad<Left>(&tileA, leftBase + ${i * leftStep + leftK(kk)}u, ${this.transposeA}, ${this.transposeA ? TM : TK}u)`;
+    const right = (j: number, kk: number): string =>
+      `subgroupMatrixLoad<Right>(&tileB, rightBase + ${j * rightStep + rightK(kk)}u, ${this.transposeB}, ${this.transposeB ? TK : TN}u)`;
     const loadSlab = (ks: string): string => `for (var i = 0u; i < ${vecs}u; i++) {
         let e = i * ${THREADS}u + t;
         let k0 = ${ks};
@@ -93,17 +97,26 @@ export class SubgroupMatMulProgram implements WebGPUProgram {
       }`;
     const four = [0, 1, 2, 3];
     const steps = Array.from({ length: TK / 16 }, (_, s) => s * 16);
-    const products = steps.map((kk) => [
-      ...four.map((i) => `let l${i}_${kk} = ${left(i, kk)};`),
-      ...four.map((j) => `let r${j}_${kk} = ${right(j, kk)};`),
-      ...four.flatMap((i) => four.map((j) => {
-        const q = i * 4 + j;
-        const prior = kk === 0 ? `subgroupMatrixScalarMultiply(acc[${q}], ratio)` : `acc[${q}]`;
-        return `acc[${q}] = subgroupMatrixMultiplyAccumulate(l${i}_${kk}, r${j}_${kk}, ${prior});`;
-      })),
-    ].join('\n    ')).join('\n    ');
-    const stores = four.flatMap((i) => four.map((j) =>
-      `subgroupMatrixStore(&result, out0 + ${i * 16}u * N + ${j * 16}u, subgroupMatrixScalarMultiply(acc[${i * 4 + j}], back), false, N);`)).join('\n  ');
+    const products = steps
+      .map((kk) =>
+        [
+          ...four.map((i) => `let l${i}_${kk} = ${left(i, kk)};`),
+          ...four.map((j) => `let r${j}_${kk} = ${right(j, kk)};`),
+          ...four.flatMap((i) =>
+            four.map((j) => {
+              const q = i * 4 + j;
+              const prior = kk === 0 ? `subgroupMatrixScalarMultiply(acc[${q}], ratio)` : `acc[${q}]`;
+              return `acc[${q}] = subgroupMatrixMultiplyAccumulate(l${i}_${kk}, r${j}_${kk}, ${prior});`;
+            }),
+          ),
+        ].join('\n    '),
+      )
+      .join('\n    ');
+    const stores = four
+      .flatMap((i) =>
+        four.map((j) => `subgroupMatrixStore(&result, out0 + ${i * 16}u * N + ${j * 16}u, subgroupMatrixScalarMultiply(acc[${i * 4 + j}], back), false, N);`),
+      )
+      .join('\n  ');
     return `
 enable f16;
 enable subgroups;

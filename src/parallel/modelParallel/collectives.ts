@@ -48,7 +48,8 @@ export class Collectives {
   async allGather(group: readonly number[], mine: Float32Array, lengths: readonly number[]): Promise<Float32Array> {
     const me = group.indexOf(this.rank);
     if (me < 0) throw new RangeError(`all-gather: worker ${this.rank} is not in the group [${group.join(', ')}]`);
-    if (lengths[me] !== mine.length) throw new RangeError(`all-gather on worker ${this.rank}: contributes ${mine.length} values, the group expects ${lengths[me]}`);
+    if (lengths[me] !== mine.length)
+      throw new RangeError(`all-gather on worker ${this.rank}: contributes ${mine.length} values, the group expects ${lengths[me]}`);
     const offsets = lengths.map((_, i) => lengths.slice(0, i).reduce((a, b) => a + b, 0));
     const all = new Float32Array(lengths.reduce((a, b) => a + b, 0));
     all.set(mine, offsets[me]);
@@ -59,7 +60,11 @@ export class Collectives {
   /** The element-wise maximum over the group. */
   async allReduceMax(group: readonly number[], data: Float32Array): Promise<Float32Array> {
     if (group.length === 1) return data;
-    const all = await this.allGather(group, data, group.map(() => data.length));
+    const all = await this.allGather(
+      group,
+      data,
+      group.map(() => data.length),
+    );
     const out = data.slice();
     for (let g = 0; g < group.length; g++) {
       const part = all.subarray(g * data.length, (g + 1) * data.length);
@@ -77,7 +82,9 @@ export class Collectives {
   async receive(from: number, tag: string): Promise<tf.Tensor[]> {
     const m = await this.transport.receive(from, 'stageTensors');
     if (m.tag !== tag) {
-      throw new Error(`pipeline out of step on worker ${this.rank}: expected ${tag} from worker ${from}, got ${m.tag}. The stages disagree on the schedule; this is a bug.`);
+      throw new Error(
+        `pipeline out of step on worker ${this.rank}: expected ${tag} from worker ${from}, got ${m.tag}. The stages disagree on the schedule; this is a bug.`,
+      );
     }
     return m.tensors.map((f) => frameToTensor(f));
   }

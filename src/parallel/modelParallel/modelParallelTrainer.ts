@@ -94,23 +94,43 @@ export class ModelParallelTrainer {
     if (this.o.layout.tp > 1) {
       // The padding of each head slice, from the shard spec it was loaded by: only the last stage holds the heads.
       const studentVocab = this.o.student.spec.get(head)?.vocab;
-      const teacherVocab = tHeadName ? this.o.teacher!.spec.get(tHeadName)?.vocab ?? null : null;
+      const teacherVocab = tHeadName ? (this.o.teacher!.spec.get(tHeadName)?.vocab ?? null) : null;
       const vocab = studentVocab ? { student: studentVocab, teacher: teacherVocab } : undefined;
-      op = vocabParallelLossOp({ ...inputs, head, outputs: LOSS_OUTPUTS }, {
-        options: this.o.loss, kdRatio, coll: this.o.coll, tpGroup: groupOf(this.o.layout, this.o.rank, ['tp']),
-        vocab, teacherHead, globalTokens: () => this.globalTokens,
-      });
+      op = vocabParallelLossOp(
+        { ...inputs, head, outputs: LOSS_OUTPUTS },
+        {
+          options: this.o.loss,
+          kdRatio,
+          coll: this.o.coll,
+          tpGroup: groupOf(this.o.layout, this.o.rank, ['tp']),
+          vocab,
+          teacherHead,
+          globalTokens: () => this.globalTokens,
+        },
+      );
     } else {
       const loss = { ...this.o.loss, kdRatio };
-      op = computeOp('loss', { inputs: Object.values(inputs), outputs: LOSS_OUTPUTS, params: [head], differentiable: [true, false, false, false] }, ([h, ht, labels, mask], [w]) => {
-        const r = meanLoss(loss, {
-          studentHidden: h as tf.Tensor2D, studentHead: w as tf.Tensor2D, mask: mask as tf.Tensor1D, labels: labels as tf.Tensor1D,
-          teacher: teacherHead ? { kind: 'hidden', hidden: ht as tf.Tensor2D, head: teacherHead } : undefined, what: `rank ${this.o.rank}'s micro-batch`,
-        });
-        const count = tf.sum(mask);
-        const G = this.globalTokens;
-        return [G > 0 ? tf.div(tf.mul(r.loss, count), G) : tf.scalar(0), r.kd ? tf.mul(r.kd, count) : tf.scalar(0), r.ce ? tf.mul(r.ce, count) : tf.scalar(0)];
-      });
+      op = computeOp(
+        'loss',
+        { inputs: Object.values(inputs), outputs: LOSS_OUTPUTS, params: [head], differentiable: [true, false, false, false] },
+        ([h, ht, labels, mask], [w]) => {
+          const r = meanLoss(loss, {
+            studentHidden: h as tf.Tensor2D,
+            studentHead: w as tf.Tensor2D,
+            mask: mask as tf.Tensor1D,
+            labels: labels as tf.Tensor1D,
+            teacher: teacherHead ? { kind: 'hidden', hidden: ht as tf.Tensor2D, head: teacherHead } : undefined,
+            what: `rank ${this.o.rank}'s micro-batch`,
+          });
+          const count = tf.sum(mask);
+          const G = this.globalTokens;
+          return [
+            G > 0 ? tf.div(tf.mul(r.loss, count), G) : tf.scalar(0),
+            r.kd ? tf.mul(r.kd, count) : tf.scalar(0),
+            r.ce ? tf.mul(r.ce, count) : tf.scalar(0),
+          ];
+        },
+      );
     }
     this.lossOps.set(key, op);
     return op;
@@ -204,9 +224,7 @@ export class ModelParallelTrainer {
       } else {
         const tape = tapes.get(a.micro)!;
         tapes.delete(a.micro);
-        const seeds = this.isLast
-          ? { loss: tf.scalar(1) }
-          : { [S.outputName]: (await coll.receive(this.stageRank(this.coords.pp + 1), tag))[0] };
+        const seeds = this.isLast ? { loss: tf.scalar(1) } : { [S.outputName]: (await coll.receive(this.stageRank(this.coords.pp + 1), tag))[0] };
         const dIn = await tape.backward(seeds, grads, first ? [] : [S.inputName]);
         if (!first) {
           const d = dIn.get(S.inputName) ?? tf.zerosLike(tape.acts.get(S.inputName)!);
@@ -236,11 +254,17 @@ export class ModelParallelTrainer {
     const sums = new Float32Array(3);
     if (this.isLast && this.coords.tp === 0 && this.coords.dp === 0) {
       const values = await readScalars(stats);
-      for (let i = 0; i < values.length; i += 3) { sums[0] += values[i + 1]; sums[1] += values[i + 2]; }
+      for (let i = 0; i < values.length; i += 3) {
+        sums[0] += values[i + 1];
+        sums[1] += values[i + 2];
+      }
       sums[2] = count;
     }
     for (const s of stats) s.dispose();
-    await this.o.coll.allReduceSum(Array.from({ length: worldSize(this.o.layout) }, (_, r) => r), sums);
+    await this.o.coll.allReduceSum(
+      Array.from({ length: worldSize(this.o.layout) }, (_, r) => r),
+      sums,
+    );
     const n = Math.max(1, sums[2]);
     return { studentCe: sums[1] / n, kdLoss: this.o.teacher ? sums[0] / n : undefined, tokens: sums[2] };
   }
@@ -253,7 +277,11 @@ export class ModelParallelTrainer {
       // Only the last stage's first TP rank counts the losses, so that the all-reduce adds each micro-batch once.
       if (this.isLast && this.coords.tp === 0) {
         const values = await readScalars(stats);
-        for (let i = 0; i < values.length; i += 3) { local.loss += values[i]; local.kd! += values[i + 1]; local.ce! += values[i + 2]; }
+        for (let i = 0; i < values.length; i += 3) {
+          local.loss += values[i];
+          local.kd! += values[i + 1];
+          local.ce! += values[i + 2];
+        }
         local.tokens = count;
       }
     } catch (e) {
@@ -301,7 +329,10 @@ export class ModelParallelTrainer {
     sums[2] = local.kd ?? 0;
     sums[3] = local.ce ?? 0;
     sums[4] = local.tokens;
-    await coll.allReduceSum(Array.from({ length: worldSize(layout) }, (_, r) => r), sums);
+    await coll.allReduceSum(
+      Array.from({ length: worldSize(layout) }, (_, r) => r),
+      sums,
+    );
     this.stopAgreed ||= sums[5] > 0;
     const teacher = this.o.teacher !== null && this.o.loss.kdRatio > 0;
     return {

@@ -114,7 +114,10 @@ export class Tape {
   async forward(given: Record<string, tf.Tensor>): Promise<void> {
     for (const [k, v] of Object.entries(given)) this.acts.set(k, v);
     for (const op of this.ops) {
-      const outs = await op.forward(op.inputs.map((n) => this.act(n, op)), op.params.map((n) => this.param(n, op)));
+      const outs = await op.forward(
+        op.inputs.map((n) => this.act(n, op)),
+        op.params.map((n) => this.param(n, op)),
+      );
       op.outputs.forEach((n, i) => this.acts.set(n, outs[i]));
     }
   }
@@ -139,10 +142,17 @@ export class Tape {
       const op = this.ops[i];
       const dOuts = op.outputs.map((n) => grads.get(n) ?? null);
       if (dOuts.every((d) => d === null)) continue;
-      const r = await op.backward(op.inputs.map((n) => this.act(n, op)), op.params.map((n) => this.param(n, op)), dOuts);
+      const r = await op.backward(
+        op.inputs.map((n) => this.act(n, op)),
+        op.params.map((n) => this.param(n, op)),
+        dOuts,
+      );
       op.outputs.forEach((n) => grads.delete(n));
       for (const d of dOuts) d?.dispose();
-      op.inputs.forEach((n, k) => { const d = r.dInputs[k]; if (d) addInto(grads, n, d); });
+      op.inputs.forEach((n, k) => {
+        const d = r.dInputs[k];
+        if (d) addInto(grads, n, d);
+      });
       op.params.forEach((n, k) => addInto(paramGrads, n, r.dParams[k]));
     }
     const out = new Map<string, tf.Tensor>();

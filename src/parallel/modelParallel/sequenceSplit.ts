@@ -36,6 +36,9 @@ export function sequenceSplit(seqLength: number, cp: number, rank: number): Sequ
 /** Rows `positions` of each of the `batch` rows of a row-major [batch, seqLength] array. */
 export function takePositions<T extends Int32Array | Float32Array>(data: T, batch: number, seqLength: number, positions: readonly number[]): T {
   const out = new (data.constructor as { new (n: number): T })(batch * positions.length);
-  for (let b = 0; b < batch; b++) positions.forEach((p, j) => { out[b * positions.length + j] = data[b * seqLength + p]; });
+  for (let b = 0; b < batch; b++)
+    positions.forEach((p, j) => {
+      out[b * positions.length + j] = data[b * seqLength + p];
+    });
   return out;
 }

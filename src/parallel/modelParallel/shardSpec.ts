@@ -60,7 +60,12 @@ function layerOf(name: string): number | null {
  * pads to under TP (vocabPadding.ts; a teacher and its student pass the pair's one size); by default the model's own
  * vocabulary padded to a multiple of tp only. With one TP rank nothing pads.
  */
-export function localParams(c: ModelConfig, l: ParallelLayout, coords: RankCoords, paddedVocab = paddedVocabSize(c.vocabSize, l.tp, 1)): Map<string, LocalParam> {
+export function localParams(
+  c: ModelConfig,
+  l: ParallelLayout,
+  coords: RankCoords,
+  paddedVocab = paddedVocabSize(c.vocabSize, l.tp, 1),
+): Map<string, LocalParam> {
   const T = l.tp;
   const r = coords.tp;
   const plan = stagePlan(c.numLayers, l.pp, coords.pp);
@@ -76,10 +81,14 @@ export function localParams(c: ModelConfig, l: ParallelLayout, coords: RankCoord
   const vocab = vocabShard(c.vocabSize, l.tp === 1 ? c.vocabSize : paddedVocab, T, r);
   for (const [name, shape] of expectedParamShapes(c)) {
     const layer = layerOf(name);
-    const onStage = layer !== null ? layer >= plan.firstLayer && layer < plan.endLayer
-      : name === emb ? plan.hasEmbedding || (plan.hasHead && c.tieWordEmbeddings)
-      : name === 'transformer.wpe.weight' ? plan.hasEmbedding
-      : plan.hasHead; // final norm, lm_head
+    const onStage =
+      layer !== null
+        ? layer >= plan.firstLayer && layer < plan.endLayer
+        : name === emb
+          ? plan.hasEmbedding || (plan.hasHead && c.tieWordEmbeddings)
+          : name === 'transformer.wpe.weight'
+            ? plan.hasEmbedding
+            : plan.hasHead; // final norm, lm_head
     if (!onStage) continue;
     const leaf = name.replace(/^.*\.(?:layers|h)\.\d+\./, '');
     let slice: TensorSlice | null = null;
@@ -136,7 +145,10 @@ export function sliceTensor(full: Float32Array, shape: readonly number[], s: Ten
     const parts = s.ranges.map(([a, b]) => full.subarray(a * cols, b * cols));
     const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
     let at = 0;
-    for (const p of parts) { out.set(p, at); at += p.length; }
+    for (const p of parts) {
+      out.set(p, at);
+      at += p.length;
+    }
     return out;
   }
   const width = s.ranges.reduce((a, [x, y]) => a + (y - x), 0);
@@ -153,7 +165,10 @@ export function sliceTensor(full: Float32Array, shape: readonly number[], s: Ten
 
 /** Writes a local part back into its place in the full tensor (the inverse of sliceTensor). */
 export function placeSlice(full: Float32Array, shape: readonly number[], s: TensorSlice | null, local: Float32Array): void {
-  if (!s) { full.set(local); return; }
+  if (!s) {
+    full.set(local);
+    return;
+  }
   const rows = shape[0];
   const cols = shape.length > 1 ? shape[1] : 1;
   if (s.axis === 0) {

@@ -60,7 +60,13 @@ export interface ShardedPair {
  * vocabulary size under `--make_vocab_size_divisible_by` (pairedVocabSize), so every TP rank holds the same ids of
  * both, as the vocabulary-parallel loss needs.
  */
-export function loadShardedPair(o: { student: string; teacher: string | null; layout: ParallelLayout; rank: number; makeVocabSizeDivisibleBy?: number }): ShardedPair {
+export function loadShardedPair(o: {
+  student: string;
+  teacher: string | null;
+  layout: ParallelLayout;
+  rank: number;
+  makeVocabSizeDivisibleBy?: number;
+}): ShardedPair {
   const sv = readModelConfig(o.student).vocabSize;
   const tv = o.teacher ? readModelConfig(o.teacher).vocabSize : null;
   const paddedVocab = pairedVocabSize(tv === null ? [sv] : [sv, tv], o.layout.tp, o.makeVocabSizeDivisibleBy);
@@ -90,7 +96,14 @@ export interface GatheredState {
  * them into full tensors of the model's own vocabulary (the padding rows stay behind). Returns the full state on
  * rank 0, null elsewhere.
  */
-export async function gatherFullState(coll: Collectives, layout: ParallelLayout, rank: number, model: ShardedModel, optimizer: AdamW, tag: string): Promise<GatheredState | null> {
+export async function gatherFullState(
+  coll: Collectives,
+  layout: ParallelLayout,
+  rank: number,
+  model: ShardedModel,
+  optimizer: AdamW,
+  tag: string,
+): Promise<GatheredState | null> {
   const me = coordsOf(layout, rank);
   const senders: number[] = [];
   for (let r = 0; r < worldSize(layout); r++) {
@@ -132,9 +145,20 @@ export async function gatherFullState(coll: Collectives, layout: ParallelLayout,
   for (const r of senders.filter((x) => x !== 0)) {
     const msg = await coll.transport.receive(r, 'paramShards');
     if (msg.tag !== tag) throw new Error(`gather out of step: expected ${tag} from worker ${r}, got ${msg.tag}`);
-    msg.names.forEach((n, i) => place(r, n, frameToArray(msg.tensors[3 * i]) as Float32Array, frameToArray(msg.tensors[3 * i + 1]) as Float32Array, frameToArray(msg.tensors[3 * i + 2]) as Float32Array));
+    msg.names.forEach((n, i) =>
+      place(
+        r,
+        n,
+        frameToArray(msg.tensors[3 * i]) as Float32Array,
+        frameToArray(msg.tensors[3 * i + 1]) as Float32Array,
+        frameToArray(msg.tensors[3 * i + 2]) as Float32Array,
+      ),
+    );
   }
-  names.forEach((n, i) => { const mv = state.moments.get(n)!; place(0, n, mine[i], mv.m, mv.v); });
+  names.forEach((n, i) => {
+    const mv = state.moments.get(n)!;
+    place(0, n, mine[i], mv.m, mv.v);
+  });
   // Model order, as the file of a single worker lists them.
   const ordered = [...localParams(config, { tp: 1, cp: 1, dp: 1, pp: 1 }, { tp: 0, cp: 0, dp: 0, pp: 0 }).keys()];
   const missing = ordered.filter((n) => !full.has(n));

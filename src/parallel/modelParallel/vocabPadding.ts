@@ -53,7 +53,9 @@ export interface VocabShard {
 
 export function vocabShard(vocabSize: number, paddedSize: number, tp: number, tpRank: number): VocabShard {
   if (paddedSize < vocabSize || paddedSize % tp !== 0) {
-    throw new ConfigError(`a vocabulary of ${vocabSize} cannot be padded to ${paddedSize} rows over --tp_size ${tp}: the padded size must be at least the vocabulary and a multiple of ${tp}`);
+    throw new ConfigError(
+      `a vocabulary of ${vocabSize} cannot be padded to ${paddedSize} rows over --tp_size ${tp}: the padded size must be at least the vocabulary and a multiple of ${tp}`,
+    );
   }
   const rows = paddedSize / tp;
   const first = tpRank * rows;

@@ -68,8 +68,10 @@ interface Columns {
 /** u = p_s ⊙ ∂D/∂p_s for each kind (the gradient is u − p_s·Σu). */
 function uOf(lpT: tf.Tensor2D, lpS: tf.Tensor2D, o: KdLossOptions): tf.Tensor2D {
   switch (o.kind) {
-    case 'forward_kl': return tf.neg(tf.exp(lpT));
-    case 'reverse_kl': return tf.mul(tf.exp(lpS), tf.add(tf.sub(lpS, lpT), 1));
+    case 'forward_kl':
+      return tf.neg(tf.exp(lpT));
+    case 'reverse_kl':
+      return tf.mul(tf.exp(lpS), tf.add(tf.sub(lpS, lpT), 1));
     case 'skew_kl': {
       const logM = logMixture(lpT, lpS, o.skewLambda);
       return tf.neg(tf.exp(tf.sub(tf.add(tf.add(lpT, lpS), Math.log(1 - o.skewLambda)), logM))) as tf.Tensor2D;
@@ -89,7 +91,12 @@ function firstColumns(z: tf.Tensor2D, k: number): tf.Tensor2D | null {
 
 /** [n, k] → [n, rows], zeros after: a term's gradient over the rank's columns, none on the padding. */
 function padColumns(g: tf.Tensor2D, rows: number): tf.Tensor2D {
-  return g.shape[1] === rows ? g : (tf.pad(g, [[0, 0], [0, rows - g.shape[1]]]) as tf.Tensor2D);
+  return g.shape[1] === rows
+    ? g
+    : (tf.pad(g, [
+        [0, 0],
+        [0, rows - g.shape[1]],
+      ]) as tf.Tensor2D);
 }
 
 /** The label's logit if this rank holds the label among its `cols` columns (z: [n, cols]), else 0: [n, 1]. */
@@ -110,7 +117,10 @@ function labelOneHot(labels: tf.Tensor, first: number, cols: number): tf.Tensor2
  * inputs: student hidden [N, h] (after f), teacher hidden [N, h_t] (or a [1, 1] placeholder when pretraining),
  * labels [N] int32, mask [N]; params: the student's head slice [V / TP, h].
  */
-export function vocabParallelLossOp(names: { hidden: string; teacherHidden: string; labels: string; mask: string; head: string; outputs: [string, string, string] }, o: VocabParallelLossOptions): Op {
+export function vocabParallelLossOp(
+  names: { hidden: string; teacherHidden: string; labels: string; mask: string; head: string; outputs: [string, string, string] },
+  o: VocabParallelLossOptions,
+): Op {
   const saved = new WeakMap<tf.Tensor, Saved>();
   const tau = o.options.temperature;
   const kd = o.kdRatio > 0 && o.teacherHead !== null;
@@ -126,7 +136,9 @@ export function vocabParallelLossOp(names: { hidden: string; teacherHidden: stri
     const rows = head.shape[0];
     const s = given ?? vocabShardOf(head) ?? vocabShard(rows * g.length, rows * g.length, g.length, tpRank);
     if (s.rows !== rows || s.first !== tpRank * rows) {
-      throw new ConfigError(`vocabulary-parallel loss: a head slice of ${rows} rows on TP rank ${tpRank} is recorded as rows [${s.first}, ${s.first + s.rows}) of ${s.paddedSize}; load it with loadShardedModel under this layout`);
+      throw new ConfigError(
+        `vocabulary-parallel loss: a head slice of ${rows} rows on TP rank ${tpRank} is recorded as rows [${s.first}, ${s.first + s.rows}) of ${s.paddedSize}; load it with loadShardedModel under this layout`,
+      );
     }
     return s;
   };
@@ -135,10 +147,15 @@ export function vocabParallelLossOp(names: { hidden: string; teacherHidden: stri
     const s = shardOf(w, o.vocab?.student);
     const t = kd ? shardOf(o.teacherHead!, o.vocab?.teacher) : null;
     if (t && t.paddedSize !== s.paddedSize) {
-      throw new ConfigError(`vocabulary-parallel loss: the teacher's vocabulary (${t.vocabSize}) is padded to ${t.paddedSize} rows and the student's (${s.vocabSize}) to ${s.paddedSize}, so the TP ranks hold different ids of each; load the two through loadShardedPair (shardedWeights.ts), which pads both to pairedVocabSize([${s.vocabSize}, ${t.vocabSize}], tp, --make_vocab_size_divisible_by)`);
+      throw new ConfigError(
+        `vocabulary-parallel loss: the teacher's vocabulary (${t.vocabSize}) is padded to ${t.paddedSize} rows and the student's (${s.vocabSize}) to ${s.paddedSize}, so the TP ranks hold different ids of each; load the two through loadShardedPair (shardedWeights.ts), which pads both to pairedVocabSize([${s.vocabSize}, ${t.vocabSize}], tp, --make_vocab_size_divisible_by)`,
+      );
     }
     columns = {
-      first: s.first, rows: s.rows, student: s.valid, shared: t ? Math.min(s.valid, t.valid) : 0,
+      first: s.first,
+      rows: s.rows,
+      student: s.valid,
+      shared: t ? Math.min(s.valid, t.valid) : 0,
       ceSharesLogZ: kd && tau === 1 && t !== null && s.vocabSize <= t.vocabSize,
       note: t ? sharedVocab(t.vocabSize, s.vocabSize).note : null,
     };
@@ -147,11 +164,21 @@ export function vocabParallelLossOp(names: { hidden: string; teacherHidden: stri
 
   // log Σ exp over the whole vocabulary of each row, from the local slices (null: no column here): [N, 1].
   const logZ = async (zs: (tf.Tensor2D | null)[], n: number): Promise<tf.Tensor2D[]> => {
-    const maxes = tf.tidy(() => tf.concat(zs.map((z) => (z ? rowMax(z) : tf.fill([n, 1], -Infinity))), 0));
+    const maxes = tf.tidy(() =>
+      tf.concat(
+        zs.map((z) => (z ? rowMax(z) : tf.fill([n, 1], -Infinity))),
+        0,
+      ),
+    );
     const m = await o.coll.allReduceMax(g, Float32Array.from(await maxes.data<'float32'>()));
     maxes.dispose();
     const mT = tf.tensor2d(m, [zs.length * n, 1]);
-    const sums = tf.tidy(() => tf.concat(zs.map((z, i) => (z ? tf.sum(tf.exp(tf.sub(z, tf.slice(mT, [i * n, 0], [n, 1]))), 1, true) : tf.zeros([n, 1]))), 0));
+    const sums = tf.tidy(() =>
+      tf.concat(
+        zs.map((z, i) => (z ? tf.sum(tf.exp(tf.sub(z, tf.slice(mT, [i * n, 0], [n, 1]))), 1, true) : tf.zeros([n, 1]))),
+        0,
+      ),
+    );
     const total = await o.coll.allReduceTensor(g, sums);
     sums.dispose();
     const out = tf.tidy(() => zs.map((_, i) => tf.add(tf.slice(mT, [i * n, 0], [n, 1]), tf.log(tf.slice(total, [i * n, 0], [n, 1]))) as tf.Tensor2D));
@@ -174,7 +201,8 @@ export function vocabParallelLossOp(names: { hidden: string; teacherHidden: stri
       const n = h.shape[0];
       const z = logits(h, w);
       // The shared columns at τ of each side, and the student's own columns at τ = 1 for the CE.
-      const shared = (f: () => tf.Tensor2D): tf.Tensor2D | null => (kd && cols.shared > 0 ? tf.tidy(() => firstColumns(tf.div(f(), tau) as tf.Tensor2D, cols.shared)!) : null);
+      const shared = (f: () => tf.Tensor2D): tf.Tensor2D | null =>
+        kd && cols.shared > 0 ? tf.tidy(() => firstColumns(tf.div(f(), tau) as tf.Tensor2D, cols.shared)!) : null;
       const zs = shared(() => z);
       const zt = shared(() => logits(ht, o.teacherHead!));
       const z1 = ce && !cols.ceSharesLogZ ? firstColumns(z, cols.student) : null;
@@ -188,14 +216,17 @@ export function vocabParallelLossOp(names: { hidden: string; teacherHidden: stri
       };
       const partials: tf.Tensor[] = [];
       if (kd) {
-        partials.push(...tf.tidy(() => {
-          if (!zs || !zt) return [tf.zeros([n, 1]), tf.zeros([n, 1])];
-          const lpS = tf.sub(zs, s.logZs!) as tf.Tensor2D;
-          const lpT = tf.sub(zt, s.logZt!) as tf.Tensor2D;
-          return [tf.reshape(divergenceFromLogProbs(lpT, lpS, o.options), [n, 1]), tf.sum(uOf(lpT, lpS, o.options), 1, true)];
-        }));
+        partials.push(
+          ...tf.tidy(() => {
+            if (!zs || !zt) return [tf.zeros([n, 1]), tf.zeros([n, 1])];
+            const lpS = tf.sub(zs, s.logZs!) as tf.Tensor2D;
+            const lpT = tf.sub(zt, s.logZt!) as tf.Tensor2D;
+            return [tf.reshape(divergenceFromLogProbs(lpT, lpS, o.options), [n, 1]), tf.sum(uOf(lpT, lpS, o.options), 1, true)];
+          }),
+        );
       }
-      if (ce) partials.push(tf.tidy(() => (cols.student > 0 ? labelLogit(firstColumns(z, cols.student)!, labels, cols.first, cols.student) : tf.zeros([n, 1]))));
+      if (ce)
+        partials.push(tf.tidy(() => (cols.student > 0 ? labelLogit(firstColumns(z, cols.student)!, labels, cols.first, cols.student) : tf.zeros([n, 1]))));
       const stacked = tf.concat(partials, 1);
       for (const p of partials) p.dispose();
       const summed = await o.coll.allReduceTensor(g, stacked);
@@ -235,7 +266,7 @@ export function vocabParallelLossOp(names: { hidden: string; teacherHidden: stri
           const lpS = tf.sub(firstColumns(tf.div(z, tau) as tf.Tensor2D, cols.shared)!, s.logZs!) as tf.Tensor2D;
           const lpT = tf.sub(firstColumns(tf.div(logits(ht, o.teacherHead!), tau) as tf.Tensor2D, cols.shared)!, s.logZt!) as tf.Tensor2D;
           const gradS = tf.sub(uOf(lpT, lpS, o.options), tf.mul(tf.exp(lpS), s.sumU!)) as tf.Tensor2D;
-          dz = tf.add(dz, padColumns(tf.mul(gradS, o.kdRatio * kdScale(o.options) / tau) as tf.Tensor2D, cols.rows)) as tf.Tensor2D;
+          dz = tf.add(dz, padColumns(tf.mul(gradS, (o.kdRatio * kdScale(o.options)) / tau) as tf.Tensor2D, cols.rows)) as tf.Tensor2D;
         }
         if (ce && cols.student > 0) {
           const z1 = firstColumns(z, cols.student)!;

@@ -84,7 +84,11 @@ export async function groupCollectives(transport: Transport, group: readonly num
     const m = await receiveId(transport, group[0], name);
     if (!m.id) return { kind: 'ring', reason: `rank 0 of the group cannot run NCCL: ${m.reason}` };
     const mine = unavailable();
-    if (mine !== null) throw new CollectiveError(`group ${name}: rank 0 runs the collectives on NCCL but rank ${rank} (worker ${transport.rank}) cannot: ${mine}. Install the same NCCL on every node, or set DISTILL_COLLECTIVES=ring on all of them`, [rank]);
+    if (mine !== null)
+      throw new CollectiveError(
+        `group ${name}: rank 0 runs the collectives on NCCL but rank ${rank} (worker ${transport.rank}) cannot: ${mine}. Install the same NCCL on every node, or set DISTILL_COLLECTIVES=ring on all of them`,
+        [rank],
+      );
     id = Uint8Array.from(m.id);
   }
   const comm = await join(id, group.length, rank, name);

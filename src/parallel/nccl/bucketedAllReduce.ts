@@ -43,7 +43,10 @@ export async function allReduceGradientBuckets(
       }
       for (const e of bucket.entries) {
         const old = grads.get(e.name)!;
-        grads.set(e.name, tf.tidy(() => tf.reshape(tf.slice(reduced, [e.offset], [e.size]), old.shape)));
+        grads.set(
+          e.name,
+          tf.tidy(() => tf.reshape(tf.slice(reduced, [e.offset], [e.size]), old.shape)),
+        );
         old.dispose();
       }
       if (last && extra.length) extras = tf.slice(reduced, [bucket.elements], [extra.length]);

@@ -88,7 +88,16 @@ export class FakeCommunicatorGroup {
         reject(new CollectiveError(`${what}: rank${m.length > 1 ? 's' : ''} ${m.join(', ')} did not arrive within ${this.timeoutMs} ms (hung or dead)`, m));
       }, this.timeoutMs);
       this.failureListeners.add(onFailure);
-      register((v) => { done(); resolve(v); }, (e) => { done(); reject(e); });
+      register(
+        (v) => {
+          done();
+          resolve(v);
+        },
+        (e) => {
+          done();
+          reject(e);
+        },
+      );
     });
   }
 
@@ -99,19 +108,29 @@ export class FakeCommunicatorGroup {
     if (!m) this.meetings.set(index, (m = { op, arrived: new Map(), waiters: new Map() }));
     if (m.op !== op) {
       const other = [...m.arrived.keys()][0];
-      const e = new CollectiveError(`collective #${index}: rank ${rank} called ${op} while rank ${other} called ${m.op}; the ranks disagree on the order of collectives (a bug)`, [rank, other]);
+      const e = new CollectiveError(
+        `collective #${index}: rank ${rank} called ${op} while rank ${other} called ${m.op}; the ranks disagree on the order of collectives (a bug)`,
+        [rank, other],
+      );
       this.fail(rank, e);
       return Promise.reject(e);
     }
     const meeting = m;
     meeting.arrived.set(rank, c);
     const what = `${op} #${index} on rank ${rank}`;
-    const p = this.wait<Share>(what, (resolve, reject) => meeting.waiters.set(rank, { resolve, reject }), () => this.members.map((x) => x.rank).filter((r) => !meeting.arrived.has(r)));
+    const p = this.wait<Share>(
+      what,
+      (resolve, reject) => meeting.waiters.set(rank, { resolve, reject }),
+      () => this.members.map((x) => x.rank).filter((r) => !meeting.arrived.has(r)),
+    );
     if (meeting.arrived.size === this.size) {
       const all = [...meeting.arrived.entries()].sort((a, b) => a[0] - b[0]).map(([, x]) => x);
       const sizes = new Set(all.map((x) => x.values.length));
       if (sizes.size > 1) {
-        const e = new CollectiveError(`${op} #${index}: the ranks gave ${all.map((x, r) => `rank ${r} ${x.values.length}`).join(', ')} elements; they must agree`, [...all.keys()]);
+        const e = new CollectiveError(
+          `${op} #${index}: the ranks gave ${all.map((x, r) => `rank ${r} ${x.values.length}`).join(', ')} elements; they must agree`,
+          [...all.keys()],
+        );
         for (const w of meeting.waiters.values()) w.reject(e);
       } else {
         const share = combine(all);
@@ -134,15 +153,19 @@ export class FakeCommunicatorGroup {
     const key = `${from}->${to}`;
     const now = this.mail.get(key)?.shift();
     if (now) return Promise.resolve(now);
-    return this.wait<Contribution>(`receive on rank ${to} from rank ${from}`, (resolve) => {
-      this.mailWaiters.set(key, () => {
-        const c = this.mail.get(key)?.shift();
-        if (c) {
-          this.mailWaiters.delete(key);
-          resolve(c);
-        }
-      });
-    }, () => [from]);
+    return this.wait<Contribution>(
+      `receive on rank ${to} from rank ${from}`,
+      (resolve) => {
+        this.mailWaiters.set(key, () => {
+          const c = this.mail.get(key)?.shift();
+          if (c) {
+            this.mailWaiters.delete(key);
+            resolve(c);
+          }
+        });
+      },
+      () => [from],
+    );
   }
 
   get failed(): boolean {
@@ -197,7 +220,10 @@ export class FakeCommunicator implements Communicator {
   }
 
   reduceScatter(t: tf.Tensor): Promise<tf.Tensor> {
-    if (t.shape[0] % this.size !== 0) return Promise.reject(new CollectiveError(`reduceScatter on rank ${this.rank}: axis 0 (${t.shape[0]}) does not divide by the group size ${this.size}`, [this.rank]));
+    if (t.shape[0] % this.size !== 0)
+      return Promise.reject(
+        new CollectiveError(`reduceScatter on rank ${this.rank}: axis 0 (${t.shape[0]}) does not divide by the group size ${this.size}`, [this.rank]),
+      );
     return this.group.meet(this.rank, this.index++, 'reduceScatter', contribution(t), (all) => {
       const s = sum(all);
       const part = s.length / all.length;
@@ -212,7 +238,8 @@ export class FakeCommunicator implements Communicator {
     for (const r of receives) {
       const c = await this.group.take(r.peer, this.rank);
       const want = r.shape.reduce((a, b) => a * b, 1);
-      if (c.values.length !== want) throw new CollectiveError(`rank ${this.rank} expected [${r.shape}] (${want} elements) from rank ${r.peer}, which sent [${c.shape}]`, [r.peer]);
+      if (c.values.length !== want)
+        throw new CollectiveError(`rank ${this.rank} expected [${r.shape}] (${want} elements) from rank ${r.peer}, which sent [${c.shape}]`, [r.peer]);
       out.push(tf.tensor(c.values, r.shape, r.dtype ?? c.dtype));
     }
     return out;

@@ -56,20 +56,22 @@ export async function diagnoseHang(transport: Transport, members: readonly numbe
   const deadline = new Promise<null>((resolve) => {
     timer = setTimeout(() => resolve(null), waitMs);
   });
-  const answers = await Promise.all(others.map(async ({ worker }) => {
-    try {
-      transport.send(worker, { kind: 'collectiveProbe', group });
-    } catch {
-      return null;
-    }
-    const reply = (async (): Promise<number> => {
-      for (;;) {
-        const m = await transport.receive(worker, 'collectiveProbeReply');
-        if (m.group === group) return m.issued;
+  const answers = await Promise.all(
+    others.map(async ({ worker }) => {
+      try {
+        transport.send(worker, { kind: 'collectiveProbe', group });
+      } catch {
+        return null;
       }
-    })();
-    return Promise.race([reply.catch(() => null), deadline]);
-  }));
+      const reply = (async (): Promise<number> => {
+        for (;;) {
+          const m = await transport.receive(worker, 'collectiveProbeReply');
+          if (m.group === group) return m.issued;
+        }
+      })();
+      return Promise.race([reply.catch(() => null), deadline]);
+    }),
+  );
   clearTimeout(timer);
   const silent: string[] = [];
   const behind: string[] = [];
@@ -84,6 +86,10 @@ export async function diagnoseHang(transport: Transport, members: readonly numbe
       ranks.push(rank);
     }
   });
-  if (!ranks.length) return { text: `every rank answered and has issued ${issued} collectives of the group: NCCL's own transport is stuck (NCCL_DEBUG=INFO says on which link)`, ranks };
+  if (!ranks.length)
+    return {
+      text: `every rank answered and has issued ${issued} collectives of the group: NCCL's own transport is stuck (NCCL_DEBUG=INFO says on which link)`,
+      ranks,
+    };
   return { text: [...silent, ...behind].join('; '), ranks };
 }

@@ -15,14 +15,27 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { CudaBackend } from '../../backend/cuda/backend.ts';
 import { BackendError } from '../../errors.ts';
 import { CollectiveError, collectiveTimeoutMs, type Communicator, type PeerReceive, type PeerSend } from './communicator.ts';
-import { loadNccl, NCCL_DTYPE, NCCL_IN_PROGRESS, NCCL_SUCCESS, NCCL_SUM, NCCL_UNIQUE_ID_BYTES, ncclVersionString, type Nccl, type NcclComm } from './ncclLibrary.ts';
+import {
+  loadNccl,
+  NCCL_DTYPE,
+  NCCL_IN_PROGRESS,
+  NCCL_SUCCESS,
+  NCCL_SUM,
+  NCCL_UNIQUE_ID_BYTES,
+  ncclVersionString,
+  type Nccl,
+  type NcclComm,
+} from './ncclLibrary.ts';
 import { CUDA_ERROR_NOT_READY, CUDA_SUCCESS, pause, streamQuery } from './streamWait.ts';
 import type { HangReport } from './liveness.ts';
 
 /** The cuda backend tfjs runs now, or a BackendError saying that NCCL needs it. */
 export function activeCudaBackend(): CudaBackend {
   const name = tf.getBackend();
-  if (name !== 'cuda') throw new BackendError(`NCCL collectives run on the cuda backend; this process runs ${name} (use --backend cuda, or the ring all-reduce on the CPU backends)`);
+  if (name !== 'cuda')
+    throw new BackendError(
+      `NCCL collectives run on the cuda backend; this process runs ${name} (use --backend cuda, or the ring all-reduce on the CPU backends)`,
+    );
   return tf.backend() as CudaBackend;
 }
 
@@ -51,7 +64,13 @@ export class NcclCommunicator implements Communicator {
    * when every rank has joined (NCCL's own bootstrap, over its sockets, does the waiting); rejects after
    * `timeoutMs` naming the group, when a rank never came.
    */
-  static async join(id: Uint8Array, size: number, rank: number, name: string, o: { backend?: CudaBackend; timeoutMs?: number; inThread?: boolean } = {}): Promise<NcclCommunicator> {
+  static async join(
+    id: Uint8Array,
+    size: number,
+    rank: number,
+    name: string,
+    o: { backend?: CudaBackend; timeoutMs?: number; inThread?: boolean } = {},
+  ): Promise<NcclCommunicator> {
     if (id.length !== NCCL_UNIQUE_ID_BYTES) throw new CollectiveError(`group ${name}: an ncclUniqueId has ${NCCL_UNIQUE_ID_BYTES} bytes, got ${id.length}`);
     if (!(rank >= 0 && rank < size)) throw new CollectiveError(`group ${name}: rank ${rank} is not in 0..${size - 1}`);
     const backend = o.backend ?? activeCudaBackend();
@@ -70,7 +89,15 @@ export class NcclCommunicator implements Communicator {
       result = await Promise.race([
         new Promise<unknown>((resolve, reject) => inThread(...args, (err: unknown, r: unknown) => (err ? reject(err) : resolve(r)))),
         new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new CollectiveError(`${call}: not every rank of group ${name} joined within ${seconds(timeoutMs)} (DISTILL_COLLECTIVE_TIMEOUT_S); a worker that died is named in the launcher's log`)), timeoutMs);
+          timer = setTimeout(
+            () =>
+              reject(
+                new CollectiveError(
+                  `${call}: not every rank of group ${name} joined within ${seconds(timeoutMs)} (DISTILL_COLLECTIVE_TIMEOUT_S); a worker that died is named in the launcher's log`,
+                ),
+              ),
+            timeoutMs,
+          );
           timer.unref();
         }),
       ]).finally(() => clearTimeout(timer));
@@ -88,7 +115,8 @@ export class NcclCommunicator implements Communicator {
   }
 
   private dtype(t: tf.Tensor, call: string): number {
-    if (t.dtype !== 'float32' && t.dtype !== 'int32') throw new CollectiveError(`${call} on group ${this.name}: NCCL carries float32 or int32 tensors here, not ${t.dtype}`);
+    if (t.dtype !== 'float32' && t.dtype !== 'int32')
+      throw new CollectiveError(`${call} on group ${this.name}: NCCL carries float32 or int32 tensors here, not ${t.dtype}`);
     return NCCL_DTYPE[t.dtype];
   }
 
@@ -122,7 +150,11 @@ export class NcclCommunicator implements Communicator {
     this.live('ncclAllReduce');
     const dtype = this.dtype(t, 'ncclAllReduce');
     const out = this.output(t.shape.slice(), t.dtype as 'float32' | 'int32');
-    if (t.size > 0) this.enqueue('ncclAllReduce', this.nccl.fn.ncclAllReduce(this.ptr(t, 'ncclAllReduce'), this.ptr(out.info, 'ncclAllReduce'), t.size, dtype, NCCL_SUM, this.comm, this.stream));
+    if (t.size > 0)
+      this.enqueue(
+        'ncclAllReduce',
+        this.nccl.fn.ncclAllReduce(this.ptr(t, 'ncclAllReduce'), this.ptr(out.info, 'ncclAllReduce'), t.size, dtype, NCCL_SUM, this.comm, this.stream),
+      );
     return out.tensor;
   }
 
@@ -131,16 +163,33 @@ export class NcclCommunicator implements Communicator {
     const dtype = this.dtype(t, 'ncclAllGather');
     const shape = t.shape.length ? [t.shape[0] * this.size, ...t.shape.slice(1)] : [this.size];
     const out = this.output(shape, t.dtype as 'float32' | 'int32');
-    if (t.size > 0) this.enqueue('ncclAllGather', this.nccl.fn.ncclAllGather(this.ptr(t, 'ncclAllGather'), this.ptr(out.info, 'ncclAllGather'), t.size, dtype, this.comm, this.stream));
+    if (t.size > 0)
+      this.enqueue(
+        'ncclAllGather',
+        this.nccl.fn.ncclAllGather(this.ptr(t, 'ncclAllGather'), this.ptr(out.info, 'ncclAllGather'), t.size, dtype, this.comm, this.stream),
+      );
     return out.tensor;
   }
 
   async reduceScatter(t: tf.Tensor): Promise<tf.Tensor> {
     this.live('ncclReduceScatter');
     const dtype = this.dtype(t, 'ncclReduceScatter');
-    if (!t.shape.length || t.shape[0] % this.size !== 0) throw new CollectiveError(`ncclReduceScatter on group ${this.name}: axis 0 of [${t.shape}] does not divide by the group size ${this.size}`, [this.rank]);
+    if (!t.shape.length || t.shape[0] % this.size !== 0)
+      throw new CollectiveError(`ncclReduceScatter on group ${this.name}: axis 0 of [${t.shape}] does not divide by the group size ${this.size}`, [this.rank]);
     const out = this.output([t.shape[0] / this.size, ...t.shape.slice(1)], t.dtype as 'float32' | 'int32');
-    if (t.size > 0) this.enqueue('ncclReduceScatter', this.nccl.fn.ncclReduceScatter(this.ptr(t, 'ncclReduceScatter'), this.ptr(out.info, 'ncclReduceScatter'), t.size / this.size, dtype, NCCL_SUM, this.comm, this.stream));
+    if (t.size > 0)
+      this.enqueue(
+        'ncclReduceScatter',
+        this.nccl.fn.ncclReduceScatter(
+          this.ptr(t, 'ncclReduceScatter'),
+          this.ptr(out.info, 'ncclReduceScatter'),
+          t.size / this.size,
+          dtype,
+          NCCL_SUM,
+          this.comm,
+          this.stream,
+        ),
+      );
     return out.tensor;
   }
 
@@ -151,10 +200,18 @@ export class NcclCommunicator implements Communicator {
     let failure: unknown = null;
     try {
       for (const s of sends) {
-        if (s.tensor.size > 0) this.enqueue(`ncclSend(to rank ${s.peer})`, this.nccl.fn.ncclSend(this.ptr(s.tensor, 'ncclSend'), s.tensor.size, this.dtype(s.tensor, 'ncclSend'), s.peer, this.comm, this.stream));
+        if (s.tensor.size > 0)
+          this.enqueue(
+            `ncclSend(to rank ${s.peer})`,
+            this.nccl.fn.ncclSend(this.ptr(s.tensor, 'ncclSend'), s.tensor.size, this.dtype(s.tensor, 'ncclSend'), s.peer, this.comm, this.stream),
+          );
       }
       receives.forEach((r, i) => {
-        if (outs[i].tensor.size > 0) this.enqueue(`ncclRecv(from rank ${r.peer})`, this.nccl.fn.ncclRecv(this.ptr(outs[i].info, 'ncclRecv'), outs[i].tensor.size, NCCL_DTYPE[r.dtype ?? 'float32'], r.peer, this.comm, this.stream));
+        if (outs[i].tensor.size > 0)
+          this.enqueue(
+            `ncclRecv(from rank ${r.peer})`,
+            this.nccl.fn.ncclRecv(this.ptr(outs[i].info, 'ncclRecv'), outs[i].tensor.size, NCCL_DTYPE[r.dtype ?? 'float32'], r.peer, this.comm, this.stream),
+          );
       });
     } catch (e) {
       failure = e;
@@ -183,7 +240,9 @@ export class NcclCommunicator implements Communicator {
         } catch (e) {
           detail = (e as Error).message;
         }
-        const err = new CollectiveError(`group ${this.name}, rank ${this.rank} of ${this.size}: NCCL reported an asynchronous error: ${detail}. A peer rank failed or left; the launcher's log names a worker that died`);
+        const err = new CollectiveError(
+          `group ${this.name}, rank ${this.rank} of ${this.size}: NCCL reported an asynchronous error: ${detail}. A peer rank failed or left; the launcher's log names a worker that died`,
+        );
         this.abort(err);
         throw err;
       }
@@ -193,8 +252,11 @@ export class NcclCommunicator implements Communicator {
       if (waited > timeoutMs) {
         // Ask the group who is behind (bounded) before giving up, so that the error can name the rank.
         const report = this.diagnoseHang ? await this.diagnoseHang(this.issued).catch(() => null) : null;
-        const why = report ? report.text : 'a peer rank hung or died; NCCL does not say which, the launcher\'s log names a worker that died';
-        const err = new CollectiveError(`group ${this.name}, rank ${this.rank} of ${this.size}: the collectives did not finish within ${seconds(timeoutMs)} (DISTILL_COLLECTIVE_TIMEOUT_S): ${why}`, report?.ranks ?? []);
+        const why = report ? report.text : "a peer rank hung or died; NCCL does not say which, the launcher's log names a worker that died";
+        const err = new CollectiveError(
+          `group ${this.name}, rank ${this.rank} of ${this.size}: the collectives did not finish within ${seconds(timeoutMs)} (DISTILL_COLLECTIVE_TIMEOUT_S): ${why}`,
+          report?.ranks ?? [],
+        );
         this.abort(err);
         throw err;
       }

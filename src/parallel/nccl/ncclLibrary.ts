@@ -14,7 +14,16 @@ import { koffi, openLibrary, type NativeFunction } from '../../backend/cuda/libr
 /** ncclResult_t */
 export const NCCL_SUCCESS = 0;
 export const NCCL_IN_PROGRESS = 7;
-const RESULT_NAMES = ['ncclSuccess', 'ncclUnhandledCudaError', 'ncclSystemError', 'ncclInternalError', 'ncclInvalidArgument', 'ncclInvalidUsage', 'ncclRemoteError', 'ncclInProgress'];
+const RESULT_NAMES = [
+  'ncclSuccess',
+  'ncclUnhandledCudaError',
+  'ncclSystemError',
+  'ncclInternalError',
+  'ncclInvalidArgument',
+  'ncclInvalidUsage',
+  'ncclRemoteError',
+  'ncclInProgress',
+];
 
 /** ncclDataType_t for the dtypes the cuda backend stores (bool is stored as int32 there). */
 export const NCCL_DTYPE = { float32: 7, int32: 2, bool: 2 } as const;
@@ -100,7 +109,9 @@ export function loadNccl(): Nccl {
       ncclGetErrorString: f('const char *ncclGetErrorString(int result)'),
     };
   } catch (e) {
-    throw new BackendError(`libnccl.so.2 loaded but lacks a function the collectives call (${(e as Error).message.split('\n')[0]}): install NCCL 2.18 or newer (Debian/Ubuntu \`libnccl2\`, or \`pip install nvidia-nccl-cu12\`)`);
+    throw new BackendError(
+      `libnccl.so.2 loaded but lacks a function the collectives call (${(e as Error).message.split('\n')[0]}): install NCCL 2.18 or newer (Debian/Ubuntu \`libnccl2\`, or \`pip install nvidia-nccl-cu12\`)`,
+    );
   }
   const check = (call: string, result: unknown): void => {
     const r = Number(result);
@@ -123,6 +134,7 @@ export function ncclVersionString(code: number): string {
 export function ncclUniqueId(nccl: Nccl = loadNccl()): Uint8Array {
   const id: { internal?: ArrayLike<number> } = {};
   nccl.check('ncclGetUniqueId', nccl.fn.ncclGetUniqueId(id));
-  if (!id.internal || id.internal.length !== NCCL_UNIQUE_ID_BYTES) throw new NcclError('ncclGetUniqueId', 3, `returned ${id.internal?.length ?? 0} bytes, expected ${NCCL_UNIQUE_ID_BYTES}`);
+  if (!id.internal || id.internal.length !== NCCL_UNIQUE_ID_BYTES)
+    throw new NcclError('ncclGetUniqueId', 3, `returned ${id.internal?.length ?? 0} bytes, expected ${NCCL_UNIQUE_ID_BYTES}`);
   return Uint8Array.from(id.internal);
 }

@@ -133,7 +133,10 @@ export function unary(backend: CudaBackend, op: string, x: tf.TensorInfo, p0 = 0
   const n = tf.util.sizeFromShape(x.shape);
   const out = backend.makeOutput(x.shape, outDtype);
   backend.launch({
-    name, source: () => unarySource(name, op, srcType, outType), grid: gridFor(n), block: 256,
+    name,
+    source: () => unarySource(name, op, srcType, outType),
+    grid: gridFor(n),
+    block: 256,
     args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(input)), arg.i32(n), arg.f32(p0), arg.f32(p1)],
   });
   if (viaFloat) backend.disposeIntermediate(input);
@@ -155,11 +158,15 @@ export function binary(backend: CudaBackend, op: string, a: tf.TensorInfo, b: tf
   const name = `binary_${op}_${computeType}_${outType}_${kind}`;
   const out = backend.makeOutput(shape, outDtype);
   const tail = kind === 'tailA' ? tf.util.sizeFromShape(a.shape) : kind === 'tailB' ? tf.util.sizeFromShape(b.shape) : 0;
-  const strides = kind !== 'bcast'
-    ? [0, tf.util.sizeFromShape(shape), ...new Array<number>(24).fill(0), tail, ...new Array<number>(7).fill(0)]
-    : stridesStruct(shape, [broadcastStrides(a.shape, shape), broadcastStrides(b.shape, shape), stridesOf(shape).map(() => 0)]);
+  const strides =
+    kind !== 'bcast'
+      ? [0, tf.util.sizeFromShape(shape), ...new Array<number>(24).fill(0), tail, ...new Array<number>(7).fill(0)]
+      : stridesStruct(shape, [broadcastStrides(a.shape, shape), broadcastStrides(b.shape, shape), stridesOf(shape).map(() => 0)]);
   backend.launch({
-    name, source: () => binarySource(name, op, computeType, outType, kind), grid: gridFor(strides[1]), block: 256,
+    name,
+    source: () => binarySource(name, op, computeType, outType, kind),
+    grid: gridFor(strides[1]),
+    block: 256,
     args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(ca)), arg.ptr(backend.ptr(cb)), arg.ints(strides)],
   });
   if (ca !== a) backend.disposeIntermediate(ca);
@@ -188,7 +195,10 @@ export function cast(backend: CudaBackend, x: tf.TensorInfo, dtype: tf.DataType)
   const toBool = dtype === 'bool';
   const name = `cast_${from}_${to}${toBool ? '_bool' : ''}`;
   backend.launch({
-    name, source: () => castSource(name, from, to, toBool), grid: gridFor(n), block: 256,
+    name,
+    source: () => castSource(name, from, to, toBool),
+    grid: gridFor(n),
+    block: 256,
     args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(x)), arg.i32(n)],
   });
   return out;
@@ -210,8 +220,18 @@ export function select(backend: CudaBackend, condition: tf.TensorInfo, t: tf.Ten
   const out = backend.makeOutput(t.shape, dtype);
   const name = `select_${ty}`;
   backend.launch({
-    name, source: () => selectSource(name, ty), grid: gridFor(n), block: 256,
-    args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(condition)), arg.ptr(backend.ptr(t)), arg.ptr(backend.ptr(e)), arg.i32(n), arg.i32(nc === 0 ? 1 : n / nc)],
+    name,
+    source: () => selectSource(name, ty),
+    grid: gridFor(n),
+    block: 256,
+    args: [
+      arg.ptr(backend.ptr(out)),
+      arg.ptr(backend.ptr(condition)),
+      arg.ptr(backend.ptr(t)),
+      arg.ptr(backend.ptr(e)),
+      arg.i32(n),
+      arg.i32(nc === 0 ? 1 : n / nc),
+    ],
   });
   return out;
 }
@@ -253,7 +273,12 @@ export function elementwiseSources(): { name: string; source: string }[] {
       }
     }
   }
-  for (const [f, t, b] of [['float', 'int', false], ['int', 'float', false], ['float', 'int', true], ['int', 'int', true]] as const) {
+  for (const [f, t, b] of [
+    ['float', 'int', false],
+    ['int', 'float', false],
+    ['float', 'int', true],
+    ['int', 'int', true],
+  ] as const) {
     const name = `cast_${f}_${t}${b ? '_bool' : ''}`;
     out.push({ name, source: castSource(name, f, t, b) });
   }

@@ -28,8 +28,20 @@ export function gatherV2(backend: CudaBackend, x: tf.TensorInfo, indices: tf.Ten
   const name = `gather_${t}`;
   const n = tf.util.sizeFromShape(indices.shape) / info.batchSize;
   backend.launch({
-    name, source: () => gatherSource(name, t), grid: gridFor(tf.util.sizeFromShape(info.outputShape)), block: 256,
-    args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(x)), arg.ptr(backend.ptr(indices)), arg.i32(info.batchSize), arg.i32(info.outerSize), arg.i32(info.dimSize), arg.i32(info.sliceSize), arg.i32(n)],
+    name,
+    source: () => gatherSource(name, t),
+    grid: gridFor(tf.util.sizeFromShape(info.outputShape)),
+    block: 256,
+    args: [
+      arg.ptr(backend.ptr(out)),
+      arg.ptr(backend.ptr(x)),
+      arg.ptr(backend.ptr(indices)),
+      arg.i32(info.batchSize),
+      arg.i32(info.outerSize),
+      arg.i32(info.dimSize),
+      arg.i32(info.sliceSize),
+      arg.i32(n),
+    ],
   });
   return out;
 }
@@ -59,8 +71,20 @@ export function gatherNd(backend: CudaBackend, params: tf.TensorInfo, indices: t
   const t = cType(params.dtype);
   const name = `gather_nd_${t}`;
   backend.launch({
-    name, source: () => gatherNdSource(name, t), grid: gridFor(numSlices * sliceSize), block: 256,
-    args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(params)), arg.ptr(backend.ptr(indices)), arg.i32(numSlices), arg.i32(depth), arg.i32(sliceSize), arg.ints(ndStruct(params.shape.slice(0, depth), strides)), arg.i32(tf.util.sizeFromShape(params.shape))],
+    name,
+    source: () => gatherNdSource(name, t),
+    grid: gridFor(numSlices * sliceSize),
+    block: 256,
+    args: [
+      arg.ptr(backend.ptr(out)),
+      arg.ptr(backend.ptr(params)),
+      arg.ptr(backend.ptr(indices)),
+      arg.i32(numSlices),
+      arg.i32(depth),
+      arg.i32(sliceSize),
+      arg.ints(ndStruct(params.shape.slice(0, depth), strides)),
+      arg.i32(tf.util.sizeFromShape(params.shape)),
+    ],
   });
   return out;
 }
@@ -84,8 +108,19 @@ function scatter(backend: CudaBackend, target: tf.TensorInfo, indices: tf.Tensor
   const t = cType(updates.dtype);
   const name = `scatter_${accumulate ? 'add' : 'set'}_${t}`;
   backend.launch({
-    name, source: () => scatterSource(name, t, accumulate), grid: gridFor(numUpdates * sliceSize), block: 256,
-    args: [arg.ptr(backend.ptr(target)), arg.ptr(backend.ptr(updates)), arg.ptr(backend.ptr(indices)), arg.i32(numUpdates), arg.i32(sliceRank), arg.i32(sliceSize), arg.ints(ndStruct(shape.slice(0, sliceRank), strides))],
+    name,
+    source: () => scatterSource(name, t, accumulate),
+    grid: gridFor(numUpdates * sliceSize),
+    block: 256,
+    args: [
+      arg.ptr(backend.ptr(target)),
+      arg.ptr(backend.ptr(updates)),
+      arg.ptr(backend.ptr(indices)),
+      arg.i32(numUpdates),
+      arg.i32(sliceRank),
+      arg.i32(sliceSize),
+      arg.ints(ndStruct(shape.slice(0, sliceRank), strides)),
+    ],
   });
 }
 
@@ -123,7 +158,10 @@ export function unsortedSegmentSum(backend: CudaBackend, x: tf.TensorInfo, segme
   const t = cType(x.dtype);
   const name = `segment_sum_${t}`;
   backend.launch({
-    name, source: () => segmentSumSource(name, t), grid: gridFor(n * inner), block: 256,
+    name,
+    source: () => segmentSumSource(name, t),
+    grid: gridFor(n * inner),
+    block: 256,
     args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(x)), arg.ptr(backend.ptr(segmentIds)), arg.i32(n), arg.i32(inner), arg.i32(numSegments)],
   });
   return out;
@@ -143,7 +181,10 @@ export function oneHot(backend: CudaBackend, indices: tf.TensorInfo, depth: numb
   const name = `one_hot_${t}`;
   const value = (v: number): Buffer => (t === 'float' ? arg.f32(v) : arg.i32(v));
   backend.launch({
-    name, source: () => oneHotSource(name, t), grid: gridFor(n * depth), block: 256,
+    name,
+    source: () => oneHotSource(name, t),
+    grid: gridFor(n * depth),
+    block: 256,
     args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(indices)), arg.i32(n), arg.i32(depth), value(onValue), value(offValue)],
   });
   return out;

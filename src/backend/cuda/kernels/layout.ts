@@ -22,7 +22,10 @@ export function stridedGather(backend: CudaBackend, x: tf.TensorInfo, shape: num
   const zeros = shape.map(() => 0);
   const s = stridesStruct(shape, [strides, zeros, zeros]);
   backend.launch({
-    name: STRIDED, source: stridedGatherSource, grid: gridFor(n), block: 256,
+    name: STRIDED,
+    source: stridedGatherSource,
+    grid: gridFor(n),
+    block: 256,
     args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(x)), arg.i64(base), arg.ints(s)],
   });
   return out;
@@ -30,7 +33,12 @@ export function stridedGather(backend: CudaBackend, x: tf.TensorInfo, shape: num
 
 export function transpose(backend: CudaBackend, x: tf.TensorInfo, perm: number[]): tf.TensorInfo {
   const own = stridesOf(x.shape);
-  return stridedGather(backend, x, perm.map((p) => x.shape[p]), perm.map((p) => own[p]));
+  return stridedGather(
+    backend,
+    x,
+    perm.map((p) => x.shape[p]),
+    perm.map((p) => own[p]),
+  );
 }
 
 export function slice(backend: CudaBackend, x: tf.TensorInfo, begin: number[], size: number[]): tf.TensorInfo {
@@ -47,7 +55,12 @@ export function slice(backend: CudaBackend, x: tf.TensorInfo, begin: number[], s
 export function broadcastTo(backend: CudaBackend, x: tf.TensorInfo, shape: number[]): tf.TensorInfo {
   const own = stridesOf(x.shape);
   const lead = shape.length - x.shape.length;
-  return stridedGather(backend, x, shape, shape.map((_, d) => (d < lead || x.shape[d - lead] === 1 ? 0 : own[d - lead])));
+  return stridedGather(
+    backend,
+    x,
+    shape,
+    shape.map((_, d) => (d < lead || x.shape[d - lead] === 1 ? 0 : own[d - lead])),
+  );
 }
 
 const COPY_2D = 'copy_columns';
@@ -60,7 +73,10 @@ extern "C" __global__ void ${COPY_2D}(int *__restrict__ y, const int *__restrict
 }
 
 export function concat(backend: CudaBackend, inputs: tf.TensorInfo[], axis: number): tf.TensorInfo {
-  const shape = tf.backend_util.computeOutShape(inputs.map((t) => t.shape), axis);
+  const shape = tf.backend_util.computeOutShape(
+    inputs.map((t) => t.shape),
+    axis,
+  );
   const dtype = inputs.map((t) => t.dtype).reduce((a, b) => tf.upcastType(a, b));
   const out = backend.makeOutput(shape, dtype);
   const rows = shape.slice(0, axis).reduce((a, b) => a * b, 1);
@@ -71,7 +87,10 @@ export function concat(backend: CudaBackend, inputs: tf.TensorInfo[], axis: numb
     if (size === 0) continue;
     const cols = size / rows;
     backend.launch({
-      name: COPY_2D, source: copyColumnsSource, grid: gridFor(size), block: 256,
+      name: COPY_2D,
+      source: copyColumnsSource,
+      grid: gridFor(size),
+      block: 256,
       args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(t)), arg.i32(rows), arg.i32(cols), arg.i32(yCols), arg.i32(offset)],
     });
     offset += cols;
@@ -104,7 +123,10 @@ export function tile(backend: CudaBackend, x: tf.TensorInfo, reps: number[]): tf
   const shape = x.shape.map((d, i) => d * reps[i]);
   const out = backend.makeOutput(shape, x.dtype);
   backend.launch({
-    name: TILE, source: tileSource, grid: gridFor(tf.util.sizeFromShape(shape)), block: 256,
+    name: TILE,
+    source: tileSource,
+    grid: gridFor(tf.util.sizeFromShape(shape)),
+    block: 256,
     args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(x)), arg.ints(rawStruct(shape, x.shape, stridesOf(x.shape)))],
   });
   return out;
@@ -133,8 +155,23 @@ export function pad(backend: CudaBackend, x: tf.TensorInfo, paddings: [number, n
   if (x.dtype === 'float32') word.writeFloatLE(constantValue);
   else word.writeInt32LE(constantValue | 0);
   backend.launch({
-    name: PAD, source: padSource, grid: gridFor(tf.util.sizeFromShape(shape)), block: 256,
-    args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(x)), arg.ints(rawStruct(shape, paddings.map((p) => p[0]), x.shape, stridesOf(x.shape))), arg.i32(word.readInt32LE(0))],
+    name: PAD,
+    source: padSource,
+    grid: gridFor(tf.util.sizeFromShape(shape)),
+    block: 256,
+    args: [
+      arg.ptr(backend.ptr(out)),
+      arg.ptr(backend.ptr(x)),
+      arg.ints(
+        rawStruct(
+          shape,
+          paddings.map((p) => p[0]),
+          x.shape,
+          stridesOf(x.shape),
+        ),
+      ),
+      arg.i32(word.readInt32LE(0)),
+    ],
   });
   return out;
 }

@@ -5,7 +5,15 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { arg, type CudaBackend } from '../backend.ts';
-import { CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_COMPUTE_32F_FAST_16F, CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F, type GemmOperand } from '../cublas.ts';
+import {
+  CUBLAS_COMPUTE_32F,
+  CUBLAS_COMPUTE_32F_FAST_16BF,
+  CUBLAS_COMPUTE_32F_FAST_16F,
+  CUDA_R_16BF,
+  CUDA_R_16F,
+  CUDA_R_32F,
+  type GemmOperand,
+} from '../cublas.ts';
 import { gridFor, PRELUDE } from './prelude.ts';
 import { broadcastTo } from './layout.ts';
 
@@ -39,7 +47,13 @@ function convertToHalf(backend: CudaBackend, x: tf.TensorInfo, bf16: boolean): t
   const n = tf.util.sizeFromShape(x.shape);
   const out = backend.makeOutput([Math.ceil(n / 2)], 'float32');
   const name = bf16 ? 'to_bf16' : 'to_f16';
-  backend.launch({ name, source: () => toHalfSource(name, bf16), grid: gridFor(n), block: 256, args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(x)), arg.i64(n)] });
+  backend.launch({
+    name,
+    source: () => toHalfSource(name, bf16),
+    grid: gridFor(n),
+    block: 256,
+    args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(x)), arg.i64(n)],
+  });
   return out;
 }
 
@@ -50,7 +64,8 @@ export function batchMatMul(backend: CudaBackend, a: tf.TensorInfo, b: tf.Tensor
   const k = transposeA ? a.shape[ra - 2] : a.shape[ra - 1];
   const kb = transposeB ? b.shape[rb - 1] : b.shape[rb - 2];
   const n = transposeB ? b.shape[rb - 2] : b.shape[rb - 1];
-  if (k !== kb) throw new Error(`BatchMatMul: inner dimensions ${k} and ${kb} differ ([${a.shape}]${transposeA ? 'ᵀ' : ''} · [${b.shape}]${transposeB ? 'ᵀ' : ''})`);
+  if (k !== kb)
+    throw new Error(`BatchMatMul: inner dimensions ${k} and ${kb} differ ([${a.shape}]${transposeA ? 'ᵀ' : ''} · [${b.shape}]${transposeB ? 'ᵀ' : ''})`);
   const batchA = a.shape.slice(0, -2);
   const batchB = b.shape.slice(0, -2);
   const batchShape = tf.backend_util.assertAndGetBroadcastShape(batchA, batchB);
@@ -74,12 +89,17 @@ export function batchMatMul(backend: CudaBackend, a: tf.TensorInfo, b: tf.Tensor
     const opA = half ? toHalf(backend, A, bf16) : A;
     const opB = half ? toHalf(backend, B, bf16) : B;
     const operand = (t: tf.TensorInfo, source: tf.TensorInfo, transposed: boolean, own: number): GemmOperand => ({
-      ptr: backend.ptr(t), type, transposed, batchStride: tf.util.sizeFromShape(source.shape.slice(0, -2)) === 1 && batch > 1 ? 0 : own,
+      ptr: backend.ptr(t),
+      type,
+      transposed,
+      batchStride: tf.util.sizeFromShape(source.shape.slice(0, -2)) === 1 && batch > 1 ? 0 : own,
     });
     if (k === 0) backend.driver.fill32(backend.ptr(out), 0, m * n * batch);
     else {
       const name = `cublas ${precision === '32' ? 'fp32' : `${bf16 ? 'bf16' : 'f16'}${fast ? ' (fast)' : ''}`} [${batch}] ${m}x${k}${transposeA ? 'ᵀ' : ''} · ${k}x${n}${transposeB ? 'ᵀ' : ''}`;
-      backend.timed(name, () => backend.blas.gemm(backend.ptr(out), operand(opA, A, transposeA, m * k), operand(opB, B, transposeB, k * n), m, n, k, batch, computeType));
+      backend.timed(name, () =>
+        backend.blas.gemm(backend.ptr(out), operand(opA, A, transposeA, m * k), operand(opB, B, transposeB, k * n), m, n, k, batch, computeType),
+      );
     }
   }
   if (A !== a) backend.disposeIntermediate(A);

@@ -26,14 +26,22 @@ const INIT: Record<ReduceOp, { float: string; int: string }> = {
 function combine(op: ReduceOp, t: 'float' | 'int'): string {
   const nan = t === 'float' ? '(v != v) || ' : '';
   switch (op) {
-    case 'sum': return 'acc += v;';
-    case 'prod': return 'acc *= v;';
-    case 'max': return `if (${nan}v > acc) acc = v;`;
-    case 'min': return `if (${nan}v < acc) acc = v;`;
-    case 'all': return 'acc = acc && (v != 0);';
-    case 'any': return 'acc = acc || (v != 0);';
-    case 'argmax': return `if ((${nan}v > acc) && !(acc != acc)) { acc = v; at = r; }`;
-    case 'argmin': return `if ((${nan}v < acc) && !(acc != acc)) { acc = v; at = r; }`;
+    case 'sum':
+      return 'acc += v;';
+    case 'prod':
+      return 'acc *= v;';
+    case 'max':
+      return `if (${nan}v > acc) acc = v;`;
+    case 'min':
+      return `if (${nan}v < acc) acc = v;`;
+    case 'all':
+      return 'acc = acc && (v != 0);';
+    case 'any':
+      return 'acc = acc || (v != 0);';
+    case 'argmax':
+      return `if ((${nan}v > acc) && !(acc != acc)) { acc = v; at = r; }`;
+    case 'argmin':
+      return `if ((${nan}v < acc) && !(acc != acc)) { acc = v; at = r; }`;
   }
 }
 
@@ -113,7 +121,15 @@ export function reduce(backend: CudaBackend, x: tf.TensorInfo, axes: number[], o
   const reduced = sorted.length ? dims.slice(first, last + 1).reduce((a, b) => a * b, 1) : 1;
   const inner = dims.slice(last + 1).reduce((a, b) => a * b, 1);
   const outShape = x.shape.filter((_, i) => !sorted.includes(i));
-  const outDtype: tf.DataType = isArg(op) ? 'int32' : op === 'all' || op === 'any' ? 'bool' : mean && x.dtype !== 'float32' ? x.dtype : x.dtype === 'bool' ? 'int32' : x.dtype;
+  const outDtype: tf.DataType = isArg(op)
+    ? 'int32'
+    : op === 'all' || op === 'any'
+      ? 'bool'
+      : mean && x.dtype !== 'float32'
+        ? x.dtype
+        : x.dtype === 'bool'
+          ? 'int32'
+          : x.dtype;
   const t = cType(x.dtype);
   const out = backend.makeOutput(outShape, outDtype);
   const rows = inner === 1 && reduced >= 32;
@@ -121,7 +137,10 @@ export function reduce(backend: CudaBackend, x: tf.TensorInfo, axes: number[], o
   else {
     const name = `reduce_${op}${mean ? '_mean' : ''}_${t}_cols`;
     backend.launch({
-      name, source: () => reduceSource(name, op, t, false, mean), grid: gridFor(outer * inner), block: 256,
+      name,
+      source: () => reduceSource(name, op, t, false, mean),
+      grid: gridFor(outer * inner),
+      block: 256,
       args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(input)), arg.i32(outer), arg.i32(reduced), arg.i32(inner)],
     });
   }
@@ -137,13 +156,25 @@ const SPLIT_CHUNK = 8192;
  * gradient norm: one row of 25 M) would leave all but a few blocks of the GPU idle, so such rows are split into
  * parts that blocks fold side by side, and the parts reduced again (the mean divides once, at the end).
  */
-function reduceRows(backend: CudaBackend, out: tf.TensorInfo, input: tf.TensorInfo, outer: number, reduced: number, op: ReduceOp, mean: boolean, divisor: number): void {
+function reduceRows(
+  backend: CudaBackend,
+  out: tf.TensorInfo,
+  input: tf.TensorInfo,
+  outer: number,
+  reduced: number,
+  op: ReduceOp,
+  mean: boolean,
+  divisor: number,
+): void {
   const t = cType(input.dtype);
   const splits = isArg(op) || outer >= 512 ? 1 : Math.min(Math.ceil(reduced / SPLIT_CHUNK), 65535);
   const name = `reduce_${op}${mean ? '_mean' : ''}_${t}_rows`;
   if (splits === 1) {
     backend.launch({
-      name, source: () => reduceSource(name, op, t, true, mean), grid: [outer, 1, 1], block: 256,
+      name,
+      source: () => reduceSource(name, op, t, true, mean),
+      grid: [outer, 1, 1],
+      block: 256,
       args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(input)), arg.i32(outer), arg.i32(reduced), arg.i32(1), arg.i32(reduced), arg.f32(divisor)],
     });
     return;
@@ -153,7 +184,10 @@ function reduceRows(backend: CudaBackend, out: tf.TensorInfo, input: tf.TensorIn
   const first = `reduce_${op}_${t}_rows`;
   const chunk = Math.ceil(reduced / splits);
   backend.launch({
-    name: first, source: () => reduceSource(first, op, t, true, false), grid: [outer, splits, 1], block: 256,
+    name: first,
+    source: () => reduceSource(first, op, t, true, false),
+    grid: [outer, splits, 1],
+    block: 256,
     args: [arg.ptr(backend.ptr(parts)), arg.ptr(backend.ptr(input)), arg.i32(outer), arg.i32(reduced), arg.i32(1), arg.i32(chunk), arg.f32(1)],
   });
   // all/any partials are 0/1 ints: the second pass folds them as such.
@@ -183,7 +217,13 @@ export function softmax(backend: CudaBackend, logits: tf.TensorInfo): tf.TensorI
   const rows = tf.util.sizeFromShape(logits.shape) / Math.max(n, 1);
   const out = backend.makeOutput(logits.shape, 'float32');
   const name = 'softmax_rows';
-  backend.launch({ name, source: () => softmaxSource(name), grid: rows, block: n >= 1024 ? 256 : 128, args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(logits)), arg.i32(n)] });
+  backend.launch({
+    name,
+    source: () => softmaxSource(name),
+    grid: rows,
+    block: n >= 1024 ? 256 : 128,
+    args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(logits)), arg.i32(n)],
+  });
   return out;
 }
 

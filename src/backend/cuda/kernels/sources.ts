@@ -19,5 +19,16 @@ export interface KernelSource {
 }
 
 export function allKernelSources(): KernelSource[] {
-  return [...elementwiseSources(), ...reduceSources(), ...layoutSources(), ...gatherSources(), ...matMulSources(), ...topKSources(), ...normSources(), ...attentionSources(), ...softmaxKlSources(), ...adamwSources()];
+  return [
+    ...elementwiseSources(),
+    ...reduceSources(),
+    ...layoutSources(),
+    ...gatherSources(),
+    ...matMulSources(),
+    ...topKSources(),
+    ...normSources(),
+    ...attentionSources(),
+    ...softmaxKlSources(),
+    ...adamwSources(),
+  ];
 }

@@ -61,7 +61,11 @@ export function topK(backend: CudaBackend, x: tf.TensorInfo, k: number): [tf.Ten
   const name = `top_k_${t}`;
   if (k > 0 && rows > 0) {
     backend.launch({
-      name, source: () => topKSource(name, t), grid: rows, block: 256, sharedBytes: Math.ceil(n / 32) * 4,
+      name,
+      source: () => topKSource(name, t),
+      grid: rows,
+      block: 256,
+      sharedBytes: Math.ceil(n / 32) * 4,
       args: [arg.ptr(backend.ptr(values)), arg.ptr(backend.ptr(ids)), arg.ptr(backend.ptr(x)), arg.i32(n), arg.i32(k)],
     });
   }

@@ -25,14 +25,34 @@ extern "C" __global__ void adamw_update(float *__restrict__ pOut, float *__restr
 }`;
 }
 
-export function adamwUpdate(backend: CudaBackend, p: tf.TensorInfo, g: tf.TensorInfo, m: tf.TensorInfo, v: tf.TensorInfo, a: AdamWUpdateAttrs): tf.TensorInfo[] {
+export function adamwUpdate(
+  backend: CudaBackend,
+  p: tf.TensorInfo,
+  g: tf.TensorInfo,
+  m: tf.TensorInfo,
+  v: tf.TensorInfo,
+  a: AdamWUpdateAttrs,
+): tf.TensorInfo[] {
   const n = tf.util.sizeFromShape(p.shape);
   const outs = [p, m, v].map(() => backend.makeOutput(p.shape, 'float32'));
   backend.launch({
-    name: 'adamw_update', source: adamwSource, grid: gridFor(n), block: 256,
+    name: 'adamw_update',
+    source: adamwSource,
+    grid: gridFor(n),
+    block: 256,
     args: [
-      ...outs.map((o) => arg.ptr(backend.ptr(o))), ...[p, g, m, v].map((t) => arg.ptr(backend.ptr(t))), arg.i64(n),
-      arg.f32(a.beta1), arg.f32(1 - a.beta1), arg.f32(a.beta2), arg.f32(1 - a.beta2), arg.f32(a.eps), arg.f32(a.decayFactor), arg.f32(a.stepSize), arg.f32(a.sqrtBc2), arg.i32(a.decayFactor !== 1 ? 1 : 0),
+      ...outs.map((o) => arg.ptr(backend.ptr(o))),
+      ...[p, g, m, v].map((t) => arg.ptr(backend.ptr(t))),
+      arg.i64(n),
+      arg.f32(a.beta1),
+      arg.f32(1 - a.beta1),
+      arg.f32(a.beta2),
+      arg.f32(1 - a.beta2),
+      arg.f32(a.eps),
+      arg.f32(a.decayFactor),
+      arg.f32(a.stepSize),
+      arg.f32(a.sqrtBc2),
+      arg.i32(a.decayFactor !== 1 ? 1 : 0),
     ],
   });
   return outs;

@@ -26,7 +26,13 @@ extern "C" __global__ void swiglu_grad(float *__restrict__ dGate, float *__restr
 export function swiglu(backend: CudaBackend, gate: tf.TensorInfo, up: tf.TensorInfo): tf.TensorInfo {
   const n = tf.util.sizeFromShape(gate.shape);
   const y = backend.makeOutput(gate.shape, 'float32');
-  backend.launch({ name: 'swiglu', source: swigluSource, grid: gridFor(n), block: 256, args: [arg.ptr(backend.ptr(y)), arg.ptr(backend.ptr(gate)), arg.ptr(backend.ptr(up)), arg.i64(n)] });
+  backend.launch({
+    name: 'swiglu',
+    source: swigluSource,
+    grid: gridFor(n),
+    block: 256,
+    args: [arg.ptr(backend.ptr(y)), arg.ptr(backend.ptr(gate)), arg.ptr(backend.ptr(up)), arg.i64(n)],
+  });
   return y;
 }
 
@@ -34,7 +40,13 @@ export function swigluGrad(backend: CudaBackend, dy: tf.TensorInfo, gate: tf.Ten
   const n = tf.util.sizeFromShape(gate.shape);
   const dGate = backend.makeOutput(gate.shape, 'float32');
   const dUp = backend.makeOutput(gate.shape, 'float32');
-  backend.launch({ name: 'swiglu_grad', source: swigluSource, grid: gridFor(n), block: 256, args: [arg.ptr(backend.ptr(dGate)), arg.ptr(backend.ptr(dUp)), arg.ptr(backend.ptr(dy)), arg.ptr(backend.ptr(gate)), arg.ptr(backend.ptr(up)), arg.i64(n)] });
+  backend.launch({
+    name: 'swiglu_grad',
+    source: swigluSource,
+    grid: gridFor(n),
+    block: 256,
+    args: [arg.ptr(backend.ptr(dGate)), arg.ptr(backend.ptr(dUp)), arg.ptr(backend.ptr(dy)), arg.ptr(backend.ptr(gate)), arg.ptr(backend.ptr(up)), arg.i64(n)],
+  });
   return [dGate, dUp];
 }
 
@@ -59,7 +71,22 @@ export function rotaryEmbedding(backend: CudaBackend, x: tf.TensorInfo, cos: tf.
   const n = tf.util.sizeFromShape(x.shape);
   const [, , seq, d] = x.shape;
   const y = backend.makeOutput(x.shape, 'float32');
-  backend.launch({ name: 'rotary', source: rotarySource, grid: gridFor(n), block: 256, args: [arg.ptr(backend.ptr(y)), arg.ptr(backend.ptr(x)), arg.ptr(backend.ptr(cos)), arg.ptr(backend.ptr(sin)), arg.i64(n), arg.i32(seq), arg.i32(d), arg.i32(transposed ? 1 : 0)] });
+  backend.launch({
+    name: 'rotary',
+    source: rotarySource,
+    grid: gridFor(n),
+    block: 256,
+    args: [
+      arg.ptr(backend.ptr(y)),
+      arg.ptr(backend.ptr(x)),
+      arg.ptr(backend.ptr(cos)),
+      arg.ptr(backend.ptr(sin)),
+      arg.i64(n),
+      arg.i32(seq),
+      arg.i32(d),
+      arg.i32(transposed ? 1 : 0),
+    ],
+  });
   return y;
 }
 
@@ -101,7 +128,10 @@ export function causalSoftmax(backend: CudaBackend, inputs: Record<string, tf.Te
   const kp = inputs.keyPositions ? backend.ptr(inputs.keyPositions) : 0n;
   const data = grad ? [backend.ptr(inputs.dProbs), backend.ptr(inputs.probs)] : [backend.ptr(inputs.scores)];
   backend.launch({
-    name: grad ? 'causal_softmax_grad' : 'causal_softmax', source: causalSoftmaxSource, grid: rows, block: k >= 1024 ? 256 : 64,
+    name: grad ? 'causal_softmax_grad' : 'causal_softmax',
+    source: causalSoftmaxSource,
+    grid: rows,
+    block: k >= 1024 ? 256 : 64,
     args: [arg.ptr(backend.ptr(out)), ...data.map(arg.ptr), arg.ptr(qp), arg.ptr(kp), arg.i32(q), arg.i32(k), arg.f32(attrs.scale), arg.i32(attrs.window)],
   });
   return out;

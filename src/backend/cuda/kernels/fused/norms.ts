@@ -97,7 +97,13 @@ const threadsFor = (n: number): number => (n >= 1024 ? 256 : n >= 256 ? 128 : 64
 export function rmsNorm(backend: CudaBackend, x: tf.TensorInfo, weight: tf.TensorInfo, eps: number): tf.TensorInfo {
   const [rows, n] = x.shape;
   const y = backend.makeOutput(x.shape, 'float32');
-  backend.launch({ name: 'rms_norm', source: rmsNormSource, grid: rows, block: threadsFor(n), args: [arg.ptr(backend.ptr(y)), arg.ptr(backend.ptr(x)), arg.ptr(backend.ptr(weight)), arg.i32(n), arg.f32(eps)] });
+  backend.launch({
+    name: 'rms_norm',
+    source: rmsNormSource,
+    grid: rows,
+    block: threadsFor(n),
+    args: [arg.ptr(backend.ptr(y)), arg.ptr(backend.ptr(x)), arg.ptr(backend.ptr(weight)), arg.i32(n), arg.f32(eps)],
+  });
   return y;
 }
 
@@ -105,10 +111,38 @@ export function rmsNormGrad(backend: CudaBackend, dy: tf.TensorInfo, x: tf.Tenso
   const [rows, n] = x.shape;
   const dx = backend.makeOutput(x.shape, 'float32');
   const rs = backend.makeOutput([rows], 'float32');
-  backend.launch({ name: 'rms_norm_dx', source: rmsNormSource, grid: rows, block: threadsFor(n), args: [arg.ptr(backend.ptr(dx)), arg.ptr(backend.ptr(rs)), arg.ptr(backend.ptr(dy)), arg.ptr(backend.ptr(x)), arg.ptr(backend.ptr(weight)), arg.i32(n), arg.f32(eps)] });
+  backend.launch({
+    name: 'rms_norm_dx',
+    source: rmsNormSource,
+    grid: rows,
+    block: threadsFor(n),
+    args: [
+      arg.ptr(backend.ptr(dx)),
+      arg.ptr(backend.ptr(rs)),
+      arg.ptr(backend.ptr(dy)),
+      arg.ptr(backend.ptr(x)),
+      arg.ptr(backend.ptr(weight)),
+      arg.i32(n),
+      arg.f32(eps),
+    ],
+  });
   const chunks = Math.ceil(rows / ROWS_PER_CHUNK);
   const partial = backend.makeOutput([chunks, n], 'float32');
-  backend.launch({ name: 'rms_norm_dw_chunks', source: rmsNormSource, grid: [Math.ceil(n / 128), chunks, 1], block: 128, args: [arg.ptr(backend.ptr(partial)), arg.ptr(backend.ptr(dy)), arg.ptr(backend.ptr(x)), arg.ptr(backend.ptr(rs)), arg.i32(rows), arg.i32(n), arg.i32(ROWS_PER_CHUNK)] });
+  backend.launch({
+    name: 'rms_norm_dw_chunks',
+    source: rmsNormSource,
+    grid: [Math.ceil(n / 128), chunks, 1],
+    block: 128,
+    args: [
+      arg.ptr(backend.ptr(partial)),
+      arg.ptr(backend.ptr(dy)),
+      arg.ptr(backend.ptr(x)),
+      arg.ptr(backend.ptr(rs)),
+      arg.i32(rows),
+      arg.i32(n),
+      arg.i32(ROWS_PER_CHUNK),
+    ],
+  });
   const dw = reduce(backend, partial, [0], 'sum');
   backend.disposeIntermediate(rs);
   backend.disposeIntermediate(partial);
@@ -118,7 +152,13 @@ export function rmsNormGrad(backend: CudaBackend, dy: tf.TensorInfo, x: tf.Tenso
 export function layerNorm(backend: CudaBackend, x: tf.TensorInfo, weight: tf.TensorInfo, bias: tf.TensorInfo, eps: number): tf.TensorInfo {
   const [rows, n] = x.shape;
   const y = backend.makeOutput(x.shape, 'float32');
-  backend.launch({ name: 'layer_norm', source: layerNormSource, grid: rows, block: threadsFor(n), args: [arg.ptr(backend.ptr(y)), arg.ptr(backend.ptr(x)), arg.ptr(backend.ptr(weight)), arg.ptr(backend.ptr(bias)), arg.i32(n), arg.f32(eps)] });
+  backend.launch({
+    name: 'layer_norm',
+    source: layerNormSource,
+    grid: rows,
+    block: threadsFor(n),
+    args: [arg.ptr(backend.ptr(y)), arg.ptr(backend.ptr(x)), arg.ptr(backend.ptr(weight)), arg.ptr(backend.ptr(bias)), arg.i32(n), arg.f32(eps)],
+  });
   return y;
 }
 
@@ -126,10 +166,38 @@ export function layerNormGrad(backend: CudaBackend, dy: tf.TensorInfo, x: tf.Ten
   const [rows, n] = x.shape;
   const dx = backend.makeOutput(x.shape, 'float32');
   const stats = backend.makeOutput([rows, 2], 'float32');
-  backend.launch({ name: 'layer_norm_dx', source: layerNormSource, grid: rows, block: threadsFor(n), args: [arg.ptr(backend.ptr(dx)), arg.ptr(backend.ptr(stats)), arg.ptr(backend.ptr(dy)), arg.ptr(backend.ptr(x)), arg.ptr(backend.ptr(weight)), arg.i32(n), arg.f32(eps)] });
+  backend.launch({
+    name: 'layer_norm_dx',
+    source: layerNormSource,
+    grid: rows,
+    block: threadsFor(n),
+    args: [
+      arg.ptr(backend.ptr(dx)),
+      arg.ptr(backend.ptr(stats)),
+      arg.ptr(backend.ptr(dy)),
+      arg.ptr(backend.ptr(x)),
+      arg.ptr(backend.ptr(weight)),
+      arg.i32(n),
+      arg.f32(eps),
+    ],
+  });
   const chunks = Math.ceil(rows / ROWS_PER_CHUNK);
   const partial = backend.makeOutput([2, chunks, n], 'float32');
-  backend.launch({ name: 'layer_norm_dwb_chunks', source: layerNormSource, grid: [Math.ceil(n / 128), chunks, 1], block: 128, args: [arg.ptr(backend.ptr(partial)), arg.ptr(backend.ptr(dy)), arg.ptr(backend.ptr(x)), arg.ptr(backend.ptr(stats)), arg.i32(rows), arg.i32(n), arg.i32(ROWS_PER_CHUNK)] });
+  backend.launch({
+    name: 'layer_norm_dwb_chunks',
+    source: layerNormSource,
+    grid: [Math.ceil(n / 128), chunks, 1],
+    block: 128,
+    args: [
+      arg.ptr(backend.ptr(partial)),
+      arg.ptr(backend.ptr(dy)),
+      arg.ptr(backend.ptr(x)),
+      arg.ptr(backend.ptr(stats)),
+      arg.i32(rows),
+      arg.i32(n),
+      arg.i32(ROWS_PER_CHUNK),
+    ],
+  });
   const sums = reduce(backend, partial, [1], 'sum');
   const dw = backend.makeOutput([n], 'float32');
   const db = backend.makeOutput([n], 'float32');

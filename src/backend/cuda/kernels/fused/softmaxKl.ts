@@ -18,20 +18,28 @@ type Ce = (typeof CES)[number];
 function elementTerms(kind: Kind): string {
   const mix = `float x = lpt + logW, y = lps + log1mW, mm = fmaxf(x, y), lm = mm + logf(expf(x - mm) + expf(y - mm));`;
   switch (kind) {
-    case 'forward_kl': return 'float term = expf(lpt) * (lpt - lps), extra = 0.0f;';
-    case 'reverse_kl': return 'float term = expf(lps) * (lps - lpt), extra = 0.0f;';
-    case 'jsd': return `${mix} float u = expf(lps) * (lps - lm) * (1.0f - w); float term = expf(lpt) * (lpt - lm) * w + u, extra = u;`;
-    case 'skew_kl': return `${mix} float term = expf(lpt) * (lpt - lm), extra = expf(lpt + lps + log1mW - lm);`;
+    case 'forward_kl':
+      return 'float term = expf(lpt) * (lpt - lps), extra = 0.0f;';
+    case 'reverse_kl':
+      return 'float term = expf(lps) * (lps - lpt), extra = 0.0f;';
+    case 'jsd':
+      return `${mix} float u = expf(lps) * (lps - lm) * (1.0f - w); float term = expf(lpt) * (lpt - lm) * w + u, extra = u;`;
+    case 'skew_kl':
+      return `${mix} float term = expf(lpt) * (lpt - lm), extra = expf(lpt + lps + log1mW - lm);`;
   }
 }
 
 function gradientTerm(kind: Kind): string {
   const mix = `float x = lpt + logW, y = lps + log1mW, mm = fmaxf(x, y), lm = mm + logf(expf(x - mm) + expf(y - mm));`;
   switch (kind) {
-    case 'forward_kl': return 'float gk = expf(lps) - expf(lpt);';
-    case 'reverse_kl': return 'float gk = expf(lps) * ((lps - lpt) - rowSum);';
-    case 'jsd': return `${mix} float u = expf(lps) * (lps - lm) * (1.0f - w); float gk = u - expf(lps) * rowSum;`;
-    case 'skew_kl': return `${mix} float gk = expf(lps) * rowSum - expf(lpt + lps + log1mW - lm);`;
+    case 'forward_kl':
+      return 'float gk = expf(lps) - expf(lpt);';
+    case 'reverse_kl':
+      return 'float gk = expf(lps) * ((lps - lpt) - rowSum);';
+    case 'jsd':
+      return `${mix} float u = expf(lps) * (lps - lm) * (1.0f - w); float gk = u - expf(lps) * rowSum;`;
+    case 'skew_kl':
+      return `${mix} float gk = expf(lps) * rowSum - expf(lpt + lps + log1mW - lm);`;
   }
 }
 
@@ -126,8 +134,11 @@ export function softmaxKl(backend: CudaBackend, inputs: Record<string, tf.Tensor
     ? [arg.ptr(backend.ptr(out)), ...common, arg.ptr(backend.ptr(inputs.stats)), arg.ptr(backend.ptr(inputs.scale)), arg.i32(vs), arg.i32(vt), ...mix]
     : [arg.ptr(backend.ptr(out)), ...common, arg.i32(vs), arg.i32(vt), ...mix, arg.i32(attrs.layout === 'stats' ? 1 : 0)];
   backend.launch({
-    name: name(backward ? 'backward' : 'forward', attrs.kind, attrs.ce), source: () => softmaxKlSource(attrs.kind, attrs.ce),
-    grid: rows, block: Math.max(vs, vt) >= 4096 ? 512 : 128, args,
+    name: name(backward ? 'backward' : 'forward', attrs.kind, attrs.ce),
+    source: () => softmaxKlSource(attrs.kind, attrs.ce),
+    grid: rows,
+    block: Math.max(vs, vt) >= 4096 ? 512 : 128,
+    args,
   });
   return out;
 }
