@@ -41,3 +41,14 @@ export function parseMetadata(file: string, schema: Schema): ShardMetadata {
   }
   return { tokenizerSha256: need('tokenizer_sha256'), vocabSize: Number(need('vocab_size')), dtype, sourceFiles, formatVersion: version };
 }
+
+/** A shard's token values, in its dtype. */
+export type TokenArray = Uint8Array | Uint16Array | Uint32Array;
+
+/** The narrowest unsigned dtype that holds ids 0..vocabSize-1. */
+export function shardDtypeFor(vocabSize: number): ShardDtype {
+  return vocabSize <= 256 ? 'uint8' : vocabSize <= 65536 ? 'uint16' : 'uint32';
+}
+
+/** The bytes of a token array, as the CRC-32 of each document covers them. */
+export const bytesOf = (a: TokenArray): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
