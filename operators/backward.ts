@@ -8,7 +8,7 @@
  * batch that arrive, weighted by the tokens that arrive. A global batch ends with its last micro-batch, or, when
  * that one was dropped, when a micro-batch of a later global batch arrives or the stream ends. A global batch of
  * which nothing arrives is no step: its number is absent from the results. A stage that drops micro-batches
- * should dispose their tensors, and give back their credits when the source has any (`credits.release()`): the
+ * should dispose their tensors, and give back their credits when the source hands them out (`credits.release()`): the
  * source waits for credits that only arrive micro-batches return. Under data parallelism every rank must see all of
  * its micro-batches (the tokens that arrive are counted per rank); the runner's pipeline drops none.
  *
