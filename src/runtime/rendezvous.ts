@@ -69,7 +69,7 @@ async function host(o: RendezvousOptions): Promise<NodeStar> {
   o.log(`node 0 of ${l.numNodes}: waiting for ${l.numNodes - 1} node(s) at ${at} (up to ${l.joinTimeoutMs / 1000} s)`);
   if (!l.token)
     o.log(
-      `rendezvous: no DISTILL_RENDEZVOUS_TOKEN: every host that reaches ${at} can join this run; give every node the same secret in DISTILL_RENDEZVOUS_TOKEN (or DISTILL_RENDEZVOUS_TOKEN_FILE)`,
+      `rendezvous: no DISTILL_RENDEZVOUS_TOKEN: any host that reaches ${at} can join this run; give every node the same secret in DISTILL_RENDEZVOUS_TOKEN (or DISTILL_RENDEZVOUS_TOKEN_FILE)`,
     );
   const joined = new Map<number, { s: FrameSocket; join: JoinMessage }>();
   const pending = new Set<FrameSocket>();
