@@ -29,7 +29,7 @@ const FLAGS = {
   backend: { kind: 'string', help: 'tfjs backend for ours', default: 'auto', choices: BACKEND_CHOICES },
   precision: {
     kind: 'string',
-    help: 'ours: 32, or bf16-mixed / 16-mixed for f16 tensor-core matmuls on webgpu (pair with --peer_args "--precision bf16" for the peer)',
+    help: 'ours: 32, or bf16-mixed / 16-mixed for 16-bit tensor-core matmuls on cuda and webgpu (pair with --peer_args "--precision bf16" for the peer)',
     default: '32',
     choices: PRECISIONS,
   },

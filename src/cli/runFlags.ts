@@ -75,7 +75,7 @@ export const RUN_FLAGS = {
   backend: { kind: 'string', help: 'compute backend', default: 'auto', choices: BACKEND_CHOICES },
   precision: {
     kind: 'string',
-    help: "NeMo's trainer.precision: 32, or bf16-mixed / 16-mixed for f16 tensor-core matmuls on webgpu (f32 weights, optimizer and loss)",
+    help: "NeMo's trainer.precision: 32, or bf16-mixed / 16-mixed for 16-bit tensor-core matmuls on cuda (bf16 or f16 operands) and webgpu (f16) (f32 weights, optimizer and loss)",
     default: '32',
     choices: PRECISIONS,
   },

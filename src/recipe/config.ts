@@ -27,7 +27,7 @@ export interface TrainerConfig {
   /** Micro-batches allowed between the data source and the optimizer step. */
   inFlight: number;
   nanPolicy: NanPolicy;
-  /** NeMo's trainer.precision: '32', or 'bf16-mixed' / '16-mixed' (f16 tensor-core matmuls on webgpu; see src/backend/webgpu). */
+  /** NeMo's trainer.precision: '32', or 'bf16-mixed' / '16-mixed' (16-bit tensor-core matmuls on cuda and webgpu; see docs/backends.md). */
   precision: Precision;
 }
 
