@@ -183,7 +183,7 @@ function maxAndLogZ(x: tf.Tensor2D): [tf.Tensor2D, tf.Tensor2D] {
 }
 
 /** The mixture weight as a kernel takes it (see the contract): w' and its two logs, rounded to float32 by the ops. */
-function mixture(w: number): { w: number; logW: number; log1mW: number } {
+export function mixture(w: number): { w: number; logW: number; log1mW: number } {
   const wPrime = w > 0 && w < 1 ? w : 0.5;
   return { w: wPrime, logW: Math.log(wPrime), log1mW: Math.log(1 - wPrime) };
 }

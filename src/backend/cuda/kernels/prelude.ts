@@ -105,7 +105,7 @@ export function stridesStruct(out: number[], operands: number[][]): number[] {
     } else merged.push({ n: d.n, s: [...d.s] });
   }
   dims = merged;
-  if (dims.length > 8) throw new Error(`cuda strided kernel: rank ${dims.length} above ${MAX_RANK}`);
+  if (dims.length > MAX_RANK) throw new Error(`cuda strided kernel: rank ${dims.length} above ${MAX_RANK}`);
   const pad = (a: number[]): number[] => [...a, ...new Array<number>(MAX_RANK - a.length).fill(0)];
   const size = out.reduce((a, b) => a * b, 1);
   const cols = [0, 1, 2].map((k) => pad(dims.map((d) => d.s[k] ?? 0)));

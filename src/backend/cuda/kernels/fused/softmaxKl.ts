@@ -7,7 +7,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { arg, type CudaBackend } from '../../backend.ts';
 import { PRELUDE } from '../prelude.ts';
-import type { SoftmaxKlAttrs } from '../../../../ops/softmaxKl.ts';
+import { mixture, type SoftmaxKlAttrs } from '../../../../ops/softmaxKl.ts';
 
 const KINDS = ['forward_kl', 'reverse_kl', 'jsd', 'skew_kl'] as const;
 const CES = ['none', 'shared', 'own'] as const;
@@ -116,16 +116,11 @@ extern "C" __global__ void ${name('backward', kind, ce)}(float *__restrict__ g, 
 }`;
 }
 
-function mixture(w: number): [number, number, number] {
-  const wp = w > 0 && w < 1 ? w : 0.5;
-  return [wp, Math.log(wp), Math.log(1 - wp)];
-}
-
 export function softmaxKl(backend: CudaBackend, inputs: Record<string, tf.TensorInfo>, attrs: SoftmaxKlAttrs, backward: boolean): tf.TensorInfo {
   const { s, t, mask, labels } = inputs;
   const [rows, vs] = s.shape;
   const vt = t.shape[1];
-  const [w, logW, log1mW] = mixture(attrs.mixW);
+  const { w, logW, log1mW } = mixture(attrs.mixW);
   const width = attrs.ce === 'none' ? 1 : 2;
   const out = backend.makeOutput(backward ? [rows, vs] : [rows, attrs.layout === 'stats' ? 9 : width], 'float32');
   const common = [arg.ptr(backend.ptr(s)), arg.ptr(backend.ptr(t)), arg.ptr(mask ? backend.ptr(mask) : 0n), arg.ptr(labels ? backend.ptr(labels) : 0n)];
