@@ -1,9 +1,9 @@
 /**
  * NCCL on the cuda backend with a communicator of ONE rank (skipped where there is no CUDA device or no
- * libnccl.so.2): the real code path of every collective (all-reduce, all-gather, reduce-scatter, send and receive
- * to itself in one group), device to device, and training the fixture pair a few steps with data parallelism
- * through NCCL gives the weights of the plain cuda run. Two ranks need two GPUs (NCCL refuses two ranks on one
- * GPU: "invalid usage"): that is the next issue's measurement.
+ * libnccl.so.2): the non-blocking join, then the real code path of every collective (all-reduce, all-gather,
+ * reduce-scatter, send and receive to itself in one group), device to device, and training the fixture pair a few
+ * steps with data parallelism through NCCL gives the weights of the plain cuda run. Two ranks need two GPUs (NCCL
+ * refuses two ranks on one GPU: "invalid usage"): that is the next issue's measurement.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -65,19 +65,24 @@ test('one-rank NCCL communicator: all-reduce, all-gather, reduce-scatter and sen
   await assert.rejects(comm.allReduceSum(tf.zeros([1])), /destroyed/);
 });
 
-// Measured on the H200 (2026-12-04): this join killed the test process with SIGSEGV (ncclCommInitRank called
-// through koffi's async worker thread). Groups of several ranks join that way, so they are not ready: the next issue
-// (two GPUs) must fix the join first. DISTILL_TEST_THREADED_NCCL_JOIN=1 runs it.
-const threadedSkip =
-  skip ||
-  (process.env.DISTILL_TEST_THREADED_NCCL_JOIN !== '1' && "SIGSEGV on the H200 through koffi's worker thread; set DISTILL_TEST_THREADED_NCCL_JOIN=1 to run it");
-test("joining on koffi's worker thread (as groups of several ranks do) gives a working communicator", { skip: threadedSkip }, async () => {
-  const comm = await NcclCommunicator.join(ncclUniqueId(), 1, 0, 'threaded', { inThread: true, timeoutMs: 60_000 });
+// The join used to run the blocking ncclCommInitRank on koffi's worker thread, which killed the process with SIGSEGV
+// on the H200 (2026-12-04). Every join is now NCCL's non-blocking one (ncclCommInitRankConfig, blocking 0) polled
+// from this thread: here it must keep the event loop turning and give a communicator whose every call (each may
+// answer ncclInProgress) is waited out before the next.
+test('the non-blocking join (as groups of several ranks make it) keeps the event loop turning and gives a working communicator', { skip }, async () => {
+  let ticks = 0;
+  const timer = setInterval(() => ticks++, 1);
+  const comm = await NcclCommunicator.join(ncclUniqueId(), 1, 0, 'nonblocking', { timeoutMs: 60_000 });
+  clearInterval(timer);
+  process.stderr.write(`non-blocking join: ${ticks} timer ticks while NCCL joined\n`);
   const x = tf.tensor1d([1, 2, 3]);
-  const y = await comm.allReduceSum(x);
+  const outs: tf.Tensor[] = [];
+  // Several calls in a row: NCCL refuses a call made before the previous one's state is ncclSuccess again.
+  for (let i = 0; i < 5; i++) outs.push(await comm.allReduceSum(x));
+  const [self] = await comm.exchange([{ peer: 0, tensor: x }], [{ peer: 0, shape: [3] }]);
   await comm.synchronize(30_000);
-  assert.deepEqual(values(y), [1, 2, 3]);
-  tf.dispose([x, y]);
+  for (const y of [...outs, self]) assert.deepEqual(values(y), [1, 2, 3]);
+  tf.dispose([x, self, ...outs]);
   comm.destroy();
 });
 

@@ -5,7 +5,8 @@
  *
  * Calling conventions (measured with ../shared/tools/nccl-ffi-probe.cjs on NCCL 2.28): device pointers pass as
  * uint64_t, the communicator and the stream as opaque pointers, and the ncclUniqueId (128 bytes) by value as a
- * struct. NCCL reads its NCCL_* environment variables itself, so the user's settings (NCCL_SOCKET_IFNAME,
+ * struct. Communicators are made non-blocking (ncclCommInitRankConfig with an ncclConfig_t whose `blocking` is 0): see
+ * ncclCommunicator.ts for why and how their calls are waited for. NCCL reads its NCCL_* environment variables itself, so the user's settings (NCCL_SOCKET_IFNAME,
  * NCCL_NVLS_ENABLE=0, NCCL_DEBUG, ...) hold unchanged: nothing here sets or clears one.
  */
 import { BackendError, DistillError } from '../../errors.ts';
@@ -33,6 +34,44 @@ export const NCCL_SUM = 0;
 /** The length of an ncclUniqueId (NCCL_UNIQUE_ID_BYTES). */
 export const NCCL_UNIQUE_ID_BYTES = 128;
 
+/** NCCL_CONFIG_UNDEF_INT (INT_MIN): "NCCL's default" for an int field of ncclConfig_t. */
+const NCCL_CONFIG_UNDEF_INT = -2147483648;
+/** ncclConfig_t's magic (0xcafebeef in NCCL_CONFIG_INITIALIZER); NCCL refuses a config without it. */
+const NCCL_CONFIG_MAGIC = 0xcafebeef;
+/**
+ * The version NCCL_CONFIG_INITIALIZER writes, NCCL_VERSION(2, 28, 0): the config below is laid out as NCCL 2.28's
+ * nccl.h declares it. NCCL copies min(config.size, its own sizeof) bytes and ignores the fields newer than the
+ * version it is told (init.cc, parseCommConfig), and the struct only grows at its end, so 2.28's layout is read
+ * right by 2.28 and by every later NCCL; an older one (2.18 at least) reads the prefix it knows.
+ */
+export const NCCL_CONFIG_VERSION = 22800;
+
+/**
+ * ncclConfig_t of NCCL 2.28 (struct ncclConfig_v22800), field by field in the header's order: size, magic and
+ * version, then what users set. koffi lays it out as the C compiler does (pointers 8-byte aligned: 80 bytes).
+ */
+const NCCL_CONFIG_FIELDS = {
+  size: 'size_t',
+  magic: 'uint32_t',
+  version: 'uint32_t',
+  blocking: 'int',
+  cgaClusterSize: 'int',
+  minCTAs: 'int',
+  maxCTAs: 'int',
+  netName: 'void *',
+  splitShare: 'int',
+  trafficClass: 'int',
+  commName: 'void *',
+  collnetEnable: 'int',
+  CTAPolicy: 'int',
+  shrinkShare: 'int',
+  nvlsCTAs: 'int',
+  nChannelsPerNetPeer: 'int',
+  nvlinkCentricSched: 'int',
+} as const;
+
+export type NcclConfig = Record<keyof typeof NCCL_CONFIG_FIELDS, number | null>;
+
 /** An NCCL call that returned an error; `result` is NCCL's code, `detail` its own words for it. */
 export class NcclError extends DistillError {
   constructor(
@@ -50,7 +89,7 @@ export type NcclComm = unknown;
 export interface NcclFunctions {
   ncclGetVersion: NativeFunction;
   ncclGetUniqueId: NativeFunction;
-  ncclCommInitRank: NativeFunction;
+  ncclCommInitRankConfig: NativeFunction;
   ncclAllReduce: NativeFunction;
   ncclAllGather: NativeFunction;
   ncclReduceScatter: NativeFunction;
@@ -68,6 +107,7 @@ export interface NcclFunctions {
 interface KoffiTypes {
   struct(name: string, fields: Record<string, unknown>): unknown;
   array(type: string, length: number): unknown;
+  sizeof(type: string): number;
 }
 
 export interface Nccl {
@@ -76,10 +116,12 @@ export interface Nccl {
   version: number;
   /** Throws an NcclError unless `result` is ncclSuccess. */
   check(call: string, result: unknown): void;
+  /** NCCL_CONFIG_INITIALIZER with `blocking` set: what ncclCommInitRankConfig takes. */
+  config(o: { blocking: 0 | 1 }): NcclConfig;
 }
 
 let loaded: Nccl | null = null;
-let uniqueIdDeclared = false;
+let typesDeclared = false;
 
 /** NCCL, opened once per process; a BackendError when libnccl.so.2 is missing or does not load. */
 export function loadNccl(): Nccl {
@@ -87,15 +129,18 @@ export function loadNccl(): Nccl {
   const lib = openLibrary('nccl');
   const k = koffi() as unknown as KoffiTypes;
   // koffi refuses a type name twice: declared once, even when a first load failed further on.
-  if (!uniqueIdDeclared) k.struct('ncclUniqueId', { internal: k.array('uint8_t', NCCL_UNIQUE_ID_BYTES) });
-  uniqueIdDeclared = true;
+  if (!typesDeclared) {
+    k.struct('ncclUniqueId', { internal: k.array('uint8_t', NCCL_UNIQUE_ID_BYTES) });
+    k.struct('ncclConfig_t', NCCL_CONFIG_FIELDS);
+  }
+  typesDeclared = true;
   const f = (sig: string): NativeFunction => lib.func(sig);
   let fn: NcclFunctions;
   try {
     fn = {
       ncclGetVersion: f('int ncclGetVersion(_Out_ int *version)'),
       ncclGetUniqueId: f('int ncclGetUniqueId(_Out_ ncclUniqueId *id)'),
-      ncclCommInitRank: f('int ncclCommInitRank(_Out_ void **comm, int nranks, ncclUniqueId id, int rank)'),
+      ncclCommInitRankConfig: f('int ncclCommInitRankConfig(_Out_ void **comm, int nranks, ncclUniqueId id, int rank, ncclConfig_t *config)'),
       ncclAllReduce: f('int ncclAllReduce(uint64_t send, uint64_t recv, size_t count, int dtype, int op, void *comm, void *stream)'),
       ncclAllGather: f('int ncclAllGather(uint64_t send, uint64_t recv, size_t sendCount, int dtype, void *comm, void *stream)'),
       ncclReduceScatter: f('int ncclReduceScatter(uint64_t send, uint64_t recv, size_t recvCount, int dtype, int op, void *comm, void *stream)'),
@@ -121,7 +166,14 @@ export function loadNccl(): Nccl {
   };
   const v = [0];
   check('ncclGetVersion', fn.ncclGetVersion(v));
-  loaded = { fn, version: v[0], check };
+  const size = k.sizeof('ncclConfig_t');
+  const config = (o: { blocking: 0 | 1 }): NcclConfig => {
+    const c = Object.fromEntries(
+      Object.entries(NCCL_CONFIG_FIELDS).map(([name, type]) => [name, type === 'void *' ? null : NCCL_CONFIG_UNDEF_INT]),
+    ) as NcclConfig;
+    return { ...c, size, magic: NCCL_CONFIG_MAGIC, version: NCCL_CONFIG_VERSION, blocking: o.blocking };
+  };
+  loaded = { fn, version: v[0], check, config };
   return loaded;
 }
 
