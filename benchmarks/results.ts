@@ -21,6 +21,30 @@ export interface Machine {
   load_avg?: { before: number; after: number };
 }
 
+/** How the peer ran, from its own JSON line. */
+export interface PeerMode {
+  /** torch.compile of both models (the student's with its loss) and AdamW(fused=True); false: eager. */
+  compiled: boolean;
+  /** "cpu", or "cuda" and the device's name. */
+  device: string;
+  precision: string;
+  /** "AdamW", "AdamW fused", or why fused was refused. */
+  optimizer: string;
+  /** Seconds the first (warm-up) step took beyond a measured one: compilation, excluded from tokens/s. */
+  compile_s: number | null;
+}
+
+/** The peer ran out of device memory: where, and how much it held by then. */
+export interface PeerOom {
+  /** "building the models", "step 1 (warm-up)", ... */
+  where: string;
+  peak_device_bytes: number | null;
+  device_total_bytes: number | null;
+  /** The first line of torch's message. */
+  error: string;
+  compiled: boolean;
+}
+
 export interface BenchRecord {
   kind: 'config' | 'scaling';
   date: string;
@@ -48,6 +72,10 @@ export interface BenchRecord {
   peer: 'torch' | 'none';
   /** Why the peer has no figure, when it has none. */
   peer_unavailable: string | null;
+  /** Eager or compiled, device and precision, as the peer reported them (absent in records from before: eager). */
+  peer_mode?: PeerMode | null;
+  /** Set when the peer ran out of device memory on this shape (absent in records from before). */
+  peer_oom?: PeerOom | null;
   peer_threads: number | null;
   machine: Machine;
   /**
@@ -57,9 +85,14 @@ export interface BenchRecord {
   stages: { ours: Record<Stage, number> | null; peer: Record<Stage, number> | null };
   wall_ms_per_step: { ours: number; peer: number | null };
   memory: {
-    /** With devices > 1: the sum of the workers' peak RSS (null where /proc is unreadable), no tf figures. */
-    ours: { peak_rss_bytes: number | null; peak_tf_bytes: number | null; peak_tf_tensors: number | null };
-    peer: { peak_rss_bytes: number } | null;
+    /**
+     * With devices > 1: the sum of the workers' peak RSS (null where /proc is unreadable), no tf figures.
+     * peak_device_bytes: the cuda allocator's peak of bytes held by tensors over the whole run (null on other
+     * backends; absent in records from before): the figure to set beside the peer's.
+     */
+    ours: { peak_rss_bytes: number | null; peak_tf_bytes: number | null; peak_tf_tensors: number | null; peak_device_bytes?: number | null };
+    /** peak_device_bytes: torch.cuda.max_memory_allocated() (null off cuda; absent in records from before). */
+    peer: { peak_rss_bytes: number; peak_device_bytes?: number | null } | null;
   };
   last_loss: { ours: number; peer: number | null };
   command: string;
