@@ -24,12 +24,24 @@ export interface MemoryPeak {
   tfTensors: number;
   /** Process peak resident set (getrusage maxrss), which includes the wasm heap. */
   rssBytes: number;
+  /**
+   * The device allocator's own peak of bytes held by tensors over the whole run (cuda's `peakBytesInGPU`, which
+   * tf.memory() carries from the backend), null where the backend keeps none (webgpu, wasm, cpu). Unlike tfBytes,
+   * sampled between stages, it sees the inside of backward, where the saved activations are all alive at once.
+   */
+  deviceBytes: number | null;
+}
+
+/** The backend's peak device bytes, when it reports one (the cuda backend does; tfjs's own backends do not). */
+export function devicePeakBytes(): number | null {
+  const peak = (tf.memory() as { peakBytesInGPU?: unknown }).peakBytesInGPU;
+  return typeof peak === 'number' && Number.isFinite(peak) ? peak : null;
 }
 
 export class StageClock {
   /** Milliseconds per stage, over measured steps only (step >= warmup). */
   readonly totals: Record<Stage, number> = { read: 0, teacherLogits: 0, 'student fwd+bwd': 0, optimizer: 0 };
-  readonly peak: MemoryPeak = { tfBytes: 0, tfTensors: 0, rssBytes: 0 };
+  readonly peak: MemoryPeak = { tfBytes: 0, tfTensors: 0, rssBytes: 0, deviceBytes: null };
   /** When the last warm-up step's result came out, and the last measured one's. */
   measureStart: number | null = null;
   lastStepEnd = 0;
@@ -109,6 +121,8 @@ export class StageClock {
   finish(): void {
     this.peak.rssBytes = process.resourceUsage().maxRSS * 1024;
     this.sampleMemory();
+    // A running maximum kept by the allocator: read once, at the end.
+    this.peak.deviceBytes = devicePeakBytes();
   }
 }
 

@@ -13,9 +13,27 @@ const tps = (v: number | null): string => fmt(v, v !== null && v < 100 ? 1 : 0);
 const mib = (b: number | null | undefined): string => (b == null ? '–' : `${Math.round(b / 2 ** 20).toLocaleString('en-US')}`);
 
 export const TABLE_HEADER = [
-  '| date | config | backend | devices | ours tok/s | PyTorch tok/s | ours / PyTorch | ours ms/step: read · teacher · student fwd+bwd · optimizer | peak RSS MiB ours / PyTorch | machine | command |',
+  '| date | config | backend | devices | ours tok/s | PyTorch tok/s | ours / PyTorch | ours ms/step: read · teacher · student fwd+bwd · optimizer | peak MiB ours / PyTorch: device memory on cuda, else RSS | machine | command |',
   '|---|---|---|---:|---:|---:|---:|---|---:|---|---|',
 ];
+
+/** The peer's tokens/s, or why there is none; "compiled" when it ran under torch.compile with fused AdamW. */
+export function peerThroughput(r: BenchRecord): string {
+  if (r.peer_oom) return 'out of memory';
+  if (r.peer_tokens_per_s === null) return `– (${r.peer === 'none' ? 'not run' : 'unavailable'})`;
+  return `${tps(r.peer_tokens_per_s)}${r.peer_mode?.compiled ? ' compiled' : ''}`;
+}
+
+/**
+ * Peak memory of each side: on a GPU the device's (ours: the cuda allocator's peak; the peer's:
+ * torch.cuda.max_memory_allocated), which is what decides whether a shape fits; else the process's peak RSS.
+ */
+export function peakMemory(r: BenchRecord): string {
+  const ours = r.memory.ours.peak_device_bytes ?? null;
+  const peer = r.peer_oom ? r.peer_oom.peak_device_bytes : (r.memory.peer?.peak_device_bytes ?? null);
+  if (ours !== null || peer !== null) return `${mib(ours)} / ${mib(peer)}${r.peer_oom ? ' (OOM)' : ''} device`;
+  return `${mib(r.memory.ours.peak_rss_bytes)} / ${mib(r.memory.peer?.peak_rss_bytes)} RSS`;
+}
 
 export function markdownRow(r: BenchRecord): string {
   const s = r.stages.ours;
@@ -23,11 +41,10 @@ export function markdownRow(r: BenchRecord): string {
   const stages = s
     ? [s.read, s.teacherLogits, s['student fwd+bwd'], s.optimizer].map((v) => fmt(v)).join(' · ')
     : `– (${fmt(r.wall_ms_per_step.ours)} wall, ${devicesOf(r)} processes)`;
-  const peer = r.peer_tokens_per_s === null ? `– (${r.peer === 'none' ? 'not run' : 'unavailable'})` : tps(r.peer_tokens_per_s);
   // Older records have no load average; a load above the core count means the figures were taken on a busy machine.
   const load = r.machine.load_avg ? `; load ${r.machine.load_avg.before.toFixed(1)}→${r.machine.load_avg.after.toFixed(1)}` : '';
   const machine = `${r.machine.cpu}, ${r.machine.cores} cores${r.peer_threads ? `; torch ${r.machine.torch ?? '?'} on ${r.peer_threads} threads` : ''}${load}`;
-  return `| ${r.date.slice(0, 10)} | ${r.config} | ${r.backend} | ${devicesOf(r)} | ${tps(r.ours_tokens_per_s)} | ${peer} | ${fmt(r.ratio, 3)} | ${stages} | ${mib(r.memory.ours.peak_rss_bytes)} / ${mib(r.memory.peer?.peak_rss_bytes)} | ${machine} | \`${r.command}\` |`;
+  return `| ${r.date.slice(0, 10)} | ${r.config} | ${r.backend} | ${devicesOf(r)} | ${tps(r.ours_tokens_per_s)} | ${peerThroughput(r)} | ${fmt(r.ratio, 3)} | ${stages} | ${peakMemory(r)} | ${machine} | \`${r.command}\` |`;
 }
 
 /** Processes that ran ours (records from before --devices ran in one). */

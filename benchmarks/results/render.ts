@@ -40,8 +40,13 @@ export function displayCommand(command: string): string {
   return c;
 }
 
-/** What distinguishes one configuration from another in the current-figures table. */
-const configKey = (r: BenchRecord): string => `${r.config}|${r.backend}|${devicesOf(r)}|${precisionOf(r)}|${r.machine.cpu}`;
+/** The peer ran compiled (torch.compile + fused AdamW): from its own report, or for a run that failed, from its arguments. */
+export function peerCompiled(r: BenchRecord): boolean {
+  return r.peer_mode?.compiled ?? r.peer_oom?.compiled ?? /--peer_args\s+"?[^"]*--compile\b/.test(displayCommand(r.command));
+}
+
+/** What distinguishes one configuration from another in the current-figures table: an eager and a compiled peer are two rows. */
+const configKey = (r: BenchRecord): string => `${r.config}|${r.backend}|${devicesOf(r)}|${precisionOf(r)}|${peerCompiled(r)}|${r.machine.cpu}`;
 
 /** The newest `kind: config` record of each configuration, smallest configuration first, then by backend and layout. */
 export function latestPerConfig(records: readonly BenchRecord[]): BenchRecord[] {
@@ -64,12 +69,14 @@ function gpuOf(r: BenchRecord): string | null {
 }
 
 function peerCell(r: BenchRecord): string {
-  if (r.peer_tokens_per_s === null) return `– (${r.peer === 'none' ? 'not run' : 'unavailable'})`;
+  if (r.peer_tokens_per_s === null && !r.peer_oom) return `– (${r.peer === 'none' ? 'not run' : 'unavailable'})`;
   // The peer's device and precision are among the arguments passed to it; CPU fp32 is its default.
   const args = /--peer_args\s+"?([^"]*)"?/.exec(displayCommand(r.command))?.[1] ?? '';
   const where = /--device\s+cuda/.test(args) ? 'CUDA' : `CPU, ${r.peer_threads ?? '?'} threads`;
   const precision = /--precision\s+(\S+)/.exec(args)?.[1] ?? 'fp32';
-  return `${tps(r.peer_tokens_per_s)} (${where}, ${precision})`;
+  const how = `${where}, ${precision}${peerCompiled(r) ? ', compiled' : ''}`;
+  if (r.peer_oom) return `out of memory (${how})`;
+  return `${tps(r.peer_tokens_per_s)} (${how})`;
 }
 
 export const CURRENT_HEADER = [
@@ -114,6 +121,37 @@ function stageComparison(rows: readonly BenchRecord[]): string[] {
   return out;
 }
 
+const gib = (b: number | null | undefined): string => (b == null ? '–' : fmt(b / 2 ** 30, 1));
+
+/**
+ * Peak device memory of each side, for the newest GPU run of each configuration that measured it: whether a shape
+ * fits is the question of the large configurations, and the peer may run out where ours does not.
+ */
+function deviceMemoryTable(rows: readonly BenchRecord[]): string[] {
+  const measured = rows.filter((r) => r.memory.ours.peak_device_bytes != null || r.memory.peer?.peak_device_bytes != null || r.peer_oom);
+  if (measured.length === 0) return [];
+  const out = [
+    '## Peak device memory (GiB, newest run per configuration)',
+    '',
+    "Ours: the cuda allocator's peak of bytes held by tensors; PyTorch: `torch.cuda.max_memory_allocated()`. Both over the whole run, warm-up included.",
+    '',
+    '| config | backend | ours | PyTorch | PyTorch ran | date |',
+    '|---|---|---:|---:|---|---:|',
+  ];
+  for (const r of measured) {
+    const precision = precisionOf(r);
+    const peer = r.peer_oom
+      ? `out of memory in ${r.peer_oom.where} (${gib(r.peer_oom.peak_device_bytes)} held, of ${gib(r.peer_oom.device_total_bytes)})`
+      : gib(r.memory.peer?.peak_device_bytes);
+    const mode = r.peer_mode ? `${r.peer_mode.precision}, ${r.peer_mode.compiled ? 'compiled' : 'eager'}` : peerCompiled(r) ? 'compiled' : '–';
+    out.push(
+      `| ${r.config} | ${r.backend}${precision === '32' ? '' : `, ${precision}`} | ${gib(r.memory.ours.peak_device_bytes)} | ${peer} | ${mode} | ${r.date.slice(0, 10)} |`,
+    );
+  }
+  out.push('');
+  return out;
+}
+
 /** The latest sweep's points: the scaling records that share the last one's run id (one invocation). */
 export function latestSweep(records: readonly BenchRecord[]): BenchRecord[] {
   const scaling = records.filter((r) => r.kind === 'scaling');
@@ -155,6 +193,7 @@ export function renderResultsReadme(records: readonly BenchRecord[]): string {
     ...configs.map(markdownRow),
     '',
     ...stageComparison(latestPerConfig(records)),
+    ...deviceMemoryTable(latestPerConfig(records)),
   ];
   const sweep = latestSweep(records);
   if (sweep.length > 0) {
