@@ -1,8 +1,8 @@
 /**
  * The collectives model parallelism needs, on top of one Transport: all-reduce (sum, max) and all-gather over a
- * group, and point-to-point tensors between pipeline stages. All of them are built on the ring all-reduce
- * (an all-gather is the sum of buffers in which each rank filled only its own slot: adding zeros is exact), so
- * every rank ends with bit-identical values.
+ * group, and point-to-point tensors between pipeline stages (stageExchange, over the transport's frames). The
+ * reductions are all built on the ring all-reduce (an all-gather is the sum of buffers in which each rank filled
+ * only its own slot: adding zeros is exact), so every rank ends with bit-identical values.
  *
  * Every rank of a group must call the group's collectives in the same order; each group (keyed by its members)
  * numbers its reductions, and the ring fails loudly when two ranks disagree.
@@ -73,12 +73,39 @@ export class Collectives {
     return out;
   }
 
-  /** Sends tensors to another stage (not disposed; the caller owns them). */
+  /**
+   * Point-to-point between pipeline stages of `group` (the PP group, worker ids): these sends (not disposed; the
+   * caller owns them) and receives as one group, the received tensors in `receives` order. A receive names the
+   * shapes it expects, which a device-to-device transfer needs ahead (deviceCollectives.ts). Here the frames are
+   * buffered by the transport, so sending first and then receiving cannot deadlock; the tag and the shapes are
+   * checked.
+   */
+  async stageExchange(group: readonly number[], sends: StageSend[], receives: StageReceive[]): Promise<tf.Tensor[][]> {
+    for (const s of sends) await this.send(s.to, s.tag, s.tensors);
+    const out: tf.Tensor[][] = [];
+    try {
+      for (const r of receives) {
+        out.push(await this.receive(r.from, r.tag));
+        checkStageShapes(
+          this.rank,
+          r,
+          out[out.length - 1].map((t) => t.shape),
+        );
+      }
+    } catch (e) {
+      tf.dispose(out.flat());
+      throw e;
+    }
+    return out;
+  }
+
+  /** Sends tensors to another stage over the frames (not disposed; the caller owns them). */
   async send(to: number, tag: string, tensors: tf.Tensor[]): Promise<void> {
     const frames = await Promise.all(tensors.map((t) => tensorToFrame(t)));
     this.transport.send(to, { kind: 'stageTensors', tag, tensors: frames });
   }
 
+  /** The next tensors from another stage, which must carry `tag`. */
   async receive(from: number, tag: string): Promise<tf.Tensor[]> {
     const m = await this.transport.receive(from, 'stageTensors');
     if (m.tag !== tag) {
@@ -88,4 +115,27 @@ export class Collectives {
     }
     return m.tensors.map((f) => frameToTensor(f));
   }
+}
+
+/** A stage's tensors for a neighbour (worker `to`), named by `tag` ("step 3 micro 1 activation"). */
+export interface StageSend {
+  to: number;
+  tag: string;
+  tensors: tf.Tensor[];
+}
+
+/** What a stage expects from a neighbour (worker `from`): the tensors' shapes, in order. */
+export interface StageReceive {
+  from: number;
+  tag: string;
+  shapes: number[][];
+}
+
+/** Refuses tensors that are not what the receiving stage computed it would get (a bug in the stages' plans). */
+function checkStageShapes(rank: number, r: StageReceive, got: readonly (readonly number[])[]): void {
+  const same = got.length === r.shapes.length && got.every((s, i) => s.length === r.shapes[i].length && s.every((d, j) => d === r.shapes[i][j]));
+  if (!same)
+    throw new Error(
+      `pipeline ${r.tag} on worker ${rank}: worker ${r.from} sent shapes ${got.map((s) => `[${s}]`).join(' ')}, this stage expected ${r.shapes.map((s) => `[${s}]`).join(' ')} (a bug in the stages' plans)`,
+    );
 }

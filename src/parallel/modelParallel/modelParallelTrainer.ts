@@ -14,7 +14,7 @@ import { OptimizerStep, type GradientReduction, type NanPolicy } from '../../tra
 import { allReduceGradients, DEFAULT_BUCKET_BYTES } from '../gradientBuckets.ts';
 import { coordsOf, groupOf, rankOf, worldSize, type ParallelLayout, type RankCoords } from '../layout.ts';
 import type { Collectives } from './collectives.ts';
-import { oneForwardOneBackward } from './pipelineSchedule.ts';
+import { oneForwardOneBackward, withTransfers, type ScheduleAction, type StageTransfer } from './pipelineSchedule.ts';
 import { computeOp, Tape, type Op } from './segmentTape.ts';
 import { ShardedStage } from './shardedTransformer.ts';
 import { embeddingName, type LocalParam } from './shardSpec.ts';
@@ -154,10 +154,16 @@ export class ModelParallelTrainer {
   }
 
   /**
-   * One micro-batch's forward through this stage: the teacher's part (kept only as the activation handed on),
-   * then the student's, with the loss on the last stage. Returns the student's tape for the backward.
+   * One micro-batch's forward through this stage from what the previous stage sent (`received`, taken over; none
+   * on the first stage): the teacher's part (kept only as the activation handed on), then the student's, with the
+   * loss on the last stage. Returns the student's tape for the backward and what goes to the next stage.
    */
-  private async forwardMicro(batch: TokenBatch, tag: string, lossOp: Op, stats: tf.Tensor[]): Promise<{ tape: Tape; count: number }> {
+  private async forwardMicro(
+    batch: TokenBatch,
+    received: tf.Tensor[] | undefined,
+    lossOp: Op,
+    stats: tf.Tensor[],
+  ): Promise<{ tape: Tape; count: number; toNext: tf.Tensor[] | null }> {
     const S = this.studentStage;
     const T = this.teacherStage;
     const first = this.coords.pp === 0;
@@ -168,9 +174,8 @@ export class ModelParallelTrainer {
       given.ids = mb.ids;
     } else {
       mb.ids.dispose();
-      const got = await this.o.coll.receive(this.stageRank(this.coords.pp - 1), tag);
-      given[S.inputName] = got[0];
-      teacherIn = got[1] ?? null;
+      given[S.inputName] = received![0];
+      teacherIn = received![1] ?? null;
     }
     let teacherOut: tf.Tensor | null = null;
     if (T) {
@@ -184,14 +189,62 @@ export class ModelParallelTrainer {
     if (this.isLast) {
       await tape.forward({ ...given, 't.hidden': teacherOut ?? tf.zeros([1, 1]), labels: mb.labels, mask: mb.mask });
       stats.push(...LOSS_OUTPUTS.map((n) => tf.clone(tape.acts.get(n)!)));
-      return { tape, count: mb.count };
+      return { tape, count: mb.count, toNext: null };
     }
     mb.labels.dispose();
     mb.mask.dispose();
     await tape.forward(given);
-    await this.o.coll.send(this.stageRank(this.coords.pp + 1), tag, [tape.acts.get(S.outputName)!, ...(teacherOut ? [teacherOut] : [])]);
-    teacherOut?.dispose();
-    return { tape, count: 0 };
+    return { tape, count: 0, toNext: [tf.clone(tape.acts.get(S.outputName)!), ...(teacherOut ? [teacherOut] : [])] };
+  }
+
+  /** The shapes a transfer into this stage carries: the residual streams (student's, then teacher's) or the student's gradient. */
+  private incomingShapes(t: StageTransfer, mb: TokenBatch): number[][] {
+    const [batch, seq] = mb.inputIds.shape;
+    const student = this.studentStage.residualShape(batch, seq);
+    if (t.what === 'gradient' || !this.teacherStage) return [student];
+    return [student, this.teacherStage.residualShape(batch, seq)];
+  }
+
+  /**
+   * Runs `actions` (this stage's schedule) with the transfers between stages in place (withTransfers): `run` gets
+   * an action and what arrived for it (taken over), and returns what it sends on (taken over, freed once sent).
+   */
+  private async pipeline(
+    actions: readonly ScheduleAction[],
+    label: string,
+    micros: readonly TokenBatch[],
+    run: (a: ScheduleAction, received: tf.Tensor[] | undefined) => Promise<tf.Tensor[] | null>,
+  ): Promise<void> {
+    const { layout, coll } = this.o;
+    const group = groupOf(layout, this.o.rank, ['pp']);
+    const key = (what: StageTransfer['what'], micro: number): string => `${what} ${micro}`;
+    const peer = (t: StageTransfer): number => this.stageRank(this.coords.pp + (t.peer === 'next' ? 1 : -1));
+    const tag = (t: StageTransfer): string => `${label} micro ${t.micro} ${t.what}`;
+    const arrived = new Map<string, tf.Tensor[]>();
+    const outgoing = new Map<string, tf.Tensor[]>();
+    try {
+      for (const step of withTransfers(actions, this.coords.pp, layout.pp)) {
+        if (step.kind === 'exchange') {
+          const sends = step.sends.map((t) => ({ to: peer(t), tag: tag(t), tensors: outgoing.get(key(t.what, t.micro))! }));
+          const receives = step.receives.map((t) => ({ from: peer(t), tag: tag(t), shapes: this.incomingShapes(t, micros[t.micro]) }));
+          const got = await coll.stageExchange(group, sends, receives);
+          for (const t of step.sends) {
+            tf.dispose(outgoing.get(key(t.what, t.micro))!);
+            outgoing.delete(key(t.what, t.micro));
+          }
+          step.receives.forEach((t, i) => arrived.set(key(t.what, t.micro), got[i]));
+          continue;
+        }
+        const inKey = key(step.kind === 'forward' ? 'activation' : 'gradient', step.micro);
+        const received = arrived.get(inKey);
+        arrived.delete(inKey);
+        const out = await run(step, received);
+        if (out) outgoing.set(key(step.kind === 'forward' ? 'activation' : 'gradient', step.micro), out);
+      }
+    } finally {
+      // Left over only when a step failed.
+      for (const ts of [...arrived.values(), ...outgoing.values()]) tf.dispose(ts);
+    }
   }
 
   /** One global batch: this rank's gradients (1F1B over the stages), then the optimizer step every layout takes. */
@@ -205,7 +258,7 @@ export class ModelParallelTrainer {
    */
   async gradients(micros: TokenBatch[]): Promise<StepGradients> {
     const started = performance.now();
-    const { layout, coll } = this.o;
+    const { layout } = this.o;
     const step = micros[0].position.step;
     this.globalTokens = micros[0].globalBatchTokens;
     this.firstSample = micros[0].position.firstSample;
@@ -215,25 +268,23 @@ export class ModelParallelTrainer {
     const grads = new Map<string, tf.Tensor>();
     const stats: tf.Tensor[] = [];
     let count = 0;
-    for (const a of oneForwardOneBackward(this.coords.pp, layout.pp, micros.length)) {
-      const tag = `step ${step} micro ${a.micro} ${a.kind}`;
+    await this.pipeline(oneForwardOneBackward(this.coords.pp, layout.pp, micros.length), `step ${step}`, micros, async (a, received) => {
       if (a.kind === 'forward') {
-        const f = await this.forwardMicro(micros[a.micro], tag, this.lossOp(), stats);
+        const f = await this.forwardMicro(micros[a.micro], received, this.lossOp(), stats);
         count += f.count;
         tapes.set(a.micro, f.tape);
-      } else {
-        const tape = tapes.get(a.micro)!;
-        tapes.delete(a.micro);
-        const seeds = this.isLast ? { loss: tf.scalar(1) } : { [S.outputName]: (await coll.receive(this.stageRank(this.coords.pp + 1), tag))[0] };
+        return f.toNext;
+      }
+      const tape = tapes.get(a.micro)!;
+      tapes.delete(a.micro);
+      try {
+        const seeds = this.isLast ? { loss: tf.scalar(1) } : { [S.outputName]: received![0] };
         const dIn = await tape.backward(seeds, grads, first ? [] : [S.inputName]);
-        if (!first) {
-          const d = dIn.get(S.inputName) ?? tf.zerosLike(tape.acts.get(S.inputName)!);
-          await coll.send(this.stageRank(this.coords.pp - 1), tag, [d]);
-          d.dispose();
-        }
+        return first ? null : [dIn.get(S.inputName) ?? tf.zerosLike(tape.acts.get(S.inputName)!)];
+      } finally {
         tape.dispose();
       }
-    }
+    });
     return this.localSums(step, grads, stats, count, started);
   }
 
@@ -245,11 +296,13 @@ export class ModelParallelTrainer {
     const stats: tf.Tensor[] = [];
     let count = 0;
     if (this.coords.dp === 0) {
-      for (const [i, b] of micros.entries()) {
-        const f = await this.forwardMicro(b, `validation ${round} micro ${i}`, this.lossOp(true), stats);
+      const forwards = micros.map((_, micro): ScheduleAction => ({ kind: 'forward', micro }));
+      await this.pipeline(forwards, `validation ${round}`, micros, async (a, received) => {
+        const f = await this.forwardMicro(micros[a.micro], received, this.lossOp(true), stats);
         count += f.count;
         f.tape.dispose();
-      }
+        return f.toNext;
+      });
     }
     const sums = new Float32Array(3);
     if (this.isLast && this.coords.tp === 0 && this.coords.dp === 0) {

@@ -72,6 +72,11 @@ export class ShardedStage {
     return `${this.o.prefix}h${layer}`;
   }
 
+  /** The residual stream a stage hands the next (and gets its gradient back in): [batch × this rank's positions, hidden]. */
+  residualShape(batch: number, seqLength: number): number[] {
+    return [batch * this.split(seqLength).local.length, this.o.config.hiddenSize];
+  }
+
   split(seqLength: number): SequenceSplit {
     return sequenceSplit(seqLength, this.o.layout.cp, this.o.coords.cp);
   }

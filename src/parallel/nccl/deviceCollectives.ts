@@ -7,15 +7,17 @@
  * - allReduceSum on host arrays (the loss sums, gradient buckets of the DP × CP group) and, through it, allGather
  *   and allReduceMax: uploaded, all-reduced by NCCL, read back. NCCL's ring and tree give every rank the same
  *   values, as ours does.
- * - Pipeline send/receive stays on the transport's frames (a device-to-device PP path needs the receiver to know
- *   each tensor's shape ahead and a schedule that posts matching sends and receives: the next step).
+ * - stageExchange (pipeline activations and their gradients between neighbouring stages): ncclSend/ncclRecv in one
+ *   group on the PP group's communicator, device to device. The receiver names the shapes it expects (NCCL
+ *   carries bytes, not shapes), and the stages' plans (pipelineSchedule.ts, withTransfers) group a send with the
+ *   neighbour's receive where both would otherwise wait on each other.
  *
  * A group's communicator is made at its first collective and kept; every rank of the group meets that first
  * collective at the same point of its program, which is where the id is handed round.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { Transport } from '../../runtime/transport.ts';
-import { Collectives } from '../modelParallel/collectives.ts';
+import { Collectives, type StageReceive, type StageSend } from '../modelParallel/collectives.ts';
 import { collectivesLine, groupCollectives, type BootstrapOptions, type GroupCollectives } from './bootstrap.ts';
 
 export interface DeviceCollectivesOptions {
@@ -82,6 +84,22 @@ export class DeviceCollectives extends Collectives {
     } finally {
       out.dispose();
     }
+  }
+
+  override async stageExchange(group: readonly number[], sends: StageSend[], receives: StageReceive[]): Promise<tf.Tensor[][]> {
+    const c = await this.of(group);
+    if (c.kind === 'ring') return super.stageExchange(group, sends, receives);
+    const peer = (worker: number): number => {
+      const r = group.indexOf(worker);
+      if (r < 0) throw new RangeError(`pipeline transfer on worker ${this.rank}: worker ${worker} is not in the stage group [${group.join(', ')}]`);
+      return r;
+    };
+    const flat = await c.comm.exchange(
+      sends.flatMap((s) => s.tensors.map((tensor) => ({ peer: peer(s.to), tensor }))),
+      receives.flatMap((r) => r.shapes.map((shape) => ({ peer: peer(r.from), shape }))),
+    );
+    let at = 0;
+    return receives.map((r) => flat.slice(at, (at += r.shapes.length)));
   }
 
   /** Frees the groups' NCCL communicators after the run. */
