@@ -82,6 +82,12 @@ export function randomTokenSource(vocab: number, seq: number, seed: number, numS
   };
 }
 
+/** Milliseconds the cuda backend's reads have waited so far; null on other backends. */
+function cudaReadWaitMs(): number | null {
+  const ms = (tf.backend() as unknown as { readWaitMs?: number }).readWaitMs;
+  return typeof ms === 'number' ? ms : null;
+}
+
 /** The cuda backend's kernel profile, when it is the backend and profiling is on. */
 function kernelProfile(): KernelProfile | null {
   return (tf.backend() as unknown as { profile?: KernelProfile | null }).profile ?? null;
@@ -99,6 +105,7 @@ export async function runOurs(shape: BenchShape, o: OursOptions): Promise<OursRe
   log(`ours: built teacher and student in ${(buildMs / 1000).toFixed(1)} s on ${backend.chosen}; ${o.warmup} warm-up + ${o.steps} measured steps`);
 
   const clock = new StageClock(o.warmup);
+  const readWait: { start: number | null } = { start: null };
   const credits = new TimedCredits(clock);
   const total = o.warmup + o.steps;
   const started = performance.now();
@@ -132,14 +139,25 @@ export async function runOurs(shape: BenchShape, o: OursOptions): Promise<OursRe
               `ours: step ${r.step + 1}/${total}${r.step < o.warmup ? ' (warm-up)' : ''}: ${(r.elapsedMs / 1000).toFixed(2)} s in backward, loss ${r.loss.toFixed(4)}`,
             );
             // The cuda kernel profile (DISTILL_CUDA_PROFILE=1) covers the measured steps only.
-            if (r.step === o.warmup - 1) kernelProfile()?.reset();
+            if (r.step === o.warmup - 1) {
+              kernelProfile()?.reset();
+              readWait.start = cudaReadWaitMs();
+            }
           }),
           toArray(),
         ),
     );
     clock.finish();
     const profile = kernelProfile();
-    if (profile) log(`ours: cuda device time by kernel over ${o.steps} measured steps (timed one launch at a time)\n${profile.table()}`);
+    const waited = cudaReadWaitMs();
+    if (waited !== null && readWait.start !== null) {
+      const ms = (waited - readWait.start) / o.steps;
+      log(`ours: cuda reads waited ${ms.toFixed(1)} ms a step for the GPU (the rest of a step's wall time is the host's own work)`);
+    }
+    if (profile) {
+      log(`ours: cuda device time by kernel over ${o.steps} measured steps (each launch timed on its own)\n${profile.table()}`);
+      log(`ours: the same by launch size\n${profile.table(40, true)}`);
+    }
     const measureStart = clock.measureStart ?? started;
     const wallMs = clock.lastStepEnd - measureStart;
     const perStep = (ms: number): number => ms / o.steps;

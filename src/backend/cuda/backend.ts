@@ -13,7 +13,7 @@ import { CachingAllocator } from './allocator.ts';
 import { CudaDriver, FUNC_ATTR_MAX_DYNAMIC_SHARED, type Handle } from './driver.ts';
 import { compileCached } from './nvrtc.ts';
 import { Cublas } from './cublas.ts';
-import { KernelProfile } from './kernelProfile.ts';
+import { KernelProfile, PROFILE_SPIN_NS, spinSource } from './kernelProfile.ts';
 
 export interface CudaTensorData {
   ptr: bigint;
@@ -87,7 +87,9 @@ export class CudaBackend extends tf.KernelBackend {
   }
 
   startKernelProfile(): KernelProfile {
-    return (this.profile ??= new KernelProfile(this.driver));
+    return (this.profile ??= new KernelProfile(this.driver, () =>
+      this.driver.launch(this.function('profile_spin', spinSource), [1, 1, 1], [32, 1, 1], 0, [arg.i64(PROFILE_SPIN_NS)], 'profile_spin'),
+    ));
   }
 
   /** Runs a launch (a kernel or a library call), timed when profiling. */
@@ -203,7 +205,19 @@ export class CudaBackend extends tf.KernelBackend {
     this.disposeData(t.dataId);
   }
 
+  /** Milliseconds the host has spent in reads (waiting for the stream to finish, then copying): wall time minus this is the host's own. */
+  readWaitMs = 0;
+
   override readSync(dataId: tf.DataId): tf.backend_util.BackendValues {
+    const t0 = performance.now();
+    try {
+      return this.download(dataId);
+    } finally {
+      this.readWaitMs += performance.now() - t0;
+    }
+  }
+
+  private download(dataId: tf.DataId): tf.backend_util.BackendValues {
     const d = this.data.get(dataId);
     if (d.dtype === 'float32') {
       const out = new Float32Array(d.size);
@@ -278,7 +292,7 @@ export class CudaBackend extends tf.KernelBackend {
       this.sharedOptIn.set(spec.name, shared);
     }
     // No closure on this path unless profiling: it runs thousands of times a step.
-    if (this.profile) this.profile.time(spec.name, () => this.driver.launch(fn, grid, block, shared, spec.args, spec.name));
+    if (this.profile) this.profile.time(spec.name, () => this.driver.launch(fn, grid, block, shared, spec.args, spec.name), `grid ${grid.join('x')}`);
     else this.driver.launch(fn, grid, block, shared, spec.args, spec.name);
     this.launches++;
   }

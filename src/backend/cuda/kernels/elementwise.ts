@@ -8,7 +8,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { arg, type CudaBackend } from '../backend.ts';
-import { broadcastStrides, cType, gridFor, PRELUDE, stridesOf, stridesStruct } from './prelude.ts';
+import { broadcastStrides, byFour, cType, gridFor, PRELUDE, stridesOf, stridesStruct } from './prelude.ts';
 
 /** Unary operations: the expression of `x` (and the attributes p0, p1), and whether the output is bool. */
 export const UNARY: Record<string, { expr: string; bool?: true; intExpr?: string }> = {
@@ -73,7 +73,14 @@ export function unarySource(name: string, op: string, inType: 'float' | 'int', o
   const expr = inType === 'int' && spec.intExpr ? spec.intExpr : spec.expr;
   return `${PRELUDE}
 extern "C" __global__ void ${name}(${outType} *__restrict__ y, const ${inType} *__restrict__ xs, int n, float p0, float p1) {
-  GRID_STRIDE(i, n) { ${inType} x = xs[i]; y[i] = (${outType})(${expr}); }
+  if ((n & 3) == 0) {
+    GRID_STRIDE4(q, n >> 2) {
+      ${inType} x4[4]; ${outType} y4[4];
+      load4(x4, xs + 4 * q);
+      for (int k = 0; k < 4; k++) { ${inType} x = x4[k]; y4[k] = (${outType})(${expr}); }
+      store4(y + 4 * q, y4);
+    }
+  } else GRID_STRIDE(i, n) { ${inType} x = xs[i]; y[i] = (${outType})(${expr}); }
 }`;
 }
 
@@ -94,6 +101,21 @@ const INDEX: Record<BroadcastKind, string> = {
   bcast: 'int oa, ob, oc; offsets(s, i, oa, ob, oc);',
 };
 
+/** When a kind's kernel takes four elements at a time: the size, and a tail operand's size, divide by 4. */
+const VEC_CONDITION: Record<Exclude<BroadcastKind, 'bcast'>, string> = {
+  same: '(s.size & 3) == 0',
+  scalarA: '(s.size & 3) == 0',
+  scalarB: '(s.size & 3) == 0',
+  tailA: '(s.size & 3) == 0 && (s.c[0] & 3) == 0',
+  tailB: '(s.size & 3) == 0 && (s.c[0] & 3) == 0',
+};
+
+/** The host's side of VEC_CONDITION: whether the launch should be sized for four elements a thread. */
+function binaryByFour(kind: BroadcastKind, size: number, tail: number): boolean {
+  if (kind === 'bcast') return false;
+  return byFour(size) && (kind === 'tailA' || kind === 'tailB' ? byFour(tail) : true);
+}
+
 /** Which BroadcastKind serves operands of shapes a and b broadcast to `out`. */
 export function broadcastKind(a: number[], b: number[], out: number[]): BroadcastKind {
   const size = (s: number[]): number => s.reduce((x, y) => x * y, 1);
@@ -113,9 +135,24 @@ export function binarySource(name: string, op: string, computeType: 'float' | 'i
   const spec = BINARY[op];
   const expr = computeType === 'int' && spec.intExpr ? spec.intExpr : spec.expr;
   const index = INDEX[kind];
+  const t = computeType;
+  // Four at a time (binaryByFour decides, the kernel checks the same): each operand is four loaded elements or one repeated.
+  const four =
+    kind === 'bcast'
+      ? ''
+      : `if (${VEC_CONDITION[kind]}) {
+    GRID_STRIDE4(q, s.size >> 2) {
+      int i = 4 * q; ${index}
+      ${t} a4[4], b4[4]; ${outType} y4[4];
+      ${kind === 'scalarA' ? 'a4[0] = a4[1] = a4[2] = a4[3] = as[0];' : 'load4(a4, as + oa);'}
+      ${kind === 'scalarB' ? 'b4[0] = b4[1] = b4[2] = b4[3] = bs[0];' : 'load4(b4, bs + ob);'}
+      for (int k = 0; k < 4; k++) { ${t} a = a4[k]; ${t} b = b4[k]; y4[k] = (${outType})(${expr}); }
+      store4(y + i, y4);
+    }
+  } else `;
   return `${PRELUDE}
-extern "C" __global__ void ${name}(${outType} *__restrict__ y, const ${computeType} *__restrict__ as, const ${computeType} *__restrict__ bs, Strides s) {
-  GRID_STRIDE(i, s.size) { ${index} ${computeType} a = as[oa]; ${computeType} b = bs[ob]; y[i] = (${outType})(${expr}); }
+extern "C" __global__ void ${name}(${outType} *__restrict__ y, const ${t} *__restrict__ as, const ${t} *__restrict__ bs, Strides s) {
+  ${four}GRID_STRIDE(i, s.size) { ${index} ${t} a = as[oa]; ${t} b = bs[ob]; y[i] = (${outType})(${expr}); }
 }`;
 }
 
@@ -135,7 +172,7 @@ export function unary(backend: CudaBackend, op: string, x: tf.TensorInfo, p0 = 0
   backend.launch({
     name,
     source: () => unarySource(name, op, srcType, outType),
-    grid: gridFor(n),
+    grid: gridFor(byFour(n) ? n / 4 : n),
     block: 256,
     args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(input)), arg.i32(n), arg.f32(p0), arg.f32(p1)],
   });
@@ -165,7 +202,7 @@ export function binary(backend: CudaBackend, op: string, a: tf.TensorInfo, b: tf
   backend.launch({
     name,
     source: () => binarySource(name, op, computeType, outType, kind),
-    grid: gridFor(strides[1]),
+    grid: gridFor(binaryByFour(kind, strides[1], tail) ? strides[1] / 4 : strides[1]),
     block: 256,
     args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(ca)), arg.ptr(backend.ptr(cb)), arg.ints(strides)],
   });

@@ -5,7 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { arg, type CudaBackend } from '../backend.ts';
-import { gridFor, MAX_RANK, PRELUDE, stridesOf, stridesStruct } from './prelude.ts';
+import { byFour, gridFor, MAX_RANK, PRELUDE, stridesOf, stridesStruct } from './prelude.ts';
 
 const STRIDED = 'strided_gather';
 export function stridedGatherSource(): string {
@@ -15,16 +15,36 @@ extern "C" __global__ void ${STRIDED}(int *__restrict__ y, const int *__restrict
 }`;
 }
 
+// The same gather four elements at a time, where the innermost axis is read contiguously (a transpose that keeps
+// the last axis, as attention's head split and merge do) and every offset keeps 16-byte alignment. The struct
+// describes the output with its innermost axis counted in groups of four.
+const STRIDED4 = 'strided_gather4';
+export function stridedGather4Source(): string {
+  return `${PRELUDE}
+extern "C" __global__ void ${STRIDED4}(int *__restrict__ y, const int *__restrict__ x, i64 base, Strides s) {
+  GRID_STRIDE4(q, s.size) { int oa, ob, oc; offsets(s, q, oa, ob, oc); int v[4]; load4(v, x + base + 4 * oa); store4(y + 4 * q, v); }
+}`;
+}
+
 /** out[k] = x[base + Σ_d k_d · strides[d]] for an output of `shape`. */
 export function stridedGather(backend: CudaBackend, x: tf.TensorInfo, shape: number[], strides: number[], base = 0): tf.TensorInfo {
   const out = backend.makeOutput(shape, x.dtype);
   const n = tf.util.sizeFromShape(shape);
+  if (n === 0) return out;
   const zeros = shape.map(() => 0);
-  const s = stridesStruct(shape, [strides, zeros, zeros]);
+  const last = shape.length - 1;
+  const four = last >= 0 && strides[last] === 1 && byFour(shape[last]) && byFour(base) && strides.every((st, d) => d === last || byFour(st));
+  // Four at a time: the innermost axis in units of four elements, every other stride too.
+  const s = four
+    ? stridesStruct(
+        shape.map((d, i) => (i === last ? d / 4 : d)),
+        [strides.map((st, i) => (i === last ? 1 : st / 4)), zeros, zeros],
+      )
+    : stridesStruct(shape, [strides, zeros, zeros]);
   backend.launch({
-    name: STRIDED,
-    source: stridedGatherSource,
-    grid: gridFor(n),
+    name: four ? STRIDED4 : STRIDED,
+    source: four ? stridedGather4Source : stridedGatherSource,
+    grid: gridFor(four ? n / 4 : n),
     block: 256,
     args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(x)), arg.i64(base), arg.ints(s)],
   });
@@ -179,6 +199,7 @@ export function pad(backend: CudaBackend, x: tf.TensorInfo, paddings: [number, n
 export function layoutSources(): { name: string; source: string }[] {
   return [
     { name: STRIDED, source: stridedGatherSource() },
+    { name: STRIDED4, source: stridedGather4Source() },
     { name: COPY_2D, source: copyColumnsSource() },
     { name: TILE, source: tileSource() },
     { name: PAD, source: padSource() },

@@ -4,7 +4,7 @@
  * operands are converted to bf16 (or f16) on the device per product; the output and its accumulation stay fp32.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { arg, type CudaBackend } from '../backend.ts';
+import { arg, type CudaBackend, type KernelArg } from '../backend.ts';
 import {
   CUBLAS_COMPUTE_32F,
   CUBLAS_COMPUTE_32F_FAST_16BF,
@@ -14,7 +14,7 @@ import {
   CUDA_R_32F,
   type GemmOperand,
 } from '../cublas.ts';
-import { gridFor, PRELUDE } from './prelude.ts';
+import { byFour, gridFor, PRELUDE } from './prelude.ts';
 import { broadcastTo } from './layout.ts';
 
 /** NeMo's trainer.precision values, as far as matmuls go. */
@@ -29,9 +29,19 @@ export function cudaMatMulPrecision(): CudaMatMulPrecision {
 }
 
 export function toHalfSource(name: string, bf16: boolean): string {
+  const f = bf16 ? 'toBf16' : 'toF16';
   return `${PRELUDE}
-extern "C" __global__ void ${name}(unsigned short *__restrict__ y, const float *__restrict__ x, i64 n) {
-  GRID_STRIDE(i, n) { y[i] = ${bf16 ? 'toBf16' : 'toF16'}(x[i]); }
+extern "C" __global__ void ${name}(unsigned short *__restrict__ y, const float *__restrict__ x, int n) {
+  if ((n & 3) == 0) {
+    GRID_STRIDE4(q, n >> 2) {
+      float v[4];
+      load4(v, x + 4 * q);
+      uint2 packed;
+      packed.x = (unsigned int)${f}(v[0]) | ((unsigned int)${f}(v[1]) << 16);
+      packed.y = (unsigned int)${f}(v[2]) | ((unsigned int)${f}(v[3]) << 16);
+      *reinterpret_cast<uint2 *>(y + 4 * q) = packed;
+    }
+  } else GRID_STRIDE(i, n) { y[i] = ${f}(x[i]); }
 }`;
 }
 
@@ -50,11 +60,31 @@ function convertToHalf(backend: CudaBackend, x: tf.TensorInfo, bf16: boolean): t
   backend.launch({
     name,
     source: () => toHalfSource(name, bf16),
-    grid: gridFor(n),
+    grid: gridFor(byFour(n) ? n / 4 : n),
     block: 256,
-    args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(x)), arg.i64(n)],
+    args: [arg.ptr(backend.ptr(out)), arg.ptr(backend.ptr(x)), arg.i32(n)],
   });
   return out;
+}
+
+/**
+ * A kernel whose output a product will read can write that output's 16-bit copy in the same pass, saving the
+ * conversion's read of the fp32 tensor. When products take copies (bf16-mixed or 16-mixed, not `fast`), this makes
+ * the copy, registers it as `out`'s (so the product finds it), and returns where to write and in which format;
+ * otherwise null, and the kernel writes none.
+ */
+export function halfTwin(backend: CudaBackend, out: tf.TensorInfo): { ptr: bigint; bf16: boolean } | null {
+  if (precision === '32' || process.env.DISTILL_CUDA_MIXED_MATMUL === 'fast') return null;
+  const bf16 = precision === 'bf16-mixed';
+  const half = backend.makeOutput([Math.ceil(tf.util.sizeFromShape(out.shape) / 2)], 'float32');
+  backend.derivedFrom(out, bf16 ? 'bf16' : 'f16', () => half);
+  return { ptr: backend.ptr(half), bf16 };
+}
+
+/** The kernel arguments of a possible twin: its pointer (0 for none) and 1 for bf16, 0 for f16. */
+export function halfTwinArgs(backend: CudaBackend, out: tf.TensorInfo): KernelArg[] {
+  const twin = halfTwin(backend, out);
+  return [arg.ptr(twin?.ptr ?? 0n), arg.i32(twin?.bf16 === false ? 0 : 1)];
 }
 
 export function batchMatMul(backend: CudaBackend, a: tf.TensorInfo, b: tf.TensorInfo, transposeA: boolean, transposeB: boolean): tf.TensorInfo {

@@ -60,17 +60,33 @@ __device__ __forceinline__ unsigned short toBf16(float f) {
   u += 0x7fff + ((u >> 16) & 1);
   return (unsigned short)(u >> 16);
 }
+// 128-bit loads and stores of four 4-byte elements (every buffer starts 512-byte aligned, so an index that is a
+// multiple of 4 is 16-byte aligned): the memory-bound kernels reach HBM's bandwidth only with wide accesses.
+__device__ __forceinline__ void load4(float *d, const float *p) { float4 v = *reinterpret_cast<const float4 *>(p); d[0] = v.x; d[1] = v.y; d[2] = v.z; d[3] = v.w; }
+__device__ __forceinline__ void load4(int *d, const int *p) { int4 v = *reinterpret_cast<const int4 *>(p); d[0] = v.x; d[1] = v.y; d[2] = v.z; d[3] = v.w; }
+__device__ __forceinline__ void store4(float *p, const float *d) { *reinterpret_cast<float4 *>(p) = make_float4(d[0], d[1], d[2], d[3]); }
+__device__ __forceinline__ void store4(int *p, const int *d) { *reinterpret_cast<int4 *>(p) = make_int4(d[0], d[1], d[2], d[3]); }
+#define GRID_STRIDE4(q, n4) for (int q = blockIdx.x * blockDim.x + threadIdx.x; q < (n4); q += gridDim.x * blockDim.x)
 __device__ __forceinline__ float fromBf16(unsigned short h) { return __uint_as_float(((unsigned int)h) << 16); }
 __device__ __forceinline__ unsigned short toF16(float f) {
   unsigned short h;
   asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
   return h;
 }
+// A kernel's optional 16-bit twin of its output (halfTwin in matMul.ts): nothing when the pointer is null.
+__device__ __forceinline__ void writeHalf(unsigned short *half, i64 i, float v, int bf16) {
+  if (half) half[i] = bf16 ? toBf16(v) : toF16(v);
+}
 `;
 
 /** The C type a tfjs dtype is stored as on the device (bool as int, 0/1). */
 export function cType(dtype: tf.DataType): 'float' | 'int' {
   return dtype === 'float32' ? 'float' : 'int';
+}
+
+/** Whether a kernel over `n` elements takes them four at a time (see load4): the size must divide by 4. */
+export function byFour(n: number): boolean {
+  return n % 4 === 0;
 }
 
 /** Blocks of `threads` for a grid-stride loop over `n` elements. */

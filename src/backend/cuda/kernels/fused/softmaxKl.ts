@@ -60,6 +60,30 @@ __device__ void maxLogZ(const float *v, int n, float f, float &m, float &logZ) {
   for (int j = threadIdx.x; j < n; j += blockDim.x) s += expf(v[j] * f - m);
   logZ = logf(blockSum(s));
 }
+// The running max x and sum z of exp(v − x), updated by one value (online softmax: one read instead of two).
+__device__ __forceinline__ void online(float v, float &x, float &z) {
+  if (v > x) { z = z * expf(x - v) + 1.0f; x = v; } else z += expf(v - x);
+}
+// The pair (x, z) over the block: the max, and each thread's sum rescaled to it.
+__device__ __forceinline__ void blockOnline(float x, float z, float &m, float &logZ) {
+  m = blockMax(x);
+  logZ = logf(blockSum(z == 0.0f ? 0.0f : z * expf(x - m)));
+}
+// maxLogZ of s and of t together, over j < n, in one pass over both rows (four at a time where the row allows).
+__device__ void maxLogZ2(const float *s, const float *t, int n, float f, float &ms, float &ls, float &mt, float &lt) {
+  float xs = -__int_as_float(0x7f800000), zs = 0.0f, xt = xs, zt = 0.0f;
+  if ((n & 3) == 0 && ((((unsigned long long)s) | ((unsigned long long)t)) & 15) == 0) {
+    for (int j = 4 * threadIdx.x; j < n; j += 4 * blockDim.x) {
+      float a[4], b[4];
+      load4(a, s + j);
+      load4(b, t + j);
+      for (int k = 0; k < 4; k++) { online(a[k] * f, xs, zs); online(b[k] * f, xt, zt); }
+    }
+  } else
+    for (int j = threadIdx.x; j < n; j += blockDim.x) { online(s[j] * f, xs, zs); online(t[j] * f, xt, zt); }
+  blockOnline(xs, zs, ms, ls);
+  blockOnline(xt, zt, mt, lt);
+}
 #endif
 extern "C" __global__ void ${name('forward', kind, ce)}(float *__restrict__ out, const float *__restrict__ s, const float *__restrict__ t, const float *mask, const int *labels,
     int vs, int vt, float invTau, float w, float logW, float log1mW, int rowOffset, int statsLayout) {
@@ -69,8 +93,7 @@ extern "C" __global__ void ${name('forward', kind, ce)}(float *__restrict__ out,
   const float *sr = s + (i64)r * vs, *tr = t + (i64)r * vt;
   int W = min(vs, vt);
   float ms, ls, mt, lt;
-  maxLogZ(sr, W, invTau, ms, ls);
-  maxLogZ(tr, W, invTau, mt, lt);
+  maxLogZ2(sr, tr, W, invTau, ms, ls, mt, lt);
   float d = 0.0f, e = 0.0f;
   for (int j = threadIdx.x; j < W; j += blockDim.x) {
     float lps = (sr[j] * invTau - ms) - ls, lpt = (tr[j] * invTau - mt) - lt;
