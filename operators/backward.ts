@@ -24,6 +24,7 @@ import type { Credits } from '../src/train/credits.ts';
 import { NonFiniteLossError, type NanPolicy } from '../src/train/optimizerStep.ts';
 import { optimizerStep, type OptimizerStepOperatorOptions } from './optimizerStep.ts';
 import { inStage } from './stageErrors.ts';
+import { globalNorm } from '../src/optim/clipGrad.ts';
 
 // Kept here for one release: they moved to src/train/optimizerStep.ts.
 export { NonFiniteLossError, type NanPolicy };
@@ -31,6 +32,13 @@ export { NonFiniteLossError, type NanPolicy };
 export interface BackwardGradientOptions {
   /** The source's credits: one is given back per micro-batch once its gradients are summed. */
   credits?: Credits;
+  /**
+   * Also measure the gradients' global norm and read it back with the step's loss: one readback a step instead of
+   * two, and the norm's work queued behind the backward pass instead of after a wait. For one worker, whose
+   * optimizerStep clips by this norm as it is; under data or model parallelism the norm is taken after the
+   * gradients are reduced, so leave it off there (optimizerStep ignores it when it reduces).
+   */
+  gradNorm?: boolean;
 }
 
 /** The 0.1 options: backward and the optimizer step in one operator. Use `backward(student)` + `optimizerStep(o)`. */
@@ -45,7 +53,7 @@ export function backward(
   o: BackwardGradientOptions | BackwardOptions = {},
 ): OperatorFunction<LossBatch, GradientBatch> | OperatorFunction<LossBatch, StepResult> {
   if ('optimizer' in o) {
-    const gradients = backwardGradients(student, { credits: o.credits });
+    const gradients = backwardGradients(student, { credits: o.credits, gradNorm: !o.reduceGradients && !o.reduce });
     const step = optimizerStep(o);
     return (source) => source.pipe(gradients, step);
   }
@@ -80,7 +88,7 @@ function backwardGradients(student: CausalLM, o: BackwardGradientOptions): Opera
         open = null;
         if (!s) return EMPTY;
         return new Observable<GradientBatch>((subscriber) => {
-          finishStep(s)
+          finishStep(s, o.gradNorm === true)
             .then((g) => {
               subscriber.next({ ...g, stepTaken: () => subscriber.complete() });
             })
@@ -165,12 +173,22 @@ function backwardGradients(student: CausalLM, o: BackwardGradientOptions): Opera
     });
 }
 
-/** Reads the step's loss scalars back (one readback) and, when micro-batches were dropped, reweights to the tokens that came. */
-async function finishStep(s: OpenStep): Promise<Omit<GradientBatch, 'stepTaken'>> {
-  const stacked = tf.stack(s.scalars);
+/**
+ * Reads the step's loss scalars back (one readback, with the gradient norm when `withNorm`) and, when micro-batches
+ * were dropped, reweights to the tokens that came.
+ */
+async function finishStep(s: OpenStep, withNorm: boolean): Promise<Omit<GradientBatch, 'stepTaken'>> {
+  // Each micro-batch's loss was weighted by its share of the whole global batch's tokens; when some never
+  // arrived, the shares sum to less than one, so scale to the mean over the tokens that did arrive.
+  const complete = s.micros === s.position.numMicro;
+  const scale = complete || s.tokens === 0 ? 1 : s.globalBatchTokens / s.tokens;
+  const normT = withNorm && scale === 1 ? globalNorm(s.grads.values()) : null;
+  const stacked = tf.stack(normT ? [...s.scalars, normT] : s.scalars);
   for (const t of s.scalars) t.dispose();
-  const values = await stacked.data();
+  normT?.dispose();
+  const read = await stacked.data();
   stacked.dispose();
+  const values = normT ? read.subarray(0, read.length - 1) : read;
   // Per micro-batch: the loss, then kd and ce when present (the same for every micro-batch of one loss).
   const per = 1 + (s.hasKd ? 1 : 0) + (s.hasCe ? 1 : 0);
   let loss = 0;
@@ -181,10 +199,6 @@ async function finishStep(s: OpenStep): Promise<Omit<GradientBatch, 'stepTaken'>
     if (s.hasKd) kd += values[i + 1];
     if (s.hasCe) ce += values[i + per - 1];
   }
-  // Each micro-batch's loss was weighted by its share of the whole global batch's tokens; when some never
-  // arrived, the shares sum to less than one, so scale to the mean over the tokens that did arrive.
-  const complete = s.micros === s.position.numMicro;
-  const scale = complete || s.tokens === 0 ? 1 : s.globalBatchTokens / s.tokens;
   if (scale !== 1) {
     loss *= scale;
     for (const [k, g] of s.grads) {
@@ -198,6 +212,7 @@ async function finishStep(s: OpenStep): Promise<Omit<GradientBatch, 'stepTaken'>
     sums: { loss, kd: s.hasKd ? kd : undefined, ce: s.hasCe ? ce : undefined, tokens: s.tokens },
     firstSample: s.position.firstSample,
     startedAt: s.startedAt,
+    gradNorm: normT ? read[read.length - 1] : undefined,
   };
 }
 

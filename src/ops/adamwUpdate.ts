@@ -4,8 +4,9 @@
  * tfjs composition elsewhere. The composition is torch.optim.AdamW's order of operations; the kernel follows it.
  *
  * THE KERNEL CONTRACT (float32; param, grad, m and v of one shape):
- * - 'AdamWUpdate'  inputs {param, grad, m, v}, attrs {beta1, beta2, eps, decayFactor, stepSize, sqrtBc2}
+ * - 'AdamWUpdate'  inputs {param, grad, m, v}, attrs {beta1, beta2, eps, decayFactor, stepSize, sqrtBc2, gradScale}
  *                  → [param', m', v'], each the shape of param:
+ *                  g = grad · gradScale                   (gradient clipping's coefficient; exactly grad when 1)
  *                  decayed = param · decayFactor          (decayFactor = 1 − lr·wd, or 1 without decay)
  *                  m' = m·β1 + g·(1 − β1);   v' = v·β2 + g²·(1 − β2)
  *                  param' = decayed − (m' / (√v' / sqrtBc2 + eps)) · stepSize   (stepSize = lr / (1 − β1ᵗ))
@@ -26,11 +27,14 @@ export interface AdamWUpdateAttrs {
   stepSize: number;
   /** √(1 − β2ᵗ). */
   sqrtBc2: number;
+  /** Global-norm clipping's coefficient min(1, max / (norm + 1e-6)); 1 (the default) leaves the gradient as it is. */
+  gradScale?: number;
 }
 
 /** The update as tfjs ops: the reference the kernels are tested against, and the op where none is registered. */
-export function composedAdamWUpdate(param: tf.Tensor, grad: tf.Tensor, m: tf.Tensor, v: tf.Tensor, a: AdamWUpdateAttrs): [tf.Tensor, tf.Tensor, tf.Tensor] {
+export function composedAdamWUpdate(param: tf.Tensor, unscaled: tf.Tensor, m: tf.Tensor, v: tf.Tensor, a: AdamWUpdateAttrs): [tf.Tensor, tf.Tensor, tf.Tensor] {
   return tf.tidy(() => {
+    const grad = a.gradScale !== undefined && a.gradScale !== 1 ? tf.mul(unscaled, a.gradScale) : unscaled;
     const decayed = a.decayFactor !== 1 ? tf.mul(param, a.decayFactor) : param;
     const mNew = tf.add(tf.mul(m, a.beta1), tf.mul(grad, 1 - a.beta1));
     const vNew = tf.add(tf.mul(v, a.beta2), tf.mul(tf.square(grad), 1 - a.beta2));
@@ -43,5 +47,5 @@ export function composedAdamWUpdate(param: tf.Tensor, grad: tf.Tensor, m: tf.Ten
 export function adamwUpdate(param: tf.Tensor, grad: tf.Tensor, m: tf.Tensor, v: tf.Tensor, a: AdamWUpdateAttrs): [tf.Tensor, tf.Tensor, tf.Tensor] {
   const fits = [param, grad, m, v].every((t) => t.dtype === 'float32' && tf.util.arraysEqual(t.shape, param.shape)) && param.size > 0;
   if (!fits || !hasKernel(ADAMW_UPDATE_KERNEL)) return composedAdamWUpdate(param, grad, m, v, a);
-  return runKernel<tf.Tensor[]>(ADAMW_UPDATE_KERNEL, { param, grad, m, v }, a) as [tf.Tensor, tf.Tensor, tf.Tensor];
+  return runKernel<tf.Tensor[]>(ADAMW_UPDATE_KERNEL, { param, grad, m, v }, { ...a, gradScale: a.gradScale ?? 1 }) as [tf.Tensor, tf.Tensor, tf.Tensor];
 }

@@ -85,8 +85,8 @@ export class AdamW {
     this.decayMask = tf.tensor1d(mask);
   }
 
-  /** One update at learning rate `lr` with gradients keyed by parameter name (already clipped). */
-  apply(grads: Map<string, tf.Tensor>, lr: number): void {
+  /** One update at learning rate `lr` with gradients keyed by parameter name, each scaled by `gradScale` (clipping's coefficient) as it is read. */
+  apply(grads: Map<string, tf.Tensor>, lr: number, gradScale = 1): void {
     const missing = this.names.filter((n) => !grads.has(n));
     if (missing.length) throw new Error(`AdamW: no gradient for ${missing.join(', ')}`);
     this.step += 1;
@@ -102,7 +102,7 @@ export class AdamW {
         const v = this.vOf.get(name)!;
         tf.tidy(() => {
           const decayFactor = isDecayed(name, p.shape, this.options.weightDecayAll) && weightDecay !== 0 ? 1 - lr * weightDecay : 1;
-          const [pNew, mNew, vNew] = adamwUpdate(p, g, m, v, { beta1, beta2, eps, decayFactor, stepSize, sqrtBc2 });
+          const [pNew, mNew, vNew] = adamwUpdate(p, g, m, v, { beta1, beta2, eps, decayFactor, stepSize, sqrtBc2, gradScale });
           m.assign(mNew);
           v.assign(vNew);
           p.assign(pNew);
@@ -112,7 +112,8 @@ export class AdamW {
     }
     tf.tidy(() => {
       const flat = (t: tf.Tensor): tf.Tensor => tf.reshape(t, [-1]);
-      const g = tf.concat(this.names.map((n) => flat(grads.get(n)!)));
+      const whole = tf.concat(this.names.map((n) => flat(grads.get(n)!)));
+      const g = gradScale !== 1 ? tf.mul(whole, gradScale) : whole;
       const p = tf.concat(this.names.map((n) => flat(this.params.get(n)!)));
       // p·(1 − lr·wd) where decayed, p elsewhere: torch's decoupled decay, applied before the Adam step.
       const decayed = weightDecay !== 0 ? tf.mul(p, tf.sub(1, tf.mul(this.decayMask, lr * weightDecay))) : p;

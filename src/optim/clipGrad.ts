@@ -1,33 +1,13 @@
 /**
  * Global-norm gradient clipping as torch.nn.utils.clip_grad_norm_ does it: the norm over all gradients together,
- * then every gradient scaled by min(1, max_norm / (norm + 1e-6)). Returns the norm before clipping, which is what
- * NeMo logs as grad_norm.
+ * then every gradient scaled by min(1, max_norm / (norm + 1e-6)). The norm before clipping is what NeMo logs as
+ * grad_norm. The scaling is not a pass of its own: AdamW takes the coefficient (`gradScale`) and applies it as it
+ * reads each gradient, the same float32 product as a tf.mul of the gradient would make.
  */
-import * as tf from '@tensorflow/tfjs-core';
+export { globalNorm } from '../ops/globalNorm.ts';
 
-export function globalNorm(grads: Iterable<tf.Tensor>): tf.Scalar {
-  return tf.tidy(() => {
-    // A running sum, not tf.addN: webgpu's AddN binds every input to one shader and fails past the adapter's
-    // storage-buffer limit (a model has far more parameters than that).
-    let total = tf.scalar(0);
-    for (const g of grads) total = tf.add(total, tf.sum(tf.square(g)));
-    return tf.sqrt(total) as tf.Scalar;
-  });
-}
-
-/** Clips in place (replacing map entries, disposing the old tensors); returns the pre-clip norm. */
-export async function clipGradNorm(grads: Map<string, tf.Tensor>, maxNorm: number): Promise<number> {
-  const normT = globalNorm(grads.values());
-  const norm = (await normT.data())[0];
-  normT.dispose();
-  if (maxNorm > 0 && Number.isFinite(norm)) {
-    const coef = Math.min(1, maxNorm / (norm + 1e-6));
-    if (coef < 1) {
-      for (const [k, g] of grads) {
-        grads.set(k, tf.mul(g, coef));
-        g.dispose();
-      }
-    }
-  }
-  return norm;
+/** torch.nn.utils.clip_grad_norm_'s coefficient: min(1, maxNorm / (norm + 1e-6)); 1 when clipping is off or the norm is not finite. */
+export function clipCoefficient(norm: number, maxNorm: number): number {
+  if (!(maxNorm > 0) || !Number.isFinite(norm)) return 1;
+  return Math.min(1, maxNorm / (norm + 1e-6));
 }

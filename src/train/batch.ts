@@ -98,6 +98,8 @@ export interface StepGradients {
   firstSample: number;
   /** performance.now() when the step's first micro-batch started, for the step's time. */
   startedAt: number;
+  /** The gradients' global norm when backward read it with the loss (its `gradNorm` option); a single worker's optimizerStep clips by it. */
+  gradNorm?: number;
 }
 
 /** A global batch's gradients on their way from `backward` to `optimizerStep`. */

@@ -12,7 +12,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { AdamW } from '../optim/adamw.ts';
-import { globalNorm } from '../optim/clipGrad.ts';
+import { clipCoefficient, globalNorm } from '../optim/clipGrad.ts';
 import { DistillError } from '../errors.ts';
 import type { StepGradients, StepLossSums, StepResult } from './batch.ts';
 
@@ -70,12 +70,13 @@ export class OptimizerStep {
   async take(g: StepGradients): Promise<StepResult> {
     const { step, grads } = g;
     try {
-      const { gradNorm, sums } = await this.reduce(grads, g.sums);
+      // The norm backward read with the loss holds for one worker; a reduction measures it after reducing.
+      const local = g.gradNorm !== undefined && !this.o.reduce && !this.o.reduceGradients;
+      const { gradNorm, sums } = local ? { gradNorm: g.gradNorm!, sums: g.sums } : await this.reduce(grads, g.sums);
       const lr = this.o.lrAt(step);
       const finite = Number.isFinite(sums.loss) && Number.isFinite(gradNorm);
       if (finite) {
-        clipByNorm(grads, gradNorm, this.o.clipGrad);
-        this.o.optimizer.apply(grads, lr);
+        this.o.optimizer.apply(grads, lr, clipCoefficient(gradNorm, this.o.clipGrad));
         this.consecutiveNonFinite = 0;
       } else {
         this.consecutiveNonFinite++;
@@ -108,19 +109,5 @@ export class OptimizerStep {
     } finally {
       for (const t of grads.values()) t.dispose();
     }
-  }
-}
-
-/**
- * torch.nn.utils.clip_grad_norm_'s rule: every gradient scaled by min(1, maxNorm / (norm + 1e-6)). In place
- * (map entries replaced, old tensors disposed).
- */
-export function clipByNorm(grads: Map<string, tf.Tensor>, norm: number, maxNorm: number): void {
-  if (!(maxNorm > 0) || !Number.isFinite(norm)) return;
-  const coef = Math.min(1, maxNorm / (norm + 1e-6));
-  if (coef >= 1) return;
-  for (const [k, t] of grads) {
-    grads.set(k, tf.mul(t, coef));
-    t.dispose();
   }
 }

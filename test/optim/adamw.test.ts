@@ -10,6 +10,7 @@ import { selectBackend } from '../../src/backend/select.ts';
 import { AdamW } from '../../src/optim/adamw.ts';
 import { cosineAnnealingLr } from '../../src/optim/schedule.ts';
 import { maxAbsDiff } from '../helpers/fixtures.ts';
+import { onEachBackend } from '../helpers/backends.ts';
 
 function reference(p0: number[], grads: number[][], lr: number, wd: number, decayed: boolean): number[] {
   const [b1, b2, eps] = [0.9, 0.95, 1e-8];
@@ -79,4 +80,57 @@ test('NeMo cosine schedule: linear warm-up to lr, cosine to min_lr at max_steps,
   assert.ok(Math.abs(cosineAnnealingLr(60, o) - (1e-5 + (1e-3 - 1e-5) / 2)) < 1e-12);
   assert.ok(Math.abs(cosineAnnealingLr(110, o) - 1e-5) < 1e-12);
   assert.equal(cosineAnnealingLr(500, o), 1e-5);
+});
+
+test('a clipping coefficient given to AdamW steps exactly as the gradients multiplied by it would (flat and per-parameter, each backend)', async () => {
+  await onEachBackend(async (backend) => {
+    for (const flat of [false, true]) {
+      const shapes: Record<string, number[]> = { w: [3, 5], b: [7] };
+      const make = (): Map<string, tf.Variable> =>
+        new Map(
+          Object.entries(shapes).map(
+            ([k, s]) =>
+              [
+                k,
+                tf.variable(
+                  tf.tensor(
+                    Array.from({ length: s.reduce((a, c) => a * c) }, (_, i) => Math.cos(i + k.length)),
+                    s,
+                  ),
+                ),
+              ] as const,
+          ),
+        );
+      const scaled = make();
+      const premultiplied = make();
+      const a = new AdamW(scaled, { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, weightDecayAll: false, flat });
+      const b = new AdamW(premultiplied, a.options);
+      const coef = 1 / (7.3 + 1e-6);
+      for (let step = 0; step < 2; step++) {
+        const grads = new Map(
+          Object.entries(shapes).map(
+            ([k, s]) =>
+              [
+                k,
+                tf.tensor(
+                  Array.from({ length: s.reduce((x, c) => x * c) }, (_, i) => Math.sin(i * 0.7 + step + k.length)),
+                  s,
+                ),
+              ] as [string, tf.Tensor],
+          ),
+        );
+        const multiplied = new Map([...grads].map(([k, g]) => [k, tf.mul(g, coef)] as [string, tf.Tensor]));
+        a.apply(grads, 0.01, coef);
+        b.apply(multiplied, 0.01);
+        tf.dispose([...grads.values(), ...multiplied.values()]);
+      }
+      for (const [k, v] of scaled) {
+        const [x, y] = await Promise.all([v.data(), premultiplied.get(k)!.data()]);
+        assert.equal(maxAbsDiff(x, y), 0, `${backend}, flat ${flat}, ${k}`);
+      }
+      tf.dispose([...scaled.values(), ...premultiplied.values()]);
+      a.dispose();
+      b.dispose();
+    }
+  });
 });

@@ -15,12 +15,12 @@ import { optimizerStep } from '../../operators/optimizerStep.ts';
 
 await selectBackend('cpu', { log: null });
 
-/** An AdamW stand-in that records what it is given. */
+/** An AdamW stand-in that records the gradients it steps with (each scaled by the clipping coefficient it is given). */
 function recorder(): { optimizer: AdamW; applied: { grads: Map<string, number[]>; lr: number }[] } {
   const applied: { grads: Map<string, number[]>; lr: number }[] = [];
   const optimizer = {
-    apply(grads: Map<string, tf.Tensor>, lr: number): void {
-      applied.push({ grads: new Map([...grads].map(([k, g]) => [k, Array.from(g.dataSync())])), lr });
+    apply(grads: Map<string, tf.Tensor>, lr: number, gradScale = 1): void {
+      applied.push({ grads: new Map([...grads].map(([k, g]) => [k, Array.from(g.dataSync(), (x) => Math.fround(x * gradScale))])), lr });
     },
   } as unknown as AdamW;
   return { optimizer, applied };

@@ -12,6 +12,7 @@ import { BackendError } from '../../errors.ts';
 import { CachingAllocator } from './allocator.ts';
 import { CudaDriver, FUNC_ATTR_MAX_DYNAMIC_SHARED, type Handle } from './driver.ts';
 import { compileCached } from './nvrtc.ts';
+import { koffi } from './libraries.ts';
 import { Cublas } from './cublas.ts';
 import { KernelProfile, PROFILE_SPIN_NS, spinSource } from './kernelProfile.ts';
 
@@ -67,6 +68,9 @@ export interface LaunchSpec {
 
 let nextDataId = 0;
 
+/** Reads up to this many bytes go through page-locked memory without blocking the event loop (see read). */
+const ASYNC_READ_LIMIT = 1 << 20;
+
 export class CudaBackend extends tf.KernelBackend {
   readonly driver: CudaDriver;
   readonly allocator: CachingAllocator;
@@ -102,7 +106,14 @@ export class CudaBackend extends tf.KernelBackend {
 
   /** cuBLAS on this backend's stream, opened on the first product. */
   get blas(): Cublas {
-    return (this.blasHandle ??= new Cublas(this.driver.stream));
+    if (!this.blasHandle) {
+      // PyTorch gives cuBLAS 32 MiB on Hopper (4 MiB before); DISTILL_CUDA_BLAS_WORKSPACE_MB sets it (0: cuBLAS's own default).
+      const mb = Number(process.env.DISTILL_CUDA_BLAS_WORKSPACE_MB ?? (this.driver.device.computeCapability >= 90 ? 32 : 4));
+      const bytes = Number.isFinite(mb) && mb > 0 ? Math.round(mb * 2 ** 20) : 0;
+      const workspace = bytes > 0 ? { ptr: this.allocator.allocate(bytes).ptr, bytes } : undefined;
+      this.blasHandle = new Cublas(this.driver.stream, workspace);
+    }
+    return this.blasHandle;
   }
 
   get deviceName(): string {
@@ -205,7 +216,7 @@ export class CudaBackend extends tf.KernelBackend {
     this.disposeData(t.dataId);
   }
 
-  /** Milliseconds the host has spent in reads (waiting for the stream to finish, then copying): wall time minus this is the host's own. */
+  /** Milliseconds from each read's start to its values (a synchronous read blocks the host that long; an asynchronous one lets it work meanwhile). */
   readWaitMs = 0;
 
   override readSync(dataId: tf.DataId): tf.backend_util.BackendValues {
@@ -229,8 +240,40 @@ export class CudaBackend extends tf.KernelBackend {
     return d.dtype === 'bool' ? Uint8Array.from(out) : out;
   }
 
+  /** Page-locked buffers for asynchronous reads, by size in bytes (a power of two), free ones only. */
+  private readonly staging = new Map<number, Handle[]>();
+  private readonly readEvents: Handle[] = [];
+
+  /**
+   * Reads without blocking the event loop: the copy is queued into page-locked memory behind the work that makes
+   * the tensor, and an event after it is polled between turns of the loop. Meanwhile the host goes on issuing
+   * work (the next batch's teacher forward while a step's loss is read back), so the GPU does not sit idle while
+   * the host catches up after every read, as it does after a synchronous one. Large reads (checkpoints) stay
+   * synchronous: the wait is theirs anyway.
+   */
   override async read(dataId: tf.DataId): Promise<tf.backend_util.BackendValues> {
-    return this.readSync(dataId);
+    const d = this.data.get(dataId);
+    const bytes = d.size * 4;
+    if (bytes === 0 || bytes > ASYNC_READ_LIMIT) return this.readSync(dataId);
+    const t0 = performance.now();
+    const size = 2 ** Math.ceil(Math.log2(Math.max(bytes, 256)));
+    const pool = this.staging.get(size) ?? [];
+    this.staging.set(size, pool);
+    const buffer = pool.pop() ?? this.driver.allocHost(size);
+    const event = this.readEvents.pop() ?? this.driver.createEvent();
+    try {
+      this.driver.downloadAsync(buffer, d.ptr, bytes);
+      this.driver.record(event);
+      while (!this.driver.isDone(event)) await new Promise((resolve) => setImmediate(resolve));
+      const raw = koffi().view(buffer, bytes).slice(0);
+      if (d.dtype === 'float32') return new Float32Array(raw);
+      const ints = new Int32Array(raw);
+      return d.dtype === 'bool' ? Uint8Array.from(ints) : ints;
+    } finally {
+      pool.push(buffer);
+      this.readEvents.push(event);
+      this.readWaitMs += performance.now() - t0;
+    }
   }
 
   override memory(): { unreliable: boolean; reasons?: string[] } & Record<string, number | boolean | string[] | undefined> {

@@ -25,6 +25,7 @@ const OP_T = 1;
 interface CublasFunctions {
   create: NativeFunction;
   setStream: NativeFunction;
+  setWorkspace: NativeFunction | null;
   getVersion: NativeFunction;
   gemm: NativeFunction;
   statusName: NativeFunction | null;
@@ -46,7 +47,8 @@ export class Cublas {
   private readonly zero = new Float32Array([0]);
   readonly version: number;
 
-  constructor(stream: Handle) {
+  /** `workspace`: device memory cuBLAS may use for its faster algorithms (split-K and the like), as PyTorch gives it. */
+  constructor(stream: Handle, workspace?: { ptr: bigint; bytes: number }) {
     // cuBLAS loads cuBLASLt by its soname: open it first from wherever it was found.
     openLibrary('cublasLt');
     const lib = openLibrary('cublas');
@@ -60,6 +62,7 @@ export class Cublas {
     this.fn = {
       create: lib.func('int cublasCreate_v2(_Out_ void **handle)'),
       setStream: lib.func('int cublasSetStream_v2(void *handle, void *stream)'),
+      setWorkspace: optional('int cublasSetWorkspace_v2(void *handle, uint64_t workspace, size_t bytes)'),
       getVersion: lib.func('int cublasGetVersion_v2(void *handle, _Out_ int *version)'),
       gemm: lib.func(
         'int cublasGemmStridedBatchedEx(void *handle, int transa, int transb, int m, int n, int k, const float *alpha, uint64_t A, int Atype, int lda, int64_t strideA, uint64_t B, int Btype, int ldb, int64_t strideB, const float *beta, uint64_t C, int Ctype, int ldc, int64_t strideC, int batchCount, int computeType, int algo)',
@@ -70,6 +73,8 @@ export class Cublas {
     this.check('cublasCreate', this.fn.create(h));
     this.handle = h[0];
     this.check('cublasSetStream', this.fn.setStream(this.handle, stream));
+    if (workspace && workspace.bytes > 0 && this.fn.setWorkspace)
+      this.check('cublasSetWorkspace', this.fn.setWorkspace(this.handle, workspace.ptr, workspace.bytes));
     const v = [0];
     this.check('cublasGetVersion', this.fn.getVersion(this.handle, v));
     this.version = v[0];

@@ -41,6 +41,8 @@ interface DriverFunctions {
   cuMemcpyHtoDAsync: NativeFunction;
   cuMemcpyDtoHAsync: NativeFunction;
   cuMemcpyDtoDAsync: NativeFunction;
+  cuMemcpyDtoHAsyncPinned: NativeFunction;
+  cuMemAllocHost: NativeFunction;
   cuMemsetD32Async: NativeFunction;
   cuModuleLoadData: NativeFunction;
   cuModuleGetFunction: NativeFunction;
@@ -49,6 +51,7 @@ interface DriverFunctions {
   cuEventCreate: NativeFunction;
   cuEventRecord: NativeFunction;
   cuEventSynchronize: NativeFunction;
+  cuEventQuery: NativeFunction;
   cuEventElapsedTime: NativeFunction;
   cuEventDestroy: NativeFunction;
   cuGetErrorName: NativeFunction;
@@ -76,6 +79,9 @@ function bind(): DriverFunctions {
     cuMemcpyHtoDAsync: f('int cuMemcpyHtoDAsync_v2(uint64_t dst, const void *src, size_t bytes, void *stream)'),
     cuMemcpyDtoHAsync: f('int cuMemcpyDtoHAsync_v2(_Out_ void *dst, uint64_t src, size_t bytes, void *stream)'),
     cuMemcpyDtoDAsync: f('int cuMemcpyDtoDAsync_v2(uint64_t dst, uint64_t src, size_t bytes, void *stream)'),
+    // The same copy into page-locked host memory that the driver owns: truly asynchronous, unlike a copy into a JS buffer.
+    cuMemcpyDtoHAsyncPinned: f('int cuMemcpyDtoHAsync_v2(void *dst, uint64_t src, size_t bytes, void *stream)'),
+    cuMemAllocHost: f('int cuMemAllocHost_v2(_Out_ void **pp, size_t bytes)'),
     cuMemsetD32Async: f('int cuMemsetD32Async(uint64_t dst, uint32_t value, size_t count, void *stream)'),
     cuModuleLoadData: f('int cuModuleLoadData(_Out_ void **module, const void *image)'),
     cuModuleGetFunction: f('int cuModuleGetFunction(_Out_ void **fn, void *module, const char *name)'),
@@ -86,6 +92,7 @@ function bind(): DriverFunctions {
     cuEventCreate: f('int cuEventCreate(_Out_ void **event, unsigned int flags)'),
     cuEventRecord: f('int cuEventRecord(void *event, void *stream)'),
     cuEventSynchronize: f('int cuEventSynchronize(void *event)'),
+    cuEventQuery: f('int cuEventQuery(void *event)'),
     cuEventElapsedTime: f('int cuEventElapsedTime(_Out_ float *ms, void *start, void *end)'),
     cuEventDestroy: f('int cuEventDestroy_v2(void *event)'),
     cuGetErrorName: f('int cuGetErrorName(int error, _Out_ const char **name)'),
@@ -194,6 +201,26 @@ export class CudaDriver {
   download(dst: ArrayBufferView, src: bigint, bytes = dst.byteLength): void {
     if (bytes > 0) this.check('cuMemcpyDtoHAsync', this.fn.cuMemcpyDtoHAsync(dst, src, bytes, this.stream));
     this.synchronize();
+  }
+
+  /** Page-locked host memory of `bytes` (for copies the host does not wait on), kept for the process's life. */
+  allocHost(bytes: number): Handle {
+    const p: Handle[] = [null];
+    this.check('cuMemAllocHost', this.fn.cuMemAllocHost(p, bytes));
+    return p[0];
+  }
+
+  /** Queues a copy of device memory into page-locked `dst` (allocHost) without waiting for it. */
+  downloadAsync(dst: Handle, src: bigint, bytes: number): void {
+    if (bytes > 0) this.check('cuMemcpyDtoHAsync', this.fn.cuMemcpyDtoHAsyncPinned(dst, src, bytes, this.stream));
+  }
+
+  /** Whether the work before `event` is done (cuEventQuery: 0 done, 600 not yet). */
+  isDone(event: Handle): boolean {
+    const code = this.fn.cuEventQuery(event);
+    if (code === 600) return false;
+    this.check('cuEventQuery', code);
+    return true;
   }
 
   copy(dst: bigint, src: bigint, bytes: number): void {

@@ -22,6 +22,8 @@ export type NativeFunction = ((...args: unknown[]) => unknown) & { async?: unkno
 export interface Koffi {
   load(path: string): NativeLibrary;
   address(value: unknown): bigint;
+  /** An ArrayBuffer over `bytes` of native memory at `pointer` (no copy). */
+  view(pointer: unknown, bytes: number): ArrayBuffer;
 }
 
 let koffiModule: Koffi | null = null;

@@ -15,6 +15,7 @@ import { layerNorm, layerNormGrad, rmsNorm, rmsNormGrad } from './fused/norms.ts
 import { causalSoftmax, rotaryEmbedding, swiglu, swigluGrad } from './fused/attention.ts';
 import { softmaxKl } from './fused/softmaxKl.ts';
 import { adamwUpdate } from './fused/adamw.ts';
+import { globalNorm } from './globalNorm.ts';
 import type { AdamWUpdateAttrs } from '../../../ops/adamwUpdate.ts';
 import type { SoftmaxKlAttrs } from '../../../ops/softmaxKl.ts';
 import type { CausalSoftmaxAttrs } from '../../../ops/causalSoftmax.ts';
@@ -68,6 +69,7 @@ const FUSED: Record<string, Kernel> = {
   SoftmaxKlForward: (b, _l, attrs, n) => softmaxKl(b, n, attrs as unknown as SoftmaxKlAttrs, false),
   SoftmaxKlBackward: (b, _l, attrs, n) => softmaxKl(b, n, attrs as unknown as SoftmaxKlAttrs, true),
   AdamWUpdate: (b, _l, attrs, n) => adamwUpdate(b, n.param, n.grad, n.m, n.v, attrs as unknown as AdamWUpdateAttrs),
+  GlobalNorm: (b, list) => globalNorm(b, list),
 };
 
 const KERNELS: Record<string, Kernel> = {

@@ -12,6 +12,7 @@ import { normSources } from './fused/norms.ts';
 import { attentionSources } from './fused/attention.ts';
 import { softmaxKlSources } from './fused/softmaxKl.ts';
 import { adamwSources } from './fused/adamw.ts';
+import { globalNormSources } from './globalNorm.ts';
 
 export interface KernelSource {
   name: string;
@@ -30,5 +31,6 @@ export function allKernelSources(): KernelSource[] {
     ...attentionSources(),
     ...softmaxKlSources(),
     ...adamwSources(),
+    ...globalNormSources(),
   ];
 }

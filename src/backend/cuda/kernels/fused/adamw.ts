@@ -12,9 +12,9 @@ export function adamwSource(): string {
   return `${PRELUDE}
 extern "C" __global__ void adamw_update(float *__restrict__ pOut, float *__restrict__ mOut, float *__restrict__ vOut,
     const float *__restrict__ p, const float *__restrict__ g, const float *__restrict__ m, const float *__restrict__ v, i64 n,
-    float beta1, float oneMinusBeta1, float beta2, float oneMinusBeta2, float eps, float decayFactor, float stepSize, float sqrtBc2, int decays) {
+    float beta1, float oneMinusBeta1, float beta2, float oneMinusBeta2, float eps, float decayFactor, float stepSize, float sqrtBc2, int decays, float gradScale, int scales) {
   GRID_STRIDE(i, n) {
-    float gi = g[i];
+    float gi = scales ? __fmul_rn(g[i], gradScale) : g[i];
     float decayed = decays ? p[i] * decayFactor : p[i];
     float mi = __fadd_rn(__fmul_rn(m[i], beta1), __fmul_rn(gi, oneMinusBeta1));
     float vi = __fadd_rn(__fmul_rn(v[i], beta2), __fmul_rn(__fmul_rn(gi, gi), oneMinusBeta2));
@@ -53,6 +53,8 @@ export function adamwUpdate(
       arg.f32(a.stepSize),
       arg.f32(a.sqrtBc2),
       arg.i32(a.decayFactor !== 1 ? 1 : 0),
+      arg.f32(a.gradScale ?? 1),
+      arg.i32((a.gradScale ?? 1) !== 1 ? 1 : 0),
     ],
   });
   return outs;
