@@ -95,7 +95,12 @@ async function measureOurs(m: Measure, backend: BackendReport): Promise<OursFigu
       wallMsPerStep: ours.wallMsPerStep,
       lastLoss: ours.lastLoss,
       stages: ours.stagesMsPerStep,
-      memory: { peak_rss_bytes: ours.memory.rssBytes, peak_tf_bytes: ours.memory.tfBytes, peak_tf_tensors: ours.memory.tfTensors },
+      memory: {
+        peak_rss_bytes: ours.memory.rssBytes,
+        peak_tf_bytes: ours.memory.tfBytes,
+        peak_tf_tensors: ours.memory.tfTensors,
+        peak_device_bytes: ours.memory.deviceBytes,
+      },
     };
   }
   const dp = await runOursParallel(m.shape, { backend, devices: m.devices, steps: m.steps, warmup: m.warmup, log });
@@ -160,10 +165,12 @@ async function measure(
     ratio: p && p.tokensPerS > 0 ? ours.tokensPerS / p.tokensPerS : null,
     peer: flags.peer === 'torch' ? 'torch' : 'none',
     peer_unavailable: peer && !peer.ok ? peer.reason : null,
+    peer_mode: p ? p.mode : null,
+    peer_oom: peer && !peer.ok ? peer.oom : null,
     peer_threads: p ? p.threads : null,
     stages: { ours: ours.stages, peer: p ? p.stagesMsPerStep : null },
     wall_ms_per_step: { ours: ours.wallMsPerStep, peer: p ? p.wallMsPerStep : null },
-    memory: { ours: ours.memory, peer: p ? { peak_rss_bytes: p.peakRssBytes } : null },
+    memory: { ours: ours.memory, peer: p ? { peak_rss_bytes: p.peakRssBytes, peak_device_bytes: p.peakDeviceBytes } : null },
     last_loss: { ours: ours.lastLoss, peer: p ? p.lastLoss : null },
     torch: p ? p.torchVersion : null,
   };

@@ -46,6 +46,18 @@ extern "C" __global__ void ${name}(unsigned short *__restrict__ y, const float *
 }
 
 /**
+ * Past this size a tensor's 16-bit copy is made per product and freed after it rather than kept: at long sequences
+ * the attention probabilities saved for the backward pass ([heads, T, T] per layer, 3.8 GB at T = 8192) would
+ * otherwise hold half as much again in copies for the whole step (measured need: 174 GiB instead of 122 for the
+ * Qwen2.5 pair at T = 8192). Below it (every tensor of config M) a copy is made once.
+ */
+const KEEP_HALF_BYTES = 2 ** 30;
+
+function keepsHalf(x: tf.TensorInfo): boolean {
+  return tf.util.sizeFromShape(x.shape) * 4 <= KEEP_HALF_BYTES;
+}
+
+/**
  * A 16-bit copy of x, held in a float32 tensor of half as many elements (the allocator counts 4-byte elements),
  * made once per tensor and freed with it.
  */
@@ -74,7 +86,7 @@ function convertToHalf(backend: CudaBackend, x: tf.TensorInfo, bf16: boolean): t
  * otherwise null, and the kernel writes none.
  */
 export function halfTwin(backend: CudaBackend, out: tf.TensorInfo): { ptr: bigint; bf16: boolean } | null {
-  if (precision === '32' || process.env.DISTILL_CUDA_MIXED_MATMUL === 'fast') return null;
+  if (precision === '32' || process.env.DISTILL_CUDA_MIXED_MATMUL === 'fast' || !keepsHalf(out)) return null;
   const bf16 = precision === 'bf16-mixed';
   const half = backend.makeOutput([Math.ceil(tf.util.sizeFromShape(out.shape) / 2)], 'float32');
   backend.derivedFrom(out, bf16 ? 'bf16' : 'f16', () => half);
@@ -116,8 +128,9 @@ export function batchMatMul(backend: CudaBackend, a: tf.TensorInfo, b: tf.Tensor
     const half = precision !== '32' && !fast;
     const computeType = fast ? (bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F_FAST_16F) : CUBLAS_COMPUTE_32F;
     const type = half ? (bf16 ? CUDA_R_16BF : CUDA_R_16F) : CUDA_R_32F;
-    const opA = half ? toHalf(backend, A, bf16) : A;
-    const opB = half ? toHalf(backend, B, bf16) : B;
+    const halfOf = (t: tf.TensorInfo): tf.TensorInfo => (keepsHalf(t) ? toHalf(backend, t, bf16) : convertToHalf(backend, t, bf16));
+    const opA = half ? halfOf(A) : A;
+    const opB = half ? halfOf(B) : B;
     const operand = (t: tf.TensorInfo, source: tf.TensorInfo, transposed: boolean, own: number): GemmOperand => ({
       ptr: backend.ptr(t),
       type,
@@ -131,6 +144,8 @@ export function batchMatMul(backend: CudaBackend, a: tf.TensorInfo, b: tf.Tensor
         backend.blas.gemm(backend.ptr(out), operand(opA, A, transposeA, m * k), operand(opB, B, transposeB, k * n), m, n, k, batch, computeType),
       );
     }
+    if (half && !keepsHalf(A)) backend.disposeIntermediate(opA);
+    if (half && !keepsHalf(B)) backend.disposeIntermediate(opB);
   }
   if (A !== a) backend.disposeIntermediate(A);
   if (B !== b) backend.disposeIntermediate(B);
