@@ -57,7 +57,8 @@ const program: WorkerProgram = {
     if (!init.recipe.teacherPath) throw new Error(`teacher worker ${workerId}: the recipe has no teacherPath`);
     await selectBackend(init.recipe.backend, { log, adapterIndex: init.deviceIndex, precision: init.recipe.trainer.precision });
     const model = await loadModel(init.recipe.teacherPath, { trainable: false });
-    const served = await serveTeacher(transport, model, init.students);
+    // Joins each student's pair here (NCCL on cuda, frames elsewhere) and logs which one each student got.
+    const served = await serveTeacher(transport, model, init.students, { log });
     model.dispose();
     log(`teacher worker ${workerId}: served ${served} micro-batches`);
   },
