@@ -10,6 +10,7 @@
  * took the most time over five micro-batches (V8's sampling profiler): on webgpu the gap between wall time and
  * kernel time is the host's per-op cost.
  */
+import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
 import * as tf from '@tensorflow/tfjs-core';
 import { parseFlags } from '../../src/cli/flags.ts';
@@ -27,6 +28,7 @@ const FLAGS = {
   batch: { kind: 'int', help: 'rows per micro-batch', default: 4, min: 1 },
   chunk: { kind: 'int', help: 'loss chunk (token positions)', default: 512, min: 1 },
   host_profile: { kind: 'boolean', help: 'also sample the host with V8 profiler' },
+  host_profile_file: { kind: 'string', help: "with --host_profile, also write V8's profile here (.cpuprofile: Chrome DevTools opens it)" },
   precision: { kind: 'string', help: 'matmul precision (32, bf16-mixed)', default: '32', choices: PRECISIONS },
 } as const;
 
@@ -118,6 +120,7 @@ async function main(): Promise<void> {
     await session.post('Profiler.start');
     for (let i = 0; i < 5; i++) await microBatch();
     const { profile } = await session.post('Profiler.stop');
+    if (f.host_profile_file) writeFileSync(f.host_profile_file, JSON.stringify(profile));
     const nodes = new Map((profile.nodes as ProfileNode[]).map((n) => [n.id, n]));
     const self = new Map<string, Agg>();
     profile.samples?.forEach((id, i) => {
