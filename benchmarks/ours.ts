@@ -23,12 +23,15 @@ import { backward } from '../operators/backward.ts';
 import { optimizerStep } from '../operators/optimizerStep.ts';
 import { llamaConfigJson, tokensPerStep, type BenchShape } from './configs.ts';
 import { StageClock, STAGES, TimedCredits, type MemoryPeak, type Stage } from './stageClock.ts';
+import type { RecomputeGranularity } from '../src/model/attention.ts';
 
 export interface OursOptions {
   /** The backend already selected (selectBackend), once per invocation. */
   backend: BackendReport;
   steps: number;
   warmup: number;
+  /** What the student's backward recomputes (`--recompute_granularity`). */
+  recompute?: RecomputeGranularity;
   seed?: number;
   log?: (line: string) => void;
 }
@@ -64,9 +67,9 @@ function randomWeights(seed: number): (name: string, shape: number[]) => Float32
   };
 }
 
-export function buildModel(shape: BenchShape, role: 'student' | 'teacher', seed: number): CausalLM {
+export function buildModel(shape: BenchShape, role: 'student' | 'teacher', seed: number, recompute: RecomputeGranularity = null): CausalLM {
   const config = parseModelConfig(llamaConfigJson(shape, role), `<bench ${role}>`);
-  return createModel(config, randomWeights(mixSeed(seed, role === 'student' ? 1 : 2)), { trainable: role === 'student' });
+  return createModel(config, randomWeights(mixSeed(seed, role === 'student' ? 1 : 2)), { trainable: role === 'student', recompute });
 }
 
 /** Uniformly random token windows of seq + 1 ids, a pure function of (seed, index) like a real dataset. */
@@ -99,7 +102,7 @@ export async function runOurs(shape: BenchShape, o: OursOptions): Promise<OursRe
   const backend = o.backend;
   const t0 = performance.now();
   const teacher = buildModel(shape, 'teacher', seed);
-  const student = buildModel(shape, 'student', seed);
+  const student = buildModel(shape, 'student', seed, o.recompute ?? null);
   const optimizer = new AdamW(student.params, NEMO_ADAMW_DEFAULTS);
   const buildMs = performance.now() - t0;
   log(`ours: built teacher and student in ${(buildMs / 1000).toFixed(1)} s on ${backend.chosen}; ${o.warmup} warm-up + ${o.steps} measured steps`);

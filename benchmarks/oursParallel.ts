@@ -29,6 +29,7 @@ import { distillationRecipe } from '../src/recipe/config.ts';
 import { run, type RunHooks } from '../pipelines/run.ts';
 import { tokensPerStep, type BenchShape } from './configs.ts';
 import { buildModel } from './ours.ts';
+import type { RecomputeGranularity } from '../src/model/attention.ts';
 
 export interface OursParallelOptions {
   backend: BackendReport;
@@ -38,6 +39,8 @@ export interface OursParallelOptions {
   microBatchSize?: number;
   steps: number;
   warmup: number;
+  /** What the student's backward recomputes (`--recompute_granularity`). */
+  recompute?: RecomputeGranularity;
   seed?: number;
   log?: (line: string) => void;
 }
@@ -117,6 +120,7 @@ export async function runOursParallel(shape: BenchShape, o: OursParallelOptions)
         saveInterval: total + 1,
         logInterval: 1,
         precision: o.backend.precision,
+        recomputeGranularity: o.recompute ?? null,
       },
       optim: { lr: 1e-4, minLr: 1e-4, warmupSteps: 0, clipGrad: 1.0, weightDecay: 0.01 },
       loss: { ...DEFAULT_KD_LOSS, scaleByTemperatureSquared: false, kdRatio: 1, chunkSize: DEFAULTS.loss.chunkSize },

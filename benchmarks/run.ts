@@ -21,6 +21,7 @@ import { DEFAULT_PYTHON, runPeer, type PeerOutcome } from './peer.ts';
 import { appendResult, type BenchRecord, type Machine } from './results.ts';
 import { markdownRow, TABLE_HEADER } from './table.ts';
 import { writeResultsPage } from './results/render.ts';
+import type { RecomputeGranularity } from '../src/model/attention.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -50,6 +51,11 @@ const FLAGS = {
   peer_args: { kind: 'string', help: 'more arguments for the peer, e.g. "--device cuda --precision bf16"' },
   peer_timeout_s: { kind: 'int', help: 'stop a peer run after this many seconds', default: 3600, min: 1 },
   regenerate: { kind: 'boolean', help: 'only rewrite README.md and the charts from results.jsonl; measure nothing' },
+  recompute_granularity: {
+    kind: 'string',
+    help: 'ours: selective recomputes core attention in the backward instead of keeping its [heads, seq, seq] probabilities (as `distill run`)',
+    choices: ['selective'],
+  },
   help: { kind: 'boolean', help: 'print this help' },
 } as const;
 
@@ -75,6 +81,7 @@ interface Measure {
   steps: number;
   warmup: number;
   devices: number;
+  recompute: RecomputeGranularity;
 }
 
 interface OursFigures {
@@ -88,7 +95,7 @@ interface OursFigures {
 /** Ours, in this process (per-stage times, tf memory) or as N data-parallel workers (wall time and RSS only). */
 async function measureOurs(m: Measure, backend: BackendReport): Promise<OursFigures> {
   if (m.devices === 1) {
-    const ours = await runOurs(m.shape, { backend, steps: m.steps, warmup: m.warmup, log });
+    const ours = await runOurs(m.shape, { backend, steps: m.steps, warmup: m.warmup, recompute: m.recompute, log });
     log(`ours: ${ours.tokensPerS.toFixed(1)} tokens/s (${ours.wallMsPerStep.toFixed(0)} ms/step, last loss ${ours.lastLoss.toFixed(4)})`);
     return {
       tokensPerS: ours.tokensPerS,
@@ -103,7 +110,7 @@ async function measureOurs(m: Measure, backend: BackendReport): Promise<OursFigu
       },
     };
   }
-  const dp = await runOursParallel(m.shape, { backend, devices: m.devices, steps: m.steps, warmup: m.warmup, log });
+  const dp = await runOursParallel(m.shape, { backend, devices: m.devices, steps: m.steps, warmup: m.warmup, recompute: m.recompute, log });
   const expected = tokensPerStep(m.shape) * m.steps;
   log(
     `ours: ${dp.tokensPerS.toFixed(1)} tokens/s on ${dp.workers} worker processes (${dp.wallMsPerStep.toFixed(0)} ms/step, last loss ${dp.lastLoss.toFixed(4)}; the ranks reported ${dp.reportedTokens} tokens for the measured steps, the global batch holds ${expected})`,
@@ -152,6 +159,7 @@ async function measure(
       backend.detail,
       m.devices > 1 ? `${m.devices} data-parallel worker processes` : '',
       backend.precision !== '32' ? `precision ${backend.precision}` : '',
+      m.recompute ? `recompute ${m.recompute}` : '',
     ]
       .filter(Boolean)
       .join('; '),
@@ -204,14 +212,15 @@ async function main(argv: string[]): Promise<void> {
     extraArgs: flags.peer_args ? flags.peer_args.split(/\s+/).filter(Boolean) : [],
   };
 
+  const recompute = (flags.recompute_granularity ?? null) as RecomputeGranularity;
   const points: { name: string; axis?: BenchRecord['axis']; x?: number; m: Measure }[] = flags.scaling
     ? scalingPoints(base, flags.steps ?? 2, flags.warmup ?? 1).map((p) => ({
         name: `${configName} ${p.axis}=${p.x}`,
         axis: p.axis,
         x: p.x,
-        m: { configName: `${configName} ${p.axis}=${p.x}`, shape: p.shape, steps: p.shape.steps, warmup: p.shape.warmup, devices },
+        m: { configName: `${configName} ${p.axis}=${p.x}`, shape: p.shape, steps: p.shape.steps, warmup: p.shape.warmup, devices, recompute },
       }))
-    : [{ name: configName, m: { configName, shape: base, steps: flags.steps ?? base.steps, warmup: flags.warmup ?? base.warmup, devices } }];
+    : [{ name: configName, m: { configName, shape: base, steps: flags.steps ?? base.steps, warmup: flags.warmup ?? base.warmup, devices, recompute } }];
 
   const records: BenchRecord[] = [];
   for (const pt of points) {

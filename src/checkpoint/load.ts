@@ -9,15 +9,14 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckpointError, FormatError } from '../errors.ts';
 import { SafetensorsReader, type TensorEntry } from '../io/safetensors.ts';
+import type { ModelOptions } from '../model/base.ts';
 import type { CausalLM } from '../model/causalLM.ts';
 import { parseModelConfig, type ModelConfig } from '../model/config.ts';
 import { createModel } from '../model/create.ts';
 import { expectedParamShapes, isIgnorableTensor, trunkPrefix } from '../model/params.ts';
 
-export interface LoadOptions {
-  /** false for a teacher: non-trainable variables. */
-  trainable: boolean;
-}
+/** Trainable or not (a teacher), and what a student's backward recomputes. */
+export type LoadOptions = ModelOptions;
 
 export const CONFIG_FILE = 'config.json';
 export const WEIGHTS_FILE = 'model.safetensors';
@@ -163,7 +162,7 @@ function matchNames(dir: string, config: ModelConfig, located: Map<string, Locat
  *   ConfigError (unsupported or impossible config)
  */
 export async function loadModel(dir: string, opts: LoadOptions): Promise<CausalLM> {
-  return withHostWeights(dir, (config, read) => createModel(config, read, { trainable: opts.trainable }));
+  return withHostWeights(dir, (config, read) => createModel(config, read, opts));
 }
 
 /**

@@ -4,6 +4,7 @@
 import { BACKEND_CHOICES } from '../backend/select.ts';
 import { PRECISIONS, type Precision } from '../backend/webgpu/mixedPrecisionMatMul.ts';
 import { KD_LOSS_KINDS } from '../losses/types.ts';
+import type { RecomputeGranularity } from '../model/attention.ts';
 import { DEFAULTS, distillationRecipe, pretrainRecipe, type DistillationRecipe } from '../recipe/config.ts';
 import { ConfigError } from '../errors.ts';
 import { parseFlags, required, type FlagSpecs } from './flags.ts';
@@ -79,6 +80,11 @@ export const RUN_FLAGS = {
     default: '32',
     choices: PRECISIONS,
   },
+  recompute_granularity: {
+    kind: 'string',
+    help: "NeMo's model.recompute_granularity: selective keeps only q, k and v of each attention and recomputes its [heads, seq, seq] probabilities in the backward (long sequences); absent: keep everything",
+    choices: ['selective'],
+  },
   help: { kind: 'boolean', help: 'print this help' },
 } as const satisfies FlagSpecs;
 
@@ -131,6 +137,7 @@ export function recipeFromFlags(kind: 'distill' | 'pretrain', argv: string[], de
       inFlight: f.in_flight,
       nanPolicy: f.nan_policy as 'skip' | 'stop',
       precision: f.precision as Precision,
+      recomputeGranularity: (f.recompute_granularity ?? null) as RecomputeGranularity,
     },
     optim: {
       lr: f.lr,

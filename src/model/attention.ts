@@ -6,7 +6,7 @@
  * broadcast.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { causalSoftmax, composedCausalSoftmax, MASKED, type CausalLayout } from '../ops/causalSoftmax.ts';
+import { causalSoftmax, causalSoftmaxGrad, composedCausalSoftmax, composedSoftmaxGrad, MASKED, type CausalLayout } from '../ops/causalSoftmax.ts';
 
 export type { CausalLayout };
 
@@ -94,15 +94,84 @@ export function maskedSoftmax(scores: tf.Tensor4D, mask: tf.Tensor2D, scale: num
   return composedCausalSoftmax(scores, scale, mask);
 }
 
+/** The backward of maskedSoftmax: dScores from dProbs and its output, by the mask's layout where it is described. */
+function maskedSoftmaxGrad(dProbs: tf.Tensor4D, probs: tf.Tensor4D, mask: tf.Tensor2D, scale: number): tf.Tensor4D {
+  const layout = maskLayouts.get(mask);
+  if (layout) return causalSoftmaxGrad(dProbs, probs, scale, layout);
+  return composedSoftmaxGrad(dProbs, probs, scale);
+}
+
+/**
+ * Sums the gradient of KV heads repeated by repeatKvHeads back onto the KV heads: [b, kv·groups, t, d] → [b, kv, t, d]
+ * (the transpose of the tile).
+ */
+export function sumRepeatedKvHeads(dx: tf.Tensor4D, groups: number): tf.Tensor4D {
+  if (groups === 1) return dx;
+  return tf.tidy(() => {
+    const [b, h, t, d] = dx.shape;
+    return tf.reshape(tf.sum(tf.reshape(dx, [b, h / groups, groups, t * d]), 2), [b, h / groups, t, d]);
+  });
+}
+
+/**
+ * What a training run keeps for attention's backward. null: the tape keeps what each op saves, the [heads, t, t]
+ * probabilities above all. 'selective' (Megatron's and NeMo's `recompute_granularity`): core attention,
+ * softmax(q·kᵀ)·v, keeps only q, k and v and computes the probabilities again in the backward. At t = 8192 that is
+ * 3.5 GiB a layer less for 14 heads, for one more q·kᵀ and softmax a layer.
+ */
+export type RecomputeGranularity = 'selective' | null;
+
 /**
  * softmax(q·kᵀ · scale + mask) · v. q [b, heads, t, d]; k, v [b, kvHeads, t, d] with kvHeads dividing heads.
  * @returns [b, heads, t, d]
  */
-export function causalAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, mask: tf.Tensor2D, scale: number): tf.Tensor4D {
+export function causalAttention(
+  q: tf.Tensor4D,
+  k: tf.Tensor4D,
+  v: tf.Tensor4D,
+  mask: tf.Tensor2D,
+  scale: number,
+  recompute: RecomputeGranularity = null,
+): tf.Tensor4D {
+  if (recompute === null) return coreAttention(q, k, v, mask, scale);
+  // Under customGrad the forward's ops are not taped: nothing of it outlives the call but its output and the saves.
+  const recomputed = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [qi, ki, vi, save] = args;
+    (save as tf.GradSaveFunc)([qi, ki, vi] as tf.Tensor[]);
+    return {
+      value: coreAttention(qi as tf.Tensor4D, ki as tf.Tensor4D, vi as tf.Tensor4D, mask, scale),
+      gradFunc: (dOut: tf.Tensor4D, saved: tf.Tensor[]) => coreAttentionGrad(dOut, saved as tf.Tensor4D[], mask, scale),
+    };
+  });
+  return recomputed(q, k, v) as tf.Tensor4D;
+}
+
+function coreAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, mask: tf.Tensor2D, scale: number): tf.Tensor4D {
   return tf.tidy(() => {
     const groups = q.shape[1] / k.shape[1];
     const kr = repeatKvHeads(k, groups);
     const vr = repeatKvHeads(v, groups);
     return tf.matMul(maskedSoftmax(tf.matMul(q, kr, false, true), mask, scale), vr) as tf.Tensor4D;
+  });
+}
+
+/**
+ * The gradients of coreAttention with respect to q, k and v, its probabilities computed again: with P the
+ * probabilities and S the scores, dV = Pᵀ·dOut, dP = dOut·Vᵀ, dS = softmax's backward, dQ = dS·K, dK = dSᵀ·Q,
+ * the products tfjs's MatMul gradients form.
+ */
+function coreAttentionGrad(dOut: tf.Tensor4D, [q, k, v]: tf.Tensor4D[], mask: tf.Tensor2D, scale: number): tf.Tensor[] {
+  return tf.tidy(() => {
+    const groups = q.shape[1] / k.shape[1];
+    const kr = repeatKvHeads(k, groups);
+    const vr = repeatKvHeads(v, groups);
+    // The scores go as soon as the probabilities exist: one [heads, t, t] tensor fewer at the peak.
+    const probs = tf.tidy(() => maskedSoftmax(tf.matMul(q, kr, false, true), mask, scale));
+    const dV = tf.matMul(probs, dOut, true, false) as tf.Tensor4D;
+    const dScores = tf.tidy(() => maskedSoftmaxGrad(tf.matMul(dOut, vr, false, true), probs, mask, scale));
+    probs.dispose();
+    const dQ = tf.matMul(dScores, kr);
+    const dK = tf.matMul(dScores, q, true, false) as tf.Tensor4D;
+    return [dQ, sumRepeatedKvHeads(dK, groups), sumRepeatedKvHeads(dV, groups)];
   });
 }

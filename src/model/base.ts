@@ -4,6 +4,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { CheckpointError } from '../errors.ts';
+import type { RecomputeGranularity } from './attention.ts';
 import type { CausalLM } from './causalLM.ts';
 import type { ModelConfig } from './config.ts';
 import { checkIdsTensor, TokenIdError } from './embedding.ts';
@@ -11,12 +12,16 @@ import { checkIdsTensor, TokenIdError } from './embedding.ts';
 export interface ModelOptions {
   /** false for a teacher: its variables are created non-trainable and never receive gradients. */
   trainable: boolean;
+  /** What the backward computes again instead of keeping (NeMo's `recompute_granularity`); absent: nothing. */
+  recompute?: RecomputeGranularity;
 }
 
 export abstract class TransformerLM implements CausalLM {
   constructor(
     readonly config: ModelConfig,
     readonly params: Map<string, tf.Variable>,
+    /** A student's choice for its training steps; a teacher runs forward only and has nothing to recompute. */
+    readonly recompute: RecomputeGranularity = null,
   ) {}
 
   /** The parameter `name`, typed by rank; a missing one is a loader bug or a hand-built map, so it says which. */

@@ -34,5 +34,6 @@ export function createModel(config: ModelConfig, source: WeightSource, opts: Mod
     for (const v of params.values()) v.dispose();
     throw e;
   }
-  return config.modelType === 'gpt2' ? new Gpt2LM(config, params) : new LlamaLM(config, params);
+  const recompute = opts.recompute ?? null;
+  return config.modelType === 'gpt2' ? new Gpt2LM(config, params, recompute) : new LlamaLM(config, params, recompute);
 }

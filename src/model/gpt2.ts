@@ -4,7 +4,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { activate } from './activations.ts';
-import { CausalMaskCache, causalAttention, mergeHeads, splitHeads } from './attention.ts';
+import { CausalMaskCache, causalAttention, type RecomputeGranularity, mergeHeads, splitHeads } from './attention.ts';
 import { TransformerLM } from './base.ts';
 import type { ModelConfig } from './config.ts';
 import { embed, TokenIdError } from './embedding.ts';
@@ -14,8 +14,8 @@ import { layerNorm } from './norms.ts';
 export class Gpt2LM extends TransformerLM {
   private readonly masks = new CausalMaskCache();
 
-  constructor(config: ModelConfig, params: Map<string, tf.Variable>) {
-    super(config, params);
+  constructor(config: ModelConfig, params: Map<string, tf.Variable>, recompute: RecomputeGranularity = null) {
+    super(config, params, recompute);
   }
 
   headWeight(): tf.Tensor2D {
@@ -52,7 +52,7 @@ export class Gpt2LM extends TransformerLM {
     const heads = (y: tf.Tensor2D): tf.Tensor4D => splitHeads(y, b, t, c.numHeads, c.headDim);
     let scale = 1 / Math.sqrt(c.headDim);
     if (c.scaleAttnByInverseLayerIdx) scale /= i + 1;
-    const att = mergeHeads(causalAttention(heads(q), heads(k), heads(v), mask, scale));
+    const att = mergeHeads(causalAttention(heads(q), heads(k), heads(v), mask, scale, this.recompute));
     const h1 = tf.add<tf.Tensor2D>(h, conv1d(att, P('attn.c_proj.weight'), P('attn.c_proj.bias')));
     const x2 = layerNorm(h1, P('ln_2.weight'), P('ln_2.bias'), c.normEps);
     const m = activate(c.activation, conv1d(x2, P('mlp.c_fc.weight'), P('mlp.c_fc.bias')));

@@ -4,7 +4,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { gatedActivation } from './activations.ts';
-import { CausalMaskCache, causalAttention, mergeHeads, splitHeads } from './attention.ts';
+import { CausalMaskCache, causalAttention, type RecomputeGranularity, mergeHeads, splitHeads } from './attention.ts';
 import { TransformerLM } from './base.ts';
 import type { ModelConfig } from './config.ts';
 import { embed } from './embedding.ts';
@@ -16,8 +16,8 @@ export class LlamaLM extends TransformerLM {
   private readonly masks: CausalMaskCache;
   private readonly rope: RopeCache;
 
-  constructor(config: ModelConfig, params: Map<string, tf.Variable>) {
-    super(config, params);
+  constructor(config: ModelConfig, params: Map<string, tf.Variable>, recompute: RecomputeGranularity = null) {
+    super(config, params, recompute);
     this.masks = new CausalMaskCache(config.slidingWindow);
     this.rope = new RopeCache(ropeInvFreq(config.headDim, config.ropeTheta, config.ropeScaling), config.headDim);
   }
@@ -49,7 +49,7 @@ export class LlamaLM extends TransformerLM {
     const q = applyRope(proj('q_proj', c.numHeads), rope);
     const k = applyRope(proj('k_proj', c.numKvHeads), rope);
     const v = proj('v_proj', c.numKvHeads);
-    const att = mergeHeads(causalAttention(q, k, v, mask, 1 / Math.sqrt(c.headDim)));
+    const att = mergeHeads(causalAttention(q, k, v, mask, 1 / Math.sqrt(c.headDim), this.recompute));
     const h1 = tf.add<tf.Tensor2D>(h, linear(att, P('self_attn.o_proj.weight'), B('self_attn.o_proj.bias')));
     const x2 = rmsNorm(h1, P('post_attention_layernorm.weight'), c.normEps);
     const gate = linear(x2, P('mlp.gate_proj.weight'), B('mlp.gate_proj.bias'));

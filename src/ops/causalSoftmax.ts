@@ -87,16 +87,39 @@ export function causalSoftmax(scores: tf.Tensor4D, scale: number, layout: Causal
     if (mask) return composedCausalSoftmax(scores, scale, mask);
     return tf.tidy(() => composedCausalSoftmax(scores, scale, causalMask(layout, queries, keys)));
   }
-  const attrs: CausalSoftmaxAttrs = { scale, window: layout.slidingWindow ?? NO_WINDOW };
-  const positions: tf.NamedTensorMap = layout.positions ? { queryPositions: layout.positions.query, keyPositions: layout.positions.key } : {};
   const fused = tf.customGrad((x, save) => {
-    const probs = runKernel<tf.Tensor4D>(CAUSAL_SOFTMAX_KERNEL, { scores: x as tf.Tensor4D, ...positions }, attrs);
+    const probs = runKernel<tf.Tensor4D>(CAUSAL_SOFTMAX_KERNEL, { scores: x as tf.Tensor4D, ...positionInputs(layout) }, kernelAttrs(scale, layout));
     (save as tf.GradSaveFunc)([probs]);
-    return {
-      value: probs,
-      gradFunc: (dy: tf.Tensor4D, [saved]: tf.Tensor[]) =>
-        runKernel<tf.Tensor4D>(CAUSAL_SOFTMAX_GRAD_KERNEL, { dProbs: dy, probs: saved, ...positions }, attrs),
-    };
+    return { value: probs, gradFunc: (dy: tf.Tensor4D, [saved]: tf.Tensor[]) => causalSoftmaxGrad(dy, saved as tf.Tensor4D, scale, layout) };
   });
   return fused(scores) as tf.Tensor4D;
+}
+
+/**
+ * The backward of causalSoftmax on its own, for callers that differentiate attention by hand (recomputed core
+ * attention): dScores from dProbs and the forward's probs, (dProbs·p − rowsum(dProbs·p)·p) · scale, by the kernel
+ * where it is registered, else by the same ops as tfjs's Softmax gradient. Masked entries come out 0 either way,
+ * since their probabilities are exactly 0.
+ */
+export function causalSoftmaxGrad(dProbs: tf.Tensor4D, probs: tf.Tensor4D, scale: number, layout: CausalLayout): tf.Tensor4D {
+  if (kernelFits(probs, layout) && hasKernel(CAUSAL_SOFTMAX_KERNEL, CAUSAL_SOFTMAX_GRAD_KERNEL)) {
+    return runKernel<tf.Tensor4D>(CAUSAL_SOFTMAX_GRAD_KERNEL, { dProbs, probs, ...positionInputs(layout) }, kernelAttrs(scale, layout));
+  }
+  return composedSoftmaxGrad(dProbs, probs, scale);
+}
+
+/** tfjs's Softmax gradient followed by the scale's: what composedCausalSoftmax's tape computes. */
+export function composedSoftmaxGrad(dProbs: tf.Tensor4D, probs: tf.Tensor4D, scale: number): tf.Tensor4D {
+  return tf.tidy(() => {
+    const dyTimesY = tf.mul(dProbs, probs);
+    return tf.mul(tf.sub(dyTimesY, tf.mul(tf.sum(dyTimesY, -1, true), probs)), scale) as tf.Tensor4D;
+  });
+}
+
+function kernelAttrs(scale: number, layout: CausalLayout): CausalSoftmaxAttrs {
+  return { scale, window: layout.slidingWindow ?? NO_WINDOW };
+}
+
+function positionInputs(layout: CausalLayout): tf.NamedTensorMap {
+  return layout.positions ? { queryPositions: layout.positions.query, keyPositions: layout.positions.key } : {};
 }

@@ -5,6 +5,7 @@
  */
 import type { BackendChoice } from '../backend/select.ts';
 import type { Precision } from '../backend/webgpu/mixedPrecisionMatMul.ts';
+import type { RecomputeGranularity } from '../model/attention.ts';
 import { DEFAULT_KD_LOSS, type KdLossOptions } from '../losses/types.ts';
 import type { NanPolicy } from '../train/optimizerStep.ts';
 
@@ -29,6 +30,8 @@ export interface TrainerConfig {
   nanPolicy: NanPolicy;
   /** NeMo's trainer.precision: '32', or 'bf16-mixed' / '16-mixed' (16-bit tensor-core matmuls on cuda and webgpu; see docs/backends.md). */
   precision: Precision;
+  /** NeMo's model.recompute_granularity: null keeps every activation, 'selective' recomputes core attention in the backward. */
+  recomputeGranularity: RecomputeGranularity;
 }
 
 export interface OptimConfig {
@@ -94,6 +97,7 @@ export const DEFAULTS = {
     inFlight: 4,
     nanPolicy: 'skip',
     precision: '32',
+    recomputeGranularity: null,
   },
   optim: {
     lr: 3e-5,

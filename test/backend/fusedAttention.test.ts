@@ -314,3 +314,78 @@ test('causal attention with grouped KV heads: output and d q, d k, d v match the
   });
   worst.report(t);
 });
+
+test('recomputed core attention (--recompute_granularity selective): output and d q, d k, d v equal the taped composition', async (t) => {
+  const worst = new Worst();
+  await onEachBackend(async (backend) => {
+    const before = tf.memory().numTensors;
+    // A mask the cache describes (the fused kernels where registered) and one built by hand (always the composition).
+    const described = new CausalMaskCache(null);
+    const windowed = new CausalMaskCache(3);
+    for (const seq of SEQ_LENGTHS) {
+      const byHand = tf.tensor2d(
+        Float32Array.from({ length: seq * seq }, (_, i) => (i % seq <= Math.floor(i / seq) ? 0 : -1e9)),
+        [seq, seq],
+      );
+      for (const [label, mask] of [
+        ['described', described.get(seq)],
+        ['windowed', windowed.get(seq)],
+        ['by hand', byHand],
+      ] as const) {
+        for (const kvHeads of [4, 2, 1]) {
+          const q = tf.randomNormal([2, 4, seq, 8], 0, 1, 'float32', 11) as tf.Tensor4D;
+          const k = tf.randomNormal([2, kvHeads, seq, 8], 0, 1, 'float32', 12) as tf.Tensor4D;
+          const v = tf.randomNormal([2, kvHeads, seq, 8], 0, 1, 'float32', 13) as tf.Tensor4D;
+          const scale = 1 / Math.sqrt(8);
+          const where = `seq ${seq}, ${label} mask, ${kvHeads} KV heads`;
+          const r = await compare(
+            backend,
+            [q, k, v],
+            (a, b, c) => causalAttention(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D, mask, scale, 'selective'),
+            (a, b, c) => attentionComposition(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D, mask, scale),
+            label === 'by hand' ? [] : ['CausalSoftmax', 'CausalSoftmaxGrad'],
+          );
+          worst.note(backend, `${where}, output`, r.value);
+          r.grads.forEach((g, i) => worst.note(backend, `${where}, d ${'qkv'[i]}`, g));
+          tf.dispose([q, k, v]);
+        }
+      }
+      byHand.dispose();
+    }
+    described.dispose();
+    windowed.dispose();
+    assert.equal(tf.memory().numTensors, before, `${backend}: tensors leaked`);
+  });
+  worst.report(t);
+});
+
+test('recomputed core attention keeps no [heads, seq, seq] tensor between forward and backward: the peak of a deep stack falls', async (t) => {
+  await onEachBackend(async (backend) => {
+    const [layers, heads, seq, d] = [8, 4, 64, 8];
+    const probsBytes = 2 * heads * seq * seq * 4;
+    const masks = new CausalMaskCache(null);
+    const mask = masks.get(seq);
+    const x = tf.randomNormal([2, heads, seq, d], 0, 1, 'float32', 5) as tf.Tensor4D;
+    const peak = async (recompute: 'selective' | null): Promise<number> => {
+      const stack = (y: tf.Tensor): tf.Scalar => {
+        let h = y as tf.Tensor4D;
+        for (let i = 0; i < layers; i++) h = tf.add(h, causalAttention(h, h, h, mask, 0.3, recompute));
+        return tf.sum(h);
+      };
+      let out: tf.Tensor[] = [];
+      const info = await tf.profile(() => {
+        out = [tf.tidy(() => tf.grad(stack)(x))];
+      });
+      tf.dispose(out);
+      return info.peakBytes;
+    };
+    const plain = await peak(null);
+    const recomputed = await peak('selective');
+    t.diagnostic(`${backend}: peak ${plain} bytes taped, ${recomputed} recomputed; one layer's probabilities ${probsBytes}`);
+    // Taped, all 8 layers' probabilities live at the end of the forward; recomputed, a backward holds about three
+    // [heads, seq, seq] tensors of one layer at once (probabilities, their gradient, the scores' gradient).
+    assert.ok(plain - recomputed >= (layers - 4) * probsBytes, `${backend}: peak ${plain} taped vs ${recomputed} recomputed`);
+    x.dispose();
+    masks.dispose();
+  });
+});

@@ -137,3 +137,11 @@ test('distill start --help shows the usage of distill start (through src/cli/mai
   assert.doesNotMatch(r.stdout, /usage: npm start/);
   assert.match(r.stdout, /--backend .*\{auto\|/);
 });
+
+test('--recompute_granularity selective reaches the recipe; absent, nothing is recomputed; other values are refused', () => {
+  const base = ['--name', 'n', '--student_path', 's', '--teacher_path', 't'];
+  const granularity = (extra: string[]): string | null => recipeFromFlags('distill', [...base, ...extra], () => 'data').trainer.recomputeGranularity;
+  assert.equal(granularity([]), null);
+  assert.equal(granularity(['--recompute_granularity', 'selective']), 'selective');
+  assert.throws(() => granularity(['--recompute_granularity', 'full']), /--recompute_granularity full is not one of selective/);
+});
