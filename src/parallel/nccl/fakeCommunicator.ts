@@ -188,6 +188,8 @@ function sum(all: Contribution[]): Values {
 export class FakeCommunicator implements Communicator {
   readonly describe = 'in-process fake';
   private index = 0;
+  /** Point-to-point calls count as issued, as in ncclCommunicator, but take no collective index (their peers differ). */
+  private exchanges = 0;
 
   constructor(
     private readonly group: FakeCommunicatorGroup,
@@ -199,7 +201,7 @@ export class FakeCommunicator implements Communicator {
   }
 
   get issued(): number {
-    return this.index;
+    return this.index + this.exchanges;
   }
 
   allReduceSum(t: tf.Tensor): Promise<tf.Tensor> {
@@ -233,6 +235,7 @@ export class FakeCommunicator implements Communicator {
   }
 
   async exchange(sends: PeerSend[], receives: PeerReceive[]): Promise<tf.Tensor[]> {
+    this.exchanges++;
     for (const s of sends) this.group.post(this.rank, s.peer, contribution(s.tensor));
     const out: tf.Tensor[] = [];
     for (const r of receives) {
