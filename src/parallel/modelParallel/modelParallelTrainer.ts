@@ -14,11 +14,12 @@ import { OptimizerStep, type GradientReduction, type NanPolicy } from '../../tra
 import { allReduceGradients, DEFAULT_BUCKET_BYTES } from '../gradientBuckets.ts';
 import { coordsOf, groupOf, rankOf, worldSize, type ParallelLayout, type RankCoords } from '../layout.ts';
 import type { Collectives } from './collectives.ts';
-import { oneForwardOneBackward, withTransfers, type ScheduleAction, type StageTransfer } from './pipelineSchedule.ts';
+import { oneForwardOneBackward, type ScheduleAction } from './pipelineSchedule.ts';
 import { computeOp, Tape, type Op } from './segmentTape.ts';
 import { ShardedStage } from './shardedTransformer.ts';
 import { embeddingName, type LocalParam } from './shardSpec.ts';
 import { takePositions } from './sequenceSplit.ts';
+import { runWithStageTransfers, type StageTransferContext } from './stageTransfers.ts';
 import { vocabParallelLossOp } from './vocabParallelLoss.ts';
 
 export interface ShardedModel {
@@ -55,6 +56,8 @@ export class ModelParallelTrainer {
   readonly coords: RankCoords;
   private readonly studentStage: ShardedStage;
   private readonly teacherStage: ShardedStage | null;
+  /** What the transfers between this rank's stage and its neighbours need (stageTransfers.ts). */
+  private readonly stageTransfers: StageTransferContext;
   private readonly lossOps = new Map<string, Op>();
   private globalTokens = 0;
   private firstSample = 0;
@@ -69,6 +72,14 @@ export class ModelParallelTrainer {
       new ShardedStage({ config: m.config, layout: o.layout, rank: o.rank, coords: this.coords, coll: o.coll, prefix, paramNames: new Set(m.params.keys()) });
     this.studentStage = stage(o.student, 's.');
     this.teacherStage = o.teacher ? stage(o.teacher, 't.') : null;
+    this.stageTransfers = {
+      layout: o.layout,
+      rank: o.rank,
+      coords: this.coords,
+      coll: o.coll,
+      studentStage: this.studentStage,
+      teacherStage: this.teacherStage,
+    };
     this.optimizerStep = new OptimizerStep({ ...o, reduce: this.reduction });
   }
 
@@ -197,56 +208,6 @@ export class ModelParallelTrainer {
     return { tape, count: 0, toNext: [tf.clone(tape.acts.get(S.outputName)!), ...(teacherOut ? [teacherOut] : [])] };
   }
 
-  /** The shapes a transfer into this stage carries: the residual streams (student's, then teacher's) or the student's gradient. */
-  private incomingShapes(t: StageTransfer, mb: TokenBatch): number[][] {
-    const [batch, seq] = mb.inputIds.shape;
-    const student = this.studentStage.residualShape(batch, seq);
-    if (t.what === 'gradient' || !this.teacherStage) return [student];
-    return [student, this.teacherStage.residualShape(batch, seq)];
-  }
-
-  /**
-   * Runs `actions` (this stage's schedule) with the transfers between stages in place (withTransfers): `run` gets
-   * an action and what arrived for it (taken over), and returns what it sends on (taken over, freed once sent).
-   */
-  private async pipeline(
-    actions: readonly ScheduleAction[],
-    label: string,
-    micros: readonly TokenBatch[],
-    run: (a: ScheduleAction, received: tf.Tensor[] | undefined) => Promise<tf.Tensor[] | null>,
-  ): Promise<void> {
-    const { layout, coll } = this.o;
-    const group = groupOf(layout, this.o.rank, ['pp']);
-    const key = (what: StageTransfer['what'], micro: number): string => `${what} ${micro}`;
-    const peer = (t: StageTransfer): number => this.stageRank(this.coords.pp + (t.peer === 'next' ? 1 : -1));
-    const tag = (t: StageTransfer): string => `${label} micro ${t.micro} ${t.what}`;
-    const arrived = new Map<string, tf.Tensor[]>();
-    const outgoing = new Map<string, tf.Tensor[]>();
-    try {
-      for (const step of withTransfers(actions, this.coords.pp, layout.pp)) {
-        if (step.kind === 'exchange') {
-          const sends = step.sends.map((t) => ({ to: peer(t), tag: tag(t), tensors: outgoing.get(key(t.what, t.micro))! }));
-          const receives = step.receives.map((t) => ({ from: peer(t), tag: tag(t), shapes: this.incomingShapes(t, micros[t.micro]) }));
-          const got = await coll.stageExchange(group, sends, receives);
-          for (const t of step.sends) {
-            tf.dispose(outgoing.get(key(t.what, t.micro))!);
-            outgoing.delete(key(t.what, t.micro));
-          }
-          step.receives.forEach((t, i) => arrived.set(key(t.what, t.micro), got[i]));
-          continue;
-        }
-        const inKey = key(step.kind === 'forward' ? 'activation' : 'gradient', step.micro);
-        const received = arrived.get(inKey);
-        arrived.delete(inKey);
-        const out = await run(step, received);
-        if (out) outgoing.set(key(step.kind === 'forward' ? 'activation' : 'gradient', step.micro), out);
-      }
-    } finally {
-      // Left over only when a step failed.
-      for (const ts of [...arrived.values(), ...outgoing.values()]) tf.dispose(ts);
-    }
-  }
-
   /** One global batch: this rank's gradients (1F1B over the stages), then the optimizer step every layout takes. */
   async step(micros: TokenBatch[]): Promise<StepResult> {
     return this.optimizerStep.take(await this.gradients(micros));
@@ -268,23 +229,29 @@ export class ModelParallelTrainer {
     const grads = new Map<string, tf.Tensor>();
     const stats: tf.Tensor[] = [];
     let count = 0;
-    await this.pipeline(oneForwardOneBackward(this.coords.pp, layout.pp, micros.length), `step ${step}`, micros, async (a, received) => {
-      if (a.kind === 'forward') {
-        const f = await this.forwardMicro(micros[a.micro], received, this.lossOp(), stats);
-        count += f.count;
-        tapes.set(a.micro, f.tape);
-        return f.toNext;
-      }
-      const tape = tapes.get(a.micro)!;
-      tapes.delete(a.micro);
-      try {
-        const seeds = this.isLast ? { loss: tf.scalar(1) } : { [S.outputName]: received![0] };
-        const dIn = await tape.backward(seeds, grads, first ? [] : [S.inputName]);
-        return first ? null : [dIn.get(S.inputName) ?? tf.zerosLike(tape.acts.get(S.inputName)!)];
-      } finally {
-        tape.dispose();
-      }
-    });
+    await runWithStageTransfers(
+      this.stageTransfers,
+      oneForwardOneBackward(this.coords.pp, layout.pp, micros.length),
+      `step ${step}`,
+      micros,
+      async (a, received) => {
+        if (a.kind === 'forward') {
+          const f = await this.forwardMicro(micros[a.micro], received, this.lossOp(), stats);
+          count += f.count;
+          tapes.set(a.micro, f.tape);
+          return f.toNext;
+        }
+        const tape = tapes.get(a.micro)!;
+        tapes.delete(a.micro);
+        try {
+          const seeds = this.isLast ? { loss: tf.scalar(1) } : { [S.outputName]: received![0] };
+          const dIn = await tape.backward(seeds, grads, first ? [] : [S.inputName]);
+          return first ? null : [dIn.get(S.inputName) ?? tf.zerosLike(tape.acts.get(S.inputName)!)];
+        } finally {
+          tape.dispose();
+        }
+      },
+    );
     return this.localSums(step, grads, stats, count, started);
   }
 
@@ -297,7 +264,7 @@ export class ModelParallelTrainer {
     let count = 0;
     if (this.coords.dp === 0) {
       const forwards = micros.map((_, micro): ScheduleAction => ({ kind: 'forward', micro }));
-      await this.pipeline(forwards, `validation ${round}`, micros, async (a, received) => {
+      await runWithStageTransfers(this.stageTransfers, forwards, `validation ${round}`, micros, async (a, received) => {
         const f = await this.forwardMicro(micros[a.micro], received, this.lossOp(true), stats);
         count += f.count;
         f.tape.dispose();
