@@ -92,10 +92,10 @@ async function answerRequests(transport: Transport, teacher: TeacherForward, lin
   }
 }
 
-/** Students on a communicator say when they have posted a receive (a teacherHidden with no values); the send follows. */
+/** Students on a communicator say when they have posted a receive (teacherHiddenPosted); the send follows. */
 async function sendWhenPosted(transport: Transport, links: ReadonlyMap<number, TeacherLinkSender | null>): Promise<number> {
   for (;;) {
-    const posted = await untilClosed(transport.receiveAny('teacherHidden'));
+    const posted = await untilClosed(transport.receiveAny('teacherHiddenPosted'));
     if (!posted) return 0;
     const link = links.get(posted.from);
     if (!link)
@@ -103,7 +103,7 @@ async function sendWhenPosted(transport: Transport, links: ReadonlyMap<number, T
         `teacher worker ${transport.rank} got a posted receive from worker ${posted.from}, which it serves ${link === null ? 'with frames' : 'not at all'} (a bug)`,
         transport.rank,
       );
-    await link.release(posted.message.id, posted.message.hidden.shape);
+    await link.release(posted.message.id, posted.message.shape);
   }
 }
 

@@ -23,6 +23,9 @@ const KINDS: ReadonlySet<MessageKind> = new Set<MessageKind>([
   'teacherHead',
   'teacherRequest',
   'teacherHidden',
+  'teacherHeadAnnounced',
+  'teacherHiddenHeld',
+  'teacherHiddenPosted',
   'stageTensors',
   'paramShards',
 ]);

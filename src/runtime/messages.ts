@@ -153,6 +153,29 @@ export interface TeacherHidden {
   hidden: TensorFrame;
 }
 
+// The announcements of a pair whose tensors go over its NCCL communicator (src/parallel/nccl/teacherLink.ts): shapes
+// only, since NCCL carries bytes and not shapes; the tensors themselves never cross the transport there.
+
+/** Teacher to student: the head [vocab, hidden] of this shape is being sent on the pair's communicator. */
+export interface TeacherHeadAnnounced {
+  kind: 'teacherHeadAnnounced';
+  shape: number[];
+}
+
+/** Teacher to student: request `id`'s final hidden states are held on the teacher's device, in this shape. */
+export interface TeacherHiddenHeld {
+  kind: 'teacherHiddenHeld';
+  id: number;
+  shape: number[];
+}
+
+/** Student to teacher: the receive of request `id`'s states is posted, in this shape; the teacher may send. */
+export interface TeacherHiddenPosted {
+  kind: 'teacherHiddenPosted';
+  id: number;
+  shape: number[];
+}
+
 /** Activations (forward) or their gradients (backward) passed between pipeline stages; `tag` names the micro-batch and direction. */
 export interface StageTensors {
   kind: 'stageTensors';
@@ -186,6 +209,9 @@ export type WorkerMessage =
   | TeacherHead
   | TeacherRequest
   | TeacherHidden
+  | TeacherHeadAnnounced
+  | TeacherHiddenHeld
+  | TeacherHiddenPosted
   | StageTensors
   | ParamShards;
 
@@ -211,6 +237,12 @@ export function describe(m: WorkerMessage): string {
       return `teacher request ${m.id}`;
     case 'teacherHidden':
       return `teacher hidden states ${m.id}`;
+    case 'teacherHeadAnnounced':
+      return `teacher head [${m.shape.join(', ')}] announced`;
+    case 'teacherHiddenHeld':
+      return `teacher hidden states ${m.id} held [${m.shape.join(', ')}]`;
+    case 'teacherHiddenPosted':
+      return `receive of teacher hidden states ${m.id} posted [${m.shape.join(', ')}]`;
     case 'stageTensors':
       return `stage tensors ${m.tag}`;
     case 'paramShards':

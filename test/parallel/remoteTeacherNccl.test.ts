@@ -187,14 +187,13 @@ async function rejectsWithin(p: Promise<unknown>, ms: number, check: (e: Error) 
 test('one student: the communicator path gives the frames path’s hidden states, head and losses, bit for bit', async () => {
   // 3 steps of 2 micro-batches [1, 17].
   const frames = await serve('frames', { students: 1 }, () => fixtureBatches(3, 2));
-  // On the communicator path no values cross the transport: its teacherHead and teacherHidden frames have none.
-  const onTransport: number[] = [];
+  // On the communicator path no values cross the transport: the teacher sends announcements, never teacherHead or teacherHidden.
+  const onTransport: string[] = [];
   const counting = (t: Transport): Transport => ({
     ...t,
     rank: t.rank,
     send: (to: number, m: WorkerMessage) => {
-      if (m.kind === 'teacherHead') onTransport.push(m.head.bytes.byteLength);
-      if (m.kind === 'teacherHidden') onTransport.push(m.hidden.bytes.byteLength);
+      if (m.kind.startsWith('teacher')) onTransport.push(m.kind);
       t.send(to, m);
     },
   });
@@ -208,7 +207,7 @@ test('one student: the communicator path gives the frames path’s hidden states
   assert.equal(frames.served, 6);
   assert.equal(device.served, 6);
   assert.equal(tensors, 7, 'the head and 6 micro-batches over the communicator');
-  assert.deepEqual(onTransport, [0, 0, 0, 0, 0, 0, 0]);
+  assert.deepEqual(onTransport, ['teacherHeadAnnounced', ...Array<string>(6).fill('teacherHiddenHeld')]);
   assertSameBits(device.taken[0], frames.taken[0], 'communicator vs frames');
   assert.match(frames.lines[0], /teacher worker 1 → student worker 0: the head and hidden states as msgpackr frames .* because the cpu backend/);
   assert.match(device.lines[0], /teacher worker 1 → student worker 0: the head and hidden states over in-process fake, device to device/);
@@ -266,7 +265,7 @@ test('an answer out of request order is named as a bug, not taken', async () => 
   const swapped = (t: Transport): Transport => ({
     ...t,
     rank: t.rank,
-    send: (to: number, m: WorkerMessage) => t.send(to, m.kind === 'teacherHidden' && m.id === 0 ? { ...m, id: 1 } : m),
+    send: (to: number, m: WorkerMessage) => t.send(to, m.kind === 'teacherHiddenHeld' && m.id === 0 ? { ...m, id: 1 } : m),
   });
   await rejectsWithin(
     serve('device', { students: 1, teacherTransport: swapped }, () => fixtureBatches(1, 2)),
@@ -287,7 +286,7 @@ test('a teacher that stops answering ends the student’s wait within the bound,
   const silent = (t: Transport): Transport => ({
     rank: t.rank,
     send: (to: number, m: WorkerMessage) => {
-      if (m.kind === 'teacherHidden' && ++answers > 1) return;
+      if (m.kind === 'teacherHiddenHeld' && ++answers > 1) return;
       if (m.kind === 'collectiveProbeReply') return;
       t.send(to, m);
     },

@@ -5,9 +5,9 @@
  *
  * The order of one request, `id`:
  *
- *   student → teacher  teacherRequest {id, input ids}          as soon as the batch is read (--in_flight ahead)
- *   teacher → student  teacherHidden  {id, shape, no bytes}    its forward pass is enqueued; the states are held
- *   student → teacher  teacherHidden  {id, shape, no bytes}    the batch reached the stage; the receive is posted
+ *   student → teacher  teacherRequest      {id, input ids}   as soon as the batch is read (--in_flight ahead)
+ *   teacher → student  teacherHiddenHeld   {id, shape}       its forward pass is enqueued; the states are held
+ *   student → teacher  teacherHiddenPosted {id, shape}       the batch reached the stage; the receive is posted
  *   teacher ⇒ student  ncclSend / ncclRecv of [rows·seq, hidden]
  *
  * The teacher sends only after the student has posted the receive: NCCL's send holds the teacher's one stream until
@@ -17,18 +17,18 @@
  * another shape says so, naming both sides, before anything is posted (NCCL carries bytes, not shapes: a receive
  * of the wrong size would hang or cut the states short).
  *
- * The head [vocab, hidden] goes the same way, once, right after the pair joins: it can be ~0.9 GB (151,936 × 1,536
- * float32), more than a frame may be between nodes (DISTILL_MAX_FRAME_MB), and it is needed on the device anyway.
- * Both sides reach it at the same point of their programs, so it needs no handshake.
+ * The head [vocab, hidden] goes the same way, once, right after the pair joins (teacherHeadAnnounced {shape}, then
+ * the send): it can be ~0.9 GB (151,936 × 1,536 float32), more than a frame may be between nodes
+ * (DISTILL_MAX_FRAME_MB), and it is needed on the device anyway. Both sides reach it at the same point of their
+ * programs, so it needs no handshake.
  *
- * The announcements reuse teacherHead and teacherHidden with a frame that has a shape and no bytes (frameToArray
- * refuses it, so a frames-path reader cannot mistake it for states), until runtime/messages.ts gives them kinds of
- * their own.
+ * The announcements are kinds of their own (runtime/messages.ts), shapes without values: the frames path's
+ * teacherHead and teacherHidden are never sent on a pair that has a communicator, so a reader of those always gets
+ * values.
  */
 import type * as tf from '@tensorflow/tfjs-core';
 import { DistillError } from '../../errors.ts';
 import type { Transport } from '../../runtime/transport.ts';
-import type { TensorFrame } from '../tensorFrame.ts';
 import type { Communicator } from './communicator.ts';
 import { groupCollectives, type BootstrapOptions, type GroupCollectives } from './bootstrap.ts';
 
@@ -67,11 +67,6 @@ export function teacherLinkLine(teacherWorker: number, studentWorker: number, c:
   return `${pair}: the head and hidden states as msgpackr frames through the launcher's transport, because ${c.reason}`;
 }
 
-/** A frame that announces a tensor on the pair's communicator: its shape, no values. */
-function announced(shape: readonly number[]): TensorFrame {
-  return { dtype: 'float32', shape: [...shape], bytes: new Uint8Array(0) };
-}
-
 const sameShape = (a: readonly number[], b: readonly number[]): boolean => a.length === b.length && a.every((x, i) => x === b[i]);
 const shapeText = (s: readonly number[]): string => `[${s.join(', ')}]`;
 const seconds = (ms: number): string => `${ms >= 10_000 ? Math.round(ms / 1000) : (ms / 1000).toFixed(1)} s`;
@@ -91,10 +86,10 @@ export class TeacherLinkReceiver {
   /** The teacher's head, posted right after the join. */
   async receiveHead(): Promise<tf.Tensor2D> {
     const deadline = performance.now() + this.timeoutMs;
-    const m = await this.announcement(this.transport.receive(this.teacherWorker, 'teacherHead'), 'the head', deadline);
-    if (m.head.shape.length !== 2)
-      throw this.fail(`teacher worker ${this.teacherWorker} announced a head of shape ${shapeText(m.head.shape)}; a head is [vocab, hidden] (a bug)`);
-    return (await this.receive(m.head.shape, 'the head', deadline)) as tf.Tensor2D;
+    const m = await this.announcement(this.transport.receive(this.teacherWorker, 'teacherHeadAnnounced'), 'the head', deadline);
+    if (m.shape.length !== 2)
+      throw this.fail(`teacher worker ${this.teacherWorker} announced a head of shape ${shapeText(m.shape)}; a head is [vocab, hidden] (a bug)`);
+    return (await this.receive(m.shape, 'the head', deadline)) as tf.Tensor2D;
   }
 
   /**
@@ -104,17 +99,17 @@ export class TeacherLinkReceiver {
   async receiveHidden(id: number, expected: readonly [number, number], where: string): Promise<tf.Tensor2D> {
     const deadline = performance.now() + this.timeoutMs;
     const what = `the hidden states of request ${id} (${where})`;
-    const m = await this.announcement(this.transport.receive(this.teacherWorker, 'teacherHidden'), what, deadline);
+    const m = await this.announcement(this.transport.receive(this.teacherWorker, 'teacherHiddenHeld'), what, deadline);
     if (m.id !== id)
       throw this.fail(
         `teacher worker ${this.teacherWorker} answered request ${m.id} while request ${id} was due (${where}): the teacher stream is out of order (a bug)`,
       );
-    if (!sameShape(m.hidden.shape, expected))
+    if (!sameShape(m.shape, expected))
       throw this.fail(
-        `teacher worker ${this.teacherWorker} holds ${what} as ${shapeText(m.hidden.shape)}, but student worker ${this.transport.rank} expects ` +
+        `teacher worker ${this.teacherWorker} holds ${what} as ${shapeText(m.shape)}, but student worker ${this.transport.rank} expects ` +
           `${shapeText(expected)} (rows·seq of its batch × the hidden size of the teacher's head): do both run the same teacher and --seq_length?`,
       );
-    this.transport.send(this.teacherWorker, { kind: 'teacherHidden', id, hidden: announced(expected) });
+    this.transport.send(this.teacherWorker, { kind: 'teacherHiddenPosted', id, shape: [...expected] });
     return (await this.receive(expected, what, deadline)) as tf.Tensor2D;
   }
 
@@ -180,14 +175,14 @@ export class TeacherLinkSender {
 
   /** Announces the head and enqueues its send; the student posts the receive as soon as it has joined. */
   async sendHead(head: tf.Tensor2D): Promise<void> {
-    this.transport.send(this.studentWorker, { kind: 'teacherHead', head: announced(head.shape) });
+    this.transport.send(this.studentWorker, { kind: 'teacherHeadAnnounced', shape: [...head.shape] });
     await this.comm.exchange([{ peer: STUDENT_RANK, tensor: head }], []);
   }
 
   /** Keeps request `id`'s states (this end owns them now) and tells the student their shape. */
   hold(id: number, hidden: tf.Tensor2D): void {
     this.held.set(id, hidden);
-    this.transport.send(this.studentWorker, { kind: 'teacherHidden', id, hidden: announced(hidden.shape) });
+    this.transport.send(this.studentWorker, { kind: 'teacherHiddenHeld', id, shape: [...hidden.shape] });
   }
 
   /** The student posted the receive of request `id` in `shape`: send the held states and let them go. */
