@@ -11,6 +11,7 @@
 import { cpus, loadavg, platform, release, arch } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend, BACKEND_CHOICES, type BackendChoice, type BackendReport } from '../src/backend/select.ts';
 import { PRECISIONS, type Precision } from '../src/backend/webgpu/mixedPrecisionMatMul.ts';
 import { parseFlags, usage } from '../src/cli/flags.ts';
@@ -135,6 +136,9 @@ async function measure(
   const ours = await measureOurs(m, backend);
   let peer: PeerOutcome | null = null;
   if (flags.peer === 'torch') {
+    // The peer is another process on the same GPU: the memory our allocator still caches must go back first (on an
+    // 80 GB card the Qwen pair's peer ran out of memory building its models beside our 74 GiB of cached blocks).
+    (tf.backend() as { releaseCachedMemory?: () => void }).releaseCachedMemory?.();
     log(`peer: running ${flags.python} benchmarks/peer/kd_step.py on ${flags.threads} threads`);
     peer = await runPeer(m.shape, {
       python: flags.python,

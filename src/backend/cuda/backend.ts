@@ -317,6 +317,14 @@ export class CudaBackend extends tf.KernelBackend {
     this.allocator.releaseCached();
   }
 
+  /**
+   * Gives the allocator's cached blocks back to the driver, as torch.cuda.empty_cache(): freed tensors' memory stays
+   * with this process otherwise, where another process on the same GPU (the bench's peer) cannot have it.
+   */
+  releaseCachedMemory(): void {
+    this.allocator.releaseCached();
+  }
+
   // ---- kernels ----
 
   /** The compiled function `name`, compiling its source on first use. */
