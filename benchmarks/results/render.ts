@@ -25,7 +25,12 @@ const tps = (v: number | null): string => fmt(v, v !== null && v < 100 ? 1 : 0);
 
 /** `--precision` of ours, from the backend detail the bench records ("...; precision bf16-mixed"); '32' when absent. */
 export function precisionOf(r: BenchRecord): string {
-  return /precision (\S+)/.exec(r.backend_detail)?.[1] ?? '32';
+  return /precision ([^;\s]+)/.exec(r.backend_detail)?.[1] ?? '32';
+}
+
+/** `--recompute_granularity` of ours, from the backend detail ("...; recompute selective"); null when absent. */
+export function recomputeOf(r: BenchRecord): string | null {
+  return /recompute ([^;\s]+)/.exec(r.backend_detail)?.[1] ?? null;
 }
 
 /**
@@ -46,7 +51,8 @@ export function peerCompiled(r: BenchRecord): boolean {
 }
 
 /** What distinguishes one configuration from another in the current-figures table: an eager and a compiled peer are two rows. */
-const configKey = (r: BenchRecord): string => `${r.config}|${r.backend}|${devicesOf(r)}|${precisionOf(r)}|${peerCompiled(r)}|${r.machine.cpu}`;
+const configKey = (r: BenchRecord): string =>
+  `${r.config}|${r.backend}|${devicesOf(r)}|${precisionOf(r)}|${recomputeOf(r)}|${peerCompiled(r)}|${gpuOf(r)}|${r.machine.cpu}`;
 
 /** The newest `kind: config` record of each configuration, smallest configuration first, then by backend and layout. */
 export function latestPerConfig(records: readonly BenchRecord[]): BenchRecord[] {
@@ -90,7 +96,8 @@ export function currentFiguresTable(records: readonly BenchRecord[]): string[] {
     ...CURRENT_HEADER,
     ...latestPerConfig(records).map((r) => {
       const precision = precisionOf(r);
-      const backend = precision === '32' ? r.backend : `${r.backend}, ${precision}`;
+      const recompute = recomputeOf(r);
+      const backend = [r.backend, precision === '32' ? '' : precision, recompute ? `recompute ${recompute}` : ''].filter(Boolean).join(', ');
       const gpu = gpuOf(r);
       const machine = `${gpu ? `${gpu}; ` : ''}${r.machine.cpu}, ${r.machine.cores} cores`;
       return `| ${r.config} | ${backend} | ${devicesOf(r)} | ${machine} | ${tps(r.ours_tokens_per_s)} | ${peerCell(r)} | ${fmt(r.ratio, 3)} | ${r.date.slice(0, 10)} | \`${displayCommand(r.command)}\` |`;

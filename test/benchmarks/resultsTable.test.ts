@@ -45,6 +45,16 @@ test('an eager and a compiled peer of one configuration are two current rows, th
   assert.match(table, /\| 187,769 \(CUDA, bf16, compiled\) \|/);
 });
 
+test('recomputation and the GPU make rows of their own; the precision reads without the detail that follows it', () => {
+  const detail = (gpu: string, extra = ''): string => `${gpu}, compute capability 9.0, 79 GiB; precision bf16-mixed${extra}`;
+  const h200 = eager();
+  const h100 = record({ ...eager(), backend_detail: detail('NVIDIA H100 80GB HBM3') });
+  const recomputed = record({ ...eager(), backend_detail: detail('NVIDIA H200', '; recompute selective') });
+  assert.equal(latestPerConfig([h200, h100, recomputed]).length, 3);
+  const table = currentFiguresTable([recomputed]).join('\n');
+  assert.match(table, /\| cuda, bf16-mixed, recompute selective \| 1 \| NVIDIA H200;/);
+});
+
 test('a peer out of device memory reads as such in the current row, the run row and the memory section', () => {
   const oom = record({
     config: 'qwen2.5-0.5B-from-1.5B',
