@@ -7,28 +7,30 @@ import type { MessageKind, WorkerMessage } from './messages.ts';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 
-const KINDS: ReadonlySet<MessageKind> = new Set<MessageKind>([
-  'init',
-  'stop',
-  'shutdown',
-  'log',
-  'step',
-  'done',
-  'error',
-  'ring',
-  'ncclId',
-  'collectiveProbe',
-  'collectiveProbeReply',
-  'stepStats',
-  'teacherHead',
-  'teacherRequest',
-  'teacherHidden',
-  'teacherHeadAnnounced',
-  'teacherHiddenHeld',
-  'teacherHiddenPosted',
-  'stageTensors',
-  'paramShards',
-]);
+// A Record, not a list: a kind added to WorkerMessage and missing here fails to compile instead of failing to decode.
+const KIND_NAMES: Record<MessageKind, true> = {
+  init: true,
+  stop: true,
+  shutdown: true,
+  log: true,
+  step: true,
+  done: true,
+  error: true,
+  ring: true,
+  ncclId: true,
+  collectiveProbe: true,
+  collectiveProbeReply: true,
+  stepStats: true,
+  teacherHead: true,
+  teacherRequest: true,
+  teacherHidden: true,
+  teacherHeadAnnounced: true,
+  teacherHiddenHeld: true,
+  teacherHiddenPosted: true,
+  stageTensors: true,
+  paramShards: true,
+};
+const KINDS: ReadonlySet<string> = new Set(Object.keys(KIND_NAMES));
 
 export function encodeMessage(m: WorkerMessage): Uint8Array {
   return packr.pack(m);
