@@ -22,7 +22,7 @@ import { DEFAULT_PYTHON, runPeer, type PeerOutcome } from './peer.ts';
 import { appendResult, type BenchRecord, type Machine } from './results.ts';
 import { markdownRow, TABLE_HEADER } from './table.ts';
 import { writeResultsPage } from './results/render.ts';
-import type { RecomputeGranularity } from '../src/model/attention.ts';
+import { RECOMPUTE_GRANULARITIES, type RecomputeGranularity } from '../src/model/attention.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -55,7 +55,7 @@ const FLAGS = {
   recompute_granularity: {
     kind: 'string',
     help: 'ours: selective recomputes core attention in the backward instead of keeping its [heads, seq, seq] probabilities (as `distill run`)',
-    choices: ['selective'],
+    choices: RECOMPUTE_GRANULARITIES,
   },
   help: { kind: 'boolean', help: 'print this help' },
 } as const;

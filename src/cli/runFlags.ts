@@ -4,7 +4,7 @@
 import { BACKEND_CHOICES } from '../backend/select.ts';
 import { PRECISIONS, type Precision } from '../backend/webgpu/mixedPrecisionMatMul.ts';
 import { KD_LOSS_KINDS } from '../losses/types.ts';
-import type { RecomputeGranularity } from '../model/attention.ts';
+import { RECOMPUTE_GRANULARITIES, type RecomputeGranularity } from '../model/attention.ts';
 import { DEFAULTS, distillationRecipe, pretrainRecipe, type DistillationRecipe } from '../recipe/config.ts';
 import { ConfigError } from '../errors.ts';
 import { parseFlags, required, type FlagSpecs } from './flags.ts';
@@ -83,7 +83,7 @@ export const RUN_FLAGS = {
   recompute_granularity: {
     kind: 'string',
     help: "NeMo's model.recompute_granularity: selective keeps only q, k and v of each attention and recomputes its [heads, seq, seq] probabilities in the backward (long sequences); absent: keep everything",
-    choices: ['selective'],
+    choices: RECOMPUTE_GRANULARITIES,
   },
   help: { kind: 'boolean', help: 'print this help' },
 } as const satisfies FlagSpecs;

@@ -105,7 +105,7 @@ function maskedSoftmaxGrad(dProbs: tf.Tensor4D, probs: tf.Tensor4D, mask: tf.Ten
  * Sums the gradient of KV heads repeated by repeatKvHeads back onto the KV heads: [b, kv·groups, t, d] → [b, kv, t, d]
  * (the transpose of the tile).
  */
-export function sumRepeatedKvHeads(dx: tf.Tensor4D, groups: number): tf.Tensor4D {
+function sumRepeatedKvHeads(dx: tf.Tensor4D, groups: number): tf.Tensor4D {
   if (groups === 1) return dx;
   return tf.tidy(() => {
     const [b, h, t, d] = dx.shape;
@@ -119,7 +119,10 @@ export function sumRepeatedKvHeads(dx: tf.Tensor4D, groups: number): tf.Tensor4D
  * softmax(q·kᵀ)·v, keeps only q, k and v and computes the probabilities again in the backward. At t = 8192 that is
  * 3.5 GiB a layer less for 14 heads, for one more q·kᵀ and softmax a layer.
  */
-export type RecomputeGranularity = 'selective' | null;
+export type RecomputeGranularity = (typeof RECOMPUTE_GRANULARITIES)[number] | null;
+
+/** The values `--recompute_granularity` takes (absent: null). */
+export const RECOMPUTE_GRANULARITIES = ['selective'] as const;
 
 /**
  * softmax(q·kᵀ · scale + mask) · v. q [b, heads, t, d]; k, v [b, kvHeads, t, d] with kvHeads dividing heads.
