@@ -21,7 +21,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { CausalLM } from '../src/model/causalLM.ts';
 import { disposeBatch, type BatchPosition, type GradientBatch, type LossBatch, type StepResult } from '../src/train/batch.ts';
 import type { Credits } from '../src/train/credits.ts';
-import { NonFiniteLossError, type NanPolicy } from '../src/train/optimizerStep.ts';
+import { NonFiniteLossError, type NanPolicy, type ReductionDuringBackward } from '../src/train/optimizerStep.ts';
 import { optimizerStep, type OptimizerStepOperatorOptions } from './optimizerStep.ts';
 import { inStage } from './stageErrors.ts';
 import { globalNorm } from '../src/optim/clipGrad.ts';
@@ -39,6 +39,11 @@ export interface BackwardGradientOptions {
    * gradients are reduced, so leave it off there (optimizerStep ignores it when it reduces).
    */
   gradNorm?: boolean;
+  /**
+   * Data parallelism: the reduction that starts during the step's last backward pass (DataParallelRank's, over
+   * NCCL). The student's parameters then pass through gradient hooks for that pass (CausalLM.withGradientHooks).
+   */
+  reductionDuringBackward?: ReductionDuringBackward;
 }
 
 /** The 0.1 options: backward and the optimizer step in one operator. Use `backward(student)` + `optimizerStep(o)`. */
@@ -77,6 +82,8 @@ interface OpenStep {
 function backwardGradients(student: CausalLM, o: BackwardGradientOptions): OperatorFunction<LossBatch, GradientBatch> {
   const names = new Map<string, string>();
   for (const [name, v] of student.params) names.set(v.name, name);
+  // The parameters' order, which a step's gradient map keeps (the global norm sums in it, as every layout does).
+  const order = student.trainableVariables().map((v) => names.get(v.name) ?? v.name);
   return (source) =>
     defer(() => {
       // State per subscription: two subscriptions of one pipeline never share a step.
@@ -124,16 +131,36 @@ function backwardGradients(student: CausalLM, o: BackwardGradientOptions): Opera
         });
         let kd: tf.Scalar | undefined;
         let ce: tf.Scalar | undefined;
-        const { value, grads } = inStage('backward', position, () =>
+        const tape = () =>
           tf.variableGrads(() => {
             const parts = batch.loss();
             kd = parts.kd ? tf.keep(parts.kd) : undefined;
             ce = parts.ce ? tf.keep(parts.ce) : undefined;
             return parts.total;
-          }, student.trainableVariables()),
+          }, student.trainableVariables());
+        // The step's last micro-batch may hand each gradient on as soon as it is final (the data-parallel reduction
+        // starts during this pass); the hook then sums the earlier micro-batches in, and the loop below skips it.
+        const last = position.micro === position.numMicro - 1;
+        const hook = last && student.withGradientHooks ? (o.reductionDuringBackward?.hookFor() ?? null) : null;
+        const hooked = new Set<string>();
+        const { value, grads } = inStage('backward', position, () =>
+          hook
+            ? student.withGradientHooks!((name, dy) => {
+                const prev = s.grads.get(name);
+                const full = tf.keep(prev ? tf.add(prev, dy) : tf.clone(dy));
+                prev?.dispose();
+                s.grads.set(name, full);
+                hooked.add(name);
+                hook(name, full);
+              }, tape)
+            : tape(),
         );
         for (const [varName, g] of Object.entries(grads)) {
           const name = names.get(varName) ?? varName;
+          if (hooked.has(name)) {
+            g.dispose();
+            continue;
+          }
           const prev = s.grads.get(name);
           if (prev) {
             s.grads.set(name, tf.add(prev, g));
@@ -143,6 +170,7 @@ function backwardGradients(student: CausalLM, o: BackwardGradientOptions): Opera
             s.grads.set(name, g);
           }
         }
+        if (hooked.size) s.grads = new Map(order.filter((n) => s.grads.has(n)).map((n) => [n, s.grads.get(n)!]));
         // The step's scalars stay on the device until the step ends: one asynchronous readback per step, none per
         // micro-batch (webgpu in Node cannot read synchronously at all).
         const w = batch.tokens;

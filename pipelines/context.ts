@@ -16,6 +16,7 @@ import type { DataParallelRank } from '../src/parallel/dataParallelRank.ts';
 import type { ReadBatchesOptions } from '../operators/readBatches.ts';
 import type { KlLossOptions } from '../operators/klLoss.ts';
 import type { OptimizerStepOperatorOptions } from '../operators/optimizerStep.ts';
+import type { BackwardGradientOptions } from '../operators/backward.ts';
 import type { ValidationTapOptions } from '../operators/validationTap.ts';
 import type { MetricsSink } from '../operators/metricsTap.ts';
 import type { CheckpointSinkOptions } from '../operators/checkpointSink.ts';
@@ -25,6 +26,8 @@ export interface TrainingContext {
   /** The source's options; its `credits` are given back by `backward`, one per micro-batch. */
   read: ReadBatchesOptions;
   loss: KlLossOptions;
+  /** The backward pass: the credits it gives back, whether it measures the norm, the reduction that starts in it. */
+  backward: BackwardGradientOptions;
   /** The optimizer step: AdamW, schedule, clipping, NaN policy, data parallelism's all-reduce, the step barrier. */
   step: OptimizerStepOperatorOptions;
   validation: ValidationTapOptions;
@@ -73,6 +76,12 @@ export function trainingContext(p: ContextParts): TrainingContext {
       ...dp?.readSlice,
     },
     loss: recipe.loss,
+    backward: {
+      credits: p.credits,
+      // One worker reads the norm with the loss; data parallelism measures it after the all-reduce.
+      gradNorm: !dp,
+      reductionDuringBackward: dp?.reductionDuringBackward,
+    },
     step: {
       optimizer: p.optimizer,
       clipGrad: recipe.optim.clipGrad,

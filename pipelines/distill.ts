@@ -51,7 +51,7 @@ export function distillPipeline(student: CausalLM, teacherStage: TeacherStage | 
     toTeacherBatch,
     attachStudent(student),
     klLoss(teacher ? c.loss : { ...c.loss, kdRatio: 0 }),
-    backward(student, { credits: c.read.credits, gradNorm: !c.step.reduce && !c.step.reduceGradients }),
+    backward(student, c.backward),
     optimizerStep(c.step),
     validationTap(c.validation),
     metricsTap(c.sinks),

@@ -26,6 +26,7 @@ const program: WorkerProgram = {
       globalBatchSize: init.recipe.trainer.globalBatchSize,
       microBatchSize: init.recipe.trainer.microBatchSize,
       bucketBytes: init.bucketBytes,
+      overlapGradReduce: init.recipe.parallel.overlapGradReduce,
       remoteTeacher: init.teacherWorker === null ? undefined : new RemoteTeacher(transport, init.teacherWorker),
       onStopAgreed: () => ac.abort(),
     });

@@ -65,6 +65,11 @@ export const RUN_FLAGS = {
     default: 128,
     min: 1,
   },
+  overlap_grad_reduce: {
+    kind: 'boolean',
+    help: "NeMo's ddp.overlap_grad_reduce: under data parallelism over NCCL (cuda), all-reduce each gradient bucket during the backward pass, on a second stream",
+    default: true,
+  },
   devices: { kind: 'int', help: 'workers per node', default: 1, min: 1 },
   num_nodes: { kind: 'int', help: 'nodes', default: 1, min: 1 },
   teacher_devices: {
@@ -168,6 +173,7 @@ export function recipeFromFlags(kind: 'distill' | 'pretrain', argv: string[], de
       cpSize: f.cp_size,
       teacherDevices: f.teacher_devices,
       makeVocabSizeDivisibleBy: f.make_vocab_size_divisible_by,
+      overlapGradReduce: f.overlap_grad_reduce,
     },
   } as const;
   if (kind === 'pretrain') return pretrainRecipe(common);

@@ -5,7 +5,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { CheckpointError } from '../errors.ts';
 import type { RecomputeGranularity } from './attention.ts';
-import type { CausalLM } from './causalLM.ts';
+import type { CausalLM, ParameterGradientHook } from './causalLM.ts';
+import { gradientHook } from '../ops/gradientHook.ts';
 import type { ModelConfig } from './config.ts';
 import { checkIdsTensor, TokenIdError } from './embedding.ts';
 
@@ -24,16 +25,40 @@ export abstract class TransformerLM implements CausalLM {
     readonly recompute: RecomputeGranularity = null,
   ) {}
 
+  /** While withGradientHooks runs: the hook, and each parameter's hooked view (one per parameter, so a tied one fires once). */
+  private hooks: { onGradient: ParameterGradientHook; views: Map<string, tf.Tensor> } | null = null;
+
   /** The parameter `name`, typed by rank; a missing one is a loader bug or a hand-built map, so it says which. */
-  protected p<R extends tf.Rank>(name: string): tf.Variable<R> {
-    const v = this.params.get(name);
+  protected p<R extends tf.Rank>(name: string): tf.Tensor<R> {
+    const v = this.maybe<R>(name);
     if (!v) throw new CheckpointError(`model parameter "${name}" is missing (${this.config.sourceModelType} with ${this.config.numLayers} layers)`);
-    return v as tf.Variable<R>;
+    return v;
   }
 
   /** Optional parameters (biases that some variants carry). */
-  protected maybe<R extends tf.Rank>(name: string): tf.Variable<R> | undefined {
-    return this.params.get(name) as tf.Variable<R> | undefined;
+  protected maybe<R extends tf.Rank>(name: string): tf.Tensor<R> | undefined {
+    const v = this.params.get(name) as tf.Variable<R> | undefined;
+    const h = this.hooks;
+    if (!v || !h || !v.trainable) return v;
+    let view = h.views.get(name);
+    if (!view) {
+      // Kept: the first read may come inside a tidy (a layer's) that ends long before the backward pass.
+      view = tf.keep(gradientHook(v, (grad) => h.onGradient(name, grad)));
+      h.views.set(name, view);
+    }
+    return view as tf.Tensor<R>;
+  }
+
+  withGradientHooks<T>(onGradient: ParameterGradientHook, f: () => T): T {
+    if (this.hooks) throw new Error('withGradientHooks: already inside a hooked pass (nested gradient tapes are not supported here)');
+    this.hooks = { onGradient, views: new Map() };
+    const views = this.hooks.views;
+    try {
+      return f();
+    } finally {
+      this.hooks = null;
+      for (const view of views.values()) view.dispose();
+    }
   }
 
   /** Checks the ids' rank, dtype and range on the host, before any device work: tfjs would not fail on a bad id. */

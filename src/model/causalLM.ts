@@ -8,6 +8,9 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from './config.ts';
 
+/** Called with a trainable parameter's name (as in `params`) and its gradient, once the backward pass has finished it. */
+export type ParameterGradientHook = (name: string, grad: tf.Tensor) => void;
+
 export interface CausalLM {
   readonly config: ModelConfig;
   /**
@@ -23,6 +26,13 @@ export interface CausalLM {
   logits(inputIds: tf.Tensor2D): tf.Tensor3D;
   /** [hidden, vocab]: the head transposed, cached, for a frozen model; null for a trainable one. Do not dispose. */
   frozenHeadTransposed(): tf.Tensor2D | null;
+  /**
+   * Runs `f`, a forward and backward pass (tf.variableGrads), with every trainable parameter the forward reads
+   * passed through a gradient hook (ops/gradientHook.ts): `onGradient` gets each parameter's whole gradient as
+   * soon as the backward pass has finished it, last layer first, a tied embedding once. The gradients tfjs returns
+   * are unchanged. Optional: a model without it gives its gradients when the tape is done.
+   */
+  withGradientHooks?<T>(onGradient: ParameterGradientHook, f: () => T): T;
   /** Trainable parameters (all of them for a student; none for a frozen teacher). */
   trainableVariables(): tf.Variable[];
   dispose(): void;

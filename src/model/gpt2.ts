@@ -45,7 +45,7 @@ export class Gpt2LM extends TransformerLM {
   private block(i: number, h: tf.Tensor2D, b: number, t: number, mask: tf.Tensor2D): tf.Tensor2D {
     const c = this.config;
     const pre = `transformer.h.${i}.`;
-    const P = <R extends tf.Rank>(n: string): tf.Variable<R> => this.p<R>(pre + n);
+    const P = <R extends tf.Rank>(n: string): tf.Tensor<R> => this.p<R>(pre + n);
     const x = layerNorm(h, P('ln_1.weight'), P('ln_1.bias'), c.normEps);
     const qkv = conv1d(x, P('attn.c_attn.weight'), P('attn.c_attn.bias'));
     const [q, k, v] = tf.split(qkv, 3, 1) as tf.Tensor2D[];

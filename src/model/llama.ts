@@ -42,7 +42,7 @@ export class LlamaLM extends TransformerLM {
   private block(i: number, h: tf.Tensor2D, b: number, t: number, mask: tf.Tensor2D, rope: RopeTables): tf.Tensor2D {
     const c = this.config;
     const pre = `model.layers.${i}.`;
-    const P = <R extends tf.Rank>(n: string): tf.Variable<R> => this.p<R>(pre + n);
+    const P = <R extends tf.Rank>(n: string): tf.Tensor<R> => this.p<R>(pre + n);
     const B = (n: string): tf.Tensor1D | undefined => this.maybe<tf.Rank.R1>(pre + n);
     const x = rmsNorm(h, P('input_layernorm.weight'), c.normEps);
     const proj = (n: string, heads: number): tf.Tensor4D => splitHeads(linear(x, P(`self_attn.${n}.weight`), B(`self_attn.${n}.bias`)), b, t, heads, c.headDim);

@@ -2,6 +2,9 @@
  * What turns run() into one data-parallel rank: its slice of every global batch, the gradient all-reduce before
  * the optimizer step (with the agreed stop riding along), the step metrics summed on rank 0, and whether this
  * rank is the one that writes checkpoints, logs and the final student.
+ *
+ * Over NCCL the all-reduce starts during the backward pass (`reductionDuringBackward`, --overlap_grad_reduce):
+ * from the second step on, since the first step's reduction is where the ranks agree on NCCL or the ring.
  */
 import type * as tf from '@tensorflow/tfjs-core';
 import type { StepResult } from '../train/batch.ts';
@@ -9,8 +12,9 @@ import { DataParallelCredits } from './dataParallelCredits.ts';
 import { allReduceGradients, DEFAULT_BUCKET_BYTES } from './gradientBuckets.ts';
 import { ringAllReduce } from './ringAllReduce.ts';
 import { collectivesLine, groupCollectives, type GroupCollectives } from './nccl/bootstrap.ts';
-import { allReduceGradientBuckets } from './nccl/bucketedAllReduce.ts';
-import { planGradientBuckets } from './nccl/gradientBucketPlan.ts';
+import { allReduceGradientBuckets, BucketedGradientReduction } from './nccl/bucketedAllReduce.ts';
+import { planGradientBuckets, type GradientBucket } from './nccl/gradientBucketPlan.ts';
+import type { ReductionDuringBackward } from '../train/optimizerStep.ts';
 import type { Communicator } from './nccl/communicator.ts';
 import type { RemoteTeacher } from './remoteTeacher.ts';
 import type { Transport } from '../runtime/transport.ts';
@@ -38,6 +42,8 @@ export interface DataParallelRankOptions {
   log?: (line: string) => void;
   /** A communicator to sum the gradients with, even at DP 1 (the one-rank NCCL test); by default the group's (nccl/bootstrap.ts). */
   communicator?: Communicator;
+  /** Start the NCCL all-reduce of each bucket during the backward pass (--overlap_grad_reduce; default true). */
+  overlapGradReduce?: boolean;
 }
 
 export class DataParallelRank {
@@ -55,6 +61,10 @@ export class DataParallelRank {
   private stopWanted = false;
   /** How the gradients are summed: NCCL on cuda, the ring elsewhere; agreed on at the first reduction, once. */
   private collectives: Promise<GroupCollectives> | null = null;
+  /** The NCCL communicator once agreed on (null on the ring), and the buckets every step uses. */
+  private nccl: { comm: Communicator; plan: GradientBucket[] | null } | null = null;
+  /** The reduction the backward pass started, which the step's reduceGradients finishes. */
+  private duringBackward: BucketedGradientReduction | null = null;
 
   constructor(private readonly o: DataParallelRankOptions) {
     this.rank = o.dpRank;
@@ -94,13 +104,19 @@ export class DataParallelRank {
       const { transport, group } = this.o;
       const collectives = await (this.collectives ??= this.agreeOnCollectives());
       const bucketBytes = this.o.bucketBytes ?? DEFAULT_BUCKET_BYTES;
-      if (collectives.kind === 'nccl') {
-        // Device to device on the backend's stream, in buckets from the last layer back.
-        const plan = planGradientBuckets(
+      const started = this.duringBackward;
+      this.duringBackward = null;
+      if (started) {
+        // The flag rode in the last bucket, read when it started.
+        [stop] = await started.finish(grads);
+      } else if (collectives.kind === 'nccl') {
+        // Device to device, in buckets from the last layer back; the plan is the same every step.
+        const nccl = (this.nccl ??= { comm: collectives.comm, plan: null });
+        nccl.plan ??= planGradientBuckets(
           [...grads].map(([name, t]) => ({ name, size: t.size })),
           bucketBytes,
         );
-        [stop] = await allReduceGradientBuckets(grads, collectives.comm, plan, [flag]);
+        [stop] = await allReduceGradientBuckets(grads, collectives.comm, nccl.plan, [flag]);
       } else {
         const tagBase = step * 4096;
         [stop] = await allReduceGradients(grads, (bucket, i) => ringAllReduce(transport, group, bucket, tagBase + i), bucketBytes, [flag]);
@@ -113,15 +129,33 @@ export class DataParallelRank {
     }
   };
 
+  /** backward's hook: over NCCL, from the second step, each bucket's all-reduce starts once its gradients are final. */
+  readonly reductionDuringBackward: ReductionDuringBackward = {
+    hookFor: () => {
+      const pool = this.creditPool;
+      if (this.o.overlapGradReduce === false || !this.nccl?.plan || !pool) return null;
+      if (this.duringBackward) throw new Error('DataParallelRank: a step started its reduction before the last one was finished (a bug)');
+      if (this.leader && !this.saidOverlap) {
+        this.saidOverlap = true;
+        this.log(`group dp: gradient buckets are all-reduced during the backward pass from here on (--overlap_grad_reduce), on a second stream`);
+      }
+      const reduction = new BucketedGradientReduction(this.nccl.comm, this.nccl.plan, () => [pool.stopRequested ? 1 : 0]);
+      this.duringBackward = reduction;
+      return (name, grad) => reduction.ready(name, grad);
+    },
+  };
+  private saidOverlap = false;
+
+  private log(line: string): void {
+    if (this.o.log) this.o.log(line);
+    else if (this.size > 1) this.o.transport.send(LAUNCHER, { kind: 'log', line });
+  }
+
   private async agreeOnCollectives(): Promise<GroupCollectives> {
     const c: GroupCollectives = this.o.communicator
       ? { kind: 'nccl', comm: this.o.communicator }
       : await groupCollectives(this.o.transport, this.o.group, 'dp');
-    if (this.leader) {
-      const line = collectivesLine('dp', this.size, c);
-      if (this.o.log) this.o.log(line);
-      else if (this.size > 1) this.o.transport.send(LAUNCHER, { kind: 'log', line });
-    }
+    if (this.leader) this.log(collectivesLine('dp', this.size, c));
     return c;
   }
 

@@ -62,6 +62,12 @@ export interface ParallelConfig {
   cpSize: number;
   /** Under TP the vocabulary rows pad to a multiple of this × tp (NeMo's make_vocab_size_divisible_by, default 128). */
   makeVocabSizeDivisibleBy?: number;
+  /**
+   * Data parallelism over NCCL: start each gradient bucket's all-reduce as soon as the backward pass has finished
+   * it, on a second stream beside the backward's later kernels (NeMo's ddp.overlap_grad_reduce); default on. Off,
+   * the buckets go after the backward pass. The ring of the CPU backends always goes after.
+   */
+  overlapGradReduce?: boolean;
 }
 
 export interface DistillationRecipe {

@@ -15,6 +15,7 @@ import type { AdamW } from '../optim/adamw.ts';
 import { clipCoefficient, globalNorm } from '../optim/clipGrad.ts';
 import { DistillError } from '../errors.ts';
 import type { StepGradients, StepLossSums, StepResult } from './batch.ts';
+import type { ParameterGradientHook } from '../model/causalLM.ts';
 
 export type NanPolicy = 'skip' | 'stop';
 
@@ -28,6 +29,17 @@ export const DEFAULT_MAX_CONSECUTIVE_NON_FINITE = 10;
  * Sums a step's gradients over the ranks that computed parts of it and returns the pre-clip global gradient norm
  * (what NeMo logs as grad_norm) with the loss sums over the same ranks.
  */
+/**
+ * Data parallelism's reduction when it starts during the backward pass (PyTorch DDP, Megatron's
+ * overlap_grad_reduce). `backward` asks `hookFor()` before each step's last micro-batch's backward pass: the
+ * hook gets each parameter's final gradient for the step (every micro-batch summed in) as the backward pass
+ * finishes it; null means this step's gradients are reduced after the backward pass. Either way the step's
+ * `reduceGradients` ends the reduction.
+ */
+export interface ReductionDuringBackward {
+  hookFor(): ParameterGradientHook | null;
+}
+
 export type GradientReduction = (grads: Map<string, tf.Tensor>, sums: StepLossSums) => Promise<{ gradNorm: number; sums: StepLossSums }>;
 
 export interface OptimizerStepOptions {

@@ -109,6 +109,41 @@ test('one-rank bootstrap on cuda picks NCCL; bucketed all-reduce keeps every gra
   c.comm.destroy();
 });
 
+// startAllReduceSum runs on a second stream: without the event that makes it wait for the compute stream it would read
+// its input before the matmul that makes it has run (and without the compute stream's wait, the add after it would
+// read the sum before it is written). Large enough that the matmul takes milliseconds.
+test('a started all-reduce waits on its own stream for the kernels that made its input, and the compute stream waits for it', { skip }, async () => {
+  const comm = await NcclCommunicator.join(ncclUniqueId(), 1, 0, 'side');
+  const a = tf.randomUniform([2048, 2048], -1, 1, 'float32', 5);
+  const made: tf.Tensor[] = [];
+  const pending = [];
+  for (let i = 0; i < 4; i++) {
+    made.push(tf.matMul(a, i % 2 ? a : tf.transpose(a)));
+    pending.push(comm.startAllReduceSum(made[i]));
+  }
+  // A collective on the compute stream between them keeps its place in the group's order.
+  const between = await comm.allReduceSum(made[0]);
+  const sums: tf.Tensor[] = [];
+  for (const p of pending) sums.push(await p.result());
+  const plusOne = sums.map((s) => tf.add(s, 1));
+  await comm.synchronize(30_000);
+  for (let i = 0; i < 4; i++) {
+    const want = await made[i].data();
+    assert.equal(maxAbsDiff(await sums[i].data(), want), 0, `sum ${i}`);
+    assert.equal(
+      maxAbsDiff(
+        await plusOne[i].data(),
+        Float32Array.from(want, (v) => v + 1),
+      ),
+      0,
+      `sum ${i} + 1`,
+    );
+  }
+  assert.equal(maxAbsDiff(await between.data(), await made[0].data()), 0);
+  tf.dispose([a, between, ...made, ...sums, ...plusOne]);
+  comm.destroy();
+});
+
 function recipe(dir: string, name: string): DistillationRecipe {
   return distillationRecipe({
     name,
@@ -145,6 +180,8 @@ test("training the fixture pair 4 steps with DP through a one-rank NCCL communic
   const viaNccl = await distillInThisProcess(recipe(dir, 'nccl'), { log: null, progress: false }, dp);
   comm.destroy();
   assert.match(lines.join('\n'), /collectives of group dp \(1 rank\): NCCL \d/);
+  // Steps 2 to 4 start their buckets during the backward pass, on the communicator's second stream.
+  assert.match(lines.join('\n'), /gradient buckets are all-reduced during the backward pass from here on/);
   assert.deepEqual(
     viaNccl.steps.map((s) => s.step),
     plain.steps.map((s) => s.step),

@@ -21,7 +21,7 @@ import { DEFAULT_KD_LOSS } from '../../src/losses/types.ts';
 import { RemoteTeacher } from '../../src/parallel/remoteTeacher.ts';
 import { serveTeacher, type TeacherForward } from '../../src/parallel/teacherServer.ts';
 import type { BootstrapOptions } from '../../src/parallel/nccl/bootstrap.ts';
-import type { Communicator, PeerReceive, PeerSend } from '../../src/parallel/nccl/communicator.ts';
+import type { Communicator, PeerReceive, PeerSend, PendingCollective } from '../../src/parallel/nccl/communicator.ts';
 import { FakeCommunicatorGroup } from '../../src/parallel/nccl/fakeCommunicator.ts';
 import { TeacherLinkError } from '../../src/parallel/nccl/teacherLink.ts';
 import { localTransports } from '../../src/runtime/localTransport.ts';
@@ -59,6 +59,7 @@ class WatchedCommunicator implements Communicator {
   }
   diagnoseHang?: Communicator['diagnoseHang'];
   allReduceSum = (t: tf.Tensor): Promise<tf.Tensor> => this.inner.allReduceSum(t);
+  startAllReduceSum = (t: tf.Tensor): PendingCollective => this.inner.startAllReduceSum(t);
   allGather = (t: tf.Tensor): Promise<tf.Tensor> => this.inner.allGather(t);
   reduceScatter = (t: tf.Tensor): Promise<tf.Tensor> => this.inner.reduceScatter(t);
   exchange(sends: PeerSend[], receives: PeerReceive[]): Promise<tf.Tensor[]> {

@@ -5,6 +5,8 @@
  *
  * Device pointers are bigints (CUdeviceptr is 64-bit). The stream is created once and every kernel, copy and cuBLAS
  * call goes on it, so work is ordered without events and a freed block may be reused by the next kernel at once.
+ * A second stream (`createStream`) is for work that must run beside the compute stream (NCCL's gradient buckets
+ * during the backward pass); events order the two (`record`, `waitEvent`).
  */
 import { DistillError } from '../../errors.ts';
 import { openLibrary, type NativeFunction } from './libraries.ts';
@@ -35,6 +37,8 @@ interface DriverFunctions {
   cuCtxSynchronize: NativeFunction;
   cuStreamCreate: NativeFunction;
   cuStreamSynchronize: NativeFunction;
+  cuStreamWaitEvent: NativeFunction;
+  cuStreamDestroy: NativeFunction;
   cuMemAlloc: NativeFunction;
   cuMemFree: NativeFunction;
   cuMemGetInfo: NativeFunction;
@@ -73,6 +77,8 @@ function bind(): DriverFunctions {
     cuCtxSynchronize: f('int cuCtxSynchronize()'),
     cuStreamCreate: f('int cuStreamCreate(_Out_ void **stream, unsigned int flags)'),
     cuStreamSynchronize: f('int cuStreamSynchronize(void *stream)'),
+    cuStreamWaitEvent: f('int cuStreamWaitEvent(void *stream, void *event, unsigned int flags)'),
+    cuStreamDestroy: f('int cuStreamDestroy_v2(void *stream)'),
     cuMemAlloc: f('int cuMemAlloc_v2(_Out_ uint64_t *dptr, size_t bytes)'),
     cuMemFree: f('int cuMemFree_v2(uint64_t dptr)'),
     cuMemGetInfo: f('int cuMemGetInfo_v2(_Out_ size_t *free, _Out_ size_t *total)'),
@@ -109,6 +115,7 @@ const ATTR_MULTIPROCESSORS = 16;
 /** CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES */
 export const FUNC_ATTR_MAX_DYNAMIC_SHARED = 8;
 const STREAM_NON_BLOCKING = 1;
+const EVENT_DISABLE_TIMING = 2;
 
 export interface DeviceInfo {
   ordinal: number;
@@ -252,14 +259,32 @@ export class CudaDriver {
     if (code !== 0) this.check(`cuLaunchKernel(${name}, grid [${grid}], block [${block}])`, code);
   }
 
-  createEvent(): Handle {
+  /** An event; `timing` false (CU_EVENT_DISABLE_TIMING) for one that only orders streams, which is cheaper to record and wait on. */
+  createEvent(timing = true): Handle {
     const e: Handle[] = [null];
-    this.check('cuEventCreate', this.fn.cuEventCreate(e, 0));
+    this.check('cuEventCreate', this.fn.cuEventCreate(e, timing ? 0 : EVENT_DISABLE_TIMING));
     return e[0];
   }
 
-  record(event: Handle): void {
-    this.check('cuEventRecord', this.fn.cuEventRecord(event, this.stream));
+  /** Records `event` after the work enqueued so far on `stream` (the compute stream by default). */
+  record(event: Handle, stream: Handle = this.stream): void {
+    this.check('cuEventRecord', this.fn.cuEventRecord(event, stream));
+  }
+
+  /** Makes `stream`'s later work wait for `event`'s last record (the host does not wait). */
+  waitEvent(stream: Handle, event: Handle): void {
+    this.check('cuStreamWaitEvent', this.fn.cuStreamWaitEvent(stream, event, 0));
+  }
+
+  /** A second, non-blocking stream of this context. */
+  createStream(): Handle {
+    const stream: Handle[] = [null];
+    this.check('cuStreamCreate', this.fn.cuStreamCreate(stream, STREAM_NON_BLOCKING));
+    return stream[0];
+  }
+
+  destroyStream(stream: Handle): void {
+    this.check('cuStreamDestroy', this.fn.cuStreamDestroy(stream));
   }
 
   /** Milliseconds between two recorded events, after waiting for the second. */

@@ -24,6 +24,15 @@ export interface PeerReceive {
   dtype?: 'float32' | 'int32';
 }
 
+/** A collective started without waiting (startAllReduceSum). */
+export interface PendingCollective {
+  /**
+   * The result, ordered before the caller's work enqueued from now on (NCCL: the compute stream waits for the
+   * collective's event). The input given at the start must stay alive until this has resolved.
+   */
+  result(): Promise<tf.Tensor>;
+}
+
 export interface Communicator {
   /** This rank within the group, and the group's size. */
   readonly rank: number;
@@ -36,6 +45,13 @@ export interface Communicator {
   diagnoseHang?: (issued: number) => Promise<HangReport>;
   /** Element-wise sum over the ranks; every rank gets the same values. */
   allReduceSum(t: tf.Tensor): Promise<tf.Tensor>;
+  /**
+   * allReduceSum started at once, from synchronous code (a gradient hook in the middle of the backward pass), and
+   * run beside the caller's later work: NCCL takes it on a second stream after an event on the compute stream, so
+   * it overlaps the kernels enqueued after it. Collectives started this way keep their order among themselves and
+   * with the others on the communicator.
+   */
+  startAllReduceSum(t: tf.Tensor): PendingCollective;
   /** Every rank's tensor stacked along axis 0 in rank order: [size·d0, ...rest]. */
   allGather(t: tf.Tensor): Promise<tf.Tensor>;
   /** The sum over the ranks, cut along axis 0 into `size` equal parts; rank r gets part r. d0 must divide by size. */

@@ -8,7 +8,7 @@
  * Sums are taken in rank order in float32, as NCCL's ring does for two ranks; every member gets the same values.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { CollectiveError, type Communicator, type PeerReceive, type PeerSend } from './communicator.ts';
+import { CollectiveError, type Communicator, type PeerReceive, type PeerSend, type PendingCollective } from './communicator.ts';
 
 type Values = Float32Array | Int32Array;
 
@@ -209,6 +209,13 @@ export class FakeCommunicator implements Communicator {
       const s = sum(all);
       return () => ({ values: s.slice(), shape: all[0].shape });
     });
+  }
+
+  startAllReduceSum(t: tf.Tensor): PendingCollective {
+    const sum = this.allReduceSum(t);
+    // Settled here whether or not result() is ever asked for (a step that failed later): no unhandled rejection.
+    sum.catch(() => {});
+    return { result: () => sum };
   }
 
   allGather(t: tf.Tensor): Promise<tf.Tensor> {

@@ -15,13 +15,21 @@
  *
  * NCCL takes the calling thread's current device, which is device 0 here: the cuda backend runs device 0 of what
  * CUDA_VISIBLE_DEVICES leaves each worker, in that device's primary context, which NCCL's threads share. Collectives
- * only enqueue; `synchronize` polls the stream and the asynchronous error the same way, and past its bound calls
+ * only enqueue; `synchronize` polls the streams and the asynchronous error the same way, and past its bound calls
  * ncclCommAbort and throws, so a peer that died or hangs ends this rank's run with an error.
+ *
+ * `startAllReduceSum` is the one collective that runs on a second stream ("side"), for the gradient buckets that
+ * start in the middle of the backward pass: the side stream waits for an event recorded on the compute stream at
+ * the start (the kernels that made the input), the all-reduce runs there beside the backward's later kernels, and
+ * `result()` makes the compute stream wait for the collective's own event. It is called from synchronous code (a
+ * gradient hook), so it cannot wait out an ncclInProgress: a start that finds NCCL still busy with the call before
+ * is queued, and issued in order once NCCL is free (at the next start, a result() or any other collective). An
+ * event is recorded after a collective only once NCCL's state is ncclSuccess, when its kernel is on the stream.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { CudaBackend } from '../../backend/cuda/backend.ts';
 import { BackendError } from '../../errors.ts';
-import { CollectiveError, collectiveTimeoutMs, type Communicator, type PeerReceive, type PeerSend } from './communicator.ts';
+import { CollectiveError, collectiveTimeoutMs, type Communicator, type PeerReceive, type PeerSend, type PendingCollective } from './communicator.ts';
 import {
   loadNccl,
   NCCL_DTYPE,
@@ -47,6 +55,15 @@ export function activeCudaBackend(): CudaBackend {
   return tf.backend() as CudaBackend;
 }
 
+/** A collective on the side stream: its NCCL call, and the event recorded after it once NCCL has put it on the stream. */
+interface SideLaunch {
+  what: string;
+  run: (stream: unknown) => unknown;
+  done: unknown;
+}
+
+const SIDE_CALL = 'ncclAllReduce (beside the compute stream)';
+
 const seconds = (ms: number): string => `${ms >= 10_000 ? Math.round(ms / 1000) : (ms / 1000).toFixed(1)} s`;
 
 export class NcclCommunicator implements Communicator {
@@ -55,6 +72,12 @@ export class NcclCommunicator implements Communicator {
   diagnoseHang?: (issued: number) => Promise<HangReport>;
   private aborted: Error | null = null;
   private destroyed = false;
+  /** The stream startAllReduceSum's collectives run on, made at the first; the event that orders its starts. */
+  private side: unknown = null;
+  private sideReady: unknown = null;
+  /** Started collectives not yet issued (NCCL was busy), in order; the issued one whose call NCCL is still completing. */
+  private readonly queued: SideLaunch[] = [];
+  private completing: SideLaunch | null = null;
 
   private constructor(
     private readonly nccl: Nccl,
@@ -155,6 +178,7 @@ export class NcclCommunicator implements Communicator {
   /** Runs one collective into `out` (when there is anything to move) and waits for NCCL to take it; `out` is freed on failure. */
   private async into(out: { tensor: tf.Tensor }, call: string, run: () => unknown): Promise<tf.Tensor> {
     try {
+      await this.afterSide(call);
       if (out.tensor.size > 0) await this.enqueued(call, run());
     } catch (e) {
       out.tensor.dispose();
@@ -169,6 +193,89 @@ export class NcclCommunicator implements Communicator {
     const dtype = this.dtype(t, call);
     const out = this.output(t.shape.slice(), t.dtype as 'float32' | 'int32');
     return this.into(out, call, () => this.nccl.fn.ncclAllReduce(this.ptr(t, call), this.ptr(out.info, call), t.size, dtype, NCCL_SUM, this.comm, this.stream));
+  }
+
+  startAllReduceSum(t: tf.Tensor): PendingCollective {
+    const call = SIDE_CALL;
+    this.live(call);
+    const dtype = this.dtype(t, call);
+    const out = this.output(t.shape.slice(), t.dtype as 'float32' | 'int32');
+    const driver = this.backend.driver;
+    const side = (this.side ??= driver.createStream());
+    this.sideReady ??= driver.createEvent(false);
+    // The side stream's next work waits for what the compute stream has enqueued so far: the kernels that made t.
+    driver.record(this.sideReady);
+    driver.waitEvent(side, this.sideReady);
+    const what = `${call} on group ${this.name} (rank ${this.rank} of ${this.size})`;
+    const launch: SideLaunch = {
+      what,
+      run: (stream) =>
+        t.size > 0 ? this.nccl.fn.ncclAllReduce(this.ptr(t, call), this.ptr(out.info, call), t.size, dtype, NCCL_SUM, this.comm, stream) : NCCL_SUCCESS,
+      done: null,
+    };
+    this.queued.push(launch);
+    try {
+      this.issueSide();
+    } catch (e) {
+      out.tensor.dispose();
+      throw e;
+    }
+    return {
+      result: async () => {
+        try {
+          while (!launch.done) {
+            this.live(call, false);
+            await this.settle(what, collectiveTimeoutMs());
+            this.issueSide();
+          }
+        } catch (e) {
+          out.tensor.dispose();
+          throw e;
+        }
+        driver.waitEvent(driver.stream, launch.done);
+        // Destroyed at once: CUDA frees an event that a stream still waits on once the wait is over.
+        driver.destroyEvent(launch.done);
+        return out.tensor;
+      },
+    };
+  }
+
+  /** Issues queued side collectives while NCCL is free, recording each one's event once NCCL has it on the stream. */
+  private issueSide(): void {
+    const driver = this.backend.driver;
+    for (;;) {
+      if (this.completing || this.queued.length) this.live(SIDE_CALL, false);
+      if (this.completing) {
+        const state = [0];
+        this.nccl.check('ncclCommGetAsyncError', this.nccl.fn.ncclCommGetAsyncError(this.comm, state));
+        if (state[0] === NCCL_IN_PROGRESS) return;
+        this.nccl.check(this.completing.what, state[0]);
+        this.completing.done = driver.createEvent(false);
+        driver.record(this.completing.done, this.side);
+        this.completing = null;
+      }
+      const next = this.queued.shift();
+      if (!next) return;
+      const r = Number(next.run(this.side));
+      if (r !== NCCL_IN_PROGRESS) this.nccl.check(next.what, r);
+      this.completing = next;
+    }
+  }
+
+  /**
+   * Before a collective on the compute stream: every started one issued, and the compute stream ordered after the
+   * side stream, so the group sees this rank's collectives in the order they were called.
+   */
+  private async afterSide(what: string): Promise<void> {
+    if (!this.side) return;
+    while (this.queued.length || this.completing) {
+      this.live(what, false);
+      await this.settle(what, collectiveTimeoutMs());
+      this.issueSide();
+    }
+    const driver = this.backend.driver;
+    driver.record(this.sideReady, this.side);
+    driver.waitEvent(driver.stream, this.sideReady);
   }
 
   async allGather(t: tf.Tensor): Promise<tf.Tensor> {
@@ -197,6 +304,7 @@ export class NcclCommunicator implements Communicator {
     const outs = receives.map((r) => this.output(r.shape.slice(), r.dtype ?? 'float32'));
     let failure: unknown = null;
     try {
+      await this.afterSide('ncclSend/ncclRecv');
       this.nccl.check('ncclGroupStart', this.nccl.fn.ncclGroupStart());
     } catch (e) {
       for (const o of outs) o.tensor.dispose();
@@ -238,6 +346,7 @@ export class NcclCommunicator implements Communicator {
 
   async synchronize(timeoutMs = collectiveTimeoutMs()): Promise<void> {
     this.live('synchronize', false);
+    await this.afterSide('synchronize');
     return this.waitFor({ what: 'the collectives', stream: true, timeoutMs });
   }
 
@@ -250,7 +359,9 @@ export class NcclCommunicator implements Communicator {
   private async waitFor(o: { what: string; stream: boolean; timeoutMs: number; stuck?: string }): Promise<void> {
     const start = performance.now();
     for (;;) {
-      const q = o.stream ? streamQuery(this.stream) : CUDA_SUCCESS;
+      // With `stream`: the side stream (when there is one) and then the compute stream.
+      let q = o.stream && this.side ? streamQuery(this.side) : CUDA_SUCCESS;
+      if (o.stream && q === CUDA_SUCCESS) q = streamQuery(this.stream);
       const state = [0];
       this.nccl.check('ncclCommGetAsyncError', this.nccl.fn.ncclCommGetAsyncError(this.comm, state));
       if (state[0] !== NCCL_SUCCESS && state[0] !== NCCL_IN_PROGRESS) {
@@ -295,5 +406,14 @@ export class NcclCommunicator implements Communicator {
     // Blocking in every mode (NCCL makes a destroy's group blocking); every call above returned with the state
     // settled, which ncclCommDestroy requires, and the run's last synchronize has drained the stream.
     this.nccl.check(`ncclCommDestroy(group ${this.name})`, this.nccl.fn.ncclCommDestroy(this.comm));
+    this.releaseSide();
+  }
+
+  private releaseSide(): void {
+    const driver = this.backend.driver;
+    if (this.sideReady) driver.destroyEvent(this.sideReady);
+    // cuStreamDestroy returns at once; work still on the stream completes first.
+    if (this.side) driver.destroyStream(this.side);
+    this.side = this.sideReady = null;
   }
 }
