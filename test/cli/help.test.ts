@@ -138,6 +138,14 @@ test('distill start --help shows the usage of distill start (through src/cli/mai
   assert.match(r.stdout, /--backend .*\{auto\|/);
 });
 
+test('--overlap_grad_reduce is on unless --no-overlap_grad_reduce, and reaches the recipe', () => {
+  const base = ['--name', 'n', '--student_path', 's', '--teacher_path', 't'];
+  const overlap = (extra: string[]): boolean | undefined => recipeFromFlags('distill', [...base, ...extra], () => 'data').parallel.overlapGradReduce;
+  assert.equal(overlap([]), true);
+  assert.equal(overlap(['--no-overlap_grad_reduce']), false);
+  assert.equal(overlap(['--overlap_grad_reduce']), true);
+});
+
 test('--recompute_granularity selective reaches the recipe; absent, nothing is recomputed; other values are refused', () => {
   const base = ['--name', 'n', '--student_path', 's', '--teacher_path', 't'];
   const granularity = (extra: string[]): string | null => recipeFromFlags('distill', [...base, ...extra], () => 'data').trainer.recomputeGranularity;

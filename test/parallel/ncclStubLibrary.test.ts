@@ -258,6 +258,13 @@ function hostBackend(): CudaBackend {
       check: (call: string, code: number) => {
         throw new Error(`${call}: CUresult ${code}`);
       },
+      // One stream in effect: the host runs every copy at once, so there is nothing to order.
+      createStream: () => null,
+      destroyStream: () => {},
+      createEvent: () => null,
+      destroyEvent: () => {},
+      record: () => {},
+      waitEvent: () => {},
     },
   };
   return new Proxy(cpu, {
@@ -332,6 +339,16 @@ test(
     assert.deepEqual([...grads.keys()], ['embed', 'layer.0', 'norm']);
     for (const [name, t] of grads) assert.deepEqual(Array.from(t.dataSync()), before.get(name), name);
     tf.dispose([...grads.values()]);
+
+    // Started from synchronous code (a gradient hook), back to back, while every call answers ncclInProgress: a start
+    // that finds NCCL busy is queued and goes out once the state is ncclSuccess again, never earlier.
+    const xs = [1, 2, 3].map((k) => tf.tensor1d(ramp(20, k)));
+    const started = xs.map((x) => comm.startAllReduceSum(x));
+    const sums: tf.Tensor[] = [];
+    for (const p of started) sums.push(await p.result());
+    sums.forEach((t, i) => assert.deepEqual(Array.from(t.dataSync()), ramp(20, i + 1), `started sum ${i}`));
+    assert.equal(stubControls().earlyCalls(), early, 'a started collective reached NCCL while the previous one was in progress');
+    tf.dispose([...xs, ...sums]);
 
     // A launch that never finishes (a peer that never meets the collective, with NCCL connecting at run time):
     // the call's wait ends within DISTILL_COLLECTIVE_TIMEOUT_S, naming the call, and aborts the communicator.

@@ -59,6 +59,8 @@ export function activeCudaBackend(): CudaBackend {
 interface SideLaunch {
   what: string;
   run: (stream: unknown) => unknown;
+  /** Set once the event is recorded (a handle may be null where a test stands in for the driver). */
+  recorded: boolean;
   done: unknown;
 }
 
@@ -211,6 +213,7 @@ export class NcclCommunicator implements Communicator {
       what,
       run: (stream) =>
         t.size > 0 ? this.nccl.fn.ncclAllReduce(this.ptr(t, call), this.ptr(out.info, call), t.size, dtype, NCCL_SUM, this.comm, stream) : NCCL_SUCCESS,
+      recorded: false,
       done: null,
     };
     this.queued.push(launch);
@@ -223,7 +226,7 @@ export class NcclCommunicator implements Communicator {
     return {
       result: async () => {
         try {
-          while (!launch.done) {
+          while (!launch.recorded) {
             this.live(call, false);
             await this.settle(what, collectiveTimeoutMs());
             this.issueSide();
@@ -240,18 +243,22 @@ export class NcclCommunicator implements Communicator {
     };
   }
 
-  /** Issues queued side collectives while NCCL is free, recording each one's event once NCCL has it on the stream. */
+  /**
+   * Issues queued side collectives while NCCL is free (its state is ncclSuccess: not still completing a call, this
+   * side's or another's), recording each one's event once NCCL has it on the stream.
+   */
   private issueSide(): void {
     const driver = this.backend.driver;
-    for (;;) {
-      if (this.completing || this.queued.length) this.live(SIDE_CALL, false);
+    while (this.completing || this.queued.length) {
+      this.live(SIDE_CALL, false);
+      const state = [0];
+      this.nccl.check('ncclCommGetAsyncError', this.nccl.fn.ncclCommGetAsyncError(this.comm, state));
+      if (state[0] === NCCL_IN_PROGRESS) return;
+      this.nccl.check(this.completing?.what ?? `${SIDE_CALL} on group ${this.name}`, state[0]);
       if (this.completing) {
-        const state = [0];
-        this.nccl.check('ncclCommGetAsyncError', this.nccl.fn.ncclCommGetAsyncError(this.comm, state));
-        if (state[0] === NCCL_IN_PROGRESS) return;
-        this.nccl.check(this.completing.what, state[0]);
         this.completing.done = driver.createEvent(false);
         driver.record(this.completing.done, this.side);
+        this.completing.recorded = true;
         this.completing = null;
       }
       const next = this.queued.shift();
