@@ -342,8 +342,9 @@ test(
 
     // Started from synchronous code (a gradient hook), back to back, while every call answers ncclInProgress: a start
     // that finds NCCL busy is queued and goes out once the state is ncclSuccess again, never earlier.
+    // Inside a tidy, as the backward pass's hooks start them: the sums outlive it.
     const xs = [1, 2, 3].map((k) => tf.tensor1d(ramp(20, k)));
-    const started = xs.map((x) => comm.startAllReduceSum(x));
+    const started = tf.tidy(() => xs.map((x) => comm.startAllReduceSum(x)));
     const sums: tf.Tensor[] = [];
     for (const p of started) sums.push(await p.result());
     sums.forEach((t, i) => assert.deepEqual(Array.from(t.dataSync()), ramp(20, i + 1), `started sum ${i}`));

@@ -202,6 +202,8 @@ export class NcclCommunicator implements Communicator {
     this.live(call);
     const dtype = this.dtype(t, call);
     const out = this.output(t.shape.slice(), t.dtype as 'float32' | 'int32');
+    // Kept: a start comes from inside the backward pass's tidy, whose end would free the sum before result().
+    tf.keep(out.tensor);
     const driver = this.backend.driver;
     const side = (this.side ??= driver.createStream());
     this.sideReady ??= driver.createEvent(false);
