@@ -6,12 +6,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { distillationRecipe, type DistillationRecipe } from '../../src/recipe/config.ts';
+import type { DistillationRecipe } from '../../src/recipe/config.ts';
 import { run } from '../../pipelines/run.ts';
 import { cacheTeacher } from '../../pipelines/cacheTeacher.ts';
 import { readAllSafetensors } from '../../src/io/safetensors.ts';
 import type { KdLossKind } from '../../src/losses/types.ts';
 import { fixture, maxAbsDiff } from '../helpers/fixtures.ts';
+import { fixturePairRecipe } from '../helpers/fixtureRecipe.ts';
 import { tempDir } from './helpers.ts';
 
 const DATA = { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 };
@@ -19,15 +20,14 @@ const STEPS = 5;
 const GBS = 2;
 
 function recipe(dir: string, name: string, teacher: { teacherPath?: string; teacherCache?: string }, kind: KdLossKind = 'forward_kl'): DistillationRecipe {
-  return distillationRecipe({
+  return fixturePairRecipe({
     name,
     dir,
-    studentPath: fixture('llama-student'),
-    ...teacher,
-    backend: 'cpu',
+    // Both named, so that a cached run's teacherPath stays unset (the helper's default would give it the fixture teacher).
+    teacherPath: teacher.teacherPath,
+    teacherCache: teacher.teacherCache,
     data: DATA,
     trainer: { maxSteps: STEPS, globalBatchSize: GBS, microBatchSize: 1, saveInterval: STEPS, valCheckInterval: 0, logInterval: 1 },
-    optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
     loss: { kind },
   });
 }

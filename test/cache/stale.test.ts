@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { distillationRecipe, type DistillationRecipe } from '../../src/recipe/config.ts';
+import { DEFAULTS, type DistillationRecipe } from '../../src/recipe/config.ts';
 import { run } from '../../pipelines/run.ts';
 import { cacheTeacher } from '../../pipelines/cacheTeacher.ts';
 import { CacheMismatchError } from '../../src/cache/fingerprint.ts';
@@ -15,6 +15,7 @@ import { checkCacheForRun } from '../../src/cache/compatibility.ts';
 import { TeacherCache } from '../../src/io/teacherCache.ts';
 import type { CacheSpec } from '../../src/cache/spec.ts';
 import { fixture } from '../helpers/fixtures.ts';
+import { fixturePairRecipe } from '../helpers/fixtureRecipe.ts';
 import { tempDir } from './helpers.ts';
 
 const DATA = { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 };
@@ -25,15 +26,15 @@ function recipe(
   name: string,
   over: { teacherPath?: string; teacherCache: string; data?: Partial<typeof DATA>; maxSteps?: number },
 ): DistillationRecipe {
-  return distillationRecipe({
+  return fixturePairRecipe({
     name,
     dir,
-    studentPath: fixture('llama-student'),
     teacherPath: over.teacherPath,
     teacherCache: over.teacherCache,
-    backend: 'cpu',
     data: { ...DATA, ...over.data },
     trainer: { maxSteps: over.maxSteps ?? 2, globalBatchSize: 2, microBatchSize: 1, saveInterval: 2, valCheckInterval: 0 },
+    // NeMo's default schedule, as these runs have always had (not the fixture pair's fast one).
+    optim: DEFAULTS.optim,
   });
 }
 

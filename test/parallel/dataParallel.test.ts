@@ -8,27 +8,23 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { distillationRecipe, type DistillationRecipe } from '../../src/recipe/config.ts';
+import type { DistillationRecipe } from '../../src/recipe/config.ts';
 import { run, type RunResult } from '../../pipelines/run.ts';
 import { WorkerDiedError, type WorkerInfo } from '../../src/runtime/launcher.ts';
 import { withTeacherDevices } from '../../src/parallel/placement.ts';
 import { checkpointsDir, listCheckpoints } from '../../src/train/trainingCheckpoint.ts';
 import { readAllSafetensors } from '../../src/io/safetensors.ts';
 import { readMetrics } from '../../src/logging/metricsLog.ts';
-import { fixture, maxAbsDiff } from '../helpers/fixtures.ts';
+import { maxAbsDiff } from '../helpers/fixtures.ts';
+import { fixturePairRecipe } from '../helpers/fixtureRecipe.ts';
 
 const STEPS = 6;
 
 function recipe(dir: string, name: string, devices: number, over: Partial<DistillationRecipe['trainer']> = {}): DistillationRecipe {
-  return distillationRecipe({
+  return fixturePairRecipe({
     name,
     dir,
-    studentPath: fixture('llama-student'),
-    teacherPath: fixture('llama-teacher'),
-    backend: 'cpu',
-    data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
     trainer: { maxSteps: STEPS, globalBatchSize: 2, microBatchSize: 1, saveInterval: 2, valCheckInterval: 3, limitValBatches: 2, logInterval: 1, ...over },
-    optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
     parallel: { devicesPerNode: devices },
   });
 }

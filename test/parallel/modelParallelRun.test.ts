@@ -9,25 +9,21 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { distillationRecipe, type DistillationRecipe } from '../../src/recipe/config.ts';
+import type { DistillationRecipe } from '../../src/recipe/config.ts';
 import { run } from '../../pipelines/run.ts';
 import { ConfigError } from '../../src/errors.ts';
 import { readAllSafetensors } from '../../src/io/safetensors.ts';
 import { loadModel } from '../../src/checkpoint/load.ts';
 import { selectBackend } from '../../src/backend/select.ts';
 import { fixture, maxAbsDiff } from '../helpers/fixtures.ts';
+import { fixturePairRecipe } from '../helpers/fixtureRecipe.ts';
 import { llamaWithVocab } from './llamaWithVocab.ts';
 
 function recipe(dir: string, name: string, parallel: Partial<DistillationRecipe['parallel']>): DistillationRecipe {
-  return distillationRecipe({
+  return fixturePairRecipe({
     name,
     dir,
-    studentPath: fixture('llama-student'),
-    teacherPath: fixture('llama-teacher'),
-    backend: 'cpu',
-    data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
     trainer: { maxSteps: 4, globalBatchSize: 4, microBatchSize: 1, saveInterval: 2, valCheckInterval: 2, limitValBatches: 2, logInterval: 1 },
-    optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
     parallel: { devicesPerNode: 1, numNodes: 1, tpSize: 1, ppSize: 1, cpSize: 1, ...parallel },
   });
 }

@@ -18,10 +18,11 @@ import { deviceEnv } from '../../src/parallel/placement.ts';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { distillationRecipe, type DistillationRecipe } from '../../src/recipe/config.ts';
+import type { DistillationRecipe } from '../../src/recipe/config.ts';
 import { distillInThisProcess } from '../../pipelines/distill.ts';
 import { readAllSafetensors } from '../../src/io/safetensors.ts';
-import { fixture, maxAbsDiff } from '../helpers/fixtures.ts';
+import { maxAbsDiff } from '../helpers/fixtures.ts';
+import { fixturePairRecipe } from '../helpers/fixtureRecipe.ts';
 
 await tf.setBackend('cpu');
 
@@ -187,15 +188,10 @@ test("cuda workers are pinned one GPU each (NCCL refuses two ranks on one GPU), 
 test("training the fixture pair 3 steps on cpu with DP 1 through a (fake) communicator gives the plain run's weights", async () => {
   const dir = mkdtempSync(join(tmpdir(), 'distill-comm-'));
   const recipe = (name: string): DistillationRecipe =>
-    distillationRecipe({
+    fixturePairRecipe({
       name,
       dir,
-      studentPath: fixture('llama-student'),
-      teacherPath: fixture('llama-teacher'),
-      backend: 'cpu',
-      data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
       trainer: { maxSteps: 3, globalBatchSize: 2, microBatchSize: 1, saveInterval: 100, valCheckInterval: 100, limitValBatches: 1, logInterval: 1 },
-      optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
     });
   const plain = await distillInThisProcess(recipe('plain'), { log: null, progress: false });
   const fakes = new FakeCommunicatorGroup(1);

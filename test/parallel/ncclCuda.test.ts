@@ -19,10 +19,11 @@ import { planGradientBuckets } from '../../src/parallel/nccl/gradientBucketPlan.
 import { groupCollectives } from '../../src/parallel/nccl/bootstrap.ts';
 import { DataParallelRank } from '../../src/parallel/dataParallelRank.ts';
 import { localTransports } from '../../src/runtime/localTransport.ts';
-import { distillationRecipe, type DistillationRecipe } from '../../src/recipe/config.ts';
+import type { DistillationRecipe } from '../../src/recipe/config.ts';
 import { distillInThisProcess } from '../../pipelines/distill.ts';
 import { readAllSafetensors } from '../../src/io/safetensors.ts';
-import { fixture, maxAbsDiff } from '../helpers/fixtures.ts';
+import { maxAbsDiff } from '../helpers/fixtures.ts';
+import { fixturePairRecipe } from '../helpers/fixtureRecipe.ts';
 
 let skip: string | false = false;
 try {
@@ -145,15 +146,11 @@ test('a started all-reduce waits on its own stream for the kernels that made its
 });
 
 function recipe(dir: string, name: string): DistillationRecipe {
-  return distillationRecipe({
+  return fixturePairRecipe({
     name,
     dir,
-    studentPath: fixture('llama-student'),
-    teacherPath: fixture('llama-teacher'),
     backend: 'cuda',
-    data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
     trainer: { maxSteps: 4, globalBatchSize: 2, microBatchSize: 1, saveInterval: 100, valCheckInterval: 100, limitValBatches: 1, logInterval: 1 },
-    optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
   });
 }
 

@@ -19,11 +19,12 @@ import { selectBackend } from '../../src/backend/select.ts';
 import type { CudaBackend } from '../../src/backend/cuda/backend.ts';
 import { loadNccl, ncclUniqueId } from '../../src/parallel/nccl/ncclLibrary.ts';
 import { NcclCommunicator } from '../../src/parallel/nccl/ncclCommunicator.ts';
-import { distillationRecipe, type DistillationRecipe } from '../../src/recipe/config.ts';
+import type { DistillationRecipe } from '../../src/recipe/config.ts';
 import { run } from '../../pipelines/run.ts';
 import { deviceEnv } from '../../src/parallel/placement.ts';
 import { readAllSafetensors } from '../../src/io/safetensors.ts';
-import { fixture, maxAbsDiff } from '../helpers/fixtures.ts';
+import { maxAbsDiff } from '../helpers/fixtures.ts';
+import { fixturePairRecipe } from '../helpers/fixtureRecipe.ts';
 
 const child = process.env.DISTILL_NCCL_CHILD;
 
@@ -106,15 +107,11 @@ test('two ranks on two GPUs: all-reduce, all-gather, reduce-scatter and send/rec
 });
 
 function recipe(dir: string, name: string, devices: number): DistillationRecipe {
-  return distillationRecipe({
+  return fixturePairRecipe({
     name,
     dir,
-    studentPath: fixture('llama-student'),
-    teacherPath: fixture('llama-teacher'),
     backend: 'cuda',
-    data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
     trainer: { maxSteps: 4, globalBatchSize: 2, microBatchSize: 1, saveInterval: 100, valCheckInterval: 100, limitValBatches: 1, logInterval: 1 },
-    optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
     parallel: { devicesPerNode: devices },
   });
 }

@@ -20,11 +20,11 @@ import { FakeCommunicatorGroup } from '../../src/parallel/nccl/fakeCommunicator.
 import { CollectiveError, type Communicator } from '../../src/parallel/nccl/communicator.ts';
 import { DataParallelRank } from '../../src/parallel/dataParallelRank.ts';
 import { localTransports } from '../../src/runtime/localTransport.ts';
-import { distillationRecipe } from '../../src/recipe/config.ts';
 import { distillInThisProcess } from '../../pipelines/distill.ts';
 import { loadModel } from '../../src/checkpoint/load.ts';
 import { readAllSafetensors } from '../../src/io/safetensors.ts';
 import { fixture, maxAbsDiff } from '../helpers/fixtures.ts';
+import { fixturePairRecipe } from '../helpers/fixtureRecipe.ts';
 
 await tf.setBackend('cpu');
 
@@ -170,16 +170,11 @@ test("a rank that fails after the others' buckets started ends their step with a
 test('training through a communicator starts the all-reduce in the backward pass from step 2, with the weights of the plain run and of the flag off', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'distill-overlap-'));
   const recipe = (name: string, overlapGradReduce?: boolean) =>
-    distillationRecipe({
+    fixturePairRecipe({
       name,
       dir,
-      studentPath: fixture('llama-student'),
-      teacherPath: fixture('llama-teacher'),
-      backend: 'cpu',
-      data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
       // Two micro-batches a step: the hook sums the first in.
       trainer: { maxSteps: 3, globalBatchSize: 4, microBatchSize: 2, saveInterval: 100, valCheckInterval: 100, limitValBatches: 1, logInterval: 1 },
-      optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
       parallel: { numNodes: 1, devicesPerNode: 1, tpSize: 1, ppSize: 1, cpSize: 1, overlapGradReduce },
     });
   const viaComm = async (overlap: boolean) => {

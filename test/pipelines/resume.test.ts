@@ -10,22 +10,18 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { distillationRecipe, type DistillationRecipe } from '../../src/recipe/config.ts';
+import type { DistillationRecipe } from '../../src/recipe/config.ts';
 import { describeResumeChanges } from '../../src/recipe/resumeChanges.ts';
 import { learningRate } from '../../src/recipe/trainingObjects.ts';
 import { run } from '../../pipelines/run.ts';
-import { fixture } from '../helpers/fixtures.ts';
+import { fixturePairRecipe } from '../helpers/fixtureRecipe.ts';
 
 function recipe(dir: string, over: { maxSteps?: number; lr?: number; kind?: 'forward_kl' | 'reverse_kl'; saveInterval?: number } = {}): DistillationRecipe {
-  return distillationRecipe({
+  return fixturePairRecipe({
     name: 'r',
     dir,
-    studentPath: fixture('llama-student'),
-    teacherPath: fixture('llama-teacher'),
-    backend: 'cpu',
-    data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
     trainer: { maxSteps: over.maxSteps ?? 3, globalBatchSize: 2, microBatchSize: 2, saveInterval: over.saveInterval ?? 1, valCheckInterval: 0, logInterval: 1 },
-    optim: { lr: over.lr ?? 1e-3, minLr: 1e-4, warmupSteps: 1 },
+    optim: { lr: over.lr ?? 1e-3 },
     loss: { kind: over.kind ?? 'forward_kl' },
   });
 }

@@ -8,23 +8,20 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, existsSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { distillationRecipe, type DistillationRecipe } from '../../src/recipe/config.ts';
+import type { DistillationRecipe } from '../../src/recipe/config.ts';
 import { run } from '../../pipelines/run.ts';
 import { listCheckpoints, ResumeRefusedError } from '../../src/train/trainingCheckpoint.ts';
 import { readAllSafetensors } from '../../src/io/safetensors.ts';
 import { readMetrics } from '../../src/logging/metricsLog.ts';
 import { fixture, maxAbsDiff } from '../helpers/fixtures.ts';
+import { fixturePairRecipe } from '../helpers/fixtureRecipe.ts';
 
 function recipe(dir: string, name: string, over: Partial<DistillationRecipe['trainer']> = {}, teacher = 'llama-teacher'): DistillationRecipe {
-  return distillationRecipe({
+  return fixturePairRecipe({
     name,
     dir,
-    studentPath: fixture('llama-student'),
     teacherPath: fixture(teacher),
-    backend: 'cpu',
-    data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
     trainer: { maxSteps: 6, globalBatchSize: 2, microBatchSize: 1, saveInterval: 2, valCheckInterval: 3, limitValBatches: 2, logInterval: 1, ...over },
-    optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
   });
 }
 

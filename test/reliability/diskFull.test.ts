@@ -14,22 +14,18 @@ import { syncBuiltinESMExports } from 'node:module';
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { distillationRecipe, type DistillationRecipe } from '../../src/recipe/config.ts';
+import type { DistillationRecipe } from '../../src/recipe/config.ts';
 import { run } from '../../pipelines/run.ts';
 import { StageError } from '../../src/errors.ts';
 import { maxDiffStudents, scanCheckpoints, trainArgs } from './killHarness.ts';
-import { ROOT, fixture } from '../helpers/fixtures.ts';
+import { ROOT } from '../helpers/fixtures.ts';
+import { fixturePairRecipe } from '../helpers/fixtureRecipe.ts';
 
 function recipe(dir: string, name: string): DistillationRecipe {
-  return distillationRecipe({
+  return fixturePairRecipe({
     name,
     dir,
-    studentPath: fixture('llama-student'),
-    teacherPath: fixture('llama-teacher'),
-    backend: 'cpu',
-    data: { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 },
     trainer: { maxSteps: 5, globalBatchSize: 2, microBatchSize: 1, saveInterval: 1, valCheckInterval: 0, logInterval: 1 },
-    optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
   });
 }
 

@@ -10,11 +10,12 @@ import { copyFileSync, mkdtempSync, rmSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readAllSafetensors, writeSafetensors, type TensorToWrite } from '../../src/io/safetensors.ts';
-import { distillationRecipe, type DistillationRecipe } from '../../src/recipe/config.ts';
+import type { DistillationRecipe } from '../../src/recipe/config.ts';
 import { run } from '../../pipelines/run.ts';
 import { DistillError } from '../../src/errors.ts';
 import { latestCheckpoint, readTrainingState } from '../../src/train/trainingCheckpoint.ts';
 import { ROOT, fixture } from '../helpers/fixtures.ts';
+import { fixturePairRecipe } from '../helpers/fixtureRecipe.ts';
 import { readAllTensors } from './killHarness.ts';
 
 /** A copy of llama-teacher with model.norm.weight[0] = NaN. */
@@ -35,18 +36,12 @@ function nanTeacher(root: string): string {
   return dir;
 }
 
-const data = { dataPaths: fixture('megatron', 'small_text_document'), seqLength: 16, split: '80,20,0', seed: 7 };
-
 function recipe(dir: string, teacher: string, maxSteps: number): DistillationRecipe {
-  return distillationRecipe({
+  return fixturePairRecipe({
     name: 'nan',
     dir,
-    studentPath: fixture('llama-student'),
     teacherPath: teacher,
-    backend: 'cpu',
-    data,
     trainer: { maxSteps, globalBatchSize: 2, microBatchSize: 1, saveInterval: 1, valCheckInterval: 0, logInterval: 1, nanPolicy: 'skip' },
-    optim: { lr: 1e-3, minLr: 1e-4, warmupSteps: 1 },
   });
 }
 
@@ -69,7 +64,7 @@ test('--nan_policy stop: the CLI ends with the NonFiniteLossError message and ex
         '--teacher_path',
         nanTeacher(root),
         '--data_paths',
-        data.dataPaths,
+        fixture('megatron', 'small_text_document'),
         '--seq_length',
         '16',
         '--gbs',
