@@ -21,7 +21,7 @@ import type { CudaBackend } from '../../src/backend/cuda/backend.ts';
 import { BackendError } from '../../src/errors.ts';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
-import { CollectiveError, type Communicator } from '../../src/parallel/nccl/communicator.ts';
+import { CollectiveError, type Communicator, type PendingCollective } from '../../src/parallel/nccl/communicator.ts';
 import { allReduceGradientBuckets } from '../../src/parallel/nccl/bucketedAllReduce.ts';
 import { planGradientBuckets } from '../../src/parallel/nccl/gradientBucketPlan.ts';
 
@@ -344,7 +344,10 @@ test(
     // that finds NCCL busy is queued and goes out once the state is ncclSuccess again, never earlier.
     // Inside a tidy, as the backward pass's hooks start them: the sums outlive it.
     const xs = [1, 2, 3].map((k) => tf.tensor1d(ramp(20, k)));
-    const started = tf.tidy(() => xs.map((x) => comm.startAllReduceSum(x)));
+    let started: PendingCollective[] = [];
+    tf.tidy(() => {
+      started = xs.map((x) => comm.startAllReduceSum(x));
+    });
     const sums: tf.Tensor[] = [];
     for (const p of started) sums.push(await p.result());
     sums.forEach((t, i) => assert.deepEqual(Array.from(t.dataSync()), ramp(20, i + 1), `started sum ${i}`));
