@@ -54,7 +54,7 @@ const FLAGS = {
   regenerate: { kind: 'boolean', help: 'only rewrite README.md and the charts from results.jsonl; measure nothing' },
   recompute_granularity: {
     kind: 'string',
-    help: 'ours: selective recomputes core attention in the backward instead of keeping its [heads, seq, seq] probabilities (as `distill run`)',
+    help: 'ours: selective recomputes core attention in the backward instead of keeping its [heads, seq, seq] probabilities; full recomputes every layer, keeping only its input (as `distill run`, one layer a chunk)',
     choices: RECOMPUTE_GRANULARITIES,
   },
   help: { kind: 'boolean', help: 'print this help' },

@@ -76,7 +76,11 @@ export async function distillInThisProcess(recipe: DistillationRecipe, hooks: Di
   const run = prepareRun(recipe, { leader, log, progress: hooks.progress, stopAfterSteps: hooks.stopAfterSteps });
 
   // 1. Load the student (the last checkpoint's when resuming) and the frozen teacher (or its cache, or its worker).
-  const student = await loadModel(run.studentDir, { trainable: true, recompute: recipe.trainer.recomputeGranularity });
+  const student = await loadModel(run.studentDir, {
+    trainable: true,
+    recompute: recipe.trainer.recomputeGranularity,
+    recomputeLayers: recipe.trainer.recomputeLayers,
+  });
   const sources = openDataSources(recipe, student.config.vocabSize);
   const teacher = await openTeacher(recipe, student, sources, log, dp?.remoteTeacher);
   const optimizer = studentOptimizer(recipe, student.params);

@@ -5,6 +5,7 @@ import { BACKEND_CHOICES } from '../backend/select.ts';
 import { PRECISIONS, type Precision } from '../backend/webgpu/mixedPrecisionMatMul.ts';
 import { KD_LOSS_KINDS } from '../losses/types.ts';
 import { RECOMPUTE_GRANULARITIES, type RecomputeGranularity } from '../model/attention.ts';
+import { DEFAULT_RECOMPUTE_LAYERS, RECOMPUTE_METHODS, type RecomputeLayers } from '../model/base.ts';
 import { DEFAULTS, distillationRecipe, pretrainRecipe, type DistillationRecipe } from '../recipe/config.ts';
 import { ConfigError } from '../errors.ts';
 import { parseFlags, required, type FlagSpecs } from './flags.ts';
@@ -87,8 +88,20 @@ export const RUN_FLAGS = {
   },
   recompute_granularity: {
     kind: 'string',
-    help: "NeMo's model.recompute_granularity: selective keeps only q, k and v of each attention and recomputes its [heads, seq, seq] probabilities in the backward (long sequences); absent: keep everything",
+    help: "NeMo's model.recompute_granularity: selective keeps only q, k and v of each attention and recomputes its [heads, seq, seq] probabilities in the backward (long sequences); full keeps only the input of whole layers and runs them again in the backward; absent: keep everything",
     choices: RECOMPUTE_GRANULARITIES,
+  },
+  recompute_method: {
+    kind: 'string',
+    help: 'under --recompute_granularity full: uniform recomputes every chunk of --recompute_num_layers layers, block only the first --recompute_num_layers layers',
+    default: DEFAULT_RECOMPUTE_LAYERS.method,
+    choices: RECOMPUTE_METHODS,
+  },
+  recompute_num_layers: {
+    kind: 'int',
+    help: 'under --recompute_granularity full: layers per recomputed chunk (uniform) or layers recomputed (block)',
+    default: DEFAULT_RECOMPUTE_LAYERS.numLayers,
+    min: 1,
   },
   help: { kind: 'boolean', help: 'print this help' },
 } as const satisfies FlagSpecs;
@@ -143,6 +156,10 @@ export function recipeFromFlags(kind: 'distill' | 'pretrain', argv: string[], de
       nanPolicy: f.nan_policy as 'skip' | 'stop',
       precision: f.precision as Precision,
       recomputeGranularity: (f.recompute_granularity ?? null) as RecomputeGranularity,
+      recomputeLayers: {
+        method: (f.recompute_method ?? DEFAULT_RECOMPUTE_LAYERS.method) as RecomputeLayers['method'],
+        numLayers: f.recompute_num_layers ?? DEFAULT_RECOMPUTE_LAYERS.numLayers,
+      },
     },
     optim: {
       lr: f.lr,

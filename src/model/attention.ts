@@ -114,15 +114,17 @@ function sumRepeatedKvHeads(dx: tf.Tensor4D, groups: number): tf.Tensor4D {
 }
 
 /**
- * What a training run keeps for attention's backward. null: the tape keeps what each op saves, the [heads, t, t]
- * probabilities above all. 'selective' (Megatron's and NeMo's `recompute_granularity`): core attention,
- * softmax(q·kᵀ)·v, keeps only q, k and v and computes the probabilities again in the backward. At t = 8192 that is
- * 3.5 GiB a layer less for 14 heads, for one more q·kᵀ and softmax a layer.
+ * What a training run keeps for the backward (Megatron's and NeMo's `recompute_granularity`). null: the tape keeps
+ * what each op saves, attention's [heads, t, t] probabilities above all. 'selective': core attention,
+ * softmax(q·kᵀ)·v, keeps only q, k and v and computes the probabilities again in the backward (at t = 8192, 3.5 GiB
+ * a layer less for 14 heads, for one more q·kᵀ and softmax a layer). 'full': whole transformer layers keep only
+ * their input and run their forward again in the backward (base.ts; which layers: RecomputeLayers), about one more
+ * forward pass of the student a step.
  */
 export type RecomputeGranularity = (typeof RECOMPUTE_GRANULARITIES)[number] | null;
 
 /** The values `--recompute_granularity` takes (absent: null). */
-export const RECOMPUTE_GRANULARITIES = ['selective'] as const;
+export const RECOMPUTE_GRANULARITIES = ['selective', 'full'] as const;
 
 /**
  * softmax(q·kᵀ · scale + mask) · v. q [b, heads, t, d]; k, v [b, kvHeads, t, d] with kvHeads dividing heads.
@@ -136,7 +138,8 @@ export function causalAttention(
   scale: number,
   recompute: RecomputeGranularity = null,
 ): tf.Tensor4D {
-  if (recompute === null) return coreAttention(q, k, v, mask, scale);
+  // Under 'full' the whole layer is recomputed (base.ts): inside it, attention keeps what the layer's tape keeps.
+  if (recompute !== 'selective') return coreAttention(q, k, v, mask, scale);
   // Under customGrad the forward's ops are not taped: nothing of it outlives the call but its output and the saves.
   const recomputed = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const [qi, ki, vi, save] = args;

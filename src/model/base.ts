@@ -15,7 +15,24 @@ export interface ModelOptions {
   trainable: boolean;
   /** What the backward computes again instead of keeping (NeMo's `recompute_granularity`); absent: nothing. */
   recompute?: RecomputeGranularity;
+  /** Under recompute 'full': which layers (NeMo's recompute_method and recompute_num_layers); default uniform, 1. */
+  recomputeLayers?: RecomputeLayers;
 }
+
+/** The values `--recompute_method` takes. */
+export const RECOMPUTE_METHODS = ['uniform', 'block'] as const;
+
+/**
+ * Which layers recompute 'full' recomputes, as Megatron's recompute_method: 'uniform' cuts the layers into chunks
+ * of `numLayers` and keeps only each chunk's input; 'block' recomputes the first `numLayers` layers (each keeping
+ * its input) and keeps everything of the rest.
+ */
+export interface RecomputeLayers {
+  method: (typeof RECOMPUTE_METHODS)[number];
+  numLayers: number;
+}
+
+export const DEFAULT_RECOMPUTE_LAYERS: RecomputeLayers = { method: 'uniform', numLayers: 1 };
 
 export abstract class TransformerLM implements CausalLM {
   constructor(
@@ -23,7 +40,80 @@ export abstract class TransformerLM implements CausalLM {
     readonly params: Map<string, tf.Variable>,
     /** A student's choice for its training steps; a teacher runs forward only and has nothing to recompute. */
     readonly recompute: RecomputeGranularity = null,
-  ) {}
+    readonly recomputeLayers: RecomputeLayers = DEFAULT_RECOMPUTE_LAYERS,
+  ) {
+    if (!(Number.isInteger(recomputeLayers.numLayers) && recomputeLayers.numLayers >= 1))
+      throw new RangeError(`recompute_num_layers must be a positive integer, got ${recomputeLayers.numLayers}`);
+  }
+
+  /** Parameter tensors that stand in for the variables while a recomputed layer runs (checkpointedLayers). */
+  private overrides: Map<string, tf.Tensor> | null = null;
+
+  /** The prefix of layer i's parameter names (`model.layers.3.`). */
+  protected abstract layerPrefix(i: number): string;
+
+  /**
+   * Runs the trunk's layers on h. Under recompute 'full' (training only: inside a gradient tape), the layers go in
+   * chunks (recomputeLayers) whose forward keeps nothing but the chunk's input: a tf.customGrad whose backward runs
+   * the chunk again under tf.grads, with the chunk's parameters as inputs of the node so that their gradients (and
+   * gradient hooks) come out of it.
+   */
+  protected layers(h: tf.Tensor2D, layer: (i: number, h: tf.Tensor2D) => tf.Tensor2D): tf.Tensor2D {
+    const n = this.config.numLayers;
+    if (this.recompute !== 'full') {
+      for (let i = 0; i < n; i++) h = layer(i, h);
+      return h;
+    }
+    const { method, numLayers } = this.recomputeLayers;
+    for (let i = 0; i < n;) {
+      if (method === 'block' && i >= numLayers) {
+        h = layer(i, h);
+        i++;
+        continue;
+      }
+      const end = method === 'uniform' ? Math.min(n, i + numLayers) : i + 1;
+      h = this.recomputedChunk(i, end, h, layer);
+      i = end;
+    }
+    return h;
+  }
+
+  private recomputedChunk(from: number, to: number, h: tf.Tensor2D, layer: (i: number, h: tf.Tensor2D) => tf.Tensor2D): tf.Tensor2D {
+    const prefixes = Array.from({ length: to - from }, (_, k) => this.layerPrefix(from + k));
+    const names = [...this.params.keys()].filter((name) => prefixes.some((p) => name.startsWith(p)) && this.params.get(name)!.trainable);
+    const run = (x: tf.Tensor, ps: tf.Tensor[]): tf.Tensor2D => {
+      const outer = this.overrides;
+      this.overrides = new Map(names.map((name, k) => [name, ps[k]]));
+      try {
+        let y = x as tf.Tensor2D;
+        for (let i = from; i < to; i++) y = layer(i, y);
+        return y;
+      } finally {
+        this.overrides = outer;
+      }
+    };
+    const chunk = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+      const save = args.pop() as tf.GradSaveFunc;
+      const inputs = args as tf.Tensor[];
+      save(inputs);
+      return {
+        // Under customGrad the forward is not taped; the tidy frees its activations at once.
+        value: tf.tidy(() => run(inputs[0], inputs.slice(1))),
+        gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+          // tfjs's gradients() inside a backward pass replaces the engine's one active tape and sets it to null when
+          // done, and the outer pass then frees that tape's saved tensors through it: the outer tape is put back.
+          const state = tf.engine().state;
+          const outer = state.activeTape;
+          try {
+            return tf.grads((...xs: tf.Tensor[]) => run(xs[0], xs.slice(1)))(saved, dy);
+          } finally {
+            state.activeTape = outer;
+          }
+        },
+      };
+    });
+    return chunk(h, ...names.map((name) => this.p(name))) as tf.Tensor2D;
+  }
 
   /** While withGradientHooks runs: the hook, and each parameter's hooked view (one per parameter, so a tied one fires once). */
   private hooks: { onGradient: ParameterGradientHook; views: Map<string, tf.Tensor> } | null = null;
@@ -37,6 +127,8 @@ export abstract class TransformerLM implements CausalLM {
 
   /** Optional parameters (biases that some variants carry). */
   protected maybe<R extends tf.Rank>(name: string): tf.Tensor<R> | undefined {
+    const stand = this.overrides?.get(name);
+    if (stand) return stand as tf.Tensor<R>;
     const v = this.params.get(name) as tf.Variable<R> | undefined;
     const h = this.hooks;
     if (!v || !h || !v.trainable) return v;

@@ -35,5 +35,7 @@ export function createModel(config: ModelConfig, source: WeightSource, opts: Mod
     throw e;
   }
   const recompute = opts.recompute ?? null;
-  return config.modelType === 'gpt2' ? new Gpt2LM(config, params, recompute) : new LlamaLM(config, params, recompute);
+  return config.modelType === 'gpt2'
+    ? new Gpt2LM(config, params, recompute, opts.recomputeLayers)
+    : new LlamaLM(config, params, recompute, opts.recomputeLayers);
 }

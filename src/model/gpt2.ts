@@ -5,7 +5,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { activate } from './activations.ts';
 import { CausalMaskCache, causalAttention, type RecomputeGranularity, mergeHeads, splitHeads } from './attention.ts';
-import { TransformerLM } from './base.ts';
+import { TransformerLM, type RecomputeLayers } from './base.ts';
 import type { ModelConfig } from './config.ts';
 import { embed, TokenIdError } from './embedding.ts';
 import { conv1d } from './linear.ts';
@@ -14,8 +14,8 @@ import { layerNorm } from './norms.ts';
 export class Gpt2LM extends TransformerLM {
   private readonly masks = new CausalMaskCache();
 
-  constructor(config: ModelConfig, params: Map<string, tf.Variable>, recompute: RecomputeGranularity = null) {
-    super(config, params, recompute);
+  constructor(config: ModelConfig, params: Map<string, tf.Variable>, recompute: RecomputeGranularity = null, recomputeLayers?: RecomputeLayers) {
+    super(config, params, recompute, recomputeLayers);
   }
 
   headWeight(): tf.Tensor2D {
@@ -36,15 +36,19 @@ export class Gpt2LM extends TransformerLM {
       const tok = embed(this.p<tf.Rank.R2>('transformer.wte.weight'), inputIds);
       const pos = tf.slice(this.p<tf.Rank.R2>('transformer.wpe.weight'), [0, 0], [t, c.hiddenSize]);
       let h: tf.Tensor2D = tf.reshape(tf.add(tok, pos), [b * t, c.hiddenSize]);
-      for (let i = 0; i < c.numLayers; i++) h = this.block(i, h, b, t, mask);
+      h = this.layers(h, (i, x) => this.block(i, x, b, t, mask));
       const out = layerNorm(h, this.p('transformer.ln_f.weight'), this.p('transformer.ln_f.bias'), c.normEps);
       return tf.reshape(out, [b, t, c.hiddenSize]);
     });
   }
 
+  protected layerPrefix(i: number): string {
+    return `transformer.h.${i}.`;
+  }
+
   private block(i: number, h: tf.Tensor2D, b: number, t: number, mask: tf.Tensor2D): tf.Tensor2D {
     const c = this.config;
-    const pre = `transformer.h.${i}.`;
+    const pre = this.layerPrefix(i);
     const P = <R extends tf.Rank>(n: string): tf.Tensor<R> => this.p<R>(pre + n);
     const x = layerNorm(h, P('ln_1.weight'), P('ln_1.bias'), c.normEps);
     const qkv = conv1d(x, P('attn.c_attn.weight'), P('attn.c_attn.bias'));

@@ -5,7 +5,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { gatedActivation } from './activations.ts';
 import { CausalMaskCache, causalAttention, type RecomputeGranularity, mergeHeads, splitHeads } from './attention.ts';
-import { TransformerLM } from './base.ts';
+import { TransformerLM, type RecomputeLayers } from './base.ts';
 import type { ModelConfig } from './config.ts';
 import { embed } from './embedding.ts';
 import { linear } from './linear.ts';
@@ -16,8 +16,8 @@ export class LlamaLM extends TransformerLM {
   private readonly masks: CausalMaskCache;
   private readonly rope: RopeCache;
 
-  constructor(config: ModelConfig, params: Map<string, tf.Variable>, recompute: RecomputeGranularity = null) {
-    super(config, params, recompute);
+  constructor(config: ModelConfig, params: Map<string, tf.Variable>, recompute: RecomputeGranularity = null, recomputeLayers?: RecomputeLayers) {
+    super(config, params, recompute, recomputeLayers);
     this.masks = new CausalMaskCache(config.slidingWindow);
     this.rope = new RopeCache(ropeInvFreq(config.headDim, config.ropeTheta, config.ropeScaling), config.headDim);
   }
@@ -34,14 +34,18 @@ export class LlamaLM extends TransformerLM {
     const rope = this.rope.get(t);
     return tf.tidy(() => {
       let h: tf.Tensor2D = tf.reshape(embed(this.p<tf.Rank.R2>('model.embed_tokens.weight'), inputIds), [b * t, c.hiddenSize]);
-      for (let i = 0; i < c.numLayers; i++) h = this.block(i, h, b, t, mask, rope);
+      h = this.layers(h, (i, x) => this.block(i, x, b, t, mask, rope));
       return tf.reshape(rmsNorm(h, this.p('model.norm.weight'), c.normEps), [b, t, c.hiddenSize]);
     });
   }
 
+  protected layerPrefix(i: number): string {
+    return `model.layers.${i}.`;
+  }
+
   private block(i: number, h: tf.Tensor2D, b: number, t: number, mask: tf.Tensor2D, rope: RopeTables): tf.Tensor2D {
     const c = this.config;
-    const pre = `model.layers.${i}.`;
+    const pre = this.layerPrefix(i);
     const P = <R extends tf.Rank>(n: string): tf.Tensor<R> => this.p<R>(pre + n);
     const B = (n: string): tf.Tensor1D | undefined => this.maybe<tf.Rank.R1>(pre + n);
     const x = rmsNorm(h, P('input_layernorm.weight'), c.normEps);

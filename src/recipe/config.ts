@@ -6,6 +6,7 @@
 import type { BackendChoice } from '../backend/select.ts';
 import type { Precision } from '../backend/webgpu/mixedPrecisionMatMul.ts';
 import type { RecomputeGranularity } from '../model/attention.ts';
+import type { RecomputeLayers } from '../model/base.ts';
 import { DEFAULT_KD_LOSS, type KdLossOptions } from '../losses/types.ts';
 import type { NanPolicy } from '../train/optimizerStep.ts';
 
@@ -30,8 +31,10 @@ export interface TrainerConfig {
   nanPolicy: NanPolicy;
   /** NeMo's trainer.precision: '32', or 'bf16-mixed' / '16-mixed' (16-bit tensor-core matmuls on cuda and webgpu; see docs/backends.md). */
   precision: Precision;
-  /** NeMo's model.recompute_granularity: null keeps every activation, 'selective' recomputes core attention in the backward. */
+  /** NeMo's model.recompute_granularity: null keeps every activation, 'selective' recomputes core attention in the backward, 'full' whole layers. */
   recomputeGranularity: RecomputeGranularity;
+  /** Under 'full': NeMo's recompute_method and recompute_num_layers (default uniform, 1). */
+  recomputeLayers?: RecomputeLayers;
 }
 
 export interface OptimConfig {

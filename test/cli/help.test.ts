@@ -146,10 +146,18 @@ test('--overlap_grad_reduce is on unless --no-overlap_grad_reduce, and reaches t
   assert.equal(overlap(['--overlap_grad_reduce']), true);
 });
 
-test('--recompute_granularity selective reaches the recipe; absent, nothing is recomputed; other values are refused', () => {
+test('--recompute_granularity selective|full and --recompute_method / --recompute_num_layers reach the recipe; absent, nothing is recomputed; other values are refused', () => {
   const base = ['--name', 'n', '--student_path', 's', '--teacher_path', 't'];
-  const granularity = (extra: string[]): string | null => recipeFromFlags('distill', [...base, ...extra], () => 'data').trainer.recomputeGranularity;
-  assert.equal(granularity([]), null);
-  assert.equal(granularity(['--recompute_granularity', 'selective']), 'selective');
-  assert.throws(() => granularity(['--recompute_granularity', 'full']), /--recompute_granularity full is not one of selective/);
+  const trainer = (extra: string[]) => recipeFromFlags('distill', [...base, ...extra], () => 'data').trainer;
+  assert.equal(trainer([]).recomputeGranularity, null);
+  assert.equal(trainer(['--recompute_granularity', 'selective']).recomputeGranularity, 'selective');
+  assert.equal(trainer(['--recompute_granularity', 'full']).recomputeGranularity, 'full');
+  assert.deepEqual(trainer(['--recompute_granularity', 'full']).recomputeLayers, { method: 'uniform', numLayers: 1 });
+  assert.deepEqual(trainer(['--recompute_granularity', 'full', '--recompute_method', 'block', '--recompute_num_layers', '3']).recomputeLayers, {
+    method: 'block',
+    numLayers: 3,
+  });
+  assert.throws(() => trainer(['--recompute_granularity', 'everything']), /--recompute_granularity everything is not one of selective, full/);
+  assert.throws(() => trainer(['--recompute_method', 'random']), /--recompute_method random is not one of uniform, block/);
+  assert.throws(() => trainer(['--recompute_num_layers', '0']), /--recompute_num_layers/);
 });

@@ -3,7 +3,8 @@
  * the fixture's optimizer settings and mask must reproduce the fixture's loss and grad-norm trajectory (≤1e-4
  * relative) and its final weights (llama-student-after-5-steps, ≤1e-4 absolute). The pipeline is composed here
  * from the exported operators, as a user composes their own. With `--recompute_granularity selective` (core
- * attention recomputed in the backward, by hand-written gradients) the same trajectory, to the same tolerance.
+ * attention recomputed in the backward, by hand-written gradients) and `full` (each layer run again in the
+ * backward) the same trajectory, to the same tolerance.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,7 +19,7 @@ import { expectedJson, fixture, maxAbsDiff } from '../helpers/fixtures.ts';
 import { fixtureBatches } from '../helpers/fixtureBatches.ts';
 import { onEachBackend } from '../helpers/backends.ts';
 
-for (const recompute of [null, 'selective'] as const) {
+for (const recompute of [null, 'selective', 'full'] as const) {
   test(`5 KD steps on the fixture pair match the PyTorch trajectory and final weights${recompute ? `, ${recompute} recomputation` : ''}`, async () => {
     const exp = expectedJson();
     await onEachBackend(async (backend) => {
