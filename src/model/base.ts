@@ -7,6 +7,7 @@ import { CheckpointError } from '../errors.ts';
 import type { RecomputeGranularity } from './attention.ts';
 import type { CausalLM, ParameterGradientHook } from './causalLM.ts';
 import { gradientHook } from '../ops/gradientHook.ts';
+import { recomputeInBackward } from '../ops/recompute.ts';
 import type { ModelConfig } from './config.ts';
 import { checkIdsTensor, TokenIdError } from './embedding.ts';
 
@@ -46,17 +47,16 @@ export abstract class TransformerLM implements CausalLM {
       throw new RangeError(`recompute_num_layers must be a positive integer, got ${recomputeLayers.numLayers}`);
   }
 
-  /** Parameter tensors that stand in for the variables while a recomputed layer runs (checkpointedLayers). */
+  /** Parameter tensors that stand in for the variables while a recomputed chunk of layers runs (recomputedChunk). */
   private overrides: Map<string, tf.Tensor> | null = null;
 
   /** The prefix of layer i's parameter names (`model.layers.3.`). */
   protected abstract layerPrefix(i: number): string;
 
   /**
-   * Runs the trunk's layers on h. Under recompute 'full' (training only: inside a gradient tape), the layers go in
-   * chunks (recomputeLayers) whose forward keeps nothing but the chunk's input: a tf.customGrad whose backward runs
-   * the chunk again under tf.grads, with the chunk's parameters as inputs of the node so that their gradients (and
-   * gradient hooks) come out of it.
+   * Runs the trunk's layers on h. Under recompute 'full' the layers go in chunks (recomputeLayers) whose forward
+   * keeps nothing but the chunk's input (ops/recompute.ts), the chunk's parameters passed in as inputs so that their
+   * gradients (and gradient hooks) come out of it; while a chunk runs, p() reads those inputs.
    */
   protected layers(h: tf.Tensor2D, layer: (i: number, h: tf.Tensor2D) => tf.Tensor2D): tf.Tensor2D {
     const n = this.config.numLayers;
@@ -92,27 +92,7 @@ export abstract class TransformerLM implements CausalLM {
         this.overrides = outer;
       }
     };
-    const chunk = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
-      const save = args.pop() as tf.GradSaveFunc;
-      const inputs = args as tf.Tensor[];
-      save(inputs);
-      return {
-        // Under customGrad the forward is not taped; the tidy frees its activations at once.
-        value: tf.tidy(() => run(inputs[0], inputs.slice(1))),
-        gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-          // tfjs's gradients() inside a backward pass replaces the engine's one active tape and sets it to null when
-          // done, and the outer pass then frees that tape's saved tensors through it: the outer tape is put back.
-          const state = tf.engine().state;
-          const outer = state.activeTape;
-          try {
-            return tf.grads((...xs: tf.Tensor[]) => run(xs[0], xs.slice(1)))(saved, dy);
-          } finally {
-            state.activeTape = outer;
-          }
-        },
-      };
-    });
-    return chunk(h, ...names.map((name) => this.p(name))) as tf.Tensor2D;
+    return recomputeInBackward((xs) => run(xs[0], xs.slice(1)), [h, ...names.map((name) => this.p(name))]);
   }
 
   /** While withGradientHooks runs: the hook, and each parameter's hooked view (one per parameter, so a tied one fires once). */
