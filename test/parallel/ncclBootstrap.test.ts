@@ -14,6 +14,7 @@ import { collectivesLine, groupCollectives, ncclUnavailable } from '../../src/pa
 import { FakeCommunicatorGroup } from '../../src/parallel/nccl/fakeCommunicator.ts';
 import { answerProbes, diagnoseHang } from '../../src/parallel/nccl/liveness.ts';
 import { DataParallelRank } from '../../src/parallel/dataParallelRank.ts';
+import { oneRankDataParallel } from '../helpers/oneRankDataParallel.ts';
 import { deviceEnv } from '../../src/parallel/placement.ts';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -195,17 +196,7 @@ test("training the fixture pair 3 steps on cpu with DP 1 through a (fake) commun
     });
   const plain = await distillInThisProcess(recipe('plain'), { log: null, progress: false });
   const fakes = new FakeCommunicatorGroup(1);
-  const dp = new DataParallelRank({
-    transport: localTransports(1)[0],
-    dpRank: 0,
-    dpSize: 1,
-    group: [0],
-    deviceIndex: 0,
-    globalBatchSize: 2,
-    microBatchSize: 1,
-    onStopAgreed: () => {},
-    communicator: fakes.members[0],
-  });
+  const dp = oneRankDataParallel(fakes.members[0], { globalBatchSize: 2, microBatchSize: 1 });
   const viaComm = await distillInThisProcess(recipe('comm'), { log: null, progress: false }, dp);
   assert.equal(fakes.calls.length, 3, 'one bucket all-reduced per step');
   assert.deepEqual(

@@ -17,7 +17,7 @@ import { NcclCommunicator } from '../../src/parallel/nccl/ncclCommunicator.ts';
 import { allReduceGradientBuckets } from '../../src/parallel/nccl/bucketedAllReduce.ts';
 import { planGradientBuckets } from '../../src/parallel/nccl/gradientBucketPlan.ts';
 import { groupCollectives } from '../../src/parallel/nccl/bootstrap.ts';
-import { DataParallelRank } from '../../src/parallel/dataParallelRank.ts';
+import { oneRankDataParallel } from '../helpers/oneRankDataParallel.ts';
 import { localTransports } from '../../src/runtime/localTransport.ts';
 import type { DistillationRecipe } from '../../src/recipe/config.ts';
 import { distillInThisProcess } from '../../pipelines/distill.ts';
@@ -162,18 +162,7 @@ test("training the fixture pair 4 steps with DP through a one-rank NCCL communic
   const plain = await distillInThisProcess(recipe(dir, 'plain'), { log: null, progress: false });
   const comm = await NcclCommunicator.join(ncclUniqueId(), 1, 0, 'dp');
   const lines: string[] = [];
-  const dp = new DataParallelRank({
-    transport: localTransports(1)[0],
-    dpRank: 0,
-    dpSize: 1,
-    group: [0],
-    deviceIndex: 0,
-    globalBatchSize: 2,
-    microBatchSize: 1,
-    onStopAgreed: () => {},
-    log: (l) => lines.push(l),
-    communicator: comm,
-  });
+  const dp = oneRankDataParallel(comm, { globalBatchSize: 2, microBatchSize: 1, log: (l) => lines.push(l) });
   const viaNccl = await distillInThisProcess(recipe(dir, 'nccl'), { log: null, progress: false }, dp);
   comm.destroy();
   assert.match(lines.join('\n'), /collectives of group dp \(1 rank\): NCCL \d/);

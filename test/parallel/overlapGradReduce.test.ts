@@ -18,8 +18,7 @@ import { planGradientBuckets } from '../../src/parallel/nccl/gradientBucketPlan.
 import { BucketedGradientReduction } from '../../src/parallel/nccl/bucketedAllReduce.ts';
 import { FakeCommunicatorGroup } from '../../src/parallel/nccl/fakeCommunicator.ts';
 import { CollectiveError, type Communicator } from '../../src/parallel/nccl/communicator.ts';
-import { DataParallelRank } from '../../src/parallel/dataParallelRank.ts';
-import { localTransports } from '../../src/runtime/localTransport.ts';
+import { oneRankDataParallel } from '../helpers/oneRankDataParallel.ts';
 import { distillInThisProcess } from '../../pipelines/distill.ts';
 import { loadModel } from '../../src/checkpoint/load.ts';
 import { readAllSafetensors } from '../../src/io/safetensors.ts';
@@ -181,16 +180,9 @@ test('training through a communicator starts the all-reduce in the backward pass
     const group = new FakeCommunicatorGroup(1);
     const log: string[] = [];
     const lines: string[] = [];
-    const dp = new DataParallelRank({
-      transport: localTransports(1)[0],
-      dpRank: 0,
-      dpSize: 1,
-      group: [0],
-      deviceIndex: 0,
+    const dp = oneRankDataParallel(logged(group.members[0], log), {
       globalBatchSize: 4,
       microBatchSize: 2,
-      onStopAgreed: () => {},
-      communicator: logged(group.members[0], log),
       bucketBytes: 64 << 10,
       log: (l) => lines.push(l),
       overlapGradReduce: overlap,
