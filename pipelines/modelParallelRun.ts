@@ -56,6 +56,10 @@ export async function runModelParallelRank(recipe: DistillationRecipe, o: ModelP
   // What one worker says of the two vocabularies (and refuses: sizes more than padding apart), before any weight loads.
   const vocabLine = teacherPath ? alignVocabularies(readModelConfig(teacherPath), readModelConfig(prepared.studentDir), recipe) : null;
   if (leader && vocabLine) log(vocabLine);
+  if (leader && t.recomputeGranularity)
+    log(
+      `--recompute_granularity ${t.recomputeGranularity}: the tp/pp/cp layouts already run every op of the forward again in the backward (segmentTape.ts), so it changes nothing here`,
+    );
   // Both padded to the pair's one vocabulary size under TP, so each rank holds the same ids of each (vocabPadding.ts).
   const { student, teacher } = loadShardedPair({
     student: prepared.studentDir,

@@ -187,3 +187,19 @@ test('pretraining (CE only, no teacher) under TP 2 × PP 2 matches one worker', 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('--recompute_granularity under TP says that the layout recomputes every op already, and trains', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mp-recompute-'));
+  try {
+    const lines: string[] = [];
+    const base = recipe(dir, 'recompute', { devicesPerNode: 2, tpSize: 2 });
+    const r = await run({ ...base, trainer: { ...base.trainer, maxSteps: 1, recomputeGranularity: 'full' } }, { log: (l) => lines.push(l), progress: false });
+    assert.equal(r.steps.length, 1);
+    assert.ok(
+      lines.some((l) => /--recompute_granularity full: the tp\/pp\/cp layouts already run every op of the forward again in the backward/.test(l)),
+      lines.join('\n'),
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
