@@ -23,8 +23,8 @@
  * the start (the kernels that made the input), the all-reduce runs there beside the backward's later kernels, and
  * `result()` makes the compute stream wait for the collective's own event. It is called from synchronous code (a
  * gradient hook), so it cannot wait out an ncclInProgress: a start that finds NCCL still busy with the call before
- * is queued, and issued in order once NCCL is free (at the next start, a result() or any other collective). An
- * event is recorded after a collective only once NCCL's state is ncclSuccess, when its kernel is on the stream.
+ * is queued, and issued in order once NCCL is free (at the next start, a result() or any other collective); the
+ * queue, the stream and its events are sideStream.ts's.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { CudaBackend } from '../../backend/cuda/backend.ts';
@@ -43,6 +43,7 @@ import {
   type NcclComm,
 } from './ncclLibrary.ts';
 import { CUDA_ERROR_NOT_READY, CUDA_SUCCESS, pause, streamQuery } from './streamWait.ts';
+import { SideStream, type SideLaunch } from './sideStream.ts';
 import type { HangReport } from './liveness.ts';
 
 /** The cuda backend tfjs runs now, or a BackendError saying that NCCL needs it. */
@@ -55,15 +56,6 @@ export function activeCudaBackend(): CudaBackend {
   return tf.backend() as CudaBackend;
 }
 
-/** A collective on the side stream: its NCCL call, and the event recorded after it once NCCL has put it on the stream. */
-interface SideLaunch {
-  what: string;
-  run: (stream: unknown) => unknown;
-  /** Set once the event is recorded (a handle may be null where a test stands in for the driver). */
-  recorded: boolean;
-  done: unknown;
-}
-
 const SIDE_CALL = 'ncclAllReduce (beside the compute stream)';
 
 const seconds = (ms: number): string => `${ms >= 10_000 ? Math.round(ms / 1000) : (ms / 1000).toFixed(1)} s`;
@@ -74,12 +66,8 @@ export class NcclCommunicator implements Communicator {
   diagnoseHang?: (issued: number) => Promise<HangReport>;
   private aborted: Error | null = null;
   private destroyed = false;
-  /** The stream startAllReduceSum's collectives run on, made at the first; the event that orders its starts. */
-  private side: unknown = null;
-  private sideReady: unknown = null;
-  /** Started collectives not yet issued (NCCL was busy), in order; the issued one whose call NCCL is still completing. */
-  private readonly queued: SideLaunch[] = [];
-  private completing: SideLaunch | null = null;
+  /** The stream startAllReduceSum's collectives run on (sideStream.ts). */
+  private readonly side: SideStream;
 
   private constructor(
     private readonly nccl: Nccl,
@@ -89,6 +77,15 @@ export class NcclCommunicator implements Communicator {
     readonly size: number,
     readonly name: string,
   ) {
+    this.side = new SideStream(
+      backend.driver,
+      () => {
+        const state = [0];
+        nccl.check('ncclCommGetAsyncError', nccl.fn.ncclCommGetAsyncError(comm, state));
+        return state[0];
+      },
+      (what, result) => nccl.check(what, result),
+    );
     this.describe = `NCCL ${ncclVersionString(nccl.version)}`;
   }
 
@@ -204,23 +201,12 @@ export class NcclCommunicator implements Communicator {
     const out = this.output(t.shape.slice(), t.dtype as 'float32' | 'int32');
     // Kept: a start comes from inside the backward pass's tidy, whose end would free the sum before result().
     tf.keep(out.tensor);
-    const driver = this.backend.driver;
-    const side = (this.side ??= driver.createStream());
-    this.sideReady ??= driver.createEvent(false);
-    // The side stream's next work waits for what the compute stream has enqueued so far: the kernels that made t.
-    driver.record(this.sideReady);
-    driver.waitEvent(side, this.sideReady);
     const what = `${call} on group ${this.name} (rank ${this.rank} of ${this.size})`;
-    const launch: SideLaunch = {
-      what,
-      run: (stream) =>
-        t.size > 0 ? this.nccl.fn.ncclAllReduce(this.ptr(t, call), this.ptr(out.info, call), t.size, dtype, NCCL_SUM, this.comm, stream) : NCCL_SUCCESS,
-      recorded: false,
-      done: null,
-    };
-    this.queued.push(launch);
+    let launch: SideLaunch;
     try {
-      this.issueSide();
+      launch = this.side.start(what, (stream) =>
+        t.size > 0 ? this.nccl.fn.ncclAllReduce(this.ptr(t, call), this.ptr(out.info, call), t.size, dtype, NCCL_SUM, this.comm, stream) : NCCL_SUCCESS,
+      );
     } catch (e) {
       out.tensor.dispose();
       throw e;
@@ -231,44 +217,16 @@ export class NcclCommunicator implements Communicator {
           while (!launch.recorded) {
             this.live(call, false);
             await this.settle(what, collectiveTimeoutMs());
-            this.issueSide();
+            this.side.issue();
           }
         } catch (e) {
           out.tensor.dispose();
           throw e;
         }
-        driver.waitEvent(driver.stream, launch.done);
-        // Destroyed at once: CUDA frees an event that a stream still waits on once the wait is over.
-        driver.destroyEvent(launch.done);
+        this.side.joinCompute(launch);
         return out.tensor;
       },
     };
-  }
-
-  /**
-   * Issues queued side collectives while NCCL is free (its state is ncclSuccess: not still completing a call, this
-   * side's or another's), recording each one's event once NCCL has it on the stream.
-   */
-  private issueSide(): void {
-    const driver = this.backend.driver;
-    while (this.completing || this.queued.length) {
-      this.live(SIDE_CALL, false);
-      const state = [0];
-      this.nccl.check('ncclCommGetAsyncError', this.nccl.fn.ncclCommGetAsyncError(this.comm, state));
-      if (state[0] === NCCL_IN_PROGRESS) return;
-      this.nccl.check(this.completing?.what ?? `${SIDE_CALL} on group ${this.name}`, state[0]);
-      if (this.completing) {
-        this.completing.done = driver.createEvent(false);
-        driver.record(this.completing.done, this.side);
-        this.completing.recorded = true;
-        this.completing = null;
-      }
-      const next = this.queued.shift();
-      if (!next) return;
-      const r = Number(next.run(this.side));
-      if (r !== NCCL_IN_PROGRESS) this.nccl.check(next.what, r);
-      this.completing = next;
-    }
   }
 
   /**
@@ -276,15 +234,12 @@ export class NcclCommunicator implements Communicator {
    * side stream, so the group sees this rank's collectives in the order they were called.
    */
   private async afterSide(what: string): Promise<void> {
-    if (!this.side) return;
-    while (this.queued.length || this.completing) {
+    while (this.side.pending) {
       this.live(what, false);
       await this.settle(what, collectiveTimeoutMs());
-      this.issueSide();
+      this.side.issue();
     }
-    const driver = this.backend.driver;
-    driver.record(this.sideReady, this.side);
-    driver.waitEvent(driver.stream, this.sideReady);
+    this.side.joinComputeAll();
   }
 
   async allGather(t: tf.Tensor): Promise<tf.Tensor> {
@@ -369,7 +324,7 @@ export class NcclCommunicator implements Communicator {
     const start = performance.now();
     for (;;) {
       // With `stream`: the side stream (when there is one) and then the compute stream.
-      let q = o.stream && this.side ? streamQuery(this.side) : CUDA_SUCCESS;
+      let q = o.stream && this.side.handle ? streamQuery(this.side.handle) : CUDA_SUCCESS;
       if (o.stream && q === CUDA_SUCCESS) q = streamQuery(this.stream);
       const state = [0];
       this.nccl.check('ncclCommGetAsyncError', this.nccl.fn.ncclCommGetAsyncError(this.comm, state));
@@ -415,14 +370,6 @@ export class NcclCommunicator implements Communicator {
     // Blocking in every mode (NCCL makes a destroy's group blocking); every call above returned with the state
     // settled, which ncclCommDestroy requires, and the run's last synchronize has drained the stream.
     this.nccl.check(`ncclCommDestroy(group ${this.name})`, this.nccl.fn.ncclCommDestroy(this.comm));
-    this.releaseSide();
-  }
-
-  private releaseSide(): void {
-    const driver = this.backend.driver;
-    if (this.sideReady) driver.destroyEvent(this.sideReady);
-    // cuStreamDestroy returns at once; work still on the stream completes first.
-    if (this.side) driver.destroyStream(this.side);
-    this.side = this.sideReady = null;
+    this.side.release();
   }
 }
